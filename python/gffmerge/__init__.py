@@ -1,0 +1,1 @@
+"""gffmerge: closed-form merging of fine-tuned GNN force fields."""
