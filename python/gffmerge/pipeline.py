@@ -1,0 +1,51 @@
+"""One call from source models and their data to a merged model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import methods
+from .architecture import check_same_architecture
+from .collect import measure
+from .report import MergeResult
+from .stats import Stats
+
+
+def merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]] | None = None, *,
+          method: str = "gffmerge", limit: int | None = None,
+          device: torch.device | str | None = None, progress: bool = True,
+          layers: Iterable[str] | None = None, forward=None, labels: Sequence[str] | None = None,
+          backend: str = "auto", **options) -> MergeResult:
+    """Measure each model on its own data (``data[k]`` for ``models[k]``), then merge.
+
+    ``method`` names a registered method (``gffmerge.methods.available()``); ``options``
+    are that method's options, validated before any work is done, as is the architecture
+    of the models. Methods that need no statistics (``"average"``) ignore ``data``.
+    """
+    spec = methods.get(method)
+    opts = spec.options(**options)
+    check_same_architecture(models)
+    stats = None
+    measure_s = 0.0
+    if spec.needs_stats:
+        if data is None or len(data) != len(models):
+            got = "no data" if data is None else f"{len(data)} data sources"
+            raise ValueError(f"method '{method}' measures each model on its own data: pass "
+                             f"one data iterable per model ({len(models)} models, {got})")
+        cross = getattr(opts, "target", "weights") == "cross"
+        t0 = time.perf_counter()
+        stats = Stats.concat(
+            measure(m, d, layers=layers, limit=limit, device=device, progress=progress,
+                    cross=cross, forward=forward, backend=backend,
+                    label=labels[k] if labels else f"model {k}")
+            for k, (m, d) in enumerate(zip(models, data)))
+        measure_s = time.perf_counter() - t0
+    result = spec.fn(models, stats, opts)
+    result.report.times["measure"] = measure_s
+    result.report.times["total"] = measure_s + result.report.times.get("solve", 0.0)
+    return result

@@ -1,0 +1,86 @@
+"""What a merge did, layer by layer: rows, conditioning, jitter, drift, fit residual, times."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class LayerReport:
+    """Diagnostics of one solved (or skipped) linear layer."""
+
+    name: str
+    in_features: int
+    out_features: int
+    rows: list[int]  # per source model
+    solved: bool = True  # False: no data reached the layer, it keeps the mean
+    intercept: bool = False  # fitted with [x, 1] inputs
+    ridge: float = 0.0  # absolute λ actually added
+    cond: float = math.nan  # cond₂ of the regularised matrix
+    jitter: float = 0.0  # extra diagonal added after a failed Cholesky
+    fallback: str = ""  # "" or the method used when Cholesky failed
+    rel_distance: float = math.nan  # ‖Θ − Θ̄‖ / ‖Θ̄‖ (Θ̄ = sources' mean)
+    rel_residual: float = math.nan  # Σ_k ‖X̃_k(Θ − Θ_k)‖² / Σ_k ‖X̃_k Θ_k‖²
+
+
+@dataclass
+class MergeReport:
+    """Report of one merge; ``layers`` lists every linear layer considered."""
+
+    method: str
+    options: dict
+    num_models: int
+    layers: list[LayerReport] = field(default_factory=list)
+    averaged: list[str] = field(default_factory=list)  # state-dict keys set to the mean
+    warnings: list[str] = field(default_factory=list)
+    times: dict[str, float] = field(default_factory=dict)  # seconds: measure, solve, total
+
+    @property
+    def unreached(self) -> list[str]:
+        return [lr.name for lr in self.layers if not lr.solved]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        def clean(v):
+            if isinstance(v, float) and not math.isfinite(v):
+                return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [clean(x) for x in v]
+            return v
+        return json.dumps(clean(self.to_dict()), indent=2)
+
+    def to_markdown(self) -> str:
+        """A table of the per-layer diagnostics."""
+        lines = [f"# Merge report: {self.method} ({self.num_models} models)", ""]
+        if self.times:
+            lines.append("Times: " + ", ".join(f"{k} {v:.3f} s" for k, v in self.times.items()))
+            lines.append("")
+        lines += ["| layer | in→out | rows per model | cond₂ | jitter | ‖Θ−Θ̄‖/‖Θ̄‖ | residual |",
+                  "|---|---|---|---|---|---|---|"]
+        for lr in self.layers:
+            rows = "/".join(str(r) for r in lr.rows)
+            if not lr.solved:
+                lines.append(f"| {lr.name} | {lr.in_features}→{lr.out_features} | {rows} | "
+                             "— | — | (mean: no data) | — |")
+                continue
+            jit = f"{lr.jitter:.1e}" + (f" ({lr.fallback})" if lr.fallback else "")
+            lines.append(f"| {lr.name} | {lr.in_features}→{lr.out_features} | {rows} | "
+                         f"{lr.cond:.2e} | {jit} | {lr.rel_distance:.3g} | "
+                         f"{lr.rel_residual:.3g} |")
+        if self.warnings:
+            lines += ["", "Warnings:", *[f"- {w}" for w in self.warnings]]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class MergeResult:
+    """The merged model and the report of how it was made."""
+
+    model: object
+    report: MergeReport

@@ -1,0 +1,59 @@
+"""The choices that turn per-model sums into one regularised linear system per layer."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal, get_args, get_type_hints
+
+Weighting = Literal["pooled", "per_model"]
+RidgeMode = Literal["absolute", "relative"]
+Prior = Literal["zero", "mean"]
+Intercept = Literal["auto", "always", "never"]
+Target = Literal["weights", "cross"]
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    """Options of :func:`gffmerge.solve`; see its docstring for the equations.
+
+    - ``weighting``: ``"pooled"`` sums raw Grams (each model weighted by its row count, the
+      GFFMerge recipe); ``"per_model"`` uses per-model mean Grams ``G_k / n_k`` (RegMean).
+    - ``ridge`` / ``ridge_mode``: λ added to the diagonal; ``"relative"`` scales it by
+      ``trace(A) / dim`` so it means the same at any data size.
+    - ``prior``: ``"zero"`` shrinks toward 0; ``"mean"`` toward the sources' mean, so
+      directions the data never spans keep the average.
+    - ``alpha``: RegMean off-diagonal shrinkage of each ``G_k`` (1 = none).
+    - ``intercept``: fit the bias jointly (``[x, 1]`` inputs) when the layer has one
+      (``"auto"``), always (``"always"``: for bias-free layers the intercept is fitted and
+      dropped, as the official scripts do), or never (biases are averaged).
+    - ``target``: right-hand side from the source weights ``Σ G_k Θ_k`` (``"weights"``)
+      or from measured cross sums ``Σ x̃ yᵀ`` (``"cross"``; needs ``measure(cross=True)``).
+    - ``jitter``: on a failed Cholesky (ridge > 0), retry with growing diagonal jitter, then
+      fall back to an eigen-decomposition solve; both are recorded and warned.
+    - ``condition``: compute cond₂ of every regularised matrix for the report.
+    """
+
+    weighting: Weighting = "pooled"
+    ridge: float = 1e-6
+    ridge_mode: RidgeMode = "absolute"
+    prior: Prior = "zero"
+    alpha: float = 1.0
+    intercept: Intercept = "auto"
+    target: Target = "weights"
+    jitter: bool = True
+    condition: bool = True
+
+    def __post_init__(self):
+        hints = get_type_hints(type(self))
+        for name, value in asdict(self).items():
+            choices = get_args(hints[name])
+            if choices and value not in choices:
+                raise ValueError(f"{name}={value!r} is not valid; choose one of "
+                                 f"{', '.join(map(repr, choices))}")
+        if not (self.ridge >= 0):
+            raise ValueError(f"ridge must be >= 0, got {self.ridge}")
+        if not (0.0 <= self.alpha <= 1.0):
+            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+        if self.target == "cross" and self.alpha != 1.0:
+            raise ValueError("alpha shrinkage rescales the Grams and is only defined with "
+                             "target='weights'; use alpha=1 with target='cross'")
