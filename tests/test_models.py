@@ -98,6 +98,13 @@ def crystal():
     return z, random_positions(7, TRICLINIC, seed=2), TRICLINIC
 
 
+def small_cell():
+    """A cell shorter than the cutoff: atoms interact with their own periodic images."""
+    cell = torch.tensor([[2.6, 0.0, 0.0], [0.5, 2.5, 0.0], [-0.3, 0.4, 2.7]],
+                        dtype=torch.float64)
+    return torch.tensor([3, 16]), random_positions(2, cell, seed=4), cell
+
+
 def tiny_model(name: str, seed: int = 0) -> ForceField:
     torch.manual_seed(seed)
     model = build_model(name, **TINY[name]).double().eval()
@@ -129,7 +136,7 @@ def predict(model, structures):
 @pytest.mark.parametrize("reflect", [False, True])
 def test_rotation_and_translation(name, reflect):
     model = tiny_model(name)
-    structures = [molecule(), crystal()]
+    structures = [molecule(), crystal(), small_cell()]
     energy, forces = predict(model, structures)
     rot = random_orthogonal(3, reflect)
     shift = torch.tensor([0.3, -1.7, 2.2], dtype=torch.float64)
@@ -145,27 +152,28 @@ def test_rotation_and_translation(name, reflect):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_permutation(name):
     model = tiny_model(name)
-    structures = [molecule(), crystal()]
+    structures = [molecule(), crystal(), small_cell()]
     energy, forces = predict(model, structures)
     perms = [torch.randperm(len(z), generator=torch.Generator().manual_seed(7 + k))
              for k, (z, _, _) in enumerate(structures)]
     permuted = [(z[p], pos[p], cell) for (z, pos, cell), p in zip(structures, perms, strict=True)]
     energy2, forces2 = predict(model, permuted)
     torch.testing.assert_close(energy2, energy, rtol=0, atol=1e-9)
-    n0 = len(structures[0][0])
-    expected = torch.cat([forces[:n0][perms[0]], forces[n0:][perms[1]]])
+    parts = forces.split([len(z) for z, _, _ in structures])
+    expected = torch.cat([f[p] for f, p in zip(parts, perms, strict=True)])
     torch.testing.assert_close(forces2, expected, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_lattice_translation_of_one_atom(name):
     model = tiny_model(name)
-    z, pos, cell = crystal()
-    energy, forces = predict(model, [(z, pos, cell)])
-    moved = pos.clone()
+    (z, pos, cell), (z2, pos2, cell2) = crystal(), small_cell()
+    energy, forces = predict(model, [(z, pos, cell), (z2, pos2, cell2)])
+    moved, moved2 = pos.clone(), pos2.clone()
     moved[2] += cell[0] - 2 * cell[2]
     moved[5] -= cell[1]
-    energy2, forces2 = predict(model, [(z, moved, cell)])
+    moved2[1] += cell2[2]
+    energy2, forces2 = predict(model, [(z, moved, cell), (z2, moved2, cell2)])
     torch.testing.assert_close(energy2, energy, rtol=0, atol=1e-9)
     torch.testing.assert_close(forces2, forces, rtol=0, atol=1e-10)
 
@@ -175,10 +183,11 @@ def test_lattice_translation_of_one_atom(name):
 @pytest.mark.parametrize("name", [n for n, cls in MODELS.items() if cls.conservative])
 def test_conservative_forces_match_finite_differences(name):
     model = tiny_model(name)
-    batch = make_batch([molecule(), crystal()])
+    batch = make_batch([molecule(), crystal(), small_cell()])
+    assert (batch.edge_index[0] == batch.edge_index[1]).any()  # self-image edges present
     forces = model(batch)["forces"].detach()
     h = 1e-5
-    for atom in (0, 4, 8, 12):
+    for atom in (0, 4, 8, 12, 13, 14):
         for k in range(3):
             plus, minus = batch.pos.clone(), batch.pos.clone()
             plus[atom, k] += h
@@ -192,9 +201,9 @@ def test_conservative_forces_match_finite_differences(name):
 
 def test_gns_direct_forces_sum_to_zero_per_graph():
     model = tiny_model("gns")
-    batch = make_batch([molecule(), crystal()])
+    batch = make_batch([molecule(), crystal(), small_cell()])
     forces = model(batch)["forces"]
-    total = torch.zeros(2, 3, dtype=forces.dtype).index_add_(0, batch.batch, forces)
+    total = torch.zeros(3, 3, dtype=forces.dtype).index_add_(0, batch.batch, forces)
     torch.testing.assert_close(total, torch.zeros_like(total), rtol=0, atol=1e-12)
     assert forces.abs().max() > 1e-3
 
