@@ -27,6 +27,16 @@ TRICLINIC = torch.tensor([[4.0, 0.0, 0.0], [1.2, 3.8, 0.0], [0.7, 0.9, 4.1]],
                          dtype=torch.float64)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These graphs are tiny: intra-op threads only add overhead, and stall badly on a
+    busy machine (29 s instead of 5 s for this file on 2 shared cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # -- structures and a brute-force neighbour list ---------------------------------------
 
 def neighbours(pos: torch.Tensor, cell: torch.Tensor | None, cutoff: float):
