@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gffmerge.errors import GffmergeError
 from gffmerge.models.base import ForceField
 from gffmerge.models.registry import MODELS, build_model
 
@@ -28,7 +29,7 @@ FORMAT = "gffmerge-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(GffmergeError, ValueError):
     """A checkpoint file is missing, unreadable, or does not match its model."""
 
 
