@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -316,6 +317,7 @@ def test_registry():
     for name, cls in MODELS.items():
         model = build_model(name)
         assert isinstance(model, cls) and model.cutoff == 5.0
+        assert json.loads(json.dumps(model.config)) == model.config
         assert build_model(name, **model.config).config == model.config
     with pytest.raises(KeyError, match="known models"):
         build_model("mace")
