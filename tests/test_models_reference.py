@@ -113,6 +113,8 @@ def test_accepts_batches_and_objects():
 def test_errors():
     with pytest.raises(ValueError, match="no structures"):
         fit_reference_energies([])
+    with pytest.raises(ValueError, match="without energy"):
+        fit_reference_energies([(torch.tensor([1]), None, None)])
     with pytest.raises(ValueError, match="max_z"):
         fit_reference_energies([(torch.tensor([200]), -1.0)])
     with pytest.raises(ValueError, match="initial"):

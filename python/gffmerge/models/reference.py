@@ -46,8 +46,9 @@ class ScaleShiftFit:
 def _structures(samples: Iterable[Any]):
     """Yield ``(z [n] int64, energy float, forces [n, 3] or None)`` per structure.
 
-    Accepts :class:`AtomsBatch` (several graphs), tuples ``(z, energy[, forces])``,
-    or objects with ``z`` and ``energy`` (and optionally ``forces``) attributes.
+    Accepts :class:`AtomsBatch` (several graphs), tuples ``(z, energy[, forces])``
+    (e.g. ``AtomsDataset.structures()``), or objects with ``z`` and ``energy`` (and
+    optionally ``forces``) attributes.
     """
     for s in samples:
         if isinstance(s, AtomsBatch):
@@ -63,6 +64,8 @@ def _structures(samples: Iterable[Any]):
             z, energy, forces = s[0], s[1], (s[2] if len(s) > 2 else None)
         else:
             z, energy, forces = s.z, s.energy, getattr(s, "forces", None)
+        if energy is None:
+            raise ValueError("a structure without energy cannot be used for the fit")
         forces = None if forces is None else torch.as_tensor(forces)
         yield torch.as_tensor(z, dtype=torch.int64).reshape(-1), float(energy), forces
 
