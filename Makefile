@@ -1,0 +1,40 @@
+# gffmerge developer commands. `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON_BOOT ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= all,test
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint cuda-check checkpoints bench clean
+
+$(PY):
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PIP) install --upgrade pip >/dev/null
+
+# Torch first (pinned: an unpinned torch resolves to a multi-GB CUDA build), then the
+# build tools, then the package itself built against that torch.
+install: $(PY)
+	@if [ -n "$(TORCH_SPEC)" ]; then $(PIP) install "$(TORCH_SPEC)" numpy; \
+	 else $(PY) -c "import torch" || { echo "TORCH_SPEC is empty but $(VENV) has no torch"; exit 1; }; fi
+	$(PIP) install "scikit-build-core>=0.10" pybind11
+	@command -v cmake >/dev/null 2>&1 || $(PIP) install "cmake>=3.25,<4"
+	@command -v ninja >/dev/null 2>&1 || $(PIP) install ninja
+	$(PIP) install --no-build-isolation -e ".[$(EXTRAS)]"
+	@$(PY) -c "import torch, gffmerge_ext as e; print('gffmerge_ext built:', e.extension_available(), '| torch', torch.__version__)"
+
+demo: install
+	$(VENV)/bin/gffmerge demo
+
+test: install lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(PY) benchmarks/bench_gram.py
+
+clean:
+	rm -rf build _skbuild dist *.egg-info demo_out

@@ -1,0 +1,225 @@
+"""Training force fields: pretraining a foundation, fine-tuning sources, the joint model.
+
+One recipe serves all three roles (AdamW, gradient clipping, energy + force loss, warm-up
+plus cosine learning-rate schedule, best-validation checkpoint, early stopping); only the
+data and the starting point differ:
+
+- ``foundation``: a fresh model on the union of several systems, with per-element
+  reference energies and scale/shift fitted on its training split;
+- ``finetune``: from a foundation checkpoint on one system (references kept);
+- ``joint``: from the same foundation on the union of the fine-tuning systems, the
+  "gold standard" a merge is compared with.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import AtomsDataset, load_dataset
+from .evaluate import evaluate
+from .models import ForceField, build_model, fit_reference_energies, fit_scale_shift
+
+Role = Literal["foundation", "finetune", "joint"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (JSON/YAML-able)."""
+
+    systems: list[str]  # shipped names ("lips20/beta-Li3PS4") or data files
+    role: Role = "foundation"
+    model: str = "gns"  # architecture, used when ``init`` is None
+    model_config: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None  # checkpoint to start from (fine-tune / joint)
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.01  # cosine decay floor, relative to lr
+    warmup_fraction: float = 0.05
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    energy_weight: float = 1.0  # on (eV/atom)²
+    force_weight: float = 10.0  # on (eV/Å)²
+    patience: int = 10  # epochs without validation improvement before stopping
+    max_frames: int = 1250  # per system (protocol sampling)
+    train_frames: int | None = None  # cap on training frames (random subset, seed)
+    val_frames: int | None = None
+    test_frames: int | None = None  # cap on frames in the final test evaluation
+    max_minutes: float | None = None  # wall-clock budget; stops after the current epoch
+    seed: int = 42
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.role not in ("foundation", "finetune", "joint"):
+            raise ValueError(f"role must be foundation, finetune or joint, got {self.role!r}")
+        if self.role != "foundation" and not self.init:
+            raise ValueError(f"role '{self.role}' starts from a foundation checkpoint: "
+                             "set init=PATH (CLI: --init)")
+        if not self.systems:
+            raise ValueError("no training systems given")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+
+
+@dataclass
+class TrainResult:
+    model: ForceField
+    history: list[dict[str, float]]
+    metrics: dict[str, Any]  # best validation and test metrics
+    seconds: float
+    interrupted: bool = False
+
+
+def _loss(model: ForceField, batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    out = model(batch)
+    natoms = batch.natoms.to(torch.float64)
+    de = ((out["energy"] - batch.energy) / natoms).to(torch.float32)
+    df = out["forces"] - batch.forces
+    e_mse, f_mse = de.square().mean(), df.square().mean()
+    loss = cfg.energy_weight * e_mse + cfg.force_weight * f_mse
+    return loss, {"loss": loss.item(), "e_mse": e_mse.item(), "f_mse": f_mse.item()}
+
+
+def _lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    warm = max(1, int(cfg.warmup_fraction * total))
+    if step < warm:
+        return (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _prepare_model(cfg: TrainConfig, train: AtomsDataset) -> tuple[ForceField, dict]:
+    if cfg.init:
+        model, meta = load_checkpoint(cfg.init)
+        return model, {"init": str(cfg.init), "init_metadata_role": meta.get("role")}
+    model = build_model(cfg.model, **cfg.model_config)
+    loader = train.batches(64, model.cutoff)
+    ref = fit_reference_energies(loader)
+    ss = fit_scale_shift(loader, ref.atomic_energies)
+    model.set_energy_normalisation(ref.atomic_energies, ss.scale, ss.shift)
+    return model, {"reference_rms_ev_per_atom": ref.rms_residual_ev_per_atom,
+                   "reference_rank": ref.rank, "scale": ss.scale, "shift": ss.shift}
+
+
+def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool = True,
+          dataset: AtomsDataset | None = None,
+          metadata: dict[str, Any] | None = None) -> TrainResult:
+    """Train a model as ``cfg`` says; with ``output``, save the best-validation checkpoint
+    (with ``metadata`` added to what the run records about itself).
+
+    Ctrl-C stops after saving the best model so far (metadata ``interrupted: true``).
+    """
+    from tqdm.auto import tqdm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    data = dataset or load_dataset(cfg.systems, max_frames=cfg.max_frames, seed=cfg.seed)
+    train_set, val_set = data.split("train"), data.split("val")
+    if cfg.train_frames is not None and cfg.train_frames < len(train_set):
+        train_set = train_set.subset(cfg.train_frames, seed=cfg.seed)
+    if cfg.val_frames is not None and cfg.val_frames < len(val_set):
+        val_set = val_set.subset(cfg.val_frames, seed=cfg.seed)
+    model, prep = _prepare_model(cfg, train_set)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total_steps, cfg))
+
+    best_state = copy.deepcopy(model.state_dict())
+    best_val, best_epoch, bad_epochs = math.inf, -1, 0
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    interrupted = False
+    epochs = tqdm(range(cfg.epochs), desc=f"train {cfg.role}", unit="epoch", disable=not progress)
+    try:
+        for epoch in epochs:
+            model.train()
+            sums = {"loss": 0.0, "e_mse": 0.0, "f_mse": 0.0}
+            inner = tqdm(train_set.batches(cfg.batch_size, model.cutoff, shuffle=True,
+                                           seed=cfg.seed + epoch), leave=False,
+                         desc=f"epoch {epoch}", unit="batch", disable=not progress)
+            for batch in inner:
+                opt.zero_grad(set_to_none=True)
+                loss, parts = _loss(model, batch, cfg)
+                if not math.isfinite(parts["loss"]):
+                    raise FloatingPointError(
+                        f"training loss became {parts['loss']} in epoch {epoch}; lower the "
+                        "learning rate (lr) or check the data for NaN labels")
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                sched.step()
+                for k in sums:
+                    sums[k] += parts[k]
+                inner.set_postfix(loss=f"{parts['loss']:.4f}")
+            val = evaluate(model, val_set, batch_size=cfg.batch_size, progress=False)["all"]
+            val_loss = (cfg.energy_weight * (val["energy_rmse_mev_per_atom"] / 1e3) ** 2
+                        + cfg.force_weight * (val["force_rmse_mev_per_a"] / 1e3) ** 2)
+            row = {"epoch": epoch, "seconds": time.perf_counter() - t0,
+                   "lr": opt.param_groups[0]["lr"],
+                   **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()},
+                   "val_loss": val_loss,
+                   "val_energy_mae_mev_per_atom": val["energy_mae_mev_per_atom"],
+                   "val_force_mae_mev_per_a": val["force_mae_mev_per_a"]}
+            history.append(row)
+            if val_loss < best_val:
+                best_val, best_epoch, bad_epochs = val_loss, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_epochs += 1
+            epochs.set_postfix(train=f"{row['train_loss']:.4f}",
+                               val_E=f"{row['val_energy_mae_mev_per_atom']:.1f}",
+                               val_F=f"{row['val_force_mae_mev_per_a']:.0f}")
+            if bad_epochs >= cfg.patience:
+                break
+            if cfg.max_minutes is not None and row["seconds"] > 60 * cfg.max_minutes:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    seconds = time.perf_counter() - t0
+    model.load_state_dict(best_state)
+    model.eval()
+    metrics: dict[str, Any] = {"best_epoch": best_epoch, "epochs_run": len(history)}
+    if history:
+        test_set = data.split("test")
+        if cfg.test_frames is not None and cfg.test_frames < len(test_set):
+            test_set = test_set.subset(cfg.test_frames, seed=cfg.seed)
+        test = evaluate(model, test_set, batch_size=cfg.batch_size, progress=False)
+        metrics["val"] = evaluate(model, val_set, batch_size=cfg.batch_size,
+                                  progress=False)["all"]
+        metrics["test"] = test
+    result = TrainResult(model, history, metrics, seconds, interrupted)
+    if output is not None:
+        meta = {"role": cfg.role, "config": _plain(asdict(cfg)), "data": data.describe(),
+                "split": "hash split 80/10/10 of 'system:frame', seed %d" % cfg.seed,
+                "seed": cfg.seed, "train_frames": len(train_set), "val_frames": len(val_set),
+                "wall_seconds": seconds, "metrics": _plain(metrics), "history": history,
+                "interrupted": interrupted, "torch": str(torch.__version__), **_plain(prep),
+                **_plain(metadata or {})}
+        save_checkpoint(output, model, meta)
+    if interrupted:
+        raise KeyboardInterrupt(f"training interrupted; best model so far saved to {output}"
+                                if output else "training interrupted")
+    return result
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float | int | str | bool) or value is None:
+        return value
+    return str(value)
