@@ -203,7 +203,7 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
     result = TrainResult(model, history, metrics, seconds, interrupted)
     if output is not None:
         meta = {"role": cfg.role, "config": _plain(asdict(cfg)), "data": data.describe(),
-                "split": "hash split 80/10/10 of 'system:frame', seed %d" % cfg.seed,
+                "split": f"hash split 80/10/10 of 'system:frame', seed {cfg.seed}",
                 "seed": cfg.seed, "train_frames": len(train_set), "val_frames": len(val_set),
                 "wall_seconds": seconds, "metrics": _plain(metrics), "history": history,
                 "interrupted": interrupted, "torch": str(torch.__version__), **_plain(prep),
