@@ -138,12 +138,33 @@ def cmd_methods(args) -> int:
 
 def cmd_measure(args) -> int:
     from .collect import measure
+    from .distributed import init_from_env, launched_by_torchrun, measure_distributed
 
     (model,), _ = _load_models([args.model])
     ds = _dataset(args.data, args.split, args)
-    stats = measure(model, ds.batches(args.batch_size, model.cutoff), limit=args.limit,
-                    cross=args.cross, progress=not args.quiet, label=Path(args.model).stem,
-                    description=ds.describe(), layers=args.layers)
+    loader = ds.batches_for(model, args.batch_size)
+    options = dict(limit=args.limit, cross=args.cross, label=Path(args.model).stem,
+                   description=ds.describe(), layers=args.layers)
+    rank = 0
+    if launched_by_torchrun():
+        import torch.distributed as dist
+
+        device = None
+        if torch_cuda_available():
+            import torch
+
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        rank, world = init_from_env(device)
+        try:
+            stats = measure_distributed(model, loader, device=device,
+                                        progress=not args.quiet and rank == 0, **options)
+        finally:
+            dist.destroy_process_group()
+    else:
+        stats = measure(model, loader, progress=not args.quiet, **options)
+    if rank != 0:
+        return 0
     path = stats.save(args.output)
     ms = stats.models[0]
     total_rows = sum(ls.rows for ls in ms.layers.values())
@@ -152,6 +173,12 @@ def cmd_measure(args) -> int:
           f"measured {ms.graphs} graphs, {len(ms.layers)} layers in {ms.seconds:.1f} s "
           f"-> {path}")
     return 0
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _save_merged(args, result, sources: list[str], extra: dict) -> None:
@@ -234,8 +261,8 @@ def cmd_merge(args) -> int:
                        "model its own data, in the same order")
     loaders = None
     if needs:
-        loaders = [_dataset([d for d in ds if d], args.split, args).batches(
-            args.batch_size, m.cutoff) for ds, m in zip(datas, models)]
+        loaders = [_dataset([d for d in ds if d], args.split, args).batches_for(
+            m, args.batch_size) for ds, m in zip(datas, models)]
     result = run_merge(models, loaders, method=method, limit=limit, progress=not args.quiet,
                        labels=[Path(c).stem for c in ckpts], **opts)
     _save_merged(args, result, ckpts, {"data": [str(d) for d in datas]})

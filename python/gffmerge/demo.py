@@ -137,7 +137,6 @@ def run_demo(args) -> int:
         test = test.take([p for s in DEMO_SYSTEMS
                           for p in _positions(test, s)[:args.frames]])
     own = [data.split("train").for_system(s) for s in DEMO_SYSTEMS]
-    cutoff = sources[0].cutoff
 
     def say(msg):
         if progress:
@@ -155,7 +154,7 @@ def run_demo(args) -> int:
     say("measuring each fine-tune on its own training frames ...")
     t0 = time.perf_counter()
     stats = Stats.concat(
-        measure(m, d.batches(8, cutoff), limit=args.limit, progress=progress,
+        measure(m, d.batches_for(m, 8), limit=args.limit, progress=progress,
                 label=s.split("/")[1], description=d.describe())
         for m, d, s in zip(sources, own, DEMO_SYSTEMS))
     measure_s = time.perf_counter() - t0

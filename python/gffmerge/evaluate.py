@@ -49,7 +49,7 @@ def evaluate(model: ForceField, dataset: AtomsDataset, *, batch_size: int = 8,
     model.eval()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     sums: dict[str, _Sums] = defaultdict(_Sums)
-    loader = dataset.batches(batch_size, model.cutoff)
+    loader = dataset.batches_for(model, batch_size)
     try:
         for batch in tqdm(loader, desc="evaluate", unit="batch", leave=False,
                           disable=not progress):

@@ -102,7 +102,7 @@ def _prepare_model(cfg: TrainConfig, train: AtomsDataset) -> tuple[ForceField, d
         model, meta = load_checkpoint(cfg.init)
         return model, {"init": str(cfg.init), "init_metadata_role": meta.get("role")}
     model = build_model(cfg.model, **cfg.model_config)
-    loader = train.batches(64, model.cutoff)
+    loader = train.batches_for(model, 64)
     ref = fit_reference_energies(loader)
     ss = fit_scale_shift(loader, ref.atomic_energies)
     model.set_energy_normalisation(ref.atomic_energies, ss.scale, ss.shift)
@@ -147,7 +147,7 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
         for epoch in epochs:
             model.train()
             sums = {"loss": 0.0, "e_mse": 0.0, "f_mse": 0.0}
-            inner = tqdm(train_set.batches(cfg.batch_size, model.cutoff, shuffle=True,
+            inner = tqdm(train_set.batches_for(model, cfg.batch_size, shuffle=True,
                                            seed=cfg.seed + epoch), leave=False,
                          desc=f"epoch {epoch}", unit="batch", disable=not progress)
             for batch in inner:

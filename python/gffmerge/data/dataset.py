@@ -193,6 +193,11 @@ class AtomsDataset:
         return BatchLoader(self, batch_size, cutoff, shuffle=shuffle, seed=seed,
                            drop_last=drop_last, dtype=dtype)
 
+    def batches_for(self, model, batch_size: int, **kwargs) -> BatchLoader:
+        """:meth:`batches` at ``model.cutoff`` in the dtype of ``model``'s parameters."""
+        dtype = next((p.dtype for p in model.parameters()), torch.float32)
+        return self.batches(batch_size, model.cutoff, dtype=dtype, **kwargs)
+
     def collate(self, positions: Sequence[int], cutoff: float,
                 dtype: torch.dtype = torch.float32) -> AtomsBatch:
         """One ``AtomsBatch`` of the frames at ``positions``."""
@@ -295,6 +300,28 @@ class BatchLoader:
         if self.shuffle:
             return np.random.default_rng(self.seed).permutation(n)
         return np.arange(n)
+
+    def shard(self, rank: int, world_size: int, limit: int | None = None) -> BatchLoader:
+        """This rank's part of the frames for multi-process measuring.
+
+        Every ``world_size``-th frame of the iteration order, starting at ``rank``, so the
+        shards are disjoint and together exhaustive (no padding or dropping, unlike
+        ``DistributedSampler``). With ``limit`` (graphs, checked after each batch as
+        single-process measuring does), only the frames a single process would have used,
+        ``ceil(limit / batch_size)`` whole batches, are shared out.
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside a world of {world_size} processes")
+        order = self.order()
+        if limit is not None:
+            order = order[:math.ceil(limit / self.batch_size) * self.batch_size]
+        return BatchLoader(self.dataset.take(order[rank::world_size]), self.batch_size,
+                           self.cutoff, shuffle=False, drop_last=False, dtype=self.dtype)
+
+    @property
+    def num_frames(self) -> int:
+        """Frames this loader yields in one pass."""
+        return len(self) * self.batch_size if self.drop_last else len(self.dataset)
 
     def __iter__(self) -> Iterator[AtomsBatch]:
         order = self.order()
