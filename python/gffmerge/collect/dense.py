@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
-import gffmerge_ext
-
 from ..stats import LayerStats
+from .hooks import LayerHook
+from .providers import GramInput
 
 
-class DenseHook:
+class DenseHook(LayerHook):
     """Accumulate ``Σ x̃x̃ᵀ`` (and ``Σ x̃yᵀ``) from every call of one linear layer.
 
     Rows are all leading dimensions of the input flattened (atoms, edges, or
@@ -18,28 +18,16 @@ class DenseHook:
     input matrix instead of ``args[0]``.
     """
 
-    def __init__(self, module: nn.Linear, sums: LayerStats, *, backend: str = "auto"):
-        self.sums = sums
-        self.backend = backend
-        self.in_features = module.in_features
-        self.out_features = module.out_features
+    def __init__(self, module: nn.Module, sums: LayerStats, **kwargs):
         self._dense_input = getattr(module, "dense_input", None)
-        self._handle = module.register_forward_hook(self._hook, with_kwargs=True)
+        super().__init__(module, sums, **kwargs)
 
-    def _hook(self, module, args, kwargs, output):
+    def describe(self, args: tuple, kwargs: dict) -> GramInput:
         if self._dense_input is not None:
             x = self._dense_input(*args, **kwargs)
         else:
             x = args[0] if args else kwargs["input"]
-        x = x.detach().reshape(-1, self.in_features)
-        gffmerge_ext.gram_(self.sums.gram, x, augment=True, backend=self.backend)
-        if self.sums.cross is not None:
-            y = output.detach().reshape(-1, self.out_features)
-            gffmerge_ext.cross_(self.sums.cross, x, y, augment_x=True, backend=self.backend)
-        self.sums.rows += x.shape[0]
-
-    def remove(self) -> None:
-        self._handle.remove()
+        return GramInput.dense(x)
 
 
 def attach_dense(model: nn.Module, layers: dict[str, LayerStats], *,
@@ -47,4 +35,3 @@ def attach_dense(model: nn.Module, layers: dict[str, LayerStats], *,
     """A :class:`DenseHook` on each named layer of ``model``."""
     modules = dict(model.named_modules())
     return [DenseHook(modules[name], sums, backend=backend) for name, sums in layers.items()]
-

@@ -11,9 +11,11 @@ from torch import nn
 
 from ..architecture import linear_layers
 from ..errors import EmptyDataError, NonFiniteActivationError
-from ..stats import Stats
+from ..stats import LayerStats, Stats
 from .batches import Forward, batch_entries, default_forward, move_to
-from .dense import attach_dense
+from .dedup import InputCache
+from .dense import DenseHook
+from .hooks import LayerHook, StructuredHook, provider_of
 
 
 def _describe(data: Any) -> str:
@@ -34,14 +36,57 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+class Collector:
+    """The hooks on a model's layers and the cache they share within one forward."""
+
+    def __init__(self, hooks: list[LayerHook], cache: InputCache | None):
+        self.hooks = hooks
+        self.cache = cache
+
+    @property
+    def structured(self) -> list[LayerHook]:
+        return [h for h in self.hooks if isinstance(h, StructuredHook)]
+
+    def end_forward(self) -> None:
+        """Forget the inputs of the forward that just ran (call after every batch)."""
+        if self.cache is not None:
+            self.cache.clear()
+
+    def remove(self) -> None:
+        self.end_forward()
+        for h in self.hooks:
+            h.remove()
+
+
+def attach(model: nn.Module, layers: dict[str, LayerStats], *, dense: bool = False,
+           dedup: bool = True, backend: str = "auto",
+           chunk_rows: int | None = None) -> Collector:
+    """Hook each named layer of ``model``, accumulating into ``layers[name]``.
+
+    A layer with ``gram_parts`` gets a :class:`StructuredHook` unless ``dense`` is set;
+    every other layer a :class:`DenseHook`. With ``dedup``, layers that receive the same
+    input in one forward share its Gram (:mod:`gffmerge.collect.dedup`); call
+    :meth:`Collector.end_forward` after each forward.
+    """
+    modules = dict(model.named_modules())
+    cache = InputCache() if dedup else None
+    hooks: list[LayerHook] = []
+    for name, sums in layers.items():
+        module = modules[name]
+        kind = StructuredHook if not dense and provider_of(module) else DenseHook
+        hooks.append(kind(module, sums, backend=backend, cache=cache, chunk_rows=chunk_rows))
+    return Collector(hooks, cache)
+
+
 def measure(model: nn.Module, data: Iterable[Any], *, layers: Iterable[str] | None = None,
             limit: int | None = None, device: torch.device | str | None = None,
             progress: bool = True, cross: bool = False, forward: Forward | None = None,
             batch_size_fn: Callable[[Any], int] | None = None, label: str | None = None,
-            description: str | None = None, backend: str = "auto") -> Stats:
+            description: str | None = None, backend: str = "auto", dense: bool = False,
+            dedup: bool | None = None) -> Stats:
     """Accumulate the input Grams of ``model``'s linear layers over ``data``.
 
-    The model runs in eval mode under ``torch.inference_mode()``; each batch of ``data``
+    The model runs in eval mode under ``torch.no_grad()``; each batch of ``data``
     is moved to ``device`` (default: the model's device) and passed to
     ``forward(model, batch)`` (default: ``model.measure_forward(batch)`` if the model
     defines it, else ``model(batch)``).
@@ -51,6 +96,17 @@ def measure(model: nn.Module, data: Iterable[Any], *, layers: Iterable[str] | No
     used. ``cross=True`` also records ``Σ x̃ yᵀ`` with the layer's own output (needed
     for ``target="cross"``). Non-finite inputs to any layer raise
     :class:`~gffmerge.NonFiniteActivationError` naming the model, layer and batch.
+
+    Layers that describe their input with ``gram_parts`` (e.g.
+    :class:`~gffmerge.models.layers.EdgeConcatLinear`) are measured by the structured
+    provider (:mod:`gffmerge.collect.providers`: node-level products and scatter sums, no
+    edge-by-feature tensor), every other layer by the dense hook on its input rows.
+    ``dense=True`` uses the dense hook on every layer (the reference for comparisons).
+    ``dedup`` (default: on unless ``dense``) forms the Gram of an input that reaches
+    several layers in one forward once (:mod:`gffmerge.collect.dedup`); it needs the
+    version counters of ordinary tensors, which is why the forward runs under
+    ``torch.no_grad()`` rather than ``torch.inference_mode()``. Both paths write the
+    same stats.
     """
     infos = linear_layers(model, layers)
     if not infos:
@@ -75,7 +131,9 @@ def measure(model: nn.Module, data: Iterable[Any], *, layers: Iterable[str] | No
     t0 = time.perf_counter()
     model.to(device)
     model.eval()
-    hooks = attach_dense(model, sums, backend=backend)
+    if dedup is None:
+        dedup = not dense
+    collector = attach(model, sums, dense=dense, dedup=dedup, backend=backend)
     graphs = 0
     batches = 0
     try:
@@ -83,9 +141,12 @@ def measure(model: nn.Module, data: Iterable[Any], *, layers: Iterable[str] | No
 
         bar = tqdm(total=total, desc=f"measure {label}", unit="batch", disable=not progress,
                    leave=False)
-        with torch.inference_mode():
+        with torch.no_grad():
             for batch in data:
-                forward(model, move_to(batch, device))
+                try:
+                    forward(model, move_to(batch, device))
+                finally:
+                    collector.end_forward()
                 batches += 1
                 graphs += count(batch)
                 diag = torch.stack([sums[n].gram.diagonal().sum() for n in names])
@@ -104,8 +165,7 @@ def measure(model: nn.Module, data: Iterable[Any], *, layers: Iterable[str] | No
                     break
         bar.close()
     finally:
-        for h in hooks:
-            h.remove()
+        collector.remove()
         model.train(was_training)
         model.to(home)
     if batches == 0 or graphs == 0:

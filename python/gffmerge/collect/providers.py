@@ -1,0 +1,455 @@
+"""Structured statistics providers: a layer describes its input rows as parts.
+
+A linear layer whose input row ``r`` is a concatenation ``x_r = [part_1(r), part_2(r), ...]``
+of
+
+* **dense** rows (:class:`Dense`): an explicit ``[R, d]`` tensor (edge features, or
+  node-level tensors when the rows are nodes);
+* **gathered** rows (:class:`Gathered`): ``g_r · H[i_r]`` with node features ``H [N, d]``,
+  an index ``i [R]`` and an optional per-row scalar gate ``g [R]`` (attention × cutoff);
+* **aggregated** rows (:class:`Aggregated`): ``Σ_{s: i_s = r} g_s · X_s``, a scatter-sum of
+  ``S`` source rows into the ``R`` rows of the layer,
+
+opts in to structured statistics by defining ``gram_parts(*args, **kwargs) -> GramInput``,
+called with the arguments of its forward. The collector then forms every block of the
+augmented Gram ``Σ x̃x̃ᵀ`` (``x̃ = [x, 1]``) but dense × dense from node-level tensors,
+degree weights and scatter sums, with no ``[R, d]`` row tensor of gathered parts:
+
+=================================  ===================================================
+block                              formed as
+=================================  ===================================================
+dense D × dense D'                 ``Σ_r D_r D'_rᵀ`` (``gram_`` over chunks of rows)
+dense D × gathered (H, i, g)       ``Pᵀ H``, ``P = index_add_i(g · D)``  ``[N, d_D]``
+gathered × gathered, same index    ``H₁ᵀ diag(w) H₂``, ``w = index_add_i(g₁ g₂)``  ``[N]``
+gathered × gathered, i₁ ≠ i₂       ``H₁ᵀ M``, ``M = index_add_{i₁}(g₁ g₂ H₂[i₂])``
+ones × dense D                     ``Σ_r D_r``; ones × gathered: ``Hᵀ c``, ``c = index_add_i(g)``
+ones × ones                        ``R``
+=================================  ===================================================
+
+and the cross sums ``Σ x̃ yᵀ`` with the layer output ``y [R, out]``: ``Σ_r D_r y_rᵀ`` for
+dense parts, ``Hᵀ Q`` with ``Q = index_add_i(g · y)`` for gathered parts, ``Σ y`` for the
+ones row. An edge layer on ``[e, h_src, h_dst]`` thus costs ``O(E·d_e² + E·d + N·d²)``
+instead of ``O(E·(d_e + 2d)²)``. Aggregated parts are formed in float64 (``[R, d]``, node
+level) and then treated as dense.
+
+Every sum is float64. Scatter sums are accumulated chunk by chunk over rows (at most
+:data:`CHUNK_BYTES` of float64 temporaries per chunk), so no ``[E, d]`` float64 copy is
+made; the extra memory is ``O(N·d)`` for the node-level sums plus one chunk. Gates are
+applied in float64 to the exact model values; for a float32 model this is *more* exact
+than a dense hook on ``g * H[i]`` materialised in float32 (which rounds each product).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+import gffmerge_ext
+
+CHUNK_BYTES = 1 << 26
+"""Float64 bytes of row temporaries per chunk (64 MiB): bounds the extra memory."""
+
+F64 = torch.float64
+
+
+# ---------------------------------------------------------------- the description
+@dataclass(frozen=True, eq=False)
+class Dense:
+    """Explicit rows ``x [R, d]`` (or ``[..., d]``, flattened to rows like ``nn.Linear``)."""
+
+    x: Tensor
+
+    @property
+    def width(self) -> int:
+        return int(self.x.shape[-1]) if self.x.dim() else 0
+
+    @property
+    def num_rows(self) -> int:
+        return self.x.numel() // self.width if self.width else 0
+
+
+@dataclass(frozen=True, eq=False)
+class Gathered:
+    """Rows ``gate[r] * src[index[r]]``: ``src [N, d]``, ``index [R]`` int, ``gate [R]`` or
+    ``[R, 1]`` (``None``: 1). Nodes that no row indexes (isolated atoms) are allowed."""
+
+    src: Tensor
+    index: Tensor
+    gate: Tensor | None = None
+
+    @property
+    def width(self) -> int:
+        return int(self.src.shape[-1]) if self.src.dim() else 0
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.index.shape[0]) if self.index.dim() else 0
+
+
+@dataclass(frozen=True, eq=False)
+class Aggregated:
+    """Rows ``out[r] = Σ_{s: index[s] = r} gate[s] * src[s]``: ``src [S, d]``, ``index [S]``
+    int into the ``R`` rows of the layer, ``gate [S]`` or ``[S, 1]`` (``None``: 1).
+
+    Formed in float64 by the collector. Prefer :class:`Dense` with the tensor the layer
+    itself consumes when the forward already computes the sum (a float32 model's own sum
+    is rounded differently from the float64 one)."""
+
+    src: Tensor
+    index: Tensor
+    gate: Tensor | None = None
+
+    @property
+    def width(self) -> int:
+        return int(self.src.shape[-1]) if self.src.dim() else 0
+
+
+Part = Dense | Gathered | Aggregated
+
+
+@dataclass(frozen=True, eq=False)
+class GramInput:
+    """A layer's input rows as parts concatenated along features, in weight-column order.
+
+    ``rows`` (R) is inferred from the first dense or gathered part; give it explicitly
+    when every part is :class:`Aggregated`. Build one in ``gram_parts``; the collector
+    calls :meth:`check` against the layer's ``in_features`` before using it.
+    """
+
+    parts: tuple[Part, ...]
+    rows: int = -1
+
+    def __post_init__(self):
+        parts = tuple(self.parts)
+        object.__setattr__(self, "parts", parts)
+        if self.rows < 0:
+            sized = [p.num_rows for p in parts if not isinstance(p, Aggregated)]
+            if not sized:
+                raise ValueError("GramInput of only Aggregated parts needs rows= (the number "
+                                 "of rows the sums are scattered into)")
+            object.__setattr__(self, "rows", int(sized[0]))
+
+    @classmethod
+    def dense(cls, x: Tensor) -> GramInput:
+        """The input of a plain ``nn.Linear``: one dense part."""
+        return cls((Dense(x),))
+
+    @property
+    def width(self) -> int:
+        return sum(p.width for p in self.parts)
+
+    def check(self, in_features: int | None = None) -> None:
+        """Raise ``ValueError`` unless the parts are consistent (shapes, dtypes, indices)."""
+        if not self.parts:
+            raise ValueError("GramInput has no parts")
+        if in_features is not None and self.width != in_features:
+            widths = "+".join(str(p.width) for p in self.parts)
+            raise ValueError(f"GramInput parts are {widths} = {self.width} columns wide but "
+                             f"the layer has in_features={in_features}")
+        for k, p in enumerate(self.parts):
+            where = f"part {k} ({type(p).__name__})"
+            if not isinstance(p, Dense | Gathered | Aggregated):
+                raise TypeError(f"{where}: parts must be Dense, Gathered or Aggregated, got "
+                                f"{type(p).__name__}")
+            t = p.x if isinstance(p, Dense) else p.src
+            if t.layout != torch.strided or not t.is_floating_point():
+                raise ValueError(f"{where}: features must be a dense floating tensor, got "
+                                 f"{t.dtype} {t.layout}")
+            if p.width <= 0:
+                raise ValueError(f"{where}: has no feature columns (shape {tuple(t.shape)})")
+            if isinstance(p, Dense):
+                if p.num_rows != self.rows:
+                    raise ValueError(f"{where}: has {p.num_rows} rows, expected {self.rows}")
+                continue
+            if t.dim() != 2:
+                raise ValueError(f"{where}: src must be 2-D [*, d], got {tuple(t.shape)}")
+            idx = p.index
+            if idx.dim() != 1 or idx.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"{where}: index must be 1-D int64/int32, got "
+                                 f"{idx.dtype} {tuple(idx.shape)}")
+            n_src = t.shape[0]
+            n_idx = idx.shape[0]
+            if isinstance(p, Gathered):
+                if n_idx != self.rows:
+                    raise ValueError(f"{where}: index has {n_idx} rows, expected {self.rows}")
+                bound, what = n_src, "src"
+            else:
+                if n_idx != n_src:
+                    raise ValueError(f"{where}: index has {n_idx} entries for {n_src} src rows")
+                bound, what = self.rows, "the layer's rows"
+            if n_idx and (int(idx.min()) < 0 or int(idx.max()) >= bound):
+                raise ValueError(f"{where}: index values lie in [{int(idx.min())}, "
+                                 f"{int(idx.max())}], outside {what} [0, {bound})")
+            if p.gate is not None:
+                g = p.gate
+                if not g.is_floating_point() or g.numel() != n_idx or not (
+                        g.dim() == 1 or (g.dim() == 2 and g.shape[1] == 1)):
+                    raise ValueError(f"{where}: gate must be a float [{n_idx}] or "
+                                     f"[{n_idx}, 1] tensor, got {g.dtype} {tuple(g.shape)}")
+
+    def materialize(self, dtype: torch.dtype | None = None) -> Tensor:
+        """The explicit ``[R, width]`` rows (for tests and fallbacks; O(R·width) memory).
+
+        ``dtype=None`` uses the promoted dtype of the parts, computing gated products in
+        it as a model would; ``torch.float64`` gives the exact rows the sums describe.
+        """
+        if dtype is None:
+            dtype = _promote([p.x if isinstance(p, Dense) else p.src for p in self.parts])
+        cols = []
+        for p in self.parts:
+            if isinstance(p, Dense):
+                cols.append(p.x.detach().reshape(-1, p.width).to(dtype))
+            elif isinstance(p, Gathered):
+                rows = p.src.detach().to(dtype).index_select(0, p.index.long())
+                cols.append(rows if p.gate is None else rows * _gate(p.gate, dtype)[:, None])
+            else:
+                cols.append(_aggregate(p, self.rows, None).to(dtype))
+        return torch.cat(cols, dim=1)
+
+
+def _promote(tensors: Sequence[Tensor]) -> torch.dtype:
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def _gate(gate: Tensor | None, dtype: torch.dtype = F64) -> Tensor | None:
+    return None if gate is None else gate.detach().reshape(-1).to(dtype)
+
+
+def _chunks(n: int, step: int) -> Iterator[tuple[int, int]]:
+    for s in range(0, n, step):
+        yield s, min(n, s + step)
+
+
+def _step(width: int, chunk_rows: int | None) -> int:
+    if chunk_rows is not None:
+        return max(1, int(chunk_rows))
+    return max(256, CHUNK_BYTES // (8 * max(1, width)))
+
+
+def _aggregate(p: Aggregated, rows: int, chunk_rows: int | None) -> Tensor:
+    """``[rows, d]`` float64 ``Σ_{s: index[s] = r} gate[s] src[s]``, chunked over ``s``."""
+    src, index, gate = p.src.detach(), p.index.long(), _gate(p.gate)
+    out = torch.zeros(rows, p.width, dtype=F64, device=src.device)
+    for s, e in _chunks(src.shape[0], _step(p.width, chunk_rows)):
+        v = src[s:e].to(F64)
+        out.index_add_(0, index[s:e], v if gate is None else v * gate[s:e, None])
+    return out
+
+
+# ---------------------------------------------------------------- block formulas
+def _bincount(index: Tensor, weights: Tensor | None, n: int) -> Tensor:
+    """Float64 ``[n]`` sums of ``weights`` (1 when None) per index value."""
+    if weights is None:
+        return torch.bincount(index, minlength=n).to(F64)
+    return torch.bincount(index, weights=weights, minlength=n)
+
+
+class _Plan:
+    """A :class:`GramInput` prepared for the block formulas.
+
+    Dense (and formed aggregated) parts are grouped first, gathered parts after them,
+    the ones column last ("internal" order); ``layout[j]`` is the weight column of
+    internal column ``j``.
+    """
+
+    def __init__(self, inp: GramInput, *, backend: str, chunk_rows: int | None):
+        self.rows = inp.rows
+        self.backend = backend
+        self.chunk_rows = chunk_rows
+        self.dense: list[Tensor] = []
+        self.gathered: list[tuple[Tensor, Tensor, Tensor | None]] = []
+        dense_cols: list[int] = []
+        gathered_cols: list[int] = []
+        col = 0
+        for p in inp.parts:
+            cols = list(range(col, col + p.width))
+            col += p.width
+            if isinstance(p, Gathered):
+                self.gathered.append((p.src.detach(), p.index.long(), _gate(p.gate)))
+                gathered_cols += cols
+            elif isinstance(p, Dense):
+                self.dense.append(p.x.detach().reshape(-1, p.width))
+                dense_cols += cols
+            else:
+                self.dense.append(_aggregate(p, inp.rows, chunk_rows))
+                dense_cols += cols
+        self.width = col
+        self.d_dense = len(dense_cols)
+        internal = dense_cols + gathered_cols + [col]
+        self.layout = None if internal == list(range(col + 1)) else torch.tensor(internal)
+        self._f64: dict[int, Tensor] = {}
+        self.device = (self.dense[0] if self.dense else self.gathered[0][0]).device
+
+    # -- helpers ---------------------------------------------------------------
+    def to_layout(self, m: Tensor, square: bool) -> Tensor:
+        if self.layout is None:
+            return m
+        out = torch.empty_like(m)
+        idx = self.layout.to(m.device)
+        if square:
+            out[idx.unsqueeze(1), idx.unsqueeze(0)] = m
+        else:
+            out[idx] = m
+        return out
+
+    def f64(self, t: Tensor) -> Tensor:
+        """Node-level ``t`` in float64, converted once per call."""
+        if t.dtype == F64:
+            return t
+        key = id(t)
+        if key not in self._f64:
+            self._f64[key] = t.to(F64)
+        return self._f64[key]
+
+    def xty(self, x: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Fresh float64 ``Σ_n w_n x_n y_nᵀ`` (node-level operands)."""
+        if x.dtype != y.dtype:
+            x, y = self.f64(x), self.f64(y)
+        acc = torch.zeros(x.shape[1], y.shape[1], dtype=F64, device=x.device)
+        gffmerge_ext.cross_(acc, x, y, weight=weight, backend=self.backend)
+        return acc
+
+    def xtx(self, x: Tensor, weight: Tensor | None) -> Tensor:
+        acc = torch.zeros(x.shape[1], x.shape[1], dtype=F64, device=x.device)
+        gffmerge_ext.gram_(acc, x, weight=weight, backend=self.backend)
+        return acc
+
+    def dense_chunk(self, s: int, e: int) -> Tensor:
+        if len(self.dense) == 1:
+            return self.dense[0][s:e]
+        dtype = _promote(self.dense)
+        return torch.cat([x[s:e].to(dtype) for x in self.dense], dim=1)
+
+    def scatter(self, index: Tensor, gate: Tensor | None, n: int, width: int, rows_of) -> Tensor:
+        """Float64 ``[n, width]`` ``index_add`` over rows of ``gate[r] * rows_of(r)``."""
+        out = torch.zeros(n, width, dtype=F64, device=self.device)
+        for s, e in _chunks(self.rows, _step(width, self.chunk_rows)):
+            v = rows_of(s, e)
+            out.index_add_(0, index[s:e], v if gate is None else v * gate[s:e, None])
+        return out
+
+    def dense_ones(self, s: int, e: int) -> Tensor:
+        """Float64 chunk ``[D_r, 1]`` of the dense group (a fresh tensor)."""
+        v = torch.empty(e - s, self.d_dense + 1, dtype=F64, device=self.device)
+        col = 0
+        for x in self.dense:
+            v[:, col:col + x.shape[1]] = x[s:e]
+            col += x.shape[1]
+        v[:, -1] = 1.0
+        return v
+
+    def gathered_offsets(self) -> list[int]:
+        offs, col = [], self.d_dense
+        for src, _, _ in self.gathered:
+            offs.append(col)
+            col += src.shape[1]
+        return offs
+
+
+def _same_index(a: Tensor, b: Tensor) -> bool:
+    if a is b:
+        return True
+    if a.shape != b.shape:
+        return False
+    if a.data_ptr() == b.data_ptr() and a.stride() == b.stride():
+        return True
+    return bool(torch.equal(a, b))
+
+
+def _gates_product(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a * b
+
+
+def gram_of(inp: GramInput, *, backend: str = "auto", chunk_rows: int | None = None) -> Tensor:
+    """The augmented Gram ``Σ_r x̃_r x̃_rᵀ`` of ``inp``'s rows: a fresh ``[W+1, W+1]`` float64.
+
+    ``W`` is ``inp.width``; the last row/column is the ones column (its corner is R).
+    Blocks follow the module docstring; ``chunk_rows`` overrides the row chunk size.
+    """
+    plan = _Plan(inp, backend=backend, chunk_rows=chunk_rows)
+    n = plan.width + 1
+    dd = plan.d_dense
+    g = torch.zeros(n, n, dtype=F64, device=plan.device)
+    if plan.dense:
+        acc = torch.zeros(dd + 1, dd + 1, dtype=F64, device=plan.device)
+        for s, e in _chunks(plan.rows, _step(dd + 1, chunk_rows)):
+            gffmerge_ext.gram_(acc, plan.dense_chunk(s, e), augment=True, backend=backend)
+        g[:dd, :dd] = acc[:dd, :dd]
+        g[:dd, -1] = acc[:dd, dd]
+        g[-1, :dd] = acc[dd, :dd]
+        g[-1, -1] = acc[dd, dd]
+    else:
+        g[-1, -1] = float(plan.rows)
+    offs = plan.gathered_offsets()
+    for q, (h, index, gate) in enumerate(plan.gathered):
+        sq = slice(offs[q], offs[q] + h.shape[1])
+        n_nodes = h.shape[0]
+        weight = None if gate is None else gate * gate
+        g[sq, sq] = plan.xtx(h, _bincount(index, weight, n_nodes))
+        if plan.dense:
+            # P = index_add_i(g · [D, 1]); PᵀH holds dense × gathered and ones × gathered.
+            p = plan.scatter(index, gate, n_nodes, dd + 1, plan.dense_ones)
+            blk = plan.xty(p, h)
+            g[:dd, sq] = blk[:dd]
+            g[sq, :dd] = blk[:dd].T
+            ones = blk[dd]
+        else:
+            ones = plan.xty(h, _bincount(index, gate, n_nodes).unsqueeze(1))[:, 0]
+        g[-1, sq] = ones
+        g[sq, -1] = ones
+        for p_ in range(q):
+            h1, i1, g1 = plan.gathered[p_]
+            s1 = slice(offs[p_], offs[p_] + h1.shape[1])
+            gg = _gates_product(g1, gate)
+            if _same_index(i1, index):
+                blk = plan.xty(h1, h, weight=_bincount(i1, gg, h1.shape[0]))
+            else:
+                def rows_of(s, e, h=h, index=index):
+                    return h.index_select(0, index[s:e]).to(F64)
+                m = plan.scatter(i1, gg, h1.shape[0], h.shape[1], rows_of)
+                blk = plan.xty(h1, m)
+            g[s1, sq] = blk
+            g[sq, s1] = blk.T
+    return plan.to_layout(g, square=True)
+
+
+def cross_of(inp: GramInput, y: Tensor, *, backend: str = "auto",
+             chunk_rows: int | None = None) -> Tensor:
+    """The cross sums ``Σ_r x̃_r y_rᵀ`` of ``inp``'s rows with ``y [R, out]``: a fresh
+    ``[W+1, out]`` float64 (last row: ``Σ y``)."""
+    y = y.detach()
+    y = y.reshape(-1, y.shape[-1]) if y.dim() != 2 else y
+    if y.shape[0] != inp.rows:
+        raise ValueError(f"layer output has {y.shape[0]} rows but its GramInput {inp.rows}")
+    plan = _Plan(inp, backend=backend, chunk_rows=chunk_rows)
+    out = y.shape[1]
+    dd = plan.d_dense
+    c = torch.zeros(plan.width + 1, out, dtype=F64, device=plan.device)
+    step = _step(dd + 1 + out, chunk_rows)
+    if plan.dense:
+        acc = torch.zeros(dd + 1, out, dtype=F64, device=plan.device)
+        for s, e in _chunks(plan.rows, step):
+            x, yc = plan.dense_chunk(s, e), y[s:e]
+            if x.dtype != yc.dtype:
+                x, yc = x.to(F64), yc.to(F64)
+            gffmerge_ext.cross_(acc, x, yc, augment_x=True, backend=backend)
+        c[:dd] = acc[:dd]
+        c[-1] = acc[dd]
+    else:
+        for s, e in _chunks(plan.rows, step):
+            c[-1] += y[s:e].to(F64).sum(0)
+    for q, (h, index, gate) in enumerate(plan.gathered):
+        off = plan.gathered_offsets()[q]
+        qsum = plan.scatter(index, gate, h.shape[0], out, lambda s, e: y[s:e].to(F64))
+        c[off:off + h.shape[1]] = plan.xty(h, qsum)
+    return plan.to_layout(c, square=False)
