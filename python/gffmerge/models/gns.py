@@ -10,7 +10,7 @@ Architecture (after ORB v2, Neumann et al. 2024, ``MoleculeGNS`` /
   - edge update ``e' = e + LN(Linear(SiLU(EdgeConcatLinear([e, h_sender, h_receiver]))))``,
   - sigmoid attention gates ``a_recv = sigmoid(Linear(e')) fc(r)``,
     ``a_send = sigmoid(Linear(e')) fc(r)`` with a cosine cutoff ``fc``,
-  - node update ``h' = h + LN(Linear(SiLU(Linear([h, sum_{e into i} a_recv e',
+  - node update ``h' = h + LN(Linear(SiLU(ConcatLinear([h, sum_{e into i} a_recv e',
     sum_{e out of i} a_send e']))))``;
 
 * energy head: per-atom MLP ``h -> scalar``, summed with the reference energies,
@@ -55,8 +55,10 @@ class AttentionInteraction(nn.Module):
         self.edge_norm = nn.LayerNorm(latent_dim)
         self.receive_attn = nn.Linear(latent_dim, 1)
         self.send_attn = nn.Linear(latent_dim, 1)
-        # Node MLP on [h, received, sent]: node-level rows.
-        self.node_mlp = mlp([3 * latent_dim, hidden_dim, latent_dim], nn.SiLU, layer_norm=True)
+        # Node MLP on [h, received, sent]: node-level rows, first layer a ConcatLinear (no
+        # concatenation; same parameter names as the plain MLP, so old checkpoints load).
+        self.node_mlp = mlp([3 * latent_dim, hidden_dim, latent_dim], nn.SiLU, layer_norm=True,
+                            in_sizes=(latent_dim, latent_dim, latent_dim))
 
     def forward(self, h: Tensor, e: Tensor, fc: Tensor, edge_index: Tensor
                 ) -> tuple[Tensor, Tensor]:
@@ -66,7 +68,7 @@ class AttentionInteraction(nn.Module):
         a_send = torch.sigmoid(self.send_attn(e)) * fc.unsqueeze(-1)
         received = torch.zeros_like(h).index_add_(0, receiver, a_recv * e)
         sent = torch.zeros_like(h).index_add_(0, sender, a_send * e)
-        h = h + self.node_mlp(torch.cat([h, received, sent], dim=-1))
+        h = h + self.node_mlp(h, received, sent)
         return h, e
 
 

@@ -7,11 +7,14 @@ merge sees it; radial bases and cutoffs have no parameters.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from gffmerge.collect.providers import Dense, Gathered, GramInput
 
 
 class ShiftedSoftplus(nn.Module):
@@ -74,16 +77,97 @@ class SineRBF(nn.Module):
         return torch.sin(self.freqs * r) / r
 
 
-def mlp(dims: list[int], activation: type[nn.Module], layer_norm: bool = False) -> nn.Sequential:
-    """``Linear -> act -> ... -> Linear`` through ``dims``, optionally ending in LayerNorm."""
+def mlp(dims: list[int], activation: type[nn.Module], layer_norm: bool = False,
+        in_sizes: Sequence[int] | None = None) -> nn.Sequential:
+    """``Linear -> act -> ... -> Linear`` through ``dims``, optionally ending in LayerNorm.
+
+    With ``in_sizes`` (summing to ``dims[0]``) the first layer is a :class:`ConcatLinear`
+    and the MLP is a :class:`PartsSequential` called with the parts, ``mlp(h, m1, m2)``;
+    parameter names and initialisation are those of the plain MLP.
+    """
     layers: list[nn.Module] = []
     for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
         if i > 0:
             layers.append(activation())
-        layers.append(nn.Linear(d_in, d_out))
+        if i == 0 and in_sizes is not None:
+            if sum(in_sizes) != d_in:
+                raise ValueError(f"in_sizes {list(in_sizes)} sum to {sum(in_sizes)}, "
+                                 f"not dims[0]={d_in}")
+            layers.append(ConcatLinear(in_sizes, d_out))
+        else:
+            layers.append(nn.Linear(d_in, d_out))
     if layer_norm:
         layers.append(nn.LayerNorm(dims[-1]))
-    return nn.Sequential(*layers)
+    return PartsSequential(*layers) if in_sizes is not None else nn.Sequential(*layers)
+
+
+class PartsSequential(nn.Sequential):
+    """``nn.Sequential`` whose first module takes several inputs (a :class:`ConcatLinear`'s
+    parts); the rest are chained as usual. State-dict keys are those of ``nn.Sequential``."""
+
+    def forward(self, *parts: Tensor) -> Tensor:
+        modules = iter(self)
+        x = next(modules)(*parts)
+        for module in modules:
+            x = module(x)
+        return x
+
+
+class ConcatLinear(nn.Linear):
+    """``nn.Linear`` on ``torch.cat(parts, -1)`` without building the concatenation.
+
+    The weight is the ``[out_features, sum(in_sizes)]`` matrix of ``nn.Linear`` on the
+    concatenation (columns in part order, same initialisation, same state-dict keys), so
+    a checkpoint of ``nn.Linear(sum(in_sizes), out)`` loads into it. The forward is
+    ``b + Σ_k parts[k] W_kᵀ``. For the merge, :meth:`gram_parts` describes the input as
+    dense parts (node-level rows: the Gram is formed from them without a concatenated
+    copy) and :meth:`dense_input` builds the concatenation for the dense hook.
+    """
+
+    def __init__(self, in_sizes: Sequence[int], out_features: int, bias: bool = True,
+                 device=None, dtype=None):
+        in_sizes = tuple(int(s) for s in in_sizes)
+        if not in_sizes or min(in_sizes) <= 0:
+            raise ValueError(f"in_sizes must be positive widths, got {list(in_sizes)}")
+        super().__init__(sum(in_sizes), out_features, bias=bias, device=device, dtype=dtype)
+        self.in_sizes = in_sizes
+
+    def weight_blocks(self) -> tuple[Tensor, ...]:
+        """Views ``W_k [out, in_sizes[k]]``, one per part."""
+        return tuple(self.weight.split(self.in_sizes, dim=1))
+
+    def _check(self, parts: tuple[Tensor, ...]) -> None:
+        if len(parts) != len(self.in_sizes):
+            raise ValueError(f"ConcatLinear expects {len(self.in_sizes)} parts "
+                             f"(widths {list(self.in_sizes)}), got {len(parts)}")
+        lead = parts[0].shape[:-1]
+        for k, (p, w) in enumerate(zip(parts, self.in_sizes, strict=True)):
+            if p.dim() == 0 or p.shape[-1] != w or p.shape[:-1] != lead:
+                raise ValueError(f"part {k} must have shape [{', '.join(map(str, lead))}"
+                                 f"{', ' if len(lead) else ''}{w}], got {tuple(p.shape)}")
+
+    def forward(self, *parts: Tensor) -> Tensor:
+        """``parts[k] [..., in_sizes[k]]`` (same leading shape) -> ``[..., out_features]``."""
+        self._check(parts)
+        blocks = self.weight_blocks()
+        out = F.linear(parts[0], blocks[0], self.bias)
+        for p, w in zip(parts[1:], blocks[1:], strict=True):
+            out = out + F.linear(p, w)
+        return out
+
+    def gram_parts(self, *parts: Tensor) -> GramInput:
+        """The input as dense parts, for the structured Gram provider."""
+        self._check(parts)
+        return GramInput(tuple(Dense(p) for p in parts))
+
+    def dense_input(self, *parts: Tensor) -> Tensor:
+        """The explicit input ``torch.cat(parts, -1)``."""
+        self._check(parts)
+        return torch.cat(parts, dim=-1)
+
+    def extra_repr(self) -> str:
+        return (f"in_sizes={list(self.in_sizes)}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
 
 
 @dataclass(frozen=True)
@@ -129,9 +213,10 @@ class EdgeConcatLinear(nn.Linear):
 
     which avoids the [E, edge_dim + 2 node_dim] tensor (E is often 30-50x N).
 
-    For the merge: the generic dense Gram hook calls :meth:`dense_input` with the
-    forward's arguments when a module has it, so this layer is merged like any
-    ``nn.Linear``; :meth:`input_parts` exposes the factors for a structured provider.
+    For the merge: :meth:`gram_parts` describes the input as ``[dense e, gathered
+    g_s·h[sender], gathered g_r·h[receiver]]`` so the structured provider forms the Gram
+    from node-level products and scatter sums (:mod:`gffmerge.collect.providers`);
+    the dense hook calls :meth:`dense_input` instead (``measure(..., dense=True)``).
     """
 
     def __init__(self, edge_dim: int, node_dim: int, out_features: int, bias: bool = True,
@@ -165,6 +250,15 @@ class EdgeConcatLinear(nn.Linear):
             sender_gate=_as_gate(sender_gate, num_edges, "sender_gate"),
             receiver_gate=_as_gate(receiver_gate, num_edges, "receiver_gate"),
         )
+
+    def gram_parts(self, edge_attr: Tensor, node_feats: Tensor, edge_index: Tensor,
+                   sender_gate: Tensor | None = None,
+                   receiver_gate: Tensor | None = None) -> GramInput:
+        """The input as parts for the structured Gram provider (no [E, in] tensor)."""
+        p = self.input_parts(edge_attr, node_feats, edge_index, sender_gate, receiver_gate)
+        return GramInput((Dense(p.edge_attr),
+                          Gathered(p.node_feats, p.sender, p.sender_gate),
+                          Gathered(p.node_feats, p.receiver, p.receiver_gate)))
 
     def dense_input(self, edge_attr: Tensor, node_feats: Tensor, edge_index: Tensor,
                     sender_gate: Tensor | None = None,
