@@ -144,7 +144,7 @@ def cmd_measure(args) -> int:
     ds = _dataset(args.data, args.split, args)
     loader = ds.batches_for(model, args.batch_size)
     options = dict(limit=args.limit, cross=args.cross, label=Path(args.model).stem,
-                   description=ds.describe(), layers=args.layers)
+                   description=ds.describe(), layers=args.layers, dense=args.dense)
     rank = 0
     if launched_by_torchrun():
         import torch.distributed as dist
@@ -350,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="graphs per model, checked after each batch")
     p.add_argument("--cross", action="store_true", help="also record Σ x̃yᵀ (target=cross)")
     p.add_argument("--layers", nargs="+", help="layer names or glob patterns to measure")
+    p.add_argument("--dense", action="store_true",
+                   help="dense hook on every layer's full input rows instead of the "
+                        "structured providers (the reference; same stats, slower)")
     p.add_argument("-o", "--output", required=True, help="stats file (.safetensors)")
     p.set_defaults(func=cmd_measure)
 
