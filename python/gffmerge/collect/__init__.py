@@ -4,10 +4,10 @@ from .batches import batch_entries, default_forward, move_to
 from .dedup import InputCache
 from .dense import DenseHook, attach_dense
 from .hooks import LayerHook, StructuredHook, provider_of
-from .providers import Aggregated, Dense, Gathered, GramInput, cross_of, gram_of
+from .providers import Aggregated, Dense, Gathered, GramInput, cross_of, gram_of, sums_of
 from .runner import Collector, attach, measure
 
 __all__ = ["Aggregated", "Collector", "Dense", "DenseHook", "Gathered", "GramInput",
            "InputCache", "LayerHook", "StructuredHook", "attach", "attach_dense",
            "batch_entries", "cross_of", "default_forward", "gram_of", "measure", "move_to",
-           "provider_of"]
+           "provider_of", "sums_of"]

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..stats import LayerStats
 
-from .providers import GramInput, cross_of, gram_of
+from .providers import GramInput, sums_of
 
 if TYPE_CHECKING:
     from .dedup import InputCache
@@ -43,14 +43,17 @@ class LayerHook:
         inp.check(self.in_features)
         key = self.cache.key(inp) if self.cache is not None else None
         gram = self.cache.get(key) if key is not None else None
+        y = None
+        if self.sums.cross is not None:
+            y = output.detach().reshape(-1, self.out_features)
+        fresh, cross = sums_of(inp, y, gram=gram is None, backend=self.backend,
+                               chunk_rows=self.chunk_rows)
         if gram is None:
-            gram = gram_of(inp, backend=self.backend, chunk_rows=self.chunk_rows)
+            gram = fresh
             if key is not None:
                 self.cache.put(key, gram)
         self.sums.gram.add_(gram.to(self.sums.gram.device))
-        if self.sums.cross is not None:
-            y = output.detach().reshape(-1, self.out_features)
-            cross = cross_of(inp, y, backend=self.backend, chunk_rows=self.chunk_rows)
+        if cross is not None:
             self.sums.cross.add_(cross.to(self.sums.cross.device))
         self.sums.rows += inp.rows
 

@@ -49,8 +49,8 @@ from torch import Tensor
 
 import gffmerge_ext
 
-CHUNK_BYTES = 1 << 26
-"""Float64 bytes of row temporaries per chunk (64 MiB): bounds the extra memory."""
+CHUNK_BYTES = 1 << 23
+"""Float64 bytes of one row-chunk temporary (8 MiB): bounds the extra memory."""
 
 F64 = torch.float64
 
@@ -250,12 +250,37 @@ def _bincount(index: Tensor, weights: Tensor | None, n: int) -> Tensor:
     return torch.bincount(index, weights=weights, minlength=n)
 
 
+def _same_index(a: Tensor, b: Tensor) -> bool:
+    if a is b:
+        return True
+    if a.shape != b.shape or a.device != b.device:
+        return False
+    if a.data_ptr() == b.data_ptr() and a.stride() == b.stride():
+        return True
+    return bool(torch.equal(a, b))
+
+
+def _same_gate(a: Tensor | None, b: Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def _gates_product(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a * b
+
+
 class _Plan:
     """A :class:`GramInput` prepared for the block formulas.
 
     Dense (and formed aggregated) parts are grouped first, gathered parts after them,
     the ones column last ("internal" order); ``layout[j]`` is the weight column of
-    internal column ``j``.
+    internal column ``j``. Gathered parts with the same index and gate share their
+    scatter sums (``group``).
     """
 
     def __init__(self, inp: GramInput, *, backend: str, chunk_rows: int | None):
@@ -283,8 +308,19 @@ class _Plan:
         self.d_dense = len(dense_cols)
         internal = dense_cols + gathered_cols + [col]
         self.layout = None if internal == list(range(col + 1)) else torch.tensor(internal)
-        self._f64: dict[int, Tensor] = {}
+        self.offsets = []
+        off = self.d_dense
+        for h, _, _ in self.gathered:
+            self.offsets.append(off)
+            off += h.shape[1]
+        # group[q]: the first gathered part with q's index and gate (shared scatter sums)
+        self.group = []
+        for q, (_, i, g) in enumerate(self.gathered):
+            self.group.append(next(p for p in range(q + 1) if p == q or (
+                self.group[p] == p and _same_index(self.gathered[p][1], i)
+                and _same_gate(self.gathered[p][2], g))))
         self.device = (self.dense[0] if self.dense else self.gathered[0][0]).device
+        self._f64: dict[int, Tensor] = {}
 
     # -- helpers ---------------------------------------------------------------
     def to_layout(self, m: Tensor, square: bool) -> Tensor:
@@ -320,22 +356,8 @@ class _Plan:
         gffmerge_ext.gram_(acc, x, weight=weight, backend=self.backend)
         return acc
 
-    def dense_chunk(self, s: int, e: int) -> Tensor:
-        if len(self.dense) == 1:
-            return self.dense[0][s:e]
-        dtype = _promote(self.dense)
-        return torch.cat([x[s:e].to(dtype) for x in self.dense], dim=1)
-
-    def scatter(self, index: Tensor, gate: Tensor | None, n: int, width: int, rows_of) -> Tensor:
-        """Float64 ``[n, width]`` ``index_add`` over rows of ``gate[r] * rows_of(r)``."""
-        out = torch.zeros(n, width, dtype=F64, device=self.device)
-        for s, e in _chunks(self.rows, _step(width, self.chunk_rows)):
-            v = rows_of(s, e)
-            out.index_add_(0, index[s:e], v if gate is None else v * gate[s:e, None])
-        return out
-
     def dense_ones(self, s: int, e: int) -> Tensor:
-        """Float64 chunk ``[D_r, 1]`` of the dense group (a fresh tensor)."""
+        """Float64 chunk ``[D_r, 1]`` of the dense group (always a fresh tensor)."""
         v = torch.empty(e - s, self.d_dense + 1, dtype=F64, device=self.device)
         col = 0
         for x in self.dense:
@@ -344,30 +366,110 @@ class _Plan:
         v[:, -1] = 1.0
         return v
 
-    def gathered_offsets(self) -> list[int]:
-        offs, col = [], self.d_dense
-        for src, _, _ in self.gathered:
-            offs.append(col)
-            col += src.shape[1]
-        return offs
+    def adjacency_product(self, p: int, q: int, gate: Tensor | None) -> Tensor:
+        """``M = index_add_{i_p}(g_p g_q H_q[i_q])`` ``[N_p, d_q]`` as a sparse product
+        ``A H_q`` with ``A[i_p[r], i_q[r]] += g_p g_q`` (O(E) indices, no [E, d] rows)."""
+        hp, ip, _ = self.gathered[p]
+        hq, iq, _ = self.gathered[q]
+        values = gate if gate is not None else torch.ones(ip.shape[0], dtype=F64,
+                                                          device=ip.device)
+        adj = torch.sparse_coo_tensor(torch.stack([ip, iq]), values,
+                                      (hp.shape[0], hq.shape[0]), check_invariants=False)
+        return torch.sparse.mm(adj.coalesce(), self.f64(hq))
 
 
-def _same_index(a: Tensor, b: Tensor) -> bool:
-    if a is b:
-        return True
-    if a.shape != b.shape:
-        return False
-    if a.data_ptr() == b.data_ptr() and a.stride() == b.stride():
-        return True
-    return bool(torch.equal(a, b))
+def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
+          chunk_rows: int | None) -> tuple[Tensor | None, Tensor | None]:
+    """One pass over the rows for the Gram (when ``gram``) and the cross sums with ``y``."""
+    plan = _Plan(inp, backend=backend, chunk_rows=chunk_rows)
+    dd = plan.d_dense
+    dev = plan.device
+    n = plan.width + 1
+    if y is not None:
+        y = y.detach()
+        y = y.reshape(-1, y.shape[-1]) if y.dim() != 2 else y
+        if y.shape[0] != plan.rows:
+            raise ValueError(f"layer output has {y.shape[0]} rows but its GramInput "
+                             f"{plan.rows}")
+    out = 0 if y is None else y.shape[1]
+    leaders = [q for q in range(len(plan.gathered)) if plan.group[q] == q]
 
+    # -- row pass: dense Gram and cross sums, scatter sums per gathered index -----------
+    acc_g = torch.zeros(dd + 1, dd + 1, dtype=F64, device=dev) if gram and dd else None
+    acc_c = torch.zeros(dd + 1, out, dtype=F64, device=dev) if y is not None else None
+    scat_p = {q: torch.zeros(plan.gathered[q][0].shape[0], dd + 1, dtype=F64, device=dev)
+              for q in leaders} if gram and dd else {}
+    scat_y = {q: torch.zeros(plan.gathered[q][0].shape[0], out, dtype=F64, device=dev)
+              for q in leaders} if y is not None else {}
+    if acc_g is not None or acc_c is not None:
+        step = _step(dd + 1 + out, chunk_rows)
+        for s, e in _chunks(plan.rows, step):
+            v = plan.dense_ones(s, e) if dd else None
+            yv = y[s:e].to(F64) if y is not None else None
+            if v is not None and acc_g is not None:
+                gffmerge_ext.gram_(acc_g, v, backend=backend)
+            if yv is not None:
+                if v is not None:
+                    gffmerge_ext.cross_(acc_c, v, yv, backend=backend)
+                else:
+                    acc_c[dd] += yv.sum(0)
+            for q in leaders:
+                _, index, gate = plan.gathered[q]
+                i = index[s:e]
+                g = None if gate is None else gate[s:e, None]
+                if q in scat_p:
+                    scat_p[q].index_add_(0, i, v if g is None else v * g)
+                if q in scat_y:
+                    scat_y[q].index_add_(0, i, yv if g is None else yv * g)
 
-def _gates_product(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a * b
+    # -- node-level products -------------------------------------------------------------
+    g_out = None
+    if gram:
+        g_out = torch.zeros(n, n, dtype=F64, device=dev)
+        if acc_g is not None:
+            g_out[:dd, :dd] = acc_g[:dd, :dd]
+            g_out[:dd, -1] = acc_g[:dd, dd]
+            g_out[-1, :dd] = acc_g[dd, :dd]
+            g_out[-1, -1] = acc_g[dd, dd]
+        else:
+            g_out[-1, -1] = float(plan.rows)
+        for q, (h, index, gate) in enumerate(plan.gathered):
+            sq = slice(plan.offsets[q], plan.offsets[q] + h.shape[1])
+            n_nodes = h.shape[0]
+            g_out[sq, sq] = plan.xtx(h, _bincount(index, None if gate is None else gate * gate,
+                                                  n_nodes))
+            if dd:
+                # P = index_add_i(g · [D, 1]); PᵀH: dense × gathered and ones × gathered
+                blk = plan.xty(scat_p[plan.group[q]], h)
+                g_out[:dd, sq] = blk[:dd]
+                g_out[sq, :dd] = blk[:dd].T
+                ones = blk[dd]
+            else:
+                ones = plan.xty(h, _bincount(index, gate, n_nodes).unsqueeze(1))[:, 0]
+            g_out[-1, sq] = ones
+            g_out[sq, -1] = ones
+            for p in range(q):
+                h1, i1, g1 = plan.gathered[p]
+                s1 = slice(plan.offsets[p], plan.offsets[p] + h1.shape[1])
+                gg = _gates_product(g1, gate)
+                if _same_index(i1, index):
+                    blk = plan.xty(h1, h, weight=_bincount(i1, gg, h1.shape[0]))
+                else:
+                    blk = plan.xty(h1, plan.adjacency_product(p, q, gg))
+                g_out[s1, sq] = blk
+                g_out[sq, s1] = blk.T
+        g_out = plan.to_layout(g_out, square=True)
+
+    c_out = None
+    if y is not None:
+        c_out = torch.zeros(n, out, dtype=F64, device=dev)
+        c_out[:dd] = acc_c[:dd]
+        c_out[-1] = acc_c[dd]
+        for q, (h, _, _) in enumerate(plan.gathered):
+            off = plan.offsets[q]
+            c_out[off:off + h.shape[1]] = plan.xty(h, scat_y[plan.group[q]])
+        c_out = plan.to_layout(c_out, square=False)
+    return g_out, c_out
 
 
 def gram_of(inp: GramInput, *, backend: str = "auto", chunk_rows: int | None = None) -> Tensor:
@@ -376,80 +478,19 @@ def gram_of(inp: GramInput, *, backend: str = "auto", chunk_rows: int | None = N
     ``W`` is ``inp.width``; the last row/column is the ones column (its corner is R).
     Blocks follow the module docstring; ``chunk_rows`` overrides the row chunk size.
     """
-    plan = _Plan(inp, backend=backend, chunk_rows=chunk_rows)
-    n = plan.width + 1
-    dd = plan.d_dense
-    g = torch.zeros(n, n, dtype=F64, device=plan.device)
-    if plan.dense:
-        acc = torch.zeros(dd + 1, dd + 1, dtype=F64, device=plan.device)
-        for s, e in _chunks(plan.rows, _step(dd + 1, chunk_rows)):
-            gffmerge_ext.gram_(acc, plan.dense_chunk(s, e), augment=True, backend=backend)
-        g[:dd, :dd] = acc[:dd, :dd]
-        g[:dd, -1] = acc[:dd, dd]
-        g[-1, :dd] = acc[dd, :dd]
-        g[-1, -1] = acc[dd, dd]
-    else:
-        g[-1, -1] = float(plan.rows)
-    offs = plan.gathered_offsets()
-    for q, (h, index, gate) in enumerate(plan.gathered):
-        sq = slice(offs[q], offs[q] + h.shape[1])
-        n_nodes = h.shape[0]
-        weight = None if gate is None else gate * gate
-        g[sq, sq] = plan.xtx(h, _bincount(index, weight, n_nodes))
-        if plan.dense:
-            # P = index_add_i(g · [D, 1]); PᵀH holds dense × gathered and ones × gathered.
-            p = plan.scatter(index, gate, n_nodes, dd + 1, plan.dense_ones)
-            blk = plan.xty(p, h)
-            g[:dd, sq] = blk[:dd]
-            g[sq, :dd] = blk[:dd].T
-            ones = blk[dd]
-        else:
-            ones = plan.xty(h, _bincount(index, gate, n_nodes).unsqueeze(1))[:, 0]
-        g[-1, sq] = ones
-        g[sq, -1] = ones
-        for p_ in range(q):
-            h1, i1, g1 = plan.gathered[p_]
-            s1 = slice(offs[p_], offs[p_] + h1.shape[1])
-            gg = _gates_product(g1, gate)
-            if _same_index(i1, index):
-                blk = plan.xty(h1, h, weight=_bincount(i1, gg, h1.shape[0]))
-            else:
-                def rows_of(s, e, h=h, index=index):
-                    return h.index_select(0, index[s:e]).to(F64)
-                m = plan.scatter(i1, gg, h1.shape[0], h.shape[1], rows_of)
-                blk = plan.xty(h1, m)
-            g[s1, sq] = blk
-            g[sq, s1] = blk.T
-    return plan.to_layout(g, square=True)
+    return _sums(inp, None, gram=True, backend=backend, chunk_rows=chunk_rows)[0]
 
 
 def cross_of(inp: GramInput, y: Tensor, *, backend: str = "auto",
              chunk_rows: int | None = None) -> Tensor:
     """The cross sums ``Σ_r x̃_r y_rᵀ`` of ``inp``'s rows with ``y [R, out]``: a fresh
     ``[W+1, out]`` float64 (last row: ``Σ y``)."""
-    y = y.detach()
-    y = y.reshape(-1, y.shape[-1]) if y.dim() != 2 else y
-    if y.shape[0] != inp.rows:
-        raise ValueError(f"layer output has {y.shape[0]} rows but its GramInput {inp.rows}")
-    plan = _Plan(inp, backend=backend, chunk_rows=chunk_rows)
-    out = y.shape[1]
-    dd = plan.d_dense
-    c = torch.zeros(plan.width + 1, out, dtype=F64, device=plan.device)
-    step = _step(dd + 1 + out, chunk_rows)
-    if plan.dense:
-        acc = torch.zeros(dd + 1, out, dtype=F64, device=plan.device)
-        for s, e in _chunks(plan.rows, step):
-            x, yc = plan.dense_chunk(s, e), y[s:e]
-            if x.dtype != yc.dtype:
-                x, yc = x.to(F64), yc.to(F64)
-            gffmerge_ext.cross_(acc, x, yc, augment_x=True, backend=backend)
-        c[:dd] = acc[:dd]
-        c[-1] = acc[dd]
-    else:
-        for s, e in _chunks(plan.rows, step):
-            c[-1] += y[s:e].to(F64).sum(0)
-    for q, (h, index, gate) in enumerate(plan.gathered):
-        off = plan.gathered_offsets()[q]
-        qsum = plan.scatter(index, gate, h.shape[0], out, lambda s, e: y[s:e].to(F64))
-        c[off:off + h.shape[1]] = plan.xty(h, qsum)
-    return plan.to_layout(c, square=False)
+    return _sums(inp, y, gram=False, backend=backend, chunk_rows=chunk_rows)[1]
+
+
+def sums_of(inp: GramInput, y: Tensor | None = None, *, gram: bool = True,
+            backend: str = "auto", chunk_rows: int | None = None
+            ) -> tuple[Tensor | None, Tensor | None]:
+    """``(gram_of(inp), cross_of(inp, y))`` in one pass over the rows; either may be
+    skipped (``gram=False``, ``y=None``) and is then None."""
+    return _sums(inp, y, gram=gram, backend=backend, chunk_rows=chunk_rows)
