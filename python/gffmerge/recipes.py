@@ -34,22 +34,22 @@ LIPS20 = DatasetRecipe(
                                              "Li2PS3-orth", "Li48P16S61", "P2S5", "P4S3",
                                              "Li", "P", "S")),
     tasks=("lips20/beta-Li3PS4", "lips20/gamma-Li3PS4"),
-    foundation_frames=1100,
-    epochs={"foundation": 12, "finetune": 10, "joint": 10},
-    lr={"foundation": 2e-3, "finetune": 1e-3, "joint": 1e-3},
+    foundation_frames=4000,
+    epochs={"foundation": 15, "finetune": 30, "joint": 30},
+    lr={"foundation": 2e-3, "finetune": 5e-4, "joint": 5e-4},
 )
 RMD17 = DatasetRecipe(
     "rmd17",
     foundation=tuple(f"rmd17/{s}" for s in ("azobenzene", "benzene", "naphthalene",
                                             "paracetamol", "salicylic_acid")),
     tasks=("rmd17/ethanol", "rmd17/malonaldehyde"),
-    foundation_frames=2000,
-    epochs={"foundation": 30, "finetune": 30, "joint": 30},
-    lr={"foundation": 2e-3, "finetune": 1e-3, "joint": 1e-3},
+    foundation_frames=4000,
+    epochs={"foundation": 30, "finetune": 40, "joint": 40},
+    lr={"foundation": 2e-3, "finetune": 5e-4, "joint": 5e-4},
 )
 DATASETS = {d.name: d for d in (LIPS20, RMD17)}
 MODEL_CONFIGS = {
-    "gns": {"latent_dim": 48, "hidden_dim": 48, "n_layers": 3, "cutoff": 5.0},
+    "gns": {"latent_dim": 64, "hidden_dim": 64, "n_layers": 3, "cutoff": 5.0},
     "painn": {"n_features": 32, "n_interactions": 3, "cutoff": 5.0},
 }
 
