@@ -32,11 +32,13 @@ ones row. An edge layer on ``[e, h_src, h_dst]`` thus costs ``O(E·d_e² + E·d 
 instead of ``O(E·(d_e + 2d)²)``. Aggregated parts are formed in float64 (``[R, d]``, node
 level) and then treated as dense.
 
-Every sum is float64. Scatter sums are accumulated chunk by chunk over rows (at most
-:data:`CHUNK_BYTES` of float64 temporaries per chunk), so no ``[E, d]`` float64 copy is
-made; the extra memory is ``O(N·d)`` for the node-level sums plus one chunk. Gates are
-applied in float64 to the exact model values; for a float32 model this is *more* exact
-than a dense hook on ``g * H[i]`` materialised in float32 (which rounds each product).
+Every sum is float64. One pass over the rows converts each chunk once to float64
+``Z = [D, 1, y]`` and feeds the dense Gram and cross sums (``gram_``/``cross_``) and the
+scatter sums of every gathered index (``index_add``) from it; a chunk holds at most
+:data:`CHUNK_BYTES`, so no ``[E, d]`` float64 copy is made and the extra memory is
+``O(N·d)`` for the node-level sums plus one chunk. Gates are applied in float64 to the
+exact model values; for a float32 model this is *more* exact than a dense hook on
+``g * H[i]`` materialised in float32 (which rounds each product).
 """
 
 from __future__ import annotations
@@ -226,17 +228,19 @@ def _chunks(n: int, step: int) -> Iterator[tuple[int, int]]:
         yield s, min(n, s + step)
 
 
-def _step(width: int, chunk_rows: int | None) -> int:
+def _step(width: int, chunk_rows: int | None, rows: int) -> int:
+    """Rows per chunk: ``CHUNK_BYTES`` of float64 at most, and at most a sixteenth of the
+    rows (at least 512), so the temporaries stay small next to small inputs too."""
     if chunk_rows is not None:
         return max(1, int(chunk_rows))
-    return max(256, CHUNK_BYTES // (8 * max(1, width)))
+    return max(1, min(CHUNK_BYTES // (8 * max(1, width)), max(512, -(-rows // 16))))
 
 
 def _aggregate(p: Aggregated, rows: int, chunk_rows: int | None) -> Tensor:
     """``[rows, d]`` float64 ``Σ_{s: index[s] = r} gate[s] src[s]``, chunked over ``s``."""
     src, index, gate = p.src.detach(), p.index.long(), _gate(p.gate)
     out = torch.zeros(rows, p.width, dtype=F64, device=src.device)
-    for s, e in _chunks(src.shape[0], _step(p.width, chunk_rows)):
+    for s, e in _chunks(src.shape[0], _step(p.width, chunk_rows, src.shape[0])):
         v = src[s:e].to(F64)
         out.index_add_(0, index[s:e], v if gate is None else v * gate[s:e, None])
     return out
@@ -356,26 +360,41 @@ class _Plan:
         gffmerge_ext.gram_(acc, x, weight=weight, backend=self.backend)
         return acc
 
-    def dense_ones(self, s: int, e: int) -> Tensor:
-        """Float64 chunk ``[D_r, 1]`` of the dense group (always a fresh tensor)."""
-        v = torch.empty(e - s, self.d_dense + 1, dtype=F64, device=self.device)
+    def rows_f64(self, s: int, e: int, y: Tensor | None, ones: bool) -> Tensor:
+        """Float64 chunk ``Z = [D, 1, y]`` of rows ``s:e`` (a fresh tensor; the dense
+        group and its ones column only when ``ones``, ``y`` only when given)."""
+        width = (self.d_dense + 1 if ones else 0) + (0 if y is None else y.shape[1])
+        z = torch.empty(e - s, width, dtype=F64, device=self.device)
         col = 0
-        for x in self.dense:
-            v[:, col:col + x.shape[1]] = x[s:e]
-            col += x.shape[1]
-        v[:, -1] = 1.0
-        return v
+        if ones:
+            for x in self.dense:
+                z[:, col:col + x.shape[1]] = x[s:e]
+                col += x.shape[1]
+            z[:, col] = 1.0
+            col += 1
+        if y is not None:
+            z[:, col:] = y[s:e]
+        return z
 
-    def adjacency_product(self, p: int, q: int, gate: Tensor | None) -> Tensor:
-        """``M = index_add_{i_p}(g_p g_q H_q[i_q])`` ``[N_p, d_q]`` as a sparse product
-        ``A H_q`` with ``A[i_p[r], i_q[r]] += g_p g_q`` (O(E) indices, no [E, d] rows)."""
+    def pair_product(self, p: int, q: int, gate: Tensor | None) -> Tensor:
+        """The ``[d_p, d_q]`` block ``Σ_r g_r H_p[i_p[r]] H_q[i_q[r]]ᵀ`` of two gathered
+        parts with different indices, as ``H_pᵀ M`` with ``M = index_add_{i_p}(g H_q[i_q])``
+        (or its mirror image when only ``i_q`` is sorted: a sorted scatter is faster),
+        chunked over rows."""
         hp, ip, _ = self.gathered[p]
         hq, iq, _ = self.gathered[q]
-        values = gate if gate is not None else torch.ones(ip.shape[0], dtype=F64,
-                                                          device=ip.device)
-        adj = torch.sparse_coo_tensor(torch.stack([ip, iq]), values,
-                                      (hp.shape[0], hq.shape[0]), check_invariants=False)
-        return torch.sparse.mm(adj.coalesce(), self.f64(hq))
+        flip = _is_sorted(iq) and not _is_sorted(ip)
+        (ha, ia), (hb, ib) = ((hq, iq), (hp, ip)) if flip else ((hp, ip), (hq, iq))
+        m = torch.zeros(ha.shape[0], hb.shape[1], dtype=F64, device=self.device)
+        for s, e in _chunks(self.rows, _step(hb.shape[1], self.chunk_rows, self.rows)):
+            v = hb.index_select(0, ib[s:e]).to(F64)
+            m.index_add_(0, ia[s:e], v if gate is None else v * gate[s:e, None])
+        blk = self.xty(ha, m)
+        return blk.T if flip else blk
+
+
+def _is_sorted(index: Tensor) -> bool:
+    return index.numel() < 2 or bool((index[1:] >= index[:-1]).all())
 
 
 def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
@@ -395,32 +414,37 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
     leaders = [q for q in range(len(plan.gathered)) if plan.group[q] == q]
 
     # -- row pass: dense Gram and cross sums, scatter sums per gathered index -----------
+    # Each chunk is converted once to Z = [D, 1, y] (float64); the Gram and cross sums of
+    # the dense group and the scatter sums of every gathered index are formed from it.
+    ones = bool(dd) and (gram or y is not None)
+    width = (dd + 1 if ones else 0) + out
     acc_g = torch.zeros(dd + 1, dd + 1, dtype=F64, device=dev) if gram and dd else None
     acc_c = torch.zeros(dd + 1, out, dtype=F64, device=dev) if y is not None else None
-    scat_p = {q: torch.zeros(plan.gathered[q][0].shape[0], dd + 1, dtype=F64, device=dev)
-              for q in leaders} if gram and dd else {}
-    scat_y = {q: torch.zeros(plan.gathered[q][0].shape[0], out, dtype=F64, device=dev)
-              for q in leaders} if y is not None else {}
-    if acc_g is not None or acc_c is not None:
-        step = _step(dd + 1 + out, chunk_rows)
-        for s, e in _chunks(plan.rows, step):
-            v = plan.dense_ones(s, e) if dd else None
-            yv = y[s:e].to(F64) if y is not None else None
-            if v is not None and acc_g is not None:
+    # scatter sums per leading gathered part: columns [P (gram) | Q (cross)] of Z
+    scat_lo = 0 if gram and dd else (dd + 1 if ones else 0)
+    scat = {q: torch.zeros(plan.gathered[q][0].shape[0], width - scat_lo, dtype=F64,
+                           device=dev)
+            for q in leaders} if width - scat_lo > 0 else {}
+    if width:
+        for s, e in _chunks(plan.rows, _step(width, chunk_rows, plan.rows)):
+            z = plan.rows_f64(s, e, y, ones)
+            v, yv = (z[:, :dd + 1], z[:, dd + 1:]) if ones else (None, z)
+            if acc_g is not None:
                 gffmerge_ext.gram_(acc_g, v, backend=backend)
-            if yv is not None:
+            if acc_c is not None:
                 if v is not None:
                     gffmerge_ext.cross_(acc_c, v, yv, backend=backend)
                 else:
                     acc_c[dd] += yv.sum(0)
-            for q in leaders:
+            src = z[:, scat_lo:] if scat_lo else z
+            for q in scat:
                 _, index, gate = plan.gathered[q]
-                i = index[s:e]
-                g = None if gate is None else gate[s:e, None]
-                if q in scat_p:
-                    scat_p[q].index_add_(0, i, v if g is None else v * g)
-                if q in scat_y:
-                    scat_y[q].index_add_(0, i, yv if g is None else yv * g)
+                scat[q].index_add_(0, index[s:e],
+                                   src if gate is None else src * gate[s:e, None])
+    scat_p = {q: t[:, :dd + 1].contiguous() for q, t in scat.items()} if gram and dd else {}
+    scat_y = ({q: t[:, t.shape[1] - out:].contiguous() for q, t in scat.items()}
+              if y is not None else {})
+    del scat
 
     # -- node-level products -------------------------------------------------------------
     g_out = None
@@ -455,7 +479,7 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
                 if _same_index(i1, index):
                     blk = plan.xty(h1, h, weight=_bincount(i1, gg, h1.shape[0]))
                 else:
-                    blk = plan.xty(h1, plan.adjacency_product(p, q, gg))
+                    blk = plan.pair_product(p, q, gg)
                 g_out[s1, sq] = blk
                 g_out[sq, s1] = blk.T
         g_out = plan.to_layout(g_out, square=True)
