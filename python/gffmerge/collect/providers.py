@@ -324,7 +324,6 @@ class _Plan:
                 self.group[p] == p and _same_index(self.gathered[p][1], i)
                 and _same_gate(self.gathered[p][2], g))))
         self.device = (self.dense[0] if self.dense else self.gathered[0][0]).device
-        self._f64: dict[int, Tensor] = {}
 
     # -- helpers ---------------------------------------------------------------
     def to_layout(self, m: Tensor, square: bool) -> Tensor:
@@ -338,19 +337,8 @@ class _Plan:
             out[idx] = m
         return out
 
-    def f64(self, t: Tensor) -> Tensor:
-        """Node-level ``t`` in float64, converted once per call."""
-        if t.dtype == F64:
-            return t
-        key = id(t)
-        if key not in self._f64:
-            self._f64[key] = t.to(F64)
-        return self._f64[key]
-
     def xty(self, x: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
-        """Fresh float64 ``Σ_n w_n x_n y_nᵀ`` (node-level operands)."""
-        if x.dtype != y.dtype:
-            x, y = self.f64(x), self.f64(y)
+        """Fresh float64 ``Σ_n w_n x_n y_nᵀ`` (node-level operands; dtypes may differ)."""
         acc = torch.zeros(x.shape[1], y.shape[1], dtype=F64, device=x.device)
         gffmerge_ext.cross_(acc, x, y, weight=weight, backend=self.backend)
         return acc
