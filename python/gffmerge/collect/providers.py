@@ -455,11 +455,11 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
                 blk = plan.xty(scat_p[plan.group[q]], h)
                 g_out[:dd, sq] = blk[:dd]
                 g_out[sq, :dd] = blk[:dd].T
-                ones = blk[dd]
+                col_sum = blk[dd]
             else:
-                ones = plan.xty(h, _bincount(index, gate, n_nodes).unsqueeze(1))[:, 0]
-            g_out[-1, sq] = ones
-            g_out[sq, -1] = ones
+                col_sum = plan.xty(h, _bincount(index, gate, n_nodes).unsqueeze(1))[:, 0]
+            g_out[-1, sq] = col_sum
+            g_out[sq, -1] = col_sum
             for p in range(q):
                 h1, i1, g1 = plan.gathered[p]
                 s1 = slice(plan.offsets[p], plan.offsets[p] + h1.shape[1])
