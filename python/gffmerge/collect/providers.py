@@ -348,20 +348,20 @@ class _Plan:
         gffmerge_ext.gram_(acc, x, weight=weight, backend=self.backend)
         return acc
 
-    def rows_f64(self, s: int, e: int, y: Tensor | None, ones: bool) -> Tensor:
-        """Float64 chunk ``Z = [D, 1, y]`` of rows ``s:e`` (a fresh tensor; the dense
-        group and its ones column only when ``ones``, ``y`` only when given)."""
-        width = (self.d_dense + 1 if ones else 0) + (0 if y is None else y.shape[1])
-        z = torch.empty(e - s, width, dtype=F64, device=self.device)
+    def rows_f64(self, s: int, e: int, y: Tensor | None, ones: bool, z: Tensor) -> Tensor:
+        """Fill ``z`` (a reused ``[chunk, width]`` float64 buffer) with ``Z = [D, 1, y]`` of
+        rows ``s:e`` (the dense group and its ones column only when ``ones``, ``y`` only
+        when given) and return the filled rows."""
+        z = z[:e - s]
         col = 0
         if ones:
             for x in self.dense:
-                z[:, col:col + x.shape[1]] = x[s:e]
+                z[:, col:col + x.shape[1]].copy_(x[s:e])
                 col += x.shape[1]
-            z[:, col] = 1.0
+            z[:, col].fill_(1.0)
             col += 1
         if y is not None:
-            z[:, col:] = y[s:e]
+            z[:, col:].copy_(y[s:e])
         return z
 
     def pair_product(self, p: int, q: int, gate: Tensor | None) -> Tensor:
@@ -374,9 +374,15 @@ class _Plan:
         flip = _is_sorted(iq) and not _is_sorted(ip)
         (ha, ia), (hb, ib) = ((hq, iq), (hp, ip)) if flip else ((hp, ip), (hq, iq))
         m = torch.zeros(ha.shape[0], hb.shape[1], dtype=F64, device=self.device)
-        for s, e in _chunks(self.rows, _step(hb.shape[1], self.chunk_rows, self.rows)):
-            v = hb.index_select(0, ib[s:e]).to(F64)
-            m.index_add_(0, ia[s:e], v if gate is None else v * gate[s:e, None])
+        step = _step(hb.shape[1], self.chunk_rows, self.rows)
+        rows = torch.empty(min(step, self.rows), hb.shape[1], dtype=hb.dtype, device=self.device)
+        rows64 = torch.empty(rows.shape, dtype=F64, device=self.device)
+        for s, e in _chunks(self.rows, step):
+            v = torch.index_select(hb, 0, ib[s:e], out=rows[:e - s])
+            v = rows64[:e - s].copy_(v)
+            if gate is not None:
+                v.mul_(gate[s:e, None])
+            m.index_add_(0, ia[s:e], v)
         blk = self.xty(ha, m)
         return blk.T if flip else blk
 
@@ -414,8 +420,14 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
                            device=dev)
             for q in leaders} if width - scat_lo > 0 else {}
     if width:
-        for s, e in _chunks(plan.rows, _step(width, chunk_rows, plan.rows)):
-            z = plan.rows_f64(s, e, y, ones)
+        # buffers reused across chunks (fresh pages for every chunk cost more than the copy)
+        step = _step(width, chunk_rows, plan.rows)
+        z_buf = torch.empty(min(step, plan.rows), width, dtype=F64, device=dev)
+        gated = any(plan.gathered[q][2] is not None for q in scat)
+        g_buf = torch.empty(z_buf.shape[0], width - scat_lo, dtype=F64,
+                            device=dev) if gated else None
+        for s, e in _chunks(plan.rows, step):
+            z = plan.rows_f64(s, e, y, ones, z_buf)
             v, yv = (z[:, :dd + 1], z[:, dd + 1:]) if ones else (None, z)
             if acc_g is not None:
                 gffmerge_ext.gram_(acc_g, v, backend=backend)
@@ -427,8 +439,11 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
             src = z[:, scat_lo:] if scat_lo else z
             for q in scat:
                 _, index, gate = plan.gathered[q]
-                scat[q].index_add_(0, index[s:e],
-                                   src if gate is None else src * gate[s:e, None])
+                if gate is not None:
+                    src_q = torch.mul(src, gate[s:e, None], out=g_buf[:e - s])
+                else:
+                    src_q = src
+                scat[q].index_add_(0, index[s:e], src_q)
     scat_p = {q: t[:, :dd + 1].contiguous() for q, t in scat.items()} if gram and dd else {}
     scat_y = ({q: t[:, t.shape[1] - out:].contiguous() for q, t in scat.items()}
               if y is not None else {})
