@@ -1,0 +1,102 @@
+// Argument validation shared by every backend of gram_ and cross_. Messages name the bad value
+// and the expected one.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <string>
+
+namespace gffmerge::ops {
+
+inline bool is_row_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
+}
+
+inline void check_same_device(const char* op, const at::Tensor& acc, const at::Tensor& t,
+                              const char* name) {
+  TORCH_CHECK(t.device() == acc.device(), op, ": ", name, " is on ", t.device(),
+              " but acc is on ", acc.device(), "; all tensors must be on the same device");
+}
+
+inline void check_rows(const char* op, const at::Tensor& acc, const at::Tensor& x,
+                       const char* name) {
+  TORCH_CHECK(x.dim() == 2, op, ": ", name, " must be 2-D [rows, features], got a ", x.dim(),
+              "-D tensor of shape ", x.sizes());
+  TORCH_CHECK(is_row_dtype(x.scalar_type()), op, ": ", name,
+              " must be float32, float64, bfloat16 or float16, got ", x.scalar_type());
+  check_same_device(op, acc, x, name);
+}
+
+// Number of gathered rows: len(index) if given, else the rows of x.
+inline int64_t check_index(const char* op, const at::Tensor& acc,
+                           const std::optional<at::Tensor>& index, const char* name,
+                           const at::Tensor& x) {
+  if (!index.has_value()) return x.size(0);
+  const at::Tensor& ix = *index;
+  TORCH_CHECK(ix.scalar_type() == at::kLong || ix.scalar_type() == at::kInt, op, ": ", name,
+              " must be int64 or int32, got ", ix.scalar_type());
+  TORCH_CHECK(ix.dim() == 1, op, ": ", name, " must be 1-D, got shape ", ix.sizes());
+  check_same_device(op, acc, ix, name);
+  return ix.size(0);
+}
+
+inline void check_weight(const char* op, const at::Tensor& acc,
+                         const std::optional<at::Tensor>& weight, int64_t count) {
+  if (!weight.has_value()) return;
+  const at::Tensor& w = *weight;
+  TORCH_CHECK(w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble, op,
+              ": weight must be float32 or float64, got ", w.scalar_type());
+  TORCH_CHECK(w.dim() == 1, op, ": weight must be 1-D, got shape ", w.sizes());
+  TORCH_CHECK(w.size(0) == count, op,
+              ": weight must have one entry per gathered row: expected ", count, ", got ",
+              w.size(0));
+  check_same_device(op, acc, w, "weight");
+}
+
+inline void check_acc(const char* op, const at::Tensor& acc, int64_t rows, int64_t cols,
+                      const char* why) {
+  TORCH_CHECK(acc.scalar_type() == at::kDouble, op, ": acc must be float64, got ",
+              acc.scalar_type());
+  TORCH_CHECK(acc.dim() == 2 && acc.size(0) == rows && acc.size(1) == cols, op,
+              ": acc must have shape [", rows, ", ", cols, "] (", why, "), got ", acc.sizes());
+  TORCH_CHECK(acc.is_contiguous(), op, ": acc must be contiguous, got strides ", acc.strides());
+}
+
+// Both return the number of gathered rows (pairs).
+inline int64_t check_gram(const at::Tensor& acc, const at::Tensor& x,
+                           const std::optional<at::Tensor>& index,
+                           const std::optional<at::Tensor>& weight, bool augment) {
+  constexpr const char* op = "gffmerge::gram_";
+  check_rows(op, acc, x, "x");
+  const int64_t d = x.size(1) + (augment ? 1 : 0);
+  const std::string why = "x has " + std::to_string(x.size(1)) + " features, augment=" +
+                          (augment ? "True" : "False");
+  check_acc(op, acc, d, d, why.c_str());
+  const int64_t count = check_index(op, acc, index, "index", x);
+  check_weight(op, acc, weight, count);
+  return count;
+}
+
+inline int64_t check_cross(const at::Tensor& acc, const at::Tensor& x, const at::Tensor& y,
+                            const std::optional<at::Tensor>& index_x,
+                            const std::optional<at::Tensor>& index_y,
+                            const std::optional<at::Tensor>& weight, bool augment_x) {
+  constexpr const char* op = "gffmerge::cross_";
+  check_rows(op, acc, x, "x");
+  check_rows(op, acc, y, "y");
+  const std::string why = "x has " + std::to_string(x.size(1)) + " features, augment_x=" +
+                          (augment_x ? "True" : "False") + ", y has " +
+                          std::to_string(y.size(1)) + " features";
+  check_acc(op, acc, x.size(1) + (augment_x ? 1 : 0), y.size(1), why.c_str());
+  const int64_t nx = check_index(op, acc, index_x, "index_x", x);
+  const int64_t ny = check_index(op, acc, index_y, "index_y", y);
+  TORCH_CHECK(nx == ny, op, ": x and y must pair up row for row, but ",
+              index_x ? "len(index_x)" : "x.shape[0]", " = ", nx, " and ",
+              index_y ? "len(index_y)" : "y.shape[0]", " = ", ny);
+  check_weight(op, acc, weight, nx);
+  return nx;
+}
+
+}  // namespace gffmerge::ops

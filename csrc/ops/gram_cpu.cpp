@@ -1,0 +1,111 @@
+// CPU kernels of gffmerge::gram_ and gffmerge::cross_: validate, describe the tensors to the
+// torch-free kernels, and hand them a BLAS dgemm.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+
+#include "../kernels/gram.h"
+#include "checks.h"
+
+namespace gffmerge::ops {
+namespace {
+
+namespace k = gffmerge::kernels;
+
+k::DType kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return k::DType::f32;
+    case at::kDouble: return k::DType::f64;
+    case at::kBFloat16: return k::DType::bf16;
+    case at::kHalf: return k::DType::f16;
+    default: TORCH_CHECK(false, "gffmerge: unsupported row dtype ", t);
+  }
+}
+
+k::Matrix as_matrix(const at::Tensor& x) {
+  return {x.const_data_ptr(), kernel_dtype(x.scalar_type()), x.size(0), x.size(1),
+          x.stride(0),        x.stride(1)};
+}
+
+k::Index as_index(const std::optional<at::Tensor>& index) {
+  if (!index.has_value()) return {};
+  return {index->const_data_ptr(), index->scalar_type() == at::kInt, index->stride(0)};
+}
+
+k::Weights as_weights(const std::optional<at::Tensor>& weight) {
+  if (!weight.has_value()) return {};
+  return {weight->const_data_ptr(), weight->scalar_type() == at::kFloat, weight->stride(0)};
+}
+
+void check_range(const char* op, const char* name, const k::Index& ix, int64_t count,
+                 int64_t rows, const char* of) {
+  int64_t value = 0;
+  const int64_t p = k::first_out_of_range(ix, count, rows, &value);
+  TORCH_CHECK(p < 0, op, ": ", name, "[", p, "] = ", value, " is out of range for ", of,
+              " with ", rows, " rows (valid: 0 <= ", name, " < ", rows, ")");
+}
+
+// Column-major matrix (rows x cols, leading dimension ld) as a strided tensor view.
+at::Tensor column_major(const double* p, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<double*>(p), {rows, cols}, {1, ld},
+                       at::TensorOptions().dtype(at::kDouble));
+}
+
+// Used when libtorch does not export a dgemm_ symbol (or GFFMERGE_BLAS=aten).
+void aten_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t kk, double alpha,
+               const double* a, int64_t lda, const double* b, int64_t ldb, double beta,
+               double* c, int64_t ldc) {
+  const at::Tensor A = trans_a ? column_major(a, kk, m, lda).t() : column_major(a, m, kk, lda);
+  const at::Tensor B = trans_b ? column_major(b, n, kk, ldb).t() : column_major(b, kk, n, ldb);
+  at::Tensor C = column_major(c, m, n, ldc);
+  C.addmm_(A, B, beta, alpha);
+}
+
+k::GemmFn select_gemm() {
+  const char* env = std::getenv("GFFMERGE_BLAS");
+  if (env != nullptr && std::strcmp(env, "aten") == 0) return &aten_gemm;
+  if (const k::GemmFn f = k::linked_dgemm()) return f;
+  return &aten_gemm;
+}
+
+k::Tuning tuning() {
+  k::Tuning t;
+  t.threads = at::get_num_threads();
+  return t;
+}
+
+void gram_cpu(const at::Tensor& acc, const at::Tensor& x, const std::optional<at::Tensor>& index,
+              const std::optional<at::Tensor>& weight, bool augment) {
+  constexpr const char* op = "gffmerge::gram_";
+  const int64_t count = check_gram(acc, x, index, weight, augment);
+  const k::Index ix = as_index(index);
+  check_range(op, "index", ix, count, x.size(0), "x");
+  k::gram_accumulate(acc.data_ptr<double>(), as_matrix(x), ix, count, as_weights(weight),
+                     augment, select_gemm(), tuning());
+}
+
+void cross_cpu(const at::Tensor& acc, const at::Tensor& x, const at::Tensor& y,
+               const std::optional<at::Tensor>& index_x,
+               const std::optional<at::Tensor>& index_y,
+               const std::optional<at::Tensor>& weight, bool augment_x) {
+  constexpr const char* op = "gffmerge::cross_";
+  const int64_t count = check_cross(acc, x, y, index_x, index_y, weight, augment_x);
+  const k::Index ix = as_index(index_x);
+  const k::Index iy = as_index(index_y);
+  check_range(op, "index_x", ix, count, x.size(0), "x");
+  check_range(op, "index_y", iy, count, y.size(0), "y");
+  k::cross_accumulate(acc.data_ptr<double>(), as_matrix(x), as_matrix(y), ix, iy, count,
+                      as_weights(weight), augment_x, select_gemm(), tuning());
+}
+
+}  // namespace
+}  // namespace gffmerge::ops
+
+TORCH_LIBRARY_IMPL(gffmerge, CPU, m) {
+  m.impl("gram_", &gffmerge::ops::gram_cpu);
+  m.impl("cross_", &gffmerge::ops::cross_cpu);
+}

@@ -1,0 +1,13 @@
+// Schemas of every gffmerge op. Backends register kernels in their own files:
+// *_cpu.cpp (TORCH_LIBRARY_IMPL(gffmerge, CPU, m)), *_cuda.cpp (CUDA). Fake (meta) kernels are
+// registered from Python next to the wrappers (gffmerge_ext/ops.py).
+#include <torch/library.h>
+
+TORCH_LIBRARY(gffmerge, m) {
+  m.def(
+      "gram_(Tensor(a!) acc, Tensor x, Tensor? index=None, Tensor? weight=None, "
+      "bool augment=False) -> ()");
+  m.def(
+      "cross_(Tensor(a!) acc, Tensor x, Tensor y, Tensor? index_x=None, Tensor? index_y=None, "
+      "Tensor? weight=None, bool augment_x=False) -> ()");
+}
