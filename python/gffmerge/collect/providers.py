@@ -444,10 +444,9 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
                 else:
                     src_q = src
                 scat[q].index_add_(0, index[s:e], src_q)
-    scat_p = {q: t[:, :dd + 1].contiguous() for q, t in scat.items()} if gram and dd else {}
-    scat_y = ({q: t[:, t.shape[1] - out:].contiguous() for q, t in scat.items()}
-              if y is not None else {})
-    del scat
+    # column views (gram_/cross_ take any strides)
+    scat_p = {q: t[:, :dd + 1] for q, t in scat.items()} if gram and dd else {}
+    scat_y = {q: t[:, t.shape[1] - out:] for q, t in scat.items()} if y is not None else {}
 
     # -- node-level products -------------------------------------------------------------
     g_out = None
