@@ -21,6 +21,7 @@ not seen. The cache is cleared after every forward.
 from __future__ import annotations
 
 import weakref
+
 from torch import Tensor
 
 from .providers import Dense, GramInput

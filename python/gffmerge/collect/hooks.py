@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from ..stats import LayerStats
-
 from .providers import GramInput, sums_of
 
 if TYPE_CHECKING:
