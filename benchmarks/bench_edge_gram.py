@@ -482,6 +482,12 @@ def main(argv=None) -> int:
         help="skip variants estimated to take longer per run",
     )
     p.add_argument(
+        "--plan-gmacs",
+        type=float,
+        default=8.0,
+        help="float64 GMAC/s assumed when estimating run times for skipping",
+    )
+    p.add_argument(
         "--end-to-end",
         action="store_true",
         help="only the end-to-end measure + merge of the shipped LiPS20 GNS",
