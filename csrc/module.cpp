@@ -3,12 +3,10 @@
 // through torch.ops.gffmerge. Only build metadata is exposed here, so this file needs
 // pybind11 but no torch headers.
 #include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <string>
-#include <vector>
 
 #include "kernels/gram.h"
 
@@ -20,12 +18,12 @@ namespace py = pybind11;
 
 namespace {
 
-std::vector<std::string> split_archs(const std::string& s) {
-  std::vector<std::string> out;
+py::list split_archs(const std::string& s) {
+  py::list out;
   std::string cur;
   for (const char c : s + ";") {
     if (c == ';' || c == ' ' || c == ',') {
-      if (!cur.empty()) out.push_back(cur);
+      if (!cur.empty()) out.append(cur);
       cur.clear();
     } else {
       cur += c;

@@ -1,7 +1,9 @@
 // CPU kernels of gffmerge::gram_ and gffmerge::cross_: validate, describe the tensors to the
 // torch-free kernels, and hand them a BLAS dgemm.
-#include <ATen/ATen.h>
+// Narrow ATen headers on purpose: <ATen/ATen.h> doubles this file's compile time.
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/from_blob.h>
 #include <torch/library.h>
 
 #include <cstdlib>
