@@ -20,6 +20,7 @@ from gffmerge.collect import (
     cross_of,
     gram_of,
     measure,
+    sums_of,
 )
 from gffmerge.collect.dedup import InputCache
 from gffmerge.data import load_dataset
@@ -112,9 +113,10 @@ def test_merged_gns_from_structured_and_dense_stats_agree(target):
                    condition=False)
     merged = {dense: gffmerge.solve(models, s, **options).model.state_dict()
               for dense, s in stats.items()}
+    modules = dict(base.named_modules())
     for key, v in merged[True].items():
         layer = key.rsplit(".", 1)[0]
-        structured = layer.endswith("edge_in")  # node_mlp.0's dense parts: same sums bitwise
+        structured = hasattr(modules.get(layer), "gram_parts")
         if not structured:
             assert torch.equal(merged[False][key], v), key
         else:
@@ -221,17 +223,21 @@ def _cases(dtype):
     }
 
 
+@pytest.mark.parametrize("backend", ["auto", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("chunk_rows", [None, 5])
 @pytest.mark.parametrize("case", list(_cases(torch.float64)))
-def test_block_formulas_equal_explicit_rows(case, chunk_rows, dtype):
+@pytest.mark.filterwarnings("ignore:gffmerge_ext")
+def test_block_formulas_equal_explicit_rows(case, chunk_rows, dtype, backend):
     inp = _cases(dtype)[case]
     inp.check()
     gen = torch.Generator().manual_seed(1)
     y = torch.randn(inp.rows, 3, generator=gen, dtype=torch.float64).to(dtype)
     g_ref, c_ref = reference(inp, y)
-    g = gram_of(inp, chunk_rows=chunk_rows)
-    c = cross_of(inp, y, chunk_rows=chunk_rows)
+    g = gram_of(inp, chunk_rows=chunk_rows, backend=backend)
+    c = cross_of(inp, y, chunk_rows=chunk_rows, backend=backend)
+    g2, c2 = sums_of(inp, y, chunk_rows=chunk_rows, backend=backend)
+    assert torch.equal(g, g2) and torch.equal(c, c2)
     assert g.dtype == c.dtype == torch.float64
     assert g.shape == (inp.width + 1,) * 2 and c.shape == (inp.width + 1, 3)
     if inp.rows == 0:

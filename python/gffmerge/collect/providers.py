@@ -364,6 +364,39 @@ class _Plan:
             z[:, col:].copy_(y[s:e])
         return z
 
+    def dense_products(self, s: int, e: int, y: Tensor | None, acc_g: Tensor | None,
+                       acc_c: Tensor | None) -> None:
+        """Add rows ``s:e`` of the dense group to ``acc_g`` (``[D, 1]`` Gram, blockwise:
+        ``gram_`` per part, ``cross_`` per pair) and ``acc_c`` (``[D, 1]`` × ``y``)."""
+        dd = self.d_dense
+        col = 0
+        for i, x in enumerate(self.dense):
+            w, xi = x.shape[1], x[s:e]
+            si = slice(col, col + w)
+            if acc_g is not None:
+                blk = torch.zeros(w + 1, w + 1, dtype=F64, device=self.device)
+                gffmerge_ext.gram_(blk, xi, augment=True, backend=self.backend)
+                acc_g[si, si] += blk[:w, :w]
+                acc_g[si, dd] += blk[:w, w]
+                acc_g[dd, si] += blk[w, :w]
+                if i == 0:
+                    acc_g[dd, dd] += blk[w, w]
+                other = col + w
+                for x2 in self.dense[i + 1:]:
+                    w2 = x2.shape[1]
+                    blk = torch.zeros(w, w2, dtype=F64, device=self.device)
+                    gffmerge_ext.cross_(blk, xi, x2[s:e], backend=self.backend)
+                    acc_g[si, other:other + w2] += blk
+                    acc_g[other:other + w2, si] += blk.T
+                    other += w2
+            if acc_c is not None:
+                blk = torch.zeros(w + 1, y.shape[1], dtype=F64, device=self.device)
+                gffmerge_ext.cross_(blk, xi, y[s:e], augment_x=True, backend=self.backend)
+                acc_c[si] += blk[:w]
+                if i == 0:
+                    acc_c[dd] += blk[w]
+            col += w
+
     def pair_product(self, p: int, q: int, gate: Tensor | None) -> Tensor:
         """The ``[d_p, d_q]`` block ``Σ_r g_r H_p[i_p[r]] H_q[i_q[r]]ᵀ`` of two gathered
         parts with different indices, as ``H_pᵀ M`` with ``M = index_add_{i_p}(g H_q[i_q])``
@@ -387,6 +420,13 @@ class _Plan:
         return blk.T if flip else blk
 
 
+def _copies_rows(backend: str, device: torch.device) -> bool:
+    """Whether ``gram_``/``cross_`` would make float64 copies of whole inputs (the
+    pure-torch reference), so that the dense group must be fed in row chunks."""
+    backends = getattr(gffmerge_ext, "available_backends", None)
+    return backend == "torch" or backends is None or "ext" not in backends(device)
+
+
 def _is_sorted(index: Tensor) -> bool:
     return index.numel() < 2 or bool((index[1:] >= index[:-1]).all())
 
@@ -407,46 +447,40 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
     out = 0 if y is None else y.shape[1]
     leaders = [q for q in range(len(plan.gathered)) if plan.group[q] == q]
 
-    # -- row pass: dense Gram and cross sums, scatter sums per gathered index -----------
-    # Each chunk is converted once to Z = [D, 1, y] (float64); the Gram and cross sums of
-    # the dense group and the scatter sums of every gathered index are formed from it.
-    ones = bool(dd) and (gram or y is not None)
-    width = (dd + 1 if ones else 0) + out
+    # -- dense group: Gram and cross sums from the parts as they are --------------------
+    # (gram_/cross_ convert rows to float64 block by block; in row chunks when the backend
+    # would copy whole inputs to float64, i.e. the pure-torch reference)
     acc_g = torch.zeros(dd + 1, dd + 1, dtype=F64, device=dev) if gram and dd else None
-    acc_c = torch.zeros(dd + 1, out, dtype=F64, device=dev) if y is not None else None
-    # scatter sums per leading gathered part: columns [P (gram) | Q (cross)] of Z
-    scat_lo = 0 if gram and dd else (dd + 1 if ones else 0)
-    scat = {q: torch.zeros(plan.gathered[q][0].shape[0], width - scat_lo, dtype=F64,
-                           device=dev)
-            for q in leaders} if width - scat_lo > 0 else {}
-    if width:
+    acc_c = torch.zeros(dd + 1, out, dtype=F64, device=dev) if y is not None and dd else None
+    if acc_g is not None or acc_c is not None:
+        step = (_step(dd + 1 + out, chunk_rows, plan.rows)
+                if chunk_rows is not None or _copies_rows(backend, dev) else plan.rows)
+        for s, e in _chunks(plan.rows, max(step, 1)):
+            plan.dense_products(s, e, y, acc_g, acc_c)
+
+    # -- scatter sums per gathered index: one pass over float64 chunks Z = [D, 1, y] -----
+    cols_p = dd + 1 if gram and dd else 0
+    width = cols_p + out
+    y_sum = torch.zeros(out, dtype=F64, device=dev) if y is not None and not dd else None
+    scat = {q: torch.zeros(plan.gathered[q][0].shape[0], width, dtype=F64, device=dev)
+            for q in leaders} if width else {}
+    if scat or y_sum is not None:
         # buffers reused across chunks (fresh pages for every chunk cost more than the copy)
         step = _step(width, chunk_rows, plan.rows)
         z_buf = torch.empty(min(step, plan.rows), width, dtype=F64, device=dev)
         gated = any(plan.gathered[q][2] is not None for q in scat)
-        g_buf = torch.empty(z_buf.shape[0], width - scat_lo, dtype=F64,
-                            device=dev) if gated else None
+        g_buf = torch.empty_like(z_buf) if gated else None
         for s, e in _chunks(plan.rows, step):
-            z = plan.rows_f64(s, e, y, ones, z_buf)
-            v, yv = (z[:, :dd + 1], z[:, dd + 1:]) if ones else (None, z)
-            if acc_g is not None:
-                gffmerge_ext.gram_(acc_g, v, backend=backend)
-            if acc_c is not None:
-                if v is not None:
-                    gffmerge_ext.cross_(acc_c, v, yv, backend=backend)
-                else:
-                    acc_c[dd] += yv.sum(0)
-            src = z[:, scat_lo:] if scat_lo else z
+            z = plan.rows_f64(s, e, y, bool(cols_p), z_buf)
+            if y_sum is not None:
+                y_sum += z[:, cols_p:].sum(0)
             for q in scat:
                 _, index, gate = plan.gathered[q]
-                if gate is not None:
-                    src_q = torch.mul(src, gate[s:e, None], out=g_buf[:e - s])
-                else:
-                    src_q = src
-                scat[q].index_add_(0, index[s:e], src_q)
+                src = z if gate is None else torch.mul(z, gate[s:e, None], out=g_buf[:e - s])
+                scat[q].index_add_(0, index[s:e], src)
     # column views (gram_/cross_ take any strides)
-    scat_p = {q: t[:, :dd + 1] for q, t in scat.items()} if gram and dd else {}
-    scat_y = {q: t[:, t.shape[1] - out:] for q, t in scat.items()} if y is not None else {}
+    scat_p = {q: t[:, :cols_p] for q, t in scat.items()} if cols_p else {}
+    scat_y = {q: t[:, cols_p:] for q, t in scat.items()} if y is not None else {}
 
     # -- node-level products -------------------------------------------------------------
     g_out = None
@@ -489,8 +523,11 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
     c_out = None
     if y is not None:
         c_out = torch.zeros(n, out, dtype=F64, device=dev)
-        c_out[:dd] = acc_c[:dd]
-        c_out[-1] = acc_c[dd]
+        if acc_c is not None:
+            c_out[:dd] = acc_c[:dd]
+            c_out[-1] = acc_c[dd]
+        else:
+            c_out[-1] = y_sum
         for q, (h, _, _) in enumerate(plan.gathered):
             off = plan.offsets[q]
             c_out[off:off + h.shape[1]] = plan.xty(h, scat_y[plan.group[q]])
