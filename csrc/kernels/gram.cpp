@@ -127,7 +127,8 @@ int threads_for(const Tuning& t, int64_t count, int64_t acc_doubles) {
   if (omp_in_parallel()) return 1;
   int64_t n = std::max(1, t.threads);
   n = std::min<int64_t>(n, std::max<int64_t>(1, count / 256));
-  n = std::min<int64_t>(n, std::max<int64_t>(1, (int64_t{1} << 27) / std::max<int64_t>(acc_doubles, 1)));
+  const int64_t budget = (int64_t{1} << 27) / std::max<int64_t>(acc_doubles, 1);
+  n = std::min<int64_t>(n, std::max<int64_t>(1, budget));
   return static_cast<int>(n);
 }
 
