@@ -317,6 +317,19 @@ def test_empty_and_single_feature():
     assert not c.any()
 
 
+@needs_ext
+def test_wide_features():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(600, 1500, generator=gen).to(torch.bfloat16)
+    w = torch.rand(600, generator=gen)
+    acc = torch.zeros(1501, 1501, dtype=torch.float64)
+    gffmerge_ext.gram_(acc, x, weight=w, augment=True, backend="ext")
+    expected = torch.zeros_like(acc)
+    gram_reference_(expected, x, None, w, True)
+    assert torch.equal(acc, acc.T)
+    assert_increment(acc, torch.zeros_like(acc), expected, gram_scale(x, None, w, True))
+
+
 # ---- invariances ---------------------------------------------------------------------------
 
 
