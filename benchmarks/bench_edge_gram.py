@@ -509,9 +509,10 @@ def end_to_end_md(e2e: dict, command: str) -> str:
         "",
         f"Measure speed-up structured vs dense: {med['dense'] / med['structured']:.2f}× "
         f"overall, {(med['dense'] - fwd) / max(med['structured'] - fwd, 1e-9):.2f}× on the "
-        "statistics overhead (every plain `nn.Linear` on edge rows, e.g. `edge_out`, the "
-        "attention layers and the edge encoder, costs the same `O(E·d²)` on both paths; "
-        "only `edge_in` and `node_mlp.0` are structured). Solve: "
+        "statistics overhead (`edge_in` and `node_mlp.0` are structured, and the "
+        "attention layers and the force head share one Gram of `e'` (dedup); every other "
+        "plain `nn.Linear` on edge rows, e.g. `edge_out` and the edge encoder, costs the "
+        "same `O(E·d²)` on both paths). Solve: "
         f"{e2e['solve_s_structured']:.2f} s / {e2e['solve_s_dense']:.2f} s.",
         "",
         f"Largest relative Gram difference structured vs dense: {e2e['gram_max_rel_diff']:.1e}. "
