@@ -32,13 +32,14 @@ ones row. An edge layer on ``[e, h_src, h_dst]`` thus costs ``O(E·d_e² + E·d 
 instead of ``O(E·(d_e + 2d)²)``. Aggregated parts are formed in float64 (``[R, d]``, node
 level) and then treated as dense.
 
-Every sum is float64. One pass over the rows converts each chunk once to float64
-``Z = [D, 1, y]`` and feeds the dense Gram and cross sums (``gram_``/``cross_``) and the
-scatter sums of every gathered index (``index_add``) from it; a chunk holds at most
-:data:`CHUNK_BYTES`, so no ``[E, d]`` float64 copy is made and the extra memory is
-``O(N·d)`` for the node-level sums plus one chunk. Gates are applied in float64 to the
-exact model values; for a float32 model this is *more* exact than a dense hook on
-``g * H[i]`` materialised in float32 (which rounds each product).
+Every sum is float64. Dense parts go to ``gram_``/``cross_`` as they are (blockwise: one
+``gram_`` per part, one ``cross_`` per pair; the compiled ops convert row blocks to float64
+internally, and the pure-torch reference gets row chunks). The scatter sums come from one
+pass over float64 row chunks ``Z = [D, 1, y]`` of at most :data:`CHUNK_BYTES` (reused
+buffers), so no ``[E, d]`` float64 copy is made; the extra memory is ``O(N·d)`` for the
+node-level sums plus one chunk. Gates are applied in float64 to the exact model values;
+for a float32 model this is *more* exact than a dense hook on ``g * H[i]`` materialised in
+float32 (which rounds each product).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from torch import Tensor
 import gffmerge_ext
 
 CHUNK_BYTES = 1 << 23
-"""Float64 bytes of one row-chunk temporary (8 MiB): bounds the extra memory."""
+"""Float64 bytes of one row-chunk buffer (8 MiB): bounds the extra memory."""
 
 F64 = torch.float64
 
