@@ -57,7 +57,12 @@ def _worker(rank, world, port, paths, out, limit):
     try:
         models = [load_checkpoint(p)[0] for p in paths]
         for k, (m, loader) in enumerate(zip(models, _loaders(models))):
-            stats = measure_distributed(m, loader, limit=limit, progress=False, label=f"m{k}")
+            if k == 0:
+                stats = measure_distributed(m, loader, limit=limit, progress=False,
+                                            label=f"m{k}")
+            else:  # the same through the public entry point
+                stats = gffmerge.measure(m, loader, limit=limit, progress=False, label=f"m{k}",
+                                         distributed=True)
             if rank == 0:
                 stats.save(Path(out) / f"s{k}.safetensors")
     finally:

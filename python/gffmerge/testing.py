@@ -95,7 +95,8 @@ def check_structured_gram(module: nn.Module, *args, rtol: float = 1e-10, cross: 
 
     Use it in your own tests: ``check_structured_gram(layer, edge_attr, h, edge_index)``.
     """
-    from .collect.providers import GramInput, cross_of, gram_of
+    from .collect.providers import cross_of, gram_of
+    from .models.parts import GramInput
 
     with torch.no_grad():
         out = module(*args, **kwargs)

@@ -1,10 +1,11 @@
 """Collecting layer-input statistics from source models (hooks and providers)."""
 
+from ..models.parts import Aggregated, Dense, Gathered, GramInput
 from .batches import batch_entries, default_forward, move_to
 from .dedup import InputCache
 from .dense import DenseHook, attach_dense
 from .hooks import LayerHook, StructuredHook, provider_of
-from .providers import Aggregated, Dense, Gathered, GramInput, cross_of, gram_of, sums_of
+from .providers import cross_of, gram_of, sums_of
 from .runner import Collector, attach, measure
 
 __all__ = ["Aggregated", "Collector", "Dense", "DenseHook", "Gathered", "GramInput",

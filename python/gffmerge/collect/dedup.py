@@ -24,7 +24,7 @@ import weakref
 
 from torch import Tensor
 
-from .providers import Dense, GramInput
+from ..models.parts import Dense, GramInput
 
 
 def _tensor_key(t: Tensor | None, refs: list) -> tuple | None:

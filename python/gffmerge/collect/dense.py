@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..models.parts import GramInput
 from ..stats import LayerStats
 from .hooks import LayerHook
-from .providers import GramInput
 
 
 class DenseHook(LayerHook):

@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from ..models.parts import GramInput
 from ..stats import LayerStats
-from .providers import GramInput, sums_of
+from .providers import sums_of
 
 if TYPE_CHECKING:
     from .dedup import InputCache

@@ -44,184 +44,20 @@ float32 (which rounds each product).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
 import gffmerge_ext
 
+from ..models.parts import Aggregated, Dense, Gathered, GramInput
+from ..models.parts import gate_of as _gate
+
 CHUNK_BYTES = 1 << 23
 """Float64 bytes of one row-chunk buffer (8 MiB): bounds the extra memory."""
 
 F64 = torch.float64
-
-
-# ---------------------------------------------------------------- the description
-@dataclass(frozen=True, eq=False)
-class Dense:
-    """Explicit rows ``x [R, d]`` (or ``[..., d]``, flattened to rows like ``nn.Linear``)."""
-
-    x: Tensor
-
-    @property
-    def width(self) -> int:
-        return int(self.x.shape[-1]) if self.x.dim() else 0
-
-    @property
-    def num_rows(self) -> int:
-        return self.x.numel() // self.width if self.width else 0
-
-
-@dataclass(frozen=True, eq=False)
-class Gathered:
-    """Rows ``gate[r] * src[index[r]]``: ``src [N, d]``, ``index [R]`` int, ``gate [R]`` or
-    ``[R, 1]`` (``None``: 1). Nodes that no row indexes (isolated atoms) are allowed."""
-
-    src: Tensor
-    index: Tensor
-    gate: Tensor | None = None
-
-    @property
-    def width(self) -> int:
-        return int(self.src.shape[-1]) if self.src.dim() else 0
-
-    @property
-    def num_rows(self) -> int:
-        return int(self.index.shape[0]) if self.index.dim() else 0
-
-
-@dataclass(frozen=True, eq=False)
-class Aggregated:
-    """Rows ``out[r] = Σ_{s: index[s] = r} gate[s] * src[s]``: ``src [S, d]``, ``index [S]``
-    int into the ``R`` rows of the layer, ``gate [S]`` or ``[S, 1]`` (``None``: 1).
-
-    Formed in float64 by the collector. Prefer :class:`Dense` with the tensor the layer
-    itself consumes when the forward already computes the sum (a float32 model's own sum
-    is rounded differently from the float64 one)."""
-
-    src: Tensor
-    index: Tensor
-    gate: Tensor | None = None
-
-    @property
-    def width(self) -> int:
-        return int(self.src.shape[-1]) if self.src.dim() else 0
-
-
-Part = Dense | Gathered | Aggregated
-
-
-@dataclass(frozen=True, eq=False)
-class GramInput:
-    """A layer's input rows as parts concatenated along features, in weight-column order.
-
-    ``rows`` (R) is inferred from the first dense or gathered part; give it explicitly
-    when every part is :class:`Aggregated`. Build one in ``gram_parts``; the collector
-    calls :meth:`check` against the layer's ``in_features`` before using it.
-    """
-
-    parts: tuple[Part, ...]
-    rows: int = -1
-
-    def __post_init__(self):
-        parts = tuple(self.parts)
-        object.__setattr__(self, "parts", parts)
-        if self.rows < 0:
-            sized = [p.num_rows for p in parts if not isinstance(p, Aggregated)]
-            if not sized:
-                raise ValueError("GramInput of only Aggregated parts needs rows= (the number "
-                                 "of rows the sums are scattered into)")
-            object.__setattr__(self, "rows", int(sized[0]))
-
-    @classmethod
-    def dense(cls, x: Tensor) -> GramInput:
-        """The input of a plain ``nn.Linear``: one dense part."""
-        return cls((Dense(x),))
-
-    @property
-    def width(self) -> int:
-        return sum(p.width for p in self.parts)
-
-    def check(self, in_features: int | None = None) -> None:
-        """Raise ``ValueError`` unless the parts are consistent (shapes, dtypes, indices)."""
-        if not self.parts:
-            raise ValueError("GramInput has no parts")
-        if in_features is not None and self.width != in_features:
-            widths = "+".join(str(p.width) for p in self.parts)
-            raise ValueError(f"GramInput parts are {widths} = {self.width} columns wide but "
-                             f"the layer has in_features={in_features}")
-        for k, p in enumerate(self.parts):
-            where = f"part {k} ({type(p).__name__})"
-            if not isinstance(p, Dense | Gathered | Aggregated):
-                raise TypeError(f"{where}: parts must be Dense, Gathered or Aggregated, got "
-                                f"{type(p).__name__}")
-            t = p.x if isinstance(p, Dense) else p.src
-            if t.layout != torch.strided or not t.is_floating_point():
-                raise ValueError(f"{where}: features must be a dense floating tensor, got "
-                                 f"{t.dtype} {t.layout}")
-            if p.width <= 0:
-                raise ValueError(f"{where}: has no feature columns (shape {tuple(t.shape)})")
-            if isinstance(p, Dense):
-                if p.num_rows != self.rows:
-                    raise ValueError(f"{where}: has {p.num_rows} rows, expected {self.rows}")
-                continue
-            if t.dim() != 2:
-                raise ValueError(f"{where}: src must be 2-D [*, d], got {tuple(t.shape)}")
-            idx = p.index
-            if idx.dim() != 1 or idx.dtype not in (torch.int64, torch.int32):
-                raise ValueError(f"{where}: index must be 1-D int64/int32, got "
-                                 f"{idx.dtype} {tuple(idx.shape)}")
-            n_src = t.shape[0]
-            n_idx = idx.shape[0]
-            if isinstance(p, Gathered):
-                if n_idx != self.rows:
-                    raise ValueError(f"{where}: index has {n_idx} rows, expected {self.rows}")
-                bound, what = n_src, "src"
-            else:
-                if n_idx != n_src:
-                    raise ValueError(f"{where}: index has {n_idx} entries for {n_src} src rows")
-                bound, what = self.rows, "the layer's rows"
-            if n_idx and (int(idx.min()) < 0 or int(idx.max()) >= bound):
-                raise ValueError(f"{where}: index values lie in [{int(idx.min())}, "
-                                 f"{int(idx.max())}], outside {what} [0, {bound})")
-            if p.gate is not None:
-                g = p.gate
-                if not g.is_floating_point() or g.numel() != n_idx or not (
-                        g.dim() == 1 or (g.dim() == 2 and g.shape[1] == 1)):
-                    raise ValueError(f"{where}: gate must be a float [{n_idx}] or "
-                                     f"[{n_idx}, 1] tensor, got {g.dtype} {tuple(g.shape)}")
-
-    def materialize(self, dtype: torch.dtype | None = None) -> Tensor:
-        """The explicit ``[R, width]`` rows (for tests and fallbacks; O(R·width) memory).
-
-        ``dtype=None`` uses the promoted dtype of the parts, computing gated products in
-        it as a model would; ``torch.float64`` gives the exact rows the sums describe.
-        """
-        if dtype is None:
-            dtype = _promote([p.x if isinstance(p, Dense) else p.src for p in self.parts])
-        cols = []
-        for p in self.parts:
-            if isinstance(p, Dense):
-                cols.append(p.x.detach().reshape(-1, p.width).to(dtype))
-            elif isinstance(p, Gathered):
-                rows = p.src.detach().to(dtype).index_select(0, p.index.long())
-                cols.append(rows if p.gate is None else rows * _gate(p.gate, dtype)[:, None])
-            else:
-                cols.append(_aggregate(p, self.rows, None).to(dtype))
-        return torch.cat(cols, dim=1)
-
-
-def _promote(tensors: Sequence[Tensor]) -> torch.dtype:
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
-
-def _gate(gate: Tensor | None, dtype: torch.dtype = F64) -> Tensor | None:
-    return None if gate is None else gate.detach().reshape(-1).to(dtype)
 
 
 def _chunks(n: int, step: int) -> Iterator[tuple[int, int]]:

@@ -83,7 +83,7 @@ def measure(model: nn.Module, data: Iterable[Any], *, layers: Iterable[str] | No
             progress: bool = True, cross: bool = False, forward: Forward | None = None,
             batch_size_fn: Callable[[Any], int] | None = None, label: str | None = None,
             description: str | None = None, backend: str = "auto", dense: bool = False,
-            dedup: bool | None = None) -> Stats:
+            dedup: bool | None = None, distributed: bool = False) -> Stats:
     """Accumulate the input Grams of ``model``'s linear layers over ``data``.
 
     The model runs in eval mode under ``torch.no_grad()``; each batch of ``data``
@@ -107,7 +107,18 @@ def measure(model: nn.Module, data: Iterable[Any], *, layers: Iterable[str] | No
     version counters of ordinary tensors, which is why the forward runs under
     ``torch.no_grad()`` rather than ``torch.inference_mode()``. Both paths write the
     same stats.
+
+    ``distributed=True`` (inside an initialised ``torch.distributed`` group, e.g. under
+    ``torchrun``) measures this process's shard of the frames and sums over all
+    processes: see :func:`gffmerge.distributed.measure_distributed`.
     """
+    if distributed:
+        from ..distributed import measure_distributed
+
+        return measure_distributed(
+            model, data, limit=limit, layers=layers, cross=cross, label=label,
+            description=description, device=device, progress=progress, forward=forward,
+            batch_size_fn=batch_size_fn, backend=backend, dense=dense, dedup=dedup)
     infos = linear_layers(model, layers)
     if not infos:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layers to measure")

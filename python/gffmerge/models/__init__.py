@@ -3,8 +3,9 @@
 
 from .base import MAX_Z, ForceField
 from .gns import GNS
-from .layers import EdgeConcatInput, EdgeConcatLinear
+from .layers import ConcatLinear, EdgeConcatInput, EdgeConcatLinear, PartsSequential
 from .painn import PaiNN
+from .parts import Aggregated, Dense, Gathered, GramInput
 from .reference import ReferenceFit, ScaleShiftFit, fit_reference_energies, fit_scale_shift
 from .registry import MODELS, build_model
 from .schnet import SchNet
@@ -14,7 +15,13 @@ __all__ = [
     "MAX_Z",
     "MODELS",
     "EdgeConcatInput",
+    "Aggregated",
+    "ConcatLinear",
+    "Dense",
     "EdgeConcatLinear",
+    "Gathered",
+    "GramInput",
+    "PartsSequential",
     "ForceField",
     "PaiNN",
     "ReferenceFit",

@@ -98,10 +98,10 @@ class ForceField(nn.Module):
         return {"energy": energy, "forces": forces}
 
     def measure_forward(self, batch: AtomsBatch) -> dict[str, Tensor]:
-        """The forward the Gram collector runs under ``torch.inference_mode()``.
+        """The forward the Gram collector runs (without autograd, under ``torch.no_grad()``).
 
         Every ``nn.Linear`` that contributes to the prediction sees its inputs: energy
-        only for conservative models (no backward pass exists in inference mode), the
+        only for conservative models (forces would need a backward pass), the
         full forward including the direct force head otherwise.
         """
         return self(batch, compute_forces=not self.conservative)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gffmerge.collect.providers import Dense, Gathered, GramInput
+from .parts import Dense, Gathered, GramInput
 
 
 class ShiftedSoftplus(nn.Module):
