@@ -14,13 +14,13 @@ whatever it is (see :mod:`gffmerge.models.base`).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from gffmerge.atomic import write_atomically
 from gffmerge.errors import GffmergeError
 from gffmerge.models.base import ForceField
 from gffmerge.models.registry import MODELS, build_model
@@ -73,18 +73,7 @@ def save_checkpoint(path: str | os.PathLike, model: ForceField,
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "metadata": metadata,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = write_atomically(path, lambda tmp: torch.save(payload, tmp))
     return path
 
 

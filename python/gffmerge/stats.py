@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .architecture import LinearInfo, architecture_signature, fingerprint
+from .atomic import write_atomically
 from .errors import StatsFormatError, StatsMismatchError
 
 FORMAT = "gffmerge-stats"
@@ -200,15 +200,8 @@ class Stats:
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "architecture": self.architecture,
                 "layers": [info.to_dict() for info in self.layers.values()],
                 "models": models_meta}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"gffmerge": json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_atomically(path, lambda tmp: save_file(tensors, tmp,
+                                                      metadata={"gffmerge": json.dumps(meta)}))
         return path
 
     @classmethod

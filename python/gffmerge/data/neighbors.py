@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import vesin
 
 
 def neighbor_list(pos, cell, pbc, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
@@ -40,6 +39,8 @@ def neighbor_list(pos, cell, pbc, cutoff: float) -> tuple[np.ndarray, np.ndarray
         box = np.zeros((3, 3), dtype=np.float64)
     if len(points) == 0:
         return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
+    import vesin  # imported here: vesin pulls in ASE when it is installed
+
     calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True, sorted=True)
     periodic_arg = bool(periodic[0]) if (periodic == periodic[0]).all() else periodic.tolist()
     i, j, shift = calculator.compute(points, box, periodic_arg, quantities="ijS")
