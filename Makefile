@@ -35,6 +35,12 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/bench_gram.py
+	$(PY) benchmarks/bench_edge_gram.py
+
+# Regenerates checkpoints/ (about an hour on 2 cores; single-threaded runs are the fastest
+# per core for these small models) and checkpoints/README.md.
+checkpoints: install
+	OMP_NUM_THREADS=1 $(PY) -m gffmerge.recipes --all
 
 clean:
 	rm -rf build _skbuild dist *.egg-info demo_out
