@@ -122,7 +122,8 @@ def test_demo_end_to_end_on_a_few_frames(ckpts, tmp_path, monkeypatch):
     out = tmp_path / "demo"
     assert main(["demo", "-q", "--out", str(out), "--frames", "2", "--limit", "4"]) == 0
     report = (out / "report.md").read_text()
-    for label in ("average", "gffmerge (paper recipe)", "prior=mean", "joint (gold standard)"):
+    for label in ("average", "gffmerge (paper recipe)", "prior=mean", "joint (gold standard)",
+                  "foundation"):
         assert label in report
     assert (out / "methods.png").stat().st_size > 1000
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ DEMO_METHODS = (
     ("average", "average", {}),
     ("gffmerge (paper recipe)", "gffmerge", {}),
     ("gffmerge prior=mean, relative ridge", "gffmerge",
-     {"prior": "mean", "ridge_mode": "relative", "ridge": 1e-3}),
+     {"prior": "mean", "ridge_mode": "relative", "ridge": 1e-2}),
 )
 
 
@@ -143,6 +144,10 @@ def run_demo(args) -> int:
             print(msg, flush=True)
 
     rows = []
+    say("evaluating the foundation ...")
+    rows.append({"label": "foundation (before fine-tuning)",
+                 "metrics": evaluate(load_checkpoint(paths["foundation"])[0], test,
+                                     progress=progress), "seconds": None})
     for system, model in zip(DEMO_SYSTEMS, sources):
         say(f"evaluating fine-tune {system} ...")
         rows.append({"label": f"fine-tune {system.split('/')[1]}",
@@ -161,7 +166,9 @@ def run_demo(args) -> int:
     for label, method, options in DEMO_METHODS:
         say(f"merging: {label} ...")
         spec = methods.get(method)
-        result = spec(sources, stats if spec.needs_stats else None, **options)
+        with warnings.catch_warnings():  # they are listed in the report's per-layer section
+            warnings.simplefilter("ignore")
+            result = spec(sources, stats if spec.needs_stats else None, **options)
         seconds = result.report.times.get("solve", 0.0) + (measure_s if spec.needs_stats
                                                             else 0.0)
         reports[label] = result.report
@@ -239,7 +246,7 @@ def run_synthetic(args) -> int:
     for label, method, options in (("average", "average", {}), ("gffmerge", "gffmerge", {}),
                                    ("gffmerge prior=mean", "gffmerge",
                                     {"prior": "mean", "ridge_mode": "relative",
-                                     "ridge": 1e-3}),
+                                     "ridge": 1e-2}),
                                    ("regmean", "regmean", {})):
         res = merge(sources, data, method=method, progress=False, **options)
         rows.append((label, mse(res.model), res.report.times.get("total", 0.0)))
