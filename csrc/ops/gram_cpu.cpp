@@ -12,36 +12,12 @@
 
 #include "../kernels/gram.h"
 #include "checks.h"
+#include "describe.h"
 
 namespace gffmerge::ops {
 namespace {
 
 namespace k = gffmerge::kernels;
-
-k::DType kernel_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return k::DType::f32;
-    case at::kDouble: return k::DType::f64;
-    case at::kBFloat16: return k::DType::bf16;
-    case at::kHalf: return k::DType::f16;
-    default: TORCH_CHECK(false, "gffmerge: unsupported row dtype ", t);
-  }
-}
-
-k::Matrix as_matrix(const at::Tensor& x) {
-  return {x.const_data_ptr(), kernel_dtype(x.scalar_type()), x.size(0), x.size(1),
-          x.stride(0),        x.stride(1)};
-}
-
-k::Index as_index(const std::optional<at::Tensor>& index) {
-  if (!index.has_value()) return {};
-  return {index->const_data_ptr(), index->scalar_type() == at::kInt, index->stride(0)};
-}
-
-k::Weights as_weights(const std::optional<at::Tensor>& weight) {
-  if (!weight.has_value()) return {};
-  return {weight->const_data_ptr(), weight->scalar_type() == at::kFloat, weight->stride(0)};
-}
 
 void check_range(const char* op, const char* name, const k::Index& ix, int64_t count,
                  int64_t rows, const char* of) {
