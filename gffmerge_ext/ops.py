@@ -1,24 +1,29 @@
-"""Typed wrappers over the ``torch.ops.gffmerge`` accumulators, their fake kernels, and the
-pure-torch float64 reference that every backend is tested against.
+"""Typed wrappers over the ``torch.ops.gffmerge`` ops, their fake kernels, and the pure-torch
+float64 references that every backend is tested against.
 
-Both ops add into a float64 accumulator in place and return None. Rows of ``x`` may be any
-float dtype and any strides; they are gathered through an optional index and cast to float64
-inside the kernel, so no float64 copy of ``x`` is ever made by the compiled path.
+``gram_`` and ``cross_`` add into a float64 accumulator in place and return None. Rows of
+``x`` may be any float dtype and any strides; they are gathered through an optional index and
+cast to float64 inside the kernel, so no float64 copy of ``x`` is ever made by the compiled
+path. ``cholesky_solve_`` solves a batch of same-size SPD systems in place, retrying the ones
+whose factorisation fails with growing diagonal jitter.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from ._loading import BUILD_HINT, extension_available, kernel_devices, load_error
 
-__all__ = ["gram_", "cross_", "available_backends"]
+__all__ = ["gram_", "cross_", "cholesky_solve_", "available_backends"]
 
 _ROW_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _BACKENDS = ("auto", "ext", "torch")
+MAX_JITTER_STEPS = 32
 _warned_fallback = False
 
 
@@ -115,6 +120,42 @@ def cross_(
         torch.ops.gffmerge.cross_(acc, x, y, index_x, index_y, weight, augment_x)
     else:
         cross_reference_(acc, x, y, index_x, index_y, weight, augment_x)
+
+
+def cholesky_solve_(
+    A: Tensor,
+    B: Tensor,
+    info: Tensor,
+    jitter: Tensor,
+    jitter_steps: Sequence[float] = (),
+    *,
+    backend: str = "auto",
+) -> None:
+    r"""Solve ``A[l] X[l] = B[l]`` for a batch of symmetric positive-definite systems, in place.
+
+    Each system is Cholesky-factorised (reading the lower triangle of ``A[l]``). While that
+    fails and steps are left, ``A0[l] + (step * s_l) I`` is factorised instead, where ``A0``
+    is the original matrix and ``s_l`` the mean ``|diagonal|`` of ``A0[l]`` (1 when that is
+    not > 0). On the GPU the retries run on the device: nothing synchronises with the host.
+
+    Args:
+        A: float64 ``[L, n, n]``, contiguous. Overwritten by the factor ``L_l``
+            (``A + jitter I = L L^T``, zeros above the diagonal); unspecified where ``info > 0``.
+        B: float64 ``[L, n, k]``, contiguous. Overwritten by the solutions; left as given
+            where ``info > 0``.
+        info: int32 ``[L]``, contiguous, output: 0 when the system was solved, else the order
+            of the leading minor that was not positive definite in the last attempt.
+        jitter: float64 ``[L]``, contiguous, output: the absolute diagonal jitter of the last
+            attempt (so of the successful one; 0 when no jitter was needed).
+        jitter_steps: relative jitter steps tried in order (at most 32, each finite and > 0);
+            empty: plain Cholesky.
+        backend: as for :func:`gram_`.
+    """
+    steps = [float(v) for v in jitter_steps]
+    if _use_extension(backend, A.device, "cholesky_solve_"):
+        torch.ops.gffmerge.cholesky_solve_(A, B, info, jitter, steps)
+    else:
+        cholesky_solve_reference_(A, B, info, jitter, steps)
 
 
 # ---- pure-torch reference ----------------------------------------------------------------
@@ -253,6 +294,76 @@ def cross_reference_(
     acc.add_(X.T @ _rows64(y, index_y, False))
 
 
+def _check_cholesky(A: Tensor, B: Tensor, info: Tensor, jitter: Tensor, steps) -> None:
+    op = "gffmerge::cholesky_solve_"
+    if A.dtype != torch.float64:
+        raise TypeError(f"{op}: A must be float64, got {A.dtype}")
+    if A.dim() != 3 or A.shape[1] != A.shape[2]:
+        raise ValueError(
+            f"{op}: A must be [L, n, n] (a batch of square matrices), got shape {list(A.shape)}"
+        )
+    L, n = A.shape[0], A.shape[1]
+    if not A.is_contiguous():
+        raise ValueError(f"{op}: A must be contiguous, got strides {list(A.stride())}")
+    if B.dtype != torch.float64:
+        raise TypeError(f"{op}: B must be float64, got {B.dtype}")
+    if B.dim() != 3 or B.shape[0] != L or B.shape[1] != n:
+        raise ValueError(
+            f"{op}: B must be [{L}, {n}, k] (L and n from A), got shape {list(B.shape)}"
+        )
+    if not B.is_contiguous():
+        raise ValueError(f"{op}: B must be contiguous, got strides {list(B.stride())}")
+    for t, name, dtype, dname in ((info, "info", torch.int32, "int32"),
+                                  (jitter, "jitter", torch.float64, "float64")):
+        if t.dtype != dtype:
+            raise TypeError(f"{op}: {name} must be {dname}, got {t.dtype}")
+        if t.dim() != 1 or t.shape[0] != L or not t.is_contiguous():
+            raise ValueError(
+                f"{op}: {name} must be a contiguous [{L}] tensor, got shape {list(t.shape)}"
+            )
+    for t, name in ((B, "B"), (info, "info"), (jitter, "jitter")):
+        if t.device != A.device:
+            raise ValueError(
+                f"{op}: {name} is on {t.device} but A is on {A.device}; all tensors must be on "
+                "the same device"
+            )
+    if len(steps) > MAX_JITTER_STEPS:
+        raise ValueError(f"{op}: at most {MAX_JITTER_STEPS} jitter steps, got {len(steps)}")
+    for s, v in enumerate(steps):
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{op}: jitter_steps[{s}] must be finite and > 0, got {v}")
+
+
+@torch.no_grad()
+def cholesky_solve_reference_(
+    A: Tensor, B: Tensor, info: Tensor, jitter: Tensor, jitter_steps: Sequence[float] = ()
+) -> None:
+    """Reference for :func:`cholesky_solve_`: one ``torch.linalg.cholesky_ex`` per attempt and
+    system (a host synchronisation each on the GPU)."""
+    steps = [float(v) for v in jitter_steps]
+    _check_cholesky(A, B, info, jitter, steps)
+    n = A.shape[1]
+    eye = torch.eye(n, dtype=A.dtype, device=A.device)
+    for l in range(A.shape[0]):
+        a0 = A[l].clone()
+        chol, status = torch.linalg.cholesky_ex(a0)
+        status, jit = int(status), 0.0
+        if status and steps:
+            scale = a0.diagonal().abs().mean().item() if n else 1.0
+            scale = scale if scale > 0 else 1.0
+            for step in steps:
+                jit = step * scale
+                chol, status = torch.linalg.cholesky_ex(a0 + jit * eye)
+                status = int(status)
+                if status == 0:
+                    break
+        A[l] = chol
+        info[l] = status
+        jitter[l] = jit
+        if status == 0 and B.shape[2]:
+            B[l] = torch.cholesky_solve(B[l], chol)
+
+
 # ---- fake kernels: shapes only, for FakeTensorMode / torch.compile -------------------------
 
 if extension_available():
@@ -269,4 +380,19 @@ if extension_available():
         shape = (x.shape[1] + int(augment_x), y.shape[1])
         torch._check(acc.dtype == torch.float64, lambda: "gffmerge::cross_: acc must be float64")
         torch._check(acc.shape == shape, lambda: f"gffmerge::cross_: acc must be {list(shape)}")
+        return None
+
+    @torch.library.register_fake("gffmerge::cholesky_solve_")
+    def _cholesky_solve_fake(A, B, info, jitter, jitter_steps=()):
+        op = "gffmerge::cholesky_solve_"
+        torch._check(A.dtype == torch.float64 and B.dtype == torch.float64,
+                     lambda: f"{op}: A and B must be float64")
+        torch._check(A.dim() == 3 and A.shape[1] == A.shape[2],
+                     lambda: f"{op}: A must be [L, n, n]")
+        torch._check(B.dim() == 3 and B.shape[:2] == A.shape[:2],
+                     lambda: f"{op}: B must be [L, n, k]")
+        torch._check(info.dtype == torch.int32 and info.shape == A.shape[:1],
+                     lambda: f"{op}: info must be int32 [L]")
+        torch._check(jitter.dtype == torch.float64 and jitter.shape == A.shape[:1],
+                     lambda: f"{op}: jitter must be float64 [L]")
         return None

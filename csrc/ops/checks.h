@@ -1,12 +1,15 @@
-// Argument validation shared by every backend of gram_ and cross_. Messages name the bad value
-// and the expected one.
+// Argument validation shared by every backend of gram_, cross_ and cholesky_solve_. Messages
+// name the bad value and the expected one.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <optional>
 #include <string>
+#include <utility>
 
 namespace gffmerge::ops {
 
@@ -97,6 +100,46 @@ inline int64_t check_cross(const at::Tensor& acc, const at::Tensor& x, const at:
               index_y ? "len(index_y)" : "y.shape[0]", " = ", ny);
   check_weight(op, acc, weight, nx);
   return nx;
+}
+
+// Most jitter steps a call takes (they travel to the GPU as kernel arguments).
+constexpr int64_t kMaxJitterSteps = 32;
+
+inline void check_cholesky(const at::Tensor& A, const at::Tensor& B, const at::Tensor& info,
+                           const at::Tensor& jitter, c10::ArrayRef<double> steps) {
+  constexpr const char* op = "gffmerge::cholesky_solve_";
+  TORCH_CHECK(A.scalar_type() == at::kDouble, op, ": A must be float64, got ", A.scalar_type());
+  TORCH_CHECK(A.dim() == 3 && A.size(1) == A.size(2), op,
+              ": A must be [L, n, n] (a batch of square matrices), got shape ", A.sizes());
+  const int64_t L = A.size(0);
+  const int64_t n = A.size(1);
+  TORCH_CHECK(A.is_contiguous(), op, ": A must be contiguous, got strides ", A.strides());
+  TORCH_CHECK(B.scalar_type() == at::kDouble, op, ": B must be float64, got ", B.scalar_type());
+  TORCH_CHECK(B.dim() == 3 && B.size(0) == L && B.size(1) == n, op, ": B must be [", L, ", ",
+              n, ", k] (L and n from A), got shape ", B.sizes());
+  TORCH_CHECK(B.is_contiguous(), op, ": B must be contiguous, got strides ", B.strides());
+  TORCH_CHECK(info.scalar_type() == at::kInt, op, ": info must be int32, got ",
+              info.scalar_type());
+  TORCH_CHECK(info.dim() == 1 && info.size(0) == L && info.is_contiguous(), op,
+              ": info must be a contiguous [", L, "] tensor, got shape ", info.sizes());
+  TORCH_CHECK(jitter.scalar_type() == at::kDouble, op, ": jitter must be float64, got ",
+              jitter.scalar_type());
+  TORCH_CHECK(jitter.dim() == 1 && jitter.size(0) == L && jitter.is_contiguous(), op,
+              ": jitter must be a contiguous [", L, "] tensor, got shape ", jitter.sizes());
+  for (const auto& [t, name] : {std::pair{&B, "B"}, {&info, "info"}, {&jitter, "jitter"}}) {
+    TORCH_CHECK(t->device() == A.device(), op, ": ", name, " is on ", t->device(),
+                " but A is on ", A.device(), "; all tensors must be on the same device");
+  }
+  constexpr int64_t int_max = 2147483647;  // LAPACK / cuSOLVER / cuBLAS take int sizes
+  TORCH_CHECK(L <= int_max && n <= int_max && B.size(2) <= int_max, op,
+              ": sizes beyond 32-bit integers are not supported, got A ", A.sizes(), " and B ",
+              B.sizes());
+  TORCH_CHECK(static_cast<int64_t>(steps.size()) <= kMaxJitterSteps, op,
+              ": at most ", kMaxJitterSteps, " jitter steps, got ", steps.size());
+  for (size_t s = 0; s < steps.size(); ++s) {
+    TORCH_CHECK(std::isfinite(steps[s]) && steps[s] > 0, op, ": jitter_steps[", s,
+                "] must be finite and > 0, got ", steps[s]);
+  }
 }
 
 }  // namespace gffmerge::ops

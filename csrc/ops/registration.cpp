@@ -10,4 +10,7 @@ TORCH_LIBRARY(gffmerge, m) {
   m.def(
       "cross_(Tensor(a!) acc, Tensor x, Tensor y, Tensor? index_x=None, Tensor? index_y=None, "
       "Tensor? weight=None, bool augment_x=False) -> ()");
+  m.def(
+      "cholesky_solve_(Tensor(a!) A, Tensor(b!) B, Tensor(c!) info, Tensor(d!) jitter, "
+      "float[] jitter_steps=[]) -> ()");
 }
