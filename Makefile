@@ -42,5 +42,11 @@ bench: install
 checkpoints: install
 	OMP_NUM_THREADS=1 $(PY) -m gffmerge.recipes --all
 
+# Compile-only check of the CUDA code, no GPU needed (tools/cuda_check.sh): nvcc on the
+# torch-free kernels for sm_80/sm_90, then the whole extension against torch 2.14.1+cu130 in its
+# own .venv-cuda. Without nvcc it fails, unless CUDA_CHECK=skip.
+cuda-check:
+	PYTHON_BOOT=$(PYTHON_BOOT) bash tools/cuda_check.sh
+
 clean:
 	rm -rf build _skbuild dist *.egg-info demo_out
