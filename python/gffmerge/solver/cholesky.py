@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from gffmerge_ext import cholesky_solve_
+
 from ..errors import SingularGramError
 
 # Jitter tried after a failed factorisation, relative to the mean diagonal entry.
@@ -23,41 +25,45 @@ class SpdSolution:
     fallback: str = ""  # "eigh" when even the largest jitter failed
 
 
-def _mean_diag(m: Tensor) -> float:
-    d = m.diagonal().abs().mean().item()
-    return d if d > 0 else 1.0
-
-
-def _rescue(m: Tensor, rhs: Tensor) -> SpdSolution:
-    eye = torch.eye(m.shape[0], dtype=m.dtype, device=m.device)
-    scale = _mean_diag(m)
-    for rel in JITTER_STEPS:
-        jit = rel * scale
-        chol, info = torch.linalg.cholesky_ex(m + jit * eye)
-        if int(info) == 0:
-            return SpdSolution(torch.cholesky_solve(rhs, chol), jitter=jit)
+def _eigh_solve(m: Tensor, rhs: Tensor) -> Tensor:
+    """Pseudo-inverse solve: the last resort for a system no jitter step could factorise."""
     w, v = torch.linalg.eigh(m)
     floor = w.abs().max().clamp_min(torch.finfo(m.dtype).tiny) * m.shape[0] * 1e-15
     inv = torch.where(w > floor, 1.0 / w, torch.zeros_like(w))
-    return SpdSolution(v @ (inv[:, None] * (v.T @ rhs)), fallback="eigh")
+    return v @ (inv[:, None] * (v.T @ rhs))
 
 
-def solve_spd(systems: dict[str, tuple[Tensor, Tensor]], *,
-              rescue: bool = True) -> dict[str, SpdSolution]:
+def solve_spd(systems: dict[str, tuple[Tensor, Tensor]], *, rescue: bool = True,
+              backend: str = "auto") -> dict[str, SpdSolution]:
     """Solve ``M X = R`` for each named ``(M, R)`` by Cholesky, batching same-size ``M``.
 
-    A system whose factorisation fails raises :class:`SingularGramError` unless
-    ``rescue`` is set, in which case growing diagonal jitter is tried and, as a last
-    resort, a pseudo-inverse solve from an eigen-decomposition; the result records which.
+    Systems with the same ``n`` (and device) go to one call of
+    :func:`gffmerge_ext.cholesky_solve_` (float64; right-hand sides padded with zero columns
+    to the widest ``k``), which on a GPU factorises, retries and solves without syncing; the
+    host reads ``info`` once per group. A system whose factorisation fails raises
+    :class:`SingularGramError` unless ``rescue`` is set, in which case growing diagonal jitter
+    (``JITTER_STEPS`` times the mean ``|diag M|``) is tried and, as a last resort, a
+    pseudo-inverse solve from an eigen-decomposition; the result records which.
+    ``backend`` is passed to the op (``"torch"``: the pure-torch reference).
     """
     groups: dict[tuple[int, torch.device], list[str]] = defaultdict(list)
     for name, (m, _) in systems.items():
         groups[(m.shape[0], m.device)].append(name)
     out: dict[str, SpdSolution] = {}
-    for names in groups.values():
-        chol, info = torch.linalg.cholesky_ex(torch.stack([systems[n][0] for n in names]))
-        info = info.tolist()
-        failed = [n for n, i in zip(names, info) if i != 0]
+    for (n, device), names in groups.items():
+        rhss = [systems[name][1] for name in names]
+        widths = [1 if r.dim() == 1 else r.shape[1] for r in rhss]
+        A = torch.stack([systems[name][0] for name in names]).to(torch.float64).contiguous()
+        B = torch.zeros(len(names), n, max(widths), dtype=torch.float64, device=device)
+        for j, (r, k) in enumerate(zip(rhss, widths)):
+            B[j, :, :k] = r.reshape(n, k)
+        info = torch.empty(len(names), dtype=torch.int32, device=device)
+        jitter = torch.empty(len(names), dtype=torch.float64, device=device)
+        cholesky_solve_(A, B, info, jitter, JITTER_STEPS if rescue else (), backend=backend)
+        # one device-to-host read per group (info is exact in float64)
+        flat = torch.cat([info.to(torch.float64), jitter]).tolist()
+        info_list, jitter_list = flat[:len(names)], flat[len(names):]
+        failed = [name for name, i in zip(names, info_list) if i != 0]
         if failed and not rescue:
             raise SingularGramError(
                 f"the regularised Gram of layer(s) {', '.join(failed[:5])} is not positive "
@@ -65,10 +71,12 @@ def solve_spd(systems: dict[str, tuple[Tensor, Tensor]], *,
                 "ridge > 0 (e.g. ridge=1e-6, or ridge_mode='relative'), or prior='mean'")
         for j, name in enumerate(names):
             m, rhs = systems[name]
-            if info[j] == 0:
-                out[name] = SpdSolution(torch.cholesky_solve(rhs, chol[j]))
+            if info_list[j] == 0:
+                x = B[j, :, :widths[j]].to(rhs.dtype, memory_format=torch.contiguous_format,
+                                          copy=True)
+                out[name] = SpdSolution(x.reshape(rhs.shape), jitter=jitter_list[j])
             else:
-                out[name] = _rescue(m, rhs)
+                out[name] = SpdSolution(_eigh_solve(m, rhs), fallback="eigh")
     return out
 
 
