@@ -390,15 +390,21 @@ void trsm_right_upper(bool trans, int64_t m, int64_t n, const double* a, int64_t
 }
 
 // The launch sequence of gpu::cholesky_solve with its kernels emulated.
-void emulate_cholesky(chol::Params p, bool cached) {
+// batched: the rescue path of large n (cuSOLVER on a scratch batch), else the rescue kernel.
+void emulate_cholesky(chol::Params p, bool batched) {
   const int64_t L = p.batch, n = p.n, kk = p.k;
   std::vector<double> a0(static_cast<std::size_t>(L * n * n)), scale(L), scratch(L * n * kk, kNaN);
-  std::vector<double*> pa(L, nullptr), pb(L, nullptr);
+  std::vector<double*> pa(L, nullptr), pb(L, nullptr), pw(L, nullptr);
+  std::vector<double> w(static_cast<std::size_t>(L * n * n), kNaN);
+  std::vector<std::int32_t> info_w(L, -9);
   p.a0 = a0.data();
   p.scale = scale.data();
   p.scratch = scratch.data();
   p.ptr_a = pa.data();
   p.ptr_b = pb.data();
+  p.w = w.data();
+  p.ptr_w = pw.data();
+  p.info_w = info_w.data();
   std::memcpy(p.a0, p.a, a0.size() * sizeof(double));
   const int nt = chol::kThreads;
   std::vector<double> red(nt);
@@ -410,7 +416,17 @@ void emulate_cholesky(chol::Params p, bool cached) {
     chol::prepare_finish(p, l, red.data());
   }
   for (int64_t l = 0; l < L; ++l) p.info[l] = potrf_upper(n, p.ptr_a[l], n);  // potrfBatched
-  if (p.nsteps > 0) {  // rescue_kernel
+  for (int s = 0; batched && s < p.nsteps; ++s) {  // fill, potrfBatched, accept
+    for (int64_t l = 0; l < L; ++l) {
+      for (int tid = 0; tid < nt; ++tid) chol::retry_fill(p, l, s, tid, nt);
+    }
+    for (int64_t l = 0; l < L; ++l) p.info_w[l] = potrf_upper(n, p.ptr_w[l], n);
+    for (int64_t l = 0; l < L; ++l) {
+      for (int tid = 0; tid < nt; ++tid) chol::retry_accept_copy(p, l, tid, nt);
+      chol::retry_accept_record(p, l, s);
+    }
+  }
+  if (p.nsteps > 0 && !batched) {  // rescue_kernel
     {
       std::vector<double> col(static_cast<std::size_t>(n), kNaN);
       for (int64_t l = 0; l < L; ++l) {
@@ -425,10 +441,10 @@ void emulate_cholesky(chol::Params p, bool cached) {
             status = sh.status;
             if (status != 0) break;
             for (int tid = 0; tid < nt; ++tid) {
-              chol::rescue_column(p, l, j, cached ? col.data() : nullptr, tid, nt);
+              chol::rescue_column(p, l, j, col.data(), tid, nt);
             }
             for (int tid = 0; tid < nt; ++tid) {
-              chol::rescue_update(p, l, j, cached ? col.data() : nullptr, tid, nt);
+              chol::rescue_update(p, l, j, col.data(), tid, nt);
             }
           }
           chol::rescue_record(p, l, status, jit);

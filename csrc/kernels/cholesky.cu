@@ -22,13 +22,12 @@ __global__ void __launch_bounds__(kThreads) prepare_kernel(chol::Params p) {
   if (tid == 0) chol::prepare_finish(p, l, red);
 }
 
-__global__ void __launch_bounds__(kThreads) rescue_kernel(chol::Params p, bool cached) {
-  extern __shared__ double col_cache[];
+__global__ void __launch_bounds__(kThreads) rescue_kernel(chol::Params p) {
+  extern __shared__ double col[];
   __shared__ chol::RescueShared sh;
   const int tid = static_cast<int>(threadIdx.x);
   const std::int64_t l = blockIdx.x;
   if (p.info[l] == 0) return;
-  double* col = cached ? col_cache : nullptr;
   for (int s = 0; s < p.nsteps; ++s) {
     const double jit = p.steps[s] * p.scale[l];
     chol::rescue_load(p, l, jit, tid, kThreads);
@@ -50,29 +49,46 @@ __global__ void __launch_bounds__(kThreads) rescue_kernel(chol::Params p, bool c
   }
 }
 
+__global__ void __launch_bounds__(kThreads) retry_fill_kernel(chol::Params p, int s) {
+  chol::retry_fill(p, blockIdx.x, s, static_cast<int>(threadIdx.x), kThreads);
+}
+
+__global__ void __launch_bounds__(kThreads) retry_accept_kernel(chol::Params p, int s) {
+  chol::retry_accept_copy(p, blockIdx.x, static_cast<int>(threadIdx.x), kThreads);
+  __syncthreads();
+  if (threadIdx.x == 0) chol::retry_accept_record(p, blockIdx.x, s);
+}
+
 __global__ void __launch_bounds__(kThreads) finish_kernel(chol::Params p) {
   chol::finish_system(p, blockIdx.x, static_cast<int>(threadIdx.x), kThreads);
 }
 
 constexpr std::size_t kAlign = 256;
-// Column caches above the default 48 KiB of dynamic shared memory are not worth an opt-in.
-constexpr std::int64_t kMaxCachedColumn = 48 * 1024 / sizeof(double);
+static_assert(chol::kMaxKernelRescueN * sizeof(double) <= 48 * 1024,
+              "the rescue kernel's column cache must fit the default dynamic shared memory");
 
 std::size_t aligned(std::size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
+bool batched_rescue(std::int64_t n) { return n > chol::kMaxKernelRescueN; }
+
 struct Layout {
-  std::size_t a0, scale, scratch, ptr_a, ptr_b, total;
+  std::size_t a0, scale, scratch, ptr_a, ptr_b, w, ptr_w, info_w, total;
 };
 
 Layout layout(std::int64_t batch, std::int64_t n, std::int64_t k) {
   const auto L = static_cast<std::size_t>(batch);
+  const auto nn = static_cast<std::size_t>(n * n);
+  const std::size_t retry = batched_rescue(n) ? L : 0;
   Layout out{};
   out.a0 = 0;
-  out.scale = out.a0 + aligned(L * n * n * sizeof(double));
+  out.scale = out.a0 + aligned(L * nn * sizeof(double));
   out.scratch = out.scale + aligned(L * sizeof(double));
   out.ptr_a = out.scratch + aligned(L * n * k * sizeof(double));
   out.ptr_b = out.ptr_a + aligned(L * sizeof(double*));
-  out.total = out.ptr_b + aligned(L * sizeof(double*));
+  out.w = out.ptr_b + aligned(L * sizeof(double*));
+  out.ptr_w = out.w + aligned(retry * nn * sizeof(double));
+  out.info_w = out.ptr_w + aligned(retry * sizeof(double*));
+  out.total = out.info_w + aligned(retry * sizeof(std::int32_t));
   return out;
 }
 
@@ -104,6 +120,11 @@ const char* cholesky_solve(chol::Params p, void* workspace, cusolverDnHandle_t s
   p.scratch = reinterpret_cast<double*>(base + lay.scratch);
   p.ptr_a = reinterpret_cast<double**>(base + lay.ptr_a);
   p.ptr_b = reinterpret_cast<double**>(base + lay.ptr_b);
+  if (batched_rescue(p.n)) {
+    p.w = reinterpret_cast<double*>(base + lay.w);
+    p.ptr_w = reinterpret_cast<double**>(base + lay.ptr_w);
+    p.info_w = reinterpret_cast<std::int32_t*>(base + lay.info_w);
+  }
   const int n = static_cast<int>(p.n);
   const int k = static_cast<int>(p.k);
   const int batch = static_cast<int>(p.batch);
@@ -123,10 +144,18 @@ const char* cholesky_solve(chol::Params p, void* workspace, cusolverDnHandle_t s
       CUSOLVER_STATUS_SUCCESS) {
     return "cusolverDnDpotrfBatched failed";
   }
-  if (p.nsteps > 0) {
-    const bool cached = p.n <= kMaxCachedColumn;
-    const std::size_t shmem = cached ? p.n * sizeof(double) : 0;
-    rescue_kernel<<<batch, kThreads, shmem, stream>>>(p, cached);
+  if (p.nsteps > 0 && !batched_rescue(p.n)) {
+    rescue_kernel<<<batch, kThreads, p.n * sizeof(double), stream>>>(p);
+    if (const char* err = launch_error()) return err;
+  }
+  for (int s = 0; batched_rescue(p.n) && s < p.nsteps; ++s) {
+    retry_fill_kernel<<<batch, kThreads, 0, stream>>>(p, s);
+    if (const char* err = launch_error()) return err;
+    if (cusolverDnDpotrfBatched(solver, CUBLAS_FILL_MODE_UPPER, n, p.ptr_w, n, p.info_w,
+                                batch) != CUSOLVER_STATUS_SUCCESS) {
+      return "cusolverDnDpotrfBatched (jitter retry) failed";
+    }
+    retry_accept_kernel<<<batch, kThreads, 0, stream>>>(p, s);
     if (const char* err = launch_error()) return err;
   }
   finish_kernel<<<batch, kThreads, 0, stream>>>(p);

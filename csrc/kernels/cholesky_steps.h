@@ -1,9 +1,13 @@
 // Device-side steps of the batched Cholesky solve (no torch here).
 //
-// cuSOLVER factorises every system at once; the systems it rejects are retried by one block
-// each with growing diagonal jitter, without the host ever looking at `info`. The retry is an
-// unblocked right-looking Cholesky in global memory: slow per system, but it only runs for
-// the rare systems that failed, and systems that did not fail cost one load of info[l].
+// cuSOLVER factorises every system at once; the systems it rejects are retried with growing
+// diagonal jitter without the host ever looking at `info`:
+//  - n <= kMaxKernelRescueN: one block per system runs an unblocked right-looking Cholesky in
+//    global memory (the pivot column cached in shared memory). Its cost grows as n^3 on one
+//    SM, but it only runs for systems that failed; the others cost one load of info[l].
+//  - larger n: each step refactorises a scratch batch with cuSOLVER, holding A0 + jitter I
+//    for the systems still failing and the identity for the others, and keeps the factors
+//    that succeeded. Every step costs one batched factorisation, failures or not.
 //
 // Layout: the row-major lower triangle of each [n, n] matrix is the column-major upper one
 // that cuSOLVER/LAPACK factorise with uplo = U, so the factor L (A = L L^T) ends up in the
@@ -22,6 +26,7 @@ using std::int64_t;
 
 constexpr int kThreads = 256;
 constexpr int kMaxJitterSteps = 32;
+constexpr int64_t kMaxKernelRescueN = 1024;
 
 // After potrfBatched (uplo = U, lda = n), row-major B [n, k] is the column-major k x n matrix
 // B^T and the factor is the column-major upper U = L^T, so X^T = B^T U^-1 U^-T: two calls of
@@ -38,6 +43,9 @@ struct Params {
   double* scratch = nullptr;   // [batch, n, k] where failed systems' solves are sent
   double** ptr_a = nullptr;    // [batch] device pointers for the batched cuSOLVER/cuBLAS calls
   double** ptr_b = nullptr;    // [batch]
+  double* w = nullptr;         // [batch, n, n] retry matrices (batched rescue only)
+  double** ptr_w = nullptr;    // [batch]
+  std::int32_t* info_w = nullptr;  // [batch]
   int64_t batch = 0;
   int64_t n = 0;
   int64_t k = 0;
@@ -96,7 +104,7 @@ GFFMERGE_HD void rescue_pivot(const Params& p, int64_t l, int64_t j, RescueShare
   }
 }
 
-// Column j below the pivot divided by it; `col` (shared memory, or nullptr) caches it.
+// Column j below the pivot divided by it, and cached in `col` (shared memory, n doubles).
 GFFMERGE_HD void rescue_column(const Params& p, int64_t l, int64_t j, double* col, int tid,
                                int nt) {
   double* a = p.a + l * p.n * p.n;
@@ -104,7 +112,7 @@ GFFMERGE_HD void rescue_column(const Params& p, int64_t l, int64_t j, double* co
   for (int64_t i = j + 1 + tid; i < p.n; i += nt) {
     const double v = a[i * p.n + j] / pivot;
     a[i * p.n + j] = v;
-    if (col) col[i] = v;
+    col[i] = v;
   }
 }
 
@@ -117,17 +125,50 @@ GFFMERGE_HD void rescue_update(const Params& p, int64_t l, int64_t j, const doub
   const int ty = tid / lanes;
   const int ny = nt / lanes;
   for (int64_t i = j + 1 + ty; i < p.n; i += ny) {
-    const double li = col ? col[i] : a[i * p.n + j];
+    const double li = col[i];
     double* row = a + i * p.n;
-    for (int64_t c = j + 1 + tx; c <= i; c += lanes) {
-      row[c] -= li * (col ? col[c] : a[c * p.n + j]);
-    }
+    for (int64_t c = j + 1 + tx; c <= i; c += lanes) row[c] -= li * col[c];
   }
 }
 
 GFFMERGE_HD void rescue_record(const Params& p, int64_t l, int status, double jit) {
   p.info[l] = status;
   p.jitter[l] = jit;
+}
+
+// ---- batched rescue, step s: fill, cuSOLVER on ptr_w, accept (one block per system) --------
+
+GFFMERGE_HD void retry_fill(const Params& p, int64_t l, int s, int tid, int nt) {
+  const int64_t nn = p.n * p.n;
+  double* w = p.w + l * nn;
+  const double* a0 = p.a0 + l * nn;
+  const bool failing = p.info[l] != 0;
+  const double jit = p.steps[s] * p.scale[l];
+  for (int64_t e = tid; e < nn; e += nt) {
+    const int64_t i = e / p.n;
+    const int64_t j = e % p.n;
+    if (!failing) {
+      w[e] = i == j ? 1.0 : 0.0;
+    } else {
+      w[e] = j > i ? 0.0 : (i == j ? a0[e] + jit : a0[e]);
+    }
+  }
+  if (tid == 0) p.ptr_w[l] = w;
+}
+
+// Phase 1: a factor that now succeeded replaces A's contents.
+GFFMERGE_HD void retry_accept_copy(const Params& p, int64_t l, int tid, int nt) {
+  if (p.info[l] == 0 || p.info_w[l] != 0) return;
+  const int64_t nn = p.n * p.n;
+  const double* w = p.w + l * nn;
+  double* a = p.a + l * nn;
+  for (int64_t e = tid; e < nn; e += nt) a[e] = w[e];
+}
+
+// Phase 2 (thread 0, after a barrier): the outcome of step s.
+GFFMERGE_HD void retry_accept_record(const Params& p, int64_t l, int s) {
+  if (p.info[l] == 0) return;
+  rescue_record(p, l, p.info_w[l], p.steps[s] * p.scale[l]);
 }
 
 // ---- finish: one block per system -----------------------------------------------------------
