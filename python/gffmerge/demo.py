@@ -178,8 +178,8 @@ def run_demo(args) -> int:
     chart = _chart(rows, out / "methods.png")
     text = [
         "# gffmerge demo: merging two GNS fine-tunes on LiPS20", "",
-        f"Sources: {', '.join(str(paths[s]) for s in DEMO_SYSTEMS)} (fine-tuned from "
-        f"{paths['foundation']}); joint model: {paths['joint']}.",
+        f"Sources: {', '.join(_shown(paths[s]) for s in DEMO_SYSTEMS)} (fine-tuned from "
+        f"{_shown(paths['foundation'])}); joint model: {_shown(paths['joint'])}.",
         f"Merge time = measuring both sources ({measure_s:.1f} s, shared by the two "
         "gffmerge rows) + solving.",
         f"Evaluation: combined test split ({len(test)} frames, hash split seed 42). "
@@ -194,6 +194,14 @@ def run_demo(args) -> int:
         print(table)
         print(f"\nwrote {out / 'report.md'}" + (f" and {chart}" if chart else ""))
     return 0
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _positions(ds, system: str) -> list[int]:
