@@ -20,12 +20,14 @@ def merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]] | None = No
           method: str = "gffmerge", limit: int | None = None,
           device: torch.device | str | None = None, progress: bool = True,
           layers: Iterable[str] | None = None, forward=None, labels: Sequence[str] | None = None,
-          backend: str = "auto", **options) -> MergeResult:
+          backend: str = "auto", dense: bool = False, **options) -> MergeResult:
     """Measure each model on its own data (``data[k]`` for ``models[k]``), then merge.
 
     ``method`` names a registered method (``gffmerge.methods.available()``); ``options``
     are that method's options, validated before any work is done, as is the architecture
     of the models. Methods that need no statistics (``"average"``) ignore ``data``.
+    ``limit``, ``device``, ``layers``, ``forward``, ``backend`` and ``dense`` are passed to
+    :func:`gffmerge.measure` for every model.
     """
     spec = methods.get(method)
     opts = spec.options(**options)
@@ -41,7 +43,7 @@ def merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]] | None = No
         t0 = time.perf_counter()
         stats = Stats.concat(
             measure(m, d, layers=layers, limit=limit, device=device, progress=progress,
-                    cross=cross, forward=forward, backend=backend,
+                    cross=cross, forward=forward, backend=backend, dense=dense,
                     label=labels[k] if labels else f"model {k}")
             for k, (m, d) in enumerate(zip(models, data)))
         measure_s = time.perf_counter() - t0
