@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from ..models.parts import GramInput
+from ..models.parts import GramInput, StructuredInput
 from ..stats import LayerStats
 from .providers import sums_of
 
@@ -62,14 +62,15 @@ class LayerHook:
 
 
 def provider_of(module: nn.Module):
-    """The module's ``gram_parts`` method, or None when it has no structured provider."""
-    fn = getattr(module, "gram_parts", None)
-    return fn if callable(fn) else None
+    """The module's ``gram_parts`` method, or None when it is no
+    :class:`~gffmerge.models.parts.StructuredInput`."""
+    return module.gram_parts if isinstance(module, StructuredInput) else None
 
 
 class StructuredHook(LayerHook):
     """Statistics of a layer that describes its input with ``gram_parts(*args, **kwargs)``
-    (see :mod:`gffmerge.collect.providers`)."""
+    (a :class:`~gffmerge.models.parts.StructuredInput`; see
+    :mod:`gffmerge.collect.providers`)."""
 
     def __init__(self, module: nn.Module, sums: LayerStats, **kwargs):
         self._parts = provider_of(module)
