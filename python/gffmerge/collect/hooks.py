@@ -19,7 +19,7 @@ class LayerHook:
     of every call of one linear layer.
 
     Subclasses say what the input rows are (:meth:`describe` returns a
-    :class:`~gffmerge.collect.providers.GramInput`). Each call's Gram is formed in a fresh
+    :class:`~gffmerge.models.parts.GramInput`). Each call's Gram is formed in a fresh
     float64 buffer and then added to ``sums``, so a Gram shared through ``cache`` (the
     same input reaching several layers in one forward) adds exactly what recomputing
     it would.
