@@ -16,6 +16,7 @@ from gffmerge.collect import (
     Gathered,
     GramInput,
     StructuredHook,
+    StructuredInput,
     attach,
     cross_of,
     gram_of,
@@ -86,8 +87,9 @@ def test_gns_structured_stats_equal_dense(system, dtype):
     names = list(structured.layers)
     assert {f"layers.{i}.{n}" for i in range(2) for n in ("edge_in", "node_mlp.0")} <= set(names)
     collector = attach(model, Stats.empty(model, structured.layers).models[0].layers)
-    kinds = {type(h).__name__ for h in collector.structured}
-    assert kinds == {"StructuredHook"} and len(collector.structured) == 4
+    structured_hooks = [h for h in collector.hooks if isinstance(h, StructuredHook)]
+    kinds = {type(h).__name__ for h in structured_hooks}
+    assert kinds == {"StructuredHook"} and len(structured_hooks) == 4
     collector.remove()
 
 
@@ -116,7 +118,7 @@ def test_merged_gns_from_structured_and_dense_stats_agree(target):
     modules = dict(base.named_modules())
     for key, v in merged[True].items():
         layer = key.rsplit(".", 1)[0]
-        structured = hasattr(modules.get(layer), "gram_parts")
+        structured = isinstance(modules.get(layer), StructuredInput)
         if not structured:
             assert torch.equal(merged[False][key], v), key
         else:

@@ -11,7 +11,7 @@ from torch import nn
 
 from . import methods
 from .architecture import check_same_architecture
-from .collect import measure
+from .collect import MeasureOptions, measure
 from .report import MergeResult
 from .stats import Stats
 
@@ -20,15 +20,20 @@ def merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]] | None = No
           method: str = "gffmerge", limit: int | None = None,
           device: torch.device | str | None = None, progress: bool = True,
           layers: Iterable[str] | None = None, forward=None, labels: Sequence[str] | None = None,
-          backend: str = "auto", dense: bool = False, **options) -> MergeResult:
+          backend: str = "auto", dense: bool = False,
+          measure_options: MeasureOptions | None = None, **options) -> MergeResult:
     """Measure each model on its own data (``data[k]`` for ``models[k]``), then merge.
 
     ``method`` names a registered method (``gffmerge.methods.available()``); ``options``
     are that method's options, validated before any work is done, as is the architecture
     of the models. Methods that need no statistics (``"average"``) ignore ``data``.
     ``limit``, ``device``, ``layers``, ``forward``, ``backend`` and ``dense`` are passed to
-    :func:`gffmerge.measure` for every model.
+    :func:`gffmerge.measure` for every model; or pass them (and any other setting) as one
+    :class:`~gffmerge.collect.MeasureOptions` in ``measure_options``. ``label`` comes from
+    ``labels`` and ``cross`` from the method.
     """
+    base = _measure_base(measure_options, limit=limit, device=device, progress=progress,
+                         layers=layers, forward=forward, backend=backend, dense=dense)
     spec = methods.get(method)
     opts = spec.options(**options)
     check_same_architecture(models)
@@ -42,8 +47,7 @@ def merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]] | None = No
         cross = getattr(opts, "target", "weights") == "cross"
         t0 = time.perf_counter()
         stats = Stats.concat(
-            measure(m, d, layers=layers, limit=limit, device=device, progress=progress,
-                    cross=cross, forward=forward, backend=backend, dense=dense,
+            measure(m, d, options=base, cross=cross,
                     label=labels[k] if labels else f"model {k}")
             for k, (m, d) in enumerate(zip(models, data)))
         measure_s = time.perf_counter() - t0
@@ -51,3 +55,15 @@ def merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]] | None = No
     result.report.times["measure"] = measure_s
     result.report.times["total"] = measure_s + result.report.times.get("solve", 0.0)
     return result
+
+
+def _measure_base(options: MeasureOptions | None, **given: Any) -> MeasureOptions:
+    """``options``, or the measuring keywords of :func:`merge` as options (not both)."""
+    if options is None:
+        return MeasureOptions.build(None, given)
+    defaults = MeasureOptions()
+    changed = [f"{k}=" for k, v in given.items() if v != getattr(defaults, k)]
+    if changed:
+        raise ValueError(f"merge got measure_options and also {', '.join(changed)}; pass "
+                         "these settings in measure_options only")
+    return options

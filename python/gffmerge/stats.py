@@ -42,11 +42,6 @@ class LayerStats:
         return LayerStats(self.gram + other.gram.to(self.gram.device), self.rows + other.rows,
                           cross)
 
-    @property
-    def feature_sum(self) -> Tensor:
-        """Σ x over all rows (the augmented column of the Gram)."""
-        return self.gram[:-1, -1]
-
 
 @dataclass
 class ModelStats:

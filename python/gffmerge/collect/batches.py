@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.parts import MeasureForward
+
 
 def move_to(batch: Any, device: torch.device | str | None) -> Any:
     """Move tensors in ``batch`` (tensor, mapping, sequence, or object with ``.to``)."""
@@ -24,15 +26,15 @@ def move_to(batch: Any, device: torch.device | str | None) -> Any:
 
 
 def default_forward(model: nn.Module, batch: Any) -> Any:
-    """``model.measure_forward(batch)`` when defined, else ``model(batch)``.
+    """``model.measure_forward(batch)`` when the model is a
+    :class:`~gffmerge.models.parts.MeasureForward`, else ``model(batch)``.
 
     Mappings are passed as keyword arguments and tuples/lists as positional arguments;
     pass ``forward=`` to :func:`gffmerge.measure` for anything else (e.g. ``(x, y)`` pairs
     whose labels the model must not see: ``forward=lambda m, b: m(b[0])``).
     """
-    custom = getattr(model, "measure_forward", None)
-    if callable(custom):
-        return custom(batch)
+    if isinstance(model, MeasureForward):
+        return model.measure_forward(batch)
     if isinstance(batch, Mapping):
         return model(**batch)
     if isinstance(batch, tuple | list):

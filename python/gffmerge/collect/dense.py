@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..models.parts import GramInput
+from ..models.parts import DenseInput, GramInput
 from ..stats import LayerStats
 from .hooks import LayerHook
 
@@ -14,12 +14,13 @@ class DenseHook(LayerHook):
 
     Rows are all leading dimensions of the input flattened (atoms, edges, or
     ``[N, 3]`` vector components). A layer that defines ``dense_input(*args, **kwargs)``
-    (e.g. :class:`~gffmerge.models.layers.EdgeConcatLinear`) is asked for its explicit
-    input matrix instead of ``args[0]``.
+    (a :class:`~gffmerge.models.parts.DenseInput`, e.g.
+    :class:`~gffmerge.models.layers.EdgeConcatLinear`) is asked for its explicit input
+    matrix instead of ``args[0]``.
     """
 
     def __init__(self, module: nn.Module, sums: LayerStats, **kwargs):
-        self._dense_input = getattr(module, "dense_input", None)
+        self._dense_input = module.dense_input if isinstance(module, DenseInput) else None
         super().__init__(module, sums, **kwargs)
 
     def describe(self, args: tuple, kwargs: dict) -> GramInput:
@@ -28,10 +29,3 @@ class DenseHook(LayerHook):
         else:
             x = args[0] if args else kwargs["input"]
         return GramInput.dense(x)
-
-
-def attach_dense(model: nn.Module, layers: dict[str, LayerStats], *,
-                 backend: str = "auto") -> list[DenseHook]:
-    """A :class:`DenseHook` on each named layer of ``model``."""
-    modules = dict(model.named_modules())
-    return [DenseHook(modules[name], sums, backend=backend) for name, sums in layers.items()]

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from ..models.parts import GramInput
+from ..models.parts import GramInput, StructuredInput
 from ..stats import LayerStats
 from .providers import sums_of
 
@@ -19,7 +19,7 @@ class LayerHook:
     of every call of one linear layer.
 
     Subclasses say what the input rows are (:meth:`describe` returns a
-    :class:`~gffmerge.collect.providers.GramInput`). Each call's Gram is formed in a fresh
+    :class:`~gffmerge.models.parts.GramInput`). Each call's Gram is formed in a fresh
     float64 buffer and then added to ``sums``, so a Gram shared through ``cache`` (the
     same input reaching several layers in one forward) adds exactly what recomputing
     it would.
@@ -62,14 +62,15 @@ class LayerHook:
 
 
 def provider_of(module: nn.Module):
-    """The module's ``gram_parts`` method, or None when it has no structured provider."""
-    fn = getattr(module, "gram_parts", None)
-    return fn if callable(fn) else None
+    """The module's ``gram_parts`` method, or None when it is no
+    :class:`~gffmerge.models.parts.StructuredInput`."""
+    return module.gram_parts if isinstance(module, StructuredInput) else None
 
 
 class StructuredHook(LayerHook):
     """Statistics of a layer that describes its input with ``gram_parts(*args, **kwargs)``
-    (see :mod:`gffmerge.collect.providers`)."""
+    (a :class:`~gffmerge.models.parts.StructuredInput`; see
+    :mod:`gffmerge.collect.providers`)."""
 
     def __init__(self, module: nn.Module, sums: LayerStats, **kwargs):
         self._parts = provider_of(module)

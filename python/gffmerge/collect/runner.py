@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..architecture import linear_layers
-from ..errors import EmptyDataError, NonFiniteActivationError
+from ..errors import EmptyDataError, NonFiniteActivationError, StatsMismatchError
 from ..stats import LayerStats, Stats
-from .batches import Forward, batch_entries, default_forward, move_to
+from .batches import batch_entries, default_forward, move_to
 from .dedup import InputCache
 from .dense import DenseHook
 from .hooks import LayerHook, StructuredHook, provider_of
+from .options import MeasureOptions
+from .shards import all_reduce, shard
 
 
 def _describe(data: Any) -> str:
@@ -42,10 +46,6 @@ class Collector:
     def __init__(self, hooks: list[LayerHook], cache: InputCache | None):
         self.hooks = hooks
         self.cache = cache
-
-    @property
-    def structured(self) -> list[LayerHook]:
-        return [h for h in self.hooks if isinstance(h, StructuredHook)]
 
     def end_forward(self) -> None:
         """Forget the inputs of the forward that just ran (call after every batch)."""
@@ -78,18 +78,19 @@ def attach(model: nn.Module, layers: dict[str, LayerStats], *, dense: bool = Fal
     return Collector(hooks, cache)
 
 
-def measure(model: nn.Module, data: Iterable[Any], *, layers: Iterable[str] | None = None,
-            limit: int | None = None, device: torch.device | str | None = None,
-            progress: bool = True, cross: bool = False, forward: Forward | None = None,
-            batch_size_fn: Callable[[Any], int] | None = None, label: str | None = None,
-            description: str | None = None, backend: str = "auto", dense: bool = False,
-            dedup: bool | None = None, distributed: bool = False) -> Stats:
+def measure(model: nn.Module, data: Iterable[Any], *, options: MeasureOptions | None = None,
+            **kwargs: Any) -> Stats:
     """Accumulate the input Grams of ``model``'s linear layers over ``data``.
+
+    The settings are one :class:`MeasureOptions`: pass ``options=``, keywords named like
+    its fields (``measure(model, data, limit=500, cross=True)``), or both (keywords
+    override fields of ``options``). An unknown keyword is a ``TypeError`` listing the
+    valid ones.
 
     The model runs in eval mode under ``torch.no_grad()``; each batch of ``data``
     is moved to ``device`` (default: the model's device) and passed to
     ``forward(model, batch)`` (default: ``model.measure_forward(batch)`` if the model
-    defines it, else ``model(batch)``).
+    has one, see :class:`~gffmerge.models.parts.MeasureForward`, else ``model(batch)``).
 
     ``limit`` counts graphs / batch entries and is checked *after* each batch, as the
     official GFFMerge scripts do: with ``limit=500`` and batches of 64, 512 graphs are
@@ -97,7 +98,8 @@ def measure(model: nn.Module, data: Iterable[Any], *, layers: Iterable[str] | No
     for ``target="cross"``). Non-finite inputs to any layer raise
     :class:`~gffmerge.NonFiniteActivationError` naming the model, layer and batch.
 
-    Layers that describe their input with ``gram_parts`` (e.g.
+    Layers that describe their input with ``gram_parts`` (the
+    :class:`~gffmerge.models.parts.StructuredInput` contract, e.g.
     :class:`~gffmerge.models.layers.EdgeConcatLinear`) are measured by the structured
     provider (:mod:`gffmerge.collect.providers`: node-level products and scatter sums, no
     edge-by-feature tensor), every other layer by the dense hook on its input rows.
@@ -110,25 +112,27 @@ def measure(model: nn.Module, data: Iterable[Any], *, layers: Iterable[str] | No
 
     ``distributed=True`` (inside an initialised ``torch.distributed`` group, e.g. under
     ``torchrun``) measures this process's shard of the frames and sums over all
-    processes: see :func:`gffmerge.distributed.measure_distributed`.
+    processes (:mod:`gffmerge.collect.shards`); every rank returns the same stats.
     """
-    if distributed:
-        from ..distributed import measure_distributed
+    opts = MeasureOptions.build(options, kwargs)
+    if opts.distributed:
+        return _measure_sharded(model, data, opts)
+    return _measure_local(model, data, opts)
 
-        return measure_distributed(
-            model, data, limit=limit, layers=layers, cross=cross, label=label,
-            description=description, device=device, progress=progress, forward=forward,
-            batch_size_fn=batch_size_fn, backend=backend, dense=dense, dedup=dedup)
-    infos = linear_layers(model, layers)
+
+def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions) -> Stats:
+    """One process over all of ``data``."""
+    limit, cross, dense = opts.limit, opts.cross, opts.dense
+    infos = linear_layers(model, opts.layers)
     if not infos:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layers to measure")
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be a positive number of graphs/samples, got {limit}")
-    forward = forward or default_forward
-    count = batch_size_fn or batch_entries
-    label = label or type(model).__name__
+    forward = opts.forward or default_forward
+    count = opts.batch_size_fn or batch_entries
+    label = opts.label or type(model).__name__
     home = _model_device(model)
-    device = torch.device(device) if device is not None else home
+    device = torch.device(opts.device) if opts.device is not None else home
     was_training = model.training
 
     stats = Stats.empty(model, infos, cross=cross, device=device, label=label)
@@ -142,15 +146,14 @@ def measure(model: nn.Module, data: Iterable[Any], *, layers: Iterable[str] | No
     t0 = time.perf_counter()
     model.to(device)
     model.eval()
-    if dedup is None:
-        dedup = not dense
-    collector = attach(model, sums, dense=dense, dedup=dedup, backend=backend)
+    dedup = not dense if opts.dedup is None else opts.dedup
+    collector = attach(model, sums, dense=dense, dedup=dedup, backend=opts.backend)
     graphs = 0
     batches = 0
     try:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=f"measure {label}", unit="batch", disable=not progress,
+        bar = tqdm(total=total, desc=f"measure {label}", unit="batch", disable=not opts.progress,
                    leave=False)
         with torch.no_grad():
             for batch in data:
@@ -185,5 +188,37 @@ def measure(model: nn.Module, data: Iterable[Any], *, layers: Iterable[str] | No
     ms = stats.models[0]
     ms.graphs = graphs
     ms.seconds = time.perf_counter() - t0
-    ms.data = [description or _describe(data)]
+    ms.data = [opts.description or _describe(data)]
+    return stats
+
+
+def _measure_sharded(model: nn.Module, data: Iterable[Any], opts: MeasureOptions) -> Stats:
+    """This rank's shard of ``data``, summed over all ranks; the reduced graph count is
+    checked against the data, so a lost or doubled shard is an error."""
+    if not dist.is_initialized():
+        raise RuntimeError("distributed measuring needs an initialised process group: run "
+                           "under torchrun, or call torch.distributed.init_process_group")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    part, expected = shard(data, rank, world, opts.limit)
+    label = opts.label or type(model).__name__
+    try:
+        empty = len(part) == 0
+    except TypeError:
+        empty = False
+    if empty:
+        infos = linear_layers(model, opts.layers)
+        stats = Stats.empty(model, infos, cross=opts.cross, device=opts.device, label=label)
+    else:
+        stats = _measure_local(model, part, replace(opts, label=label, distributed=False))
+    all_reduce(stats)
+    ms = stats.models[0]
+    base = opts.description or (ms.data[0] if ms.data else "data")
+    ms.data = [f"{base} (measured by {world} processes)"]
+    if expected is not None and ms.graphs != expected:
+        raise StatsMismatchError(f"the {world} processes measured {ms.graphs} graphs in "
+                                 f"total but the data holds {expected}: a shard was lost or "
+                                 "doubled")
+    if ms.graphs == 0:
+        raise EmptyDataError(f"model '{label}' was measured on no data by any of the {world} "
+                             "processes; check the dataset path, split and filters")
     return stats

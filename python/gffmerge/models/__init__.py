@@ -3,7 +3,7 @@
 
 from .base import MAX_Z, ForceField
 from .gns import GNS
-from .layers import ConcatLinear, EdgeConcatInput, EdgeConcatLinear, PartsSequential
+from .layers import ConcatLinear, EdgeConcatLinear, PartsSequential
 from .painn import PaiNN
 from .parts import Aggregated, Dense, Gathered, GramInput
 from .reference import ReferenceFit, ScaleShiftFit, fit_reference_energies, fit_scale_shift
@@ -14,7 +14,6 @@ __all__ = [
     "GNS",
     "MAX_Z",
     "MODELS",
-    "EdgeConcatInput",
     "Aggregated",
     "ConcatLinear",
     "Dense",

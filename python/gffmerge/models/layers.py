@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -170,16 +170,8 @@ class ConcatLinear(nn.Linear):
                 f"bias={self.bias is not None}")
 
 
-@dataclass(frozen=True)
-class EdgeConcatInput:
-    """The factors of an :class:`EdgeConcatLinear` input, without the concatenation.
-
-    Row ``e`` of the implicit input is
-    ``[edge_attr[e], sender_gate[e] * node_feats[sender[e]],
-    receiver_gate[e] * node_feats[receiver[e]]]``; a gate of ``None`` means 1.
-    A structured Gram provider can form the blocks of ``XᵀX`` from these with
-    node-level products and scatters instead of materialising the [E, d_e + 2 d_n] rows.
-    """
+class _EdgeArgs(NamedTuple):
+    """The arguments of :meth:`EdgeConcatLinear.forward`, validated, gates as ``[E, 1]``."""
 
     edge_attr: Tensor  # [E, edge_dim]
     node_feats: Tensor  # [N, node_dim]
@@ -233,7 +225,7 @@ class EdgeConcatLinear(nn.Linear):
 
     def input_parts(self, edge_attr: Tensor, node_feats: Tensor, edge_index: Tensor,
                     sender_gate: Tensor | None = None,
-                    receiver_gate: Tensor | None = None) -> EdgeConcatInput:
+                    receiver_gate: Tensor | None = None) -> _EdgeArgs:
         """The forward's arguments, validated and normalised (gates to [E, 1])."""
         num_edges = edge_index.shape[1]
         if edge_attr.shape != (num_edges, self.edge_dim):
@@ -242,7 +234,7 @@ class EdgeConcatLinear(nn.Linear):
         if node_feats.dim() != 2 or node_feats.shape[1] != self.node_dim:
             raise ValueError(f"node_feats must have shape [N, {self.node_dim}], "
                              f"got {tuple(node_feats.shape)}")
-        return EdgeConcatInput(
+        return _EdgeArgs(
             edge_attr=edge_attr,
             node_feats=node_feats,
             sender=edge_index[0],

@@ -1,16 +1,41 @@
-"""How a layer describes its input rows to the statistics collector.
+"""The model contract of the statistics collector: what a model or layer may declare.
 
-A linear layer whose input row ``r`` is a concatenation of parts (edge features, gathered
-node features, scatter sums) returns a :class:`GramInput` from ``gram_parts(*args,
-**kwargs)``; :mod:`gffmerge.collect.providers` then forms the Gram block by block without
-building the rows. These are plain descriptions (torch only), so models can build them
-without depending on the collector.
+The collector (:func:`gffmerge.measure`) hooks every ``nn.Linear`` and by default sees its
+input rows. Three optional methods, declared here as runtime-checkable protocols, change
+what it sees; the collector tests for them with ``isinstance``, never by attribute name:
+
+* :class:`StructuredInput`: a linear layer whose input row ``r`` is a concatenation of
+  parts (edge features, gathered node features, scatter sums) returns a
+  :class:`GramInput` from ``gram_parts(*args, **kwargs)``, called with the arguments of
+  its forward; :mod:`gffmerge.collect.providers` then forms the Gram block by block
+  without building the rows.
+* :class:`DenseInput` (optional, next to ``gram_parts``): ``dense_input(*args,
+  **kwargs)`` returns the explicit ``[R, in_features]`` input for the dense hook
+  (``measure(dense=True)``, the reference), when ``args[0]`` is not that input.
+* :class:`MeasureForward`: a model whose plain forward does more than measuring needs
+  (forces by autograd, say) defines ``measure_forward(batch)``; the collector calls it
+  instead of ``model(batch)``.
+
+Example (the layer of a concatenated edge input, shapes ``e [E, d_e]``, ``h [N, d]``)::
+
+    class EdgeLayer(nn.Linear):                      # weight columns [e | h_src | h_dst]
+        def gram_parts(self, e, h, edge_index):     # StructuredInput
+            return GramInput((Dense(e), Gathered(h, edge_index[0]),
+                              Gathered(h, edge_index[1])))
+
+        def dense_input(self, e, h, edge_index):    # DenseInput (optional)
+            return torch.cat([e, h[edge_index[0]], h[edge_index[1]]], -1)
+
+:func:`gffmerge.testing.check_structured_gram` checks such a layer against its forward.
+The part types are plain descriptions (torch only), so models build them without
+depending on the collector.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -166,7 +191,7 @@ class GramInput:
                 rows = p.src.detach().to(dtype).index_select(0, p.index.long())
                 cols.append(rows if p.gate is None else rows * gate_of(p.gate, dtype)[:, None])
             else:
-                cols.append(_aggregate_rows(p, self.rows).to(dtype))
+                cols.append(aggregate_rows(p, self.rows).to(dtype))
         return torch.cat(cols, dim=1)
 
 
@@ -182,11 +207,58 @@ def gate_of(gate: Tensor | None, dtype: torch.dtype = torch.float64) -> Tensor |
     return None if gate is None else gate.detach().reshape(-1).to(dtype)
 
 
-def _aggregate_rows(p: Aggregated, rows: int) -> Tensor:
-    """``[rows, d]`` float64 ``Σ_{s: index[s] = r} gate[s] src[s]`` (unchunked)."""
-    v = p.src.detach().to(torch.float64)
-    gate = gate_of(p.gate)
-    if gate is not None:
-        v = v * gate[:, None]
-    out = torch.zeros(rows, p.width, dtype=torch.float64, device=v.device)
-    return out.index_add_(0, p.index.long(), v)
+def aggregate_rows(p: Aggregated, rows: int, step: int | None = None) -> Tensor:
+    """``[rows, d]`` float64 ``Σ_{s: index[s] = r} gate[s] src[s]``.
+
+    Source rows are converted to float64 ``step`` at a time (all at once when None), so
+    the extra memory is one chunk next to the ``[rows, d]`` result.
+    """
+    src, index, gate = p.src.detach(), p.index.long(), gate_of(p.gate)
+    n = src.shape[0]
+    step = max(1, n if step is None else int(step))
+    out = torch.zeros(rows, p.width, dtype=torch.float64, device=src.device)
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        v = src[s:e].to(torch.float64)
+        out.index_add_(0, index[s:e], v if gate is None else v * gate[s:e, None])
+    return out
+
+
+# ---------------------------------------------------------------- the model contract
+@runtime_checkable
+class StructuredInput(Protocol):
+    """A linear layer that describes its input rows as parts.
+
+    ``gram_parts`` takes the arguments of the layer's forward and returns a
+    :class:`GramInput` whose width is the layer's ``in_features`` (parts in weight-column
+    order). The collector measures such a layer with the structured provider unless
+    ``measure(dense=True)``.
+    """
+
+    def gram_parts(self, *args: Any, **kwargs: Any) -> GramInput: ...
+
+
+@runtime_checkable
+class DenseInput(Protocol):
+    """A linear layer whose forward input is not simply its first argument.
+
+    ``dense_input`` takes the arguments of the layer's forward and returns the explicit
+    ``[..., in_features]`` input (what ``nn.Linear`` on the concatenation would see); the
+    dense hook measures that instead of ``args[0]``. Optional next to
+    :class:`StructuredInput`, and needed for ``measure(dense=True)`` on such a layer.
+    """
+
+    def dense_input(self, *args: Any, **kwargs: Any) -> Tensor: ...
+
+
+@runtime_checkable
+class MeasureForward(Protocol):
+    """A model that says how one batch is run while its statistics are measured.
+
+    ``measure_forward(batch)`` runs the forward the collector's hooks should see (under
+    ``torch.no_grad()``: e.g. energies without the autograd pass for forces); without it
+    the collector calls ``model(batch)`` (``model(**batch)`` for mappings,
+    ``model(*batch)`` for tuples and lists).
+    """
+
+    def measure_forward(self, batch: Any) -> Any: ...

@@ -1,0 +1,54 @@
+"""``gffmerge measure``: per-layer statistics of one checkpoint on its data (torchrun-aware)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .common import dataset, emit, load_models
+
+
+def cmd_measure(args) -> int:
+    from ..collect import MeasureOptions, measure
+    from ..distributed import init_from_env, launched_by_torchrun, measure_distributed
+
+    (model,), _ = load_models([args.model])
+    ds = dataset(args.data, args.split, args)
+    loader = ds.batches_for(model, args.batch_size)
+    options = MeasureOptions(limit=args.limit, cross=args.cross, label=Path(args.model).stem,
+                             description=ds.describe(), layers=args.layers, dense=args.dense,
+                             progress=not args.quiet)
+    rank = 0
+    if launched_by_torchrun():
+        import torch.distributed as dist
+
+        device = None
+        if torch_cuda_available():
+            import torch
+
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        rank, world = init_from_env(device)
+        try:
+            stats = measure_distributed(model, loader, options=options, device=device,
+                                        progress=options.progress and rank == 0)
+        finally:
+            dist.destroy_process_group()
+    else:
+        stats = measure(model, loader, options=options)
+    if rank != 0:
+        return 0
+    path = stats.save(args.output)
+    ms = stats.models[0]
+    total_rows = sum(ls.rows for ls in ms.layers.values())
+    emit(args, {"output": str(path), "graphs": ms.graphs, "layers": len(ms.layers),
+                 "rows": total_rows, "seconds": ms.seconds},
+          f"measured {ms.graphs} graphs, {len(ms.layers)} layers in {ms.seconds:.1f} s "
+          f"-> {path}")
+    return 0
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

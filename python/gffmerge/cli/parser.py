@@ -1,0 +1,96 @@
+"""The argument parser: every subcommand, its flags and the function it calls."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_data_options
+from .measuring import cmd_measure
+from .merging import cmd_demo, cmd_merge, cmd_methods, cmd_solve
+from .training import cmd_eval, cmd_train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or text")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    parser = argparse.ArgumentParser(
+        prog="gffmerge", parents=[common],
+        description="Closed-form merging of fine-tuned GNN force fields.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("methods", parents=[common], help="list merge methods and options")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("measure", parents=[common],
+                       help="accumulate per-layer Gram statistics of one model on its data")
+    p.add_argument("--model", required=True, help="checkpoint (.pt)")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="shipped system names (lips20/beta-Li3PS4) or data files")
+    add_data_options(p, "train")
+    p.add_argument("--limit", type=int, help="graphs per model, checked after each batch")
+    p.add_argument("--cross", action="store_true", help="also record Σ x̃yᵀ (target=cross)")
+    p.add_argument("--layers", nargs="+", help="layer names or glob patterns to measure")
+    p.add_argument("--dense", action="store_true",
+                   help="dense hook on every layer's full input rows instead of the "
+                        "structured providers (the reference; same stats, slower)")
+    p.add_argument("-o", "--output", required=True, help="stats file (.safetensors)")
+    p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("solve", parents=[common], help="merge checkpoints from saved stats")
+    p.add_argument("--model", required=True, nargs="+", help="source checkpoints, in order")
+    p.add_argument("--stats", nargs="+", help="stats files, in the same order")
+    p.add_argument("--method", default="gffmerge")
+    p.add_argument("-O", "--option", action="append", metavar="KEY=VALUE",
+                   help="method option, e.g. -O prior=mean -O ridge=1e-4")
+    p.add_argument("-o", "--output", required=True, help="merged checkpoint (.pt)")
+    p.add_argument("--report", help="write the per-layer report (markdown)")
+    p.set_defaults(func=cmd_solve)
+
+    p = sub.add_parser("merge", parents=[common], help="measure and solve in one step")
+    p.add_argument("--model", nargs="+", help="source checkpoints, in order")
+    p.add_argument("--data", nargs="+", help="one data name/file per model, same order")
+    p.add_argument("--config", help="YAML in the mergekit shape (merge_method, models, "
+                                    "parameters)")
+    p.add_argument("--method", default="gffmerge")
+    p.add_argument("-O", "--option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--limit", type=int, help="graphs per model, checked after each batch")
+    add_data_options(p, "train")
+    p.add_argument("-o", "--output", help="merged checkpoint (.pt)")
+    p.add_argument("--report", help="write the per-layer report (markdown)")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("eval", parents=[common], help="energy/force errors of checkpoints")
+    p.add_argument("--model", required=True, nargs="+")
+    p.add_argument("--data", required=True, nargs="+")
+    add_data_options(p, "test")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train", parents=[common],
+                       help="pretrain a foundation, fine-tune a source, or train the joint model")
+    p.add_argument("--config", help="YAML with TrainConfig fields (flags override it)")
+    p.add_argument("--role", choices=["foundation", "finetune", "joint"])
+    p.add_argument("--systems", nargs="+")
+    p.add_argument("--model", help="architecture for a foundation: gns, painn, schnet")
+    p.add_argument("-M", "--model-option", action="append", metavar="KEY=VALUE",
+                   help="model constructor option, e.g. -M latent_dim=64")
+    p.add_argument("--init", help="checkpoint to start from (finetune, joint)")
+    for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("patience", int),
+                      ("train-frames", int), ("val-frames", int), ("max-minutes", float),
+                      ("seed", int), ("energy-weight", float), ("force-weight", float),
+                      ("threads", int), ("max-frames", int)):
+        p.add_argument(f"--{name}", type=typ)
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", parents=[common], help="merge the shipped LiPS20 models and "
+                                                      "compare methods")
+    p.add_argument("--out", default="demo_out", help="folder for report.md and the chart")
+    p.add_argument("--retrain", action="store_true",
+                   help="retrain foundation, fine-tunes and joint model from data first")
+    p.add_argument("--synthetic", action="store_true",
+                   help="the tiny self-contained MLP demo (no data, no checkpoints)")
+    p.add_argument("--frames", type=int, help="limit test frames per system (quick runs)")
+    p.add_argument("--limit", type=int, help="graphs measured per source model")
+    p.set_defaults(func=cmd_demo)
+    return parser

@@ -1,0 +1,60 @@
+"""``gffmerge eval`` and ``train``: energy/force errors of checkpoints, and training them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .common import CliError, dataset, emit, load_models, parse_value
+
+
+def cmd_eval(args) -> int:
+    from ..evaluate import evaluate
+
+    results = {}
+    for path in args.model:
+        (model,), _ = load_models([path])
+        ds = dataset(args.data, args.split, args)
+        results[path] = evaluate(model, ds, batch_size=args.batch_size,
+                                 progress=not args.quiet)
+    lines = [f"{'model':<36} {'system':<24} {'E MAE meV/atom':>15} {'F MAE meV/Å':>12} "
+             f"{'F RMSE meV/Å':>13} {'frames':>7}"]
+    for path, res in results.items():
+        for system, m in res.items():
+            lines.append(f"{Path(path).name:<36} {system:<24} "
+                         f"{m['energy_mae_mev_per_atom']:>15.2f} "
+                         f"{m['force_mae_mev_per_a']:>12.1f} {m['force_rmse_mev_per_a']:>13.1f} "
+                         f"{m['frames']:>7d}")
+    emit(args, results, "\n".join(lines))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from ..train import TrainConfig, train
+
+    values: dict[str, Any] = {}
+    if args.config:
+        import yaml
+
+        values.update(yaml.safe_load(Path(args.config).read_text()) or {})
+    for key in ("systems", "role", "model", "init", "epochs", "batch_size", "lr", "patience",
+                "train_frames", "val_frames", "max_minutes", "seed", "energy_weight",
+                "force_weight", "threads", "max_frames"):
+        v = getattr(args, key, None)
+        if v is not None:
+            values[key] = v
+    for pair in args.model_option or []:
+        key, _, value = pair.partition("=")
+        values.setdefault("model_config", {})[key.replace("-", "_")] = parse_value(value)
+    try:
+        cfg = TrainConfig(**values)
+    except TypeError as exc:
+        raise CliError(f"bad training config: {exc}") from exc
+    result = train(cfg, output=args.output, progress=not args.quiet)
+    test = result.metrics.get("test", {}).get("all", {})
+    emit(args, {"output": args.output, "seconds": result.seconds, "metrics": result.metrics},
+          f"trained {cfg.role} in {result.seconds / 60:.1f} min "
+          f"(best epoch {result.metrics.get('best_epoch')}); test: energy MAE "
+          f"{test.get('energy_mae_mev_per_atom', float('nan')):.2f} meV/atom, force MAE "
+          f"{test.get('force_mae_mev_per_a', float('nan')):.1f} meV/Å -> {args.output}")
+    return 0
