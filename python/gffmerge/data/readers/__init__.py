@@ -27,7 +27,7 @@ from . import npz, md17, rmd17, deepmd, ase_io  # noqa: F401
 # isort: on
 from .ase_io import read_ase
 from .deepmd import read_deepmd
-from .frameset import FrameSet
+from .frameset import Array, FrameSet
 from .md17 import read_md17
 from .npz import read_npz
 from .registry import (
@@ -47,6 +47,7 @@ __all__ = [
     "KCAL_PER_MOL_IN_EV",
     "READERS",
     "UNITS",
+    "Array",
     "FrameSet",
     "Reader",
     "detect_format",
