@@ -12,18 +12,29 @@ from torch import nn
 
 from gffmerge.data.batch import AtomsBatch
 from gffmerge.models import (
+    GNS,
     MODELS,
     EdgeConcatLinear,
     ForceField,
+    PaiNN,
+    SchNet,
     build_model,
 )
 
 CUTOFF = 3.0
+# Small configs for speed. The tests run over every registered model: one not listed here
+# is built from its defaults at the test cutoff.
 TINY = {
     "schnet": dict(n_atom_basis=8, n_filters=8, n_interactions=2, n_rbf=6, cutoff=CUTOFF),
     "painn": dict(n_features=8, n_interactions=2, n_rbf=6, cutoff=CUTOFF),
     "gns": dict(latent_dim=8, hidden_dim=12, n_layers=2, n_rbf=6, cutoff=CUTOFF),
 }
+
+
+def tiny_config(name: str) -> dict:
+    return TINY.get(name, {"cutoff": CUTOFF})
+
+
 TRICLINIC = torch.tensor([[4.0, 0.0, 0.0], [1.2, 3.8, 0.0], [0.7, 0.9, 4.1]],
                          dtype=torch.float64)
 
@@ -118,7 +129,7 @@ def small_cell():
 
 def tiny_model(name: str, seed: int = 0) -> ForceField:
     torch.manual_seed(seed)
-    model = build_model(name, **TINY[name]).double().eval()
+    model = build_model(name, **tiny_config(name)).double().eval()
     # Non-trivial normalisation so the energy assembly is exercised too.
     ref = torch.zeros(model.max_z + 1, dtype=torch.float64)
     ref[[1, 3, 6, 8, 15, 16]] = torch.tensor([-13.6, -190.0, -1030.0, -2040.0, -180.0, -280.0],
@@ -221,7 +232,7 @@ def test_gns_direct_forces_sum_to_zero_per_graph():
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_training_step_reaches_every_parameter(name):
-    model = build_model(name, **TINY[name]).train()
+    model = build_model(name, **tiny_config(name)).train()
     batch = make_batch([molecule(), crystal()], dtype=torch.float32)
     out = model(batch)
     assert out["energy"].dtype == torch.float64 and out["forces"].dtype == torch.float32
@@ -283,7 +294,7 @@ def test_energy_buffers_stay_float64():
 def test_every_learnable_map_is_visible_to_the_merge(name):
     """Parameters live only in nn.Linear (merged in closed form) or in Embedding /
     LayerNorm (averaged); nothing else hides a learnable linear map."""
-    model = build_model(name, **TINY[name])
+    model = build_model(name, **tiny_config(name))
     for module in model.modules():
         own = list(module.parameters(recurse=False))
         if own:
@@ -313,7 +324,8 @@ def test_rank3_inputs_reach_painn_update_linears():
 
 
 def test_registry():
-    assert set(MODELS) == {"schnet", "painn", "gns"}
+    assert {"schnet", "painn", "gns"} <= set(MODELS)
+    assert (MODELS["schnet"], MODELS["painn"], MODELS["gns"]) == (SchNet, PaiNN, GNS)
     for name, cls in MODELS.items():
         model = build_model(name)
         assert isinstance(model, cls) and model.cutoff == 5.0

@@ -9,6 +9,10 @@ The file is a ``torch.save`` of plain containers and tensors, so it loads with
 
 ``dtype`` is the dtype of the model's parameters; the energy buffers are float64
 whatever it is (see :mod:`gffmerge.models.base`).
+
+``model_name`` is looked up in the model registry (``@register_model``,
+:data:`gffmerge.models.MODELS`): only registered classes are ever built, never a class
+named by an import path in the file.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from torch import nn
 from gffmerge.atomic import write_atomically
 from gffmerge.errors import GffmergeError
 from gffmerge.models.base import ForceField
-from gffmerge.models.registry import MODELS, build_model
+from gffmerge.models.registry import MODELS
 
 FORMAT = "gffmerge-checkpoint"
 VERSION = 1
@@ -58,9 +62,10 @@ def save_checkpoint(path: str | os.PathLike, model: ForceField,
     The file is written to a temporary file in the same folder and renamed over
     ``path``, so a reader never sees a half-written checkpoint. Returns the path.
     """
-    if not isinstance(model, ForceField) or model.name not in MODELS:
-        raise TypeError(f"save_checkpoint needs a registered ForceField "
-                        f"({sorted(MODELS)}), got {type(model).__name__}")
+    if not isinstance(model, ForceField) or MODELS.get(model.name) is not type(model):
+        raise TypeError(f"save_checkpoint needs a registered ForceField ({sorted(MODELS)}), "
+                        f"got {type(model).__name__} (name {getattr(model, 'name', None)!r}); "
+                        "decorate its class with @gffmerge.models.register_model")
     metadata = dict(metadata or {})
     _check_plain(metadata, "metadata")
     _check_plain(model.config, "model.config")
@@ -100,11 +105,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu"
         raise CheckpointError(f"{path} has checkpoint version {version!r}; this gffmerge "
                               f"reads versions up to {VERSION}, upgrade gffmerge")
     name = payload.get("model_name")
-    if name not in MODELS:
-        raise CheckpointError(f"{path} holds unknown model {name!r}; "
-                              f"known models: {sorted(MODELS)}")
+    cls = MODELS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise CheckpointError(f"{path} holds unknown model {name!r}; known models: "
+                              f"{sorted(MODELS)} (import the module that registers it first)")
     try:
-        model = build_model(name, **payload["config"])
+        model = cls(**payload["config"])
     except TypeError as exc:
         raise CheckpointError(f"{path}: config {payload['config']!r} does not fit "
                               f"model {name!r}: {exc}") from exc

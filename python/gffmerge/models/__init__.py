@@ -1,5 +1,13 @@
 """Force-field models: SchNet, PaiNN and an ORB-style GNS, all built from plain
-``nn.Linear`` maps so the closed-form merge sees every learnable linear layer."""
+``nn.Linear`` maps so the closed-form merge sees every learnable linear layer.
+
+Importing this package imports every module in its folder (see the end of this file), and
+model classes register themselves with ``@register_model``: adding a model is one new file
+here. :data:`MODELS` lists the registered models, :func:`build_model` builds one by name.
+"""
+
+import importlib
+import pkgutil
 
 from .base import MAX_Z, ForceField
 from .gns import GNS
@@ -7,7 +15,7 @@ from .layers import ConcatLinear, EdgeConcatLinear, PartsSequential
 from .painn import PaiNN
 from .parts import Aggregated, Dense, Gathered, GramInput
 from .reference import ReferenceFit, ScaleShiftFit, fit_reference_energies, fit_scale_shift
-from .registry import MODELS, build_model
+from .registry import MODELS, build_model, model_class, register_model
 from .schnet import SchNet
 
 __all__ = [
@@ -29,4 +37,11 @@ __all__ = [
     "build_model",
     "fit_reference_energies",
     "fit_scale_shift",
+    "model_class",
+    "register_model",
 ]
+
+# Every module in this folder, so that each model file's @register_model has run.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+del _module

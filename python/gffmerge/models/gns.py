@@ -41,6 +41,7 @@ from gffmerge.data.batch import AtomsBatch
 
 from .base import MAX_Z, ForceField
 from .layers import CosineCutoff, EdgeConcatLinear, GaussianRBF, mlp
+from .registry import register_model
 
 
 class AttentionInteraction(nn.Module):
@@ -72,6 +73,7 @@ class AttentionInteraction(nn.Module):
         return h, e
 
 
+@register_model
 class GNS(ForceField):
     """Attention GNS with invariant features and a direct, equivariant force head.
 

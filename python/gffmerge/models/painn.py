@@ -17,6 +17,7 @@ from gffmerge.data.batch import AtomsBatch
 
 from .base import MAX_Z, ForceField
 from .layers import CosineCutoff, SineRBF, mlp
+from .registry import register_model
 
 # Added under the square root of |V v|: its gradient is infinite at v = 0, which is
 # where every vector feature starts.
@@ -61,6 +62,7 @@ class PaiNNUpdate(nn.Module):
         return s + ds, v + a_vv.unsqueeze(1) * uv
 
 
+@register_model
 class PaiNN(ForceField):
     """PaiNN with conservative forces.
 

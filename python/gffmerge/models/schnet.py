@@ -14,6 +14,7 @@ from gffmerge.data.batch import AtomsBatch
 
 from .base import MAX_Z, ForceField
 from .layers import CosineCutoff, GaussianRBF, ShiftedSoftplus, mlp
+from .registry import register_model
 
 
 class SchNetInteraction(nn.Module):
@@ -33,6 +34,7 @@ class SchNetInteraction(nn.Module):
         return x + self.f2out(v)
 
 
+@register_model
 class SchNet(ForceField):
     """SchNet with conservative forces.
 
