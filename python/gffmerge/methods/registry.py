@@ -89,7 +89,11 @@ class MergeMethod:
         """What the method needs with ``options`` (default: its default options)."""
         if isinstance(self.needs, Needs):
             return self.needs
-        return self.needs(self.options_type() if options is None else options)
+        needs = self.needs(self.options_type() if options is None else options)
+        if not isinstance(needs, Needs):
+            raise TypeError(f"method '{self.name}': its needs function returned "
+                            f"{type(needs).__name__}, not a gffmerge.methods.Needs")
+        return needs
 
     @property
     def needs_stats(self) -> bool:
