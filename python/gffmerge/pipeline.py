@@ -39,12 +39,17 @@ def merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]] | None = No
     check_same_architecture(models)
     stats = None
     measure_s = 0.0
-    if spec.needs_stats:
+    needs = spec.needs_for(opts)
+    unmet = needs.beyond("stats", "cross")
+    if unmet:
+        raise ValueError(f"method '{method}' needs {', '.join(unmet)}, which gffmerge.merge "
+                         "cannot provide yet")
+    if needs.stats:
         if data is None or len(data) != len(models):
             got = "no data" if data is None else f"{len(data)} data sources"
             raise ValueError(f"method '{method}' measures each model on its own data: pass "
                              f"one data iterable per model ({len(models)} models, {got})")
-        cross = getattr(opts, "target", "weights") == "cross"
+        cross = needs.cross
         t0 = time.perf_counter()
         stats = Stats.concat(
             measure(m, d, options=base, cross=cross,

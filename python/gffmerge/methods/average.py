@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from ..architecture import check_same_architecture
 from ..report import MergeReport, MergeResult
-from ..solver import build_model, mean_state_dict
-from .registry import register
+from ..solver import build_model, conclude, mean_state_dict
+from .registry import Needs, register
 
 
 @dataclass(frozen=True)
@@ -18,12 +18,10 @@ class AverageOptions:
 
 @register("average", description="element-wise mean of all parameters and buffers",
           reference="https://arxiv.org/abs/2203.05482", options=AverageOptions,
-          needs_stats=False)
+          needs=Needs(stats=False))
 def average(models, stats, options: AverageOptions) -> MergeResult:
     t0 = time.perf_counter()
     check_same_architecture(models)
     state = mean_state_dict(models)
     report = MergeReport("average", {}, len(models), averaged=list(state))
-    merged = build_model(models[0], state)
-    report.times["solve"] = time.perf_counter() - t0
-    return MergeResult(merged, report)
+    return conclude(build_model(models[0], state), report, t0)

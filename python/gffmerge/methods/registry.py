@@ -1,9 +1,18 @@
-"""The merge-method registry: a decorator, a name → method table, typed options."""
+"""The merge-method registry: a decorator, a name → method table, typed options, needs.
+
+Every module of the ``gffmerge.methods`` package, and every entry point of the group
+``gffmerge.methods`` (third-party packages), is imported on the first lookup or listing;
+importing a module runs its :func:`register` decorators.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.metadata
+import pkgutil
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -14,6 +23,40 @@ from ..report import MergeResult
 from ..stats import Stats
 
 MethodFn = Callable[[Sequence[nn.Module], "Stats | None", typing.Any], MergeResult]
+ENTRY_POINT_GROUP = "gffmerge.methods"
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method needs besides the source models.
+
+    - ``stats``: per-layer statistics of each source on its own data (:func:`gffmerge.measure`);
+    - ``cross``: those statistics with cross sums ``Σ x̃ yᵀ`` (``measure(cross=True)``);
+    - ``base_model``: the common pre-trained model the sources were fine-tuned from;
+    - ``gradients``: gradients (e.g. Fisher information) of each source on its data;
+    - ``labelled_data``: data with reference labels (energies, forces), not only inputs.
+    """
+
+    stats: bool = True
+    cross: bool = False
+    base_model: bool = False
+    gradients: bool = False
+    labelled_data: bool = False
+
+    def __post_init__(self):
+        if self.cross and not self.stats:
+            raise ValueError("Needs(cross=True) implies statistics: set stats=True too")
+
+    def names(self) -> list[str]:
+        """The names of the needed inputs, e.g. ``["stats", "cross"]``."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name)]
+
+    def beyond(self, *provided: str) -> list[str]:
+        """The needed inputs not among ``provided`` (names as in :meth:`names`)."""
+        return [n for n in self.names() if n not in provided]
+
+
+NeedsSpec = Needs | Callable[[typing.Any], Needs]
 
 
 @dataclass(frozen=True)
@@ -29,14 +72,33 @@ class OptionInfo:
 
 @dataclass(frozen=True)
 class MergeMethod:
-    """A registered merge method."""
+    """A registered merge method.
+
+    ``needs`` is a :class:`Needs`, or a function of the method's options returning one
+    (e.g. cross sums only with ``target="cross"``); :meth:`needs_for` resolves it.
+    """
 
     name: str
     description: str
     reference: str
     options_type: type
-    needs_stats: bool
+    needs: NeedsSpec
     fn: MethodFn
+
+    def needs_for(self, options: typing.Any = None) -> Needs:
+        """What the method needs with ``options`` (default: its default options)."""
+        if isinstance(self.needs, Needs):
+            return self.needs
+        needs = self.needs(self.options_type() if options is None else options)
+        if not isinstance(needs, Needs):
+            raise TypeError(f"method '{self.name}': its needs function returned "
+                            f"{type(needs).__name__}, not a gffmerge.methods.Needs")
+        return needs
+
+    @property
+    def needs_stats(self) -> bool:
+        """Whether the method needs statistics with its default options (compatibility)."""
+        return self.needs_for().stats
 
     def options(self, **values) -> typing.Any:
         """Validated options; unknown names are an error that lists the valid ones."""
@@ -61,31 +123,69 @@ class MergeMethod:
     def __call__(self, models: Sequence[nn.Module], stats: Stats | None = None, **options):
         """Merge ``models`` (with ``stats`` if the method needs them)."""
         opts = self.options(**options)
-        if self.needs_stats and stats is None:
+        if self.needs_for(opts).stats and stats is None:
             raise ValueError(f"method '{self.name}' needs statistics: measure the models on "
                              "their data first (gffmerge.measure / gffmerge.merge)")
         return self.fn(models, stats, opts)
 
 
 _REGISTRY: dict[str, MergeMethod] = {}
+# entry points already loaded (or failed), so each is tried once; None: nothing scanned yet
+_PLUGINS: set[str] | None = None
 
 
 def register(name: str, *, description: str, reference: str, options: type,
-             needs_stats: bool = True) -> Callable[[MethodFn], MethodFn]:
-    """Register ``fn(models, stats, options) -> MergeResult`` under ``name``."""
+             needs: NeedsSpec | None = None,
+             needs_stats: bool | None = None) -> Callable[[MethodFn], MethodFn]:
+    """Register ``fn(models, stats, options) -> MergeResult`` under ``name``.
+
+    ``options`` is a dataclass type (its fields are the method's typed options, an
+    optional ``__option_help__`` dict documents them); ``needs`` a :class:`Needs` or a
+    function of the options returning one (default ``Needs()``: statistics).
+    ``needs_stats=False`` is the older spelling of ``needs=Needs(stats=False)``.
+    """
     if not dataclasses.is_dataclass(options):
         raise TypeError("options must be a dataclass type")
+    if needs is not None and needs_stats is not None:
+        raise TypeError("pass needs= or the older needs_stats=, not both")
+    if needs is None:
+        needs = Needs(stats=needs_stats is not False)
+    if not (isinstance(needs, Needs) or callable(needs)):
+        raise TypeError("needs must be a Needs or a function of the options returning one")
 
     def deco(fn: MethodFn) -> MethodFn:
         if name in _REGISTRY:
             raise ValueError(f"a merge method named '{name}' is already registered")
-        _REGISTRY[name] = MergeMethod(name, description, reference, options, needs_stats, fn)
+        _REGISTRY[name] = MergeMethod(name, description, reference, options, needs, fn)
         return fn
     return deco
 
 
+def _discover() -> None:
+    """Import the package's own method modules (once) and any entry point not tried yet."""
+    global _PLUGINS
+    if _PLUGINS is None:
+        _PLUGINS = set()
+        package = importlib.import_module(__package__)
+        for mod in pkgutil.iter_modules(package.__path__):
+            if not mod.name.startswith("_") and mod.name != "registry":
+                importlib.import_module(f"{__package__}.{mod.name}")
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        key = f"{ep.name}={ep.value}"
+        if key in _PLUGINS:
+            continue
+        _PLUGINS.add(key)
+        try:
+            ep.load()  # importing the plugin's module runs its @register
+        except Exception as exc:  # a broken plugin must not break gffmerge
+            warnings.warn(f"merge-method plugin '{ep.name}' ({ep.value}) failed to load and "
+                          f"is skipped: {type(exc).__name__}: {exc}", stacklevel=3)
+
+
 def get(name: str) -> MergeMethod:
     """The method registered as ``name``."""
+    if _PLUGINS is None or name not in _REGISTRY:
+        _discover()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -99,5 +199,6 @@ def get(name: str) -> MergeMethod:
 
 
 def available() -> list[str]:
-    """Names of all registered methods."""
+    """Names of all registered methods (built-in and from installed plugins)."""
+    _discover()
     return sorted(_REGISTRY)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 
-from ..report import MergeResult
-from ..solver import SolveOptions, solve_with
-from ..solver.options import RidgeMode
-from .registry import register
+from ..report import MergeReport, MergeResult
+from ..solver import assemble, conclude, diagnose, mean_state_dict, solve_systems, write_back
+from ..solver.options import RidgeMode, validate
+from .registry import Needs, register
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,21 @@ class RegMeanOptions:
         "condition": "report cond₂ of every solved system",
     }
 
+    def __post_init__(self):
+        validate(self)
+
 
 @register("regmean", description="per-model mean Grams, α-shrunk off-diagonals, "
                                  "no intercept (biases averaged)",
-          reference="https://arxiv.org/abs/2212.09849", options=RegMeanOptions)
+          reference="https://arxiv.org/abs/2212.09849", options=RegMeanOptions,
+          needs=Needs(stats=True))
 def regmean(models, stats, options: RegMeanOptions) -> MergeResult:
-    opts = SolveOptions(weighting="per_model", ridge=options.ridge,
-                        ridge_mode=options.ridge_mode, prior="zero", alpha=options.alpha,
-                        intercept="never", target="weights", jitter=options.ridge > 0,
-                        condition=options.condition)
-    return solve_with(models, stats, opts, method="regmean")
+    t0 = time.perf_counter()
+    systems = assemble(models, stats, weighting="per_model", alpha=options.alpha,
+                       intercept="never", ridge=options.ridge, ridge_mode=options.ridge_mode)
+    solutions = solve_systems(systems, jitter=options.ridge > 0, condition=options.condition)
+    merged, written = write_back(models[0], mean_state_dict(models),
+                                 {name: sol.x for name, sol in solutions.items()})
+    report = diagnose(MergeReport("regmean", asdict(options), len(models)), stats, models,
+                      merged, systems, solutions, written)
+    return conclude(merged, report, t0, stats)

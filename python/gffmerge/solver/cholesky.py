@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -11,9 +13,12 @@ from torch import Tensor
 from gffmerge_ext import cholesky_solve_
 
 from ..errors import SingularGramError
+from .assemble import LayerSystem
 
 # Jitter tried after a failed factorisation, relative to the mean diagonal entry.
 JITTER_STEPS = (1e-14, 1e-12, 1e-10, 1e-8, 1e-6, 1e-4)
+# cond₂ above which an unregularised system is treated as singular.
+SINGULAR_COND = 1e15
 
 
 @dataclass
@@ -23,6 +28,7 @@ class SpdSolution:
     x: Tensor
     jitter: float = 0.0  # absolute diagonal jitter that made Cholesky succeed
     fallback: str = ""  # "eigh" when even the largest jitter failed
+    cond: float = math.nan  # cond₂ of the matrix, when computed (solve_systems)
 
 
 def _eigh_solve(m: Tensor, rhs: Tensor) -> Tensor:
@@ -92,3 +98,30 @@ def condition_numbers(matrices: dict[str, Tensor]) -> dict[str, float]:
         for n, b, s in zip(names, big.tolist(), small.tolist()):
             out[n] = b / s if s > 0 else float("inf")
     return out
+
+
+def solve_systems(systems: Mapping[str, LayerSystem], *, jitter: bool = True,
+                  condition: bool = True, backend: str = "auto") -> dict[str, SpdSolution]:
+    """Solve every :class:`~gffmerge.solver.LayerSystem` ``(A + λI) Θ = B + λ Θ₀``.
+
+    A system without ridge whose cond₂ exceeds ``SINGULAR_COND`` is an error naming the
+    layers and the fix (it has input directions without data). With ``jitter`` (and every
+    system regularised), failed factorisations are rescued as :func:`solve_spd` describes;
+    with ``condition``, cond₂ of every matrix is recorded (otherwise only of those without
+    ridge, which need it for the check above).
+    """
+    matrices = {name: (s.matrix(), s.rhs()) for name, s in systems.items()}
+    unregularised = [name for name, s in systems.items() if s.ridge == 0.0]
+    wanted = list(systems) if condition else unregularised
+    conds = condition_numbers({n: matrices[n][0] for n in wanted}) if wanted else {}
+    singular = [n for n in unregularised if conds[n] > SINGULAR_COND]
+    if singular:
+        raise SingularGramError(
+            f"the Gram of layer(s) {', '.join(singular[:5])} is singular "
+            f"(cond₂ = {conds[singular[0]]:.2e}) and ridge is 0: some input directions carry "
+            "no data. Use a ridge > 0 (e.g. ridge=1e-6, or ridge_mode='relative' with "
+            "ridge=1e-4) and/or prior='mean'")
+    out = solve_spd(matrices, rescue=jitter and not unregularised, backend=backend)
+    for name, sol in out.items():
+        sol.cond = conds.get(name, math.nan)
+    return {name: out[name] for name in systems}

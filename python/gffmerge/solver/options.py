@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal, get_args, get_type_hints
+from typing import Literal, get_args, get_origin, get_type_hints
 
 Weighting = Literal["pooled", "per_model"]
 RidgeMode = Literal["absolute", "relative"]
@@ -31,6 +31,10 @@ class SolveOptions:
     - ``jitter``: on a failed Cholesky (ridge > 0), retry with growing diagonal jitter, then
       fall back to an eigen-decomposition solve; both are recorded and warned.
     - ``condition``: compute cond₂ of every regularised matrix for the report.
+    - ``official_quirks``: also fit an intercept for bias-free layers and drop it, exactly
+      as the authors' scripts do (overrides ``intercept`` with ``"always"``).
+
+    These are also the options of ``method="gffmerge"``, with the same defaults.
     """
 
     weighting: Weighting = "pooled"
@@ -42,18 +46,45 @@ class SolveOptions:
     target: Target = "weights"
     jitter: bool = True
     condition: bool = True
+    official_quirks: bool = False
+
+    __option_help__ = {
+        "weighting": "pooled (row-count weighted, official) or per_model (mean Grams)",
+        "ridge": "λ added to the diagonal (official 1e-6, absolute)",
+        "ridge_mode": "absolute, or relative to trace(A)/dim",
+        "prior": "zero (official) or mean: shrink toward the sources' mean",
+        "alpha": "RegMean off-diagonal shrinkage of each Gram (1 = none)",
+        "intercept": "auto (bias layers), always, never",
+        "target": "weights (Σ G_k Θ_k) or cross (measured Σ x̃ yᵀ)",
+        "jitter": "rescue failed Cholesky factorisations (recorded, warned)",
+        "condition": "report cond₂ of every solved system",
+        "official_quirks": "fit and drop an intercept on bias-free layers, as upstream",
+    }
+
+    @property
+    def fit_intercept(self) -> Intercept:
+        """The intercept mode actually used (``official_quirks`` forces ``"always"``)."""
+        return "always" if self.official_quirks else self.intercept
 
     def __post_init__(self):
-        hints = get_type_hints(type(self))
-        for name, value in asdict(self).items():
-            choices = get_args(hints[name])
-            if choices and value not in choices:
-                raise ValueError(f"{name}={value!r} is not valid; choose one of "
-                                 f"{', '.join(map(repr, choices))}")
-        if not (self.ridge >= 0):
-            raise ValueError(f"ridge must be >= 0, got {self.ridge}")
-        if not (0.0 <= self.alpha <= 1.0):
-            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+        validate(self)
         if self.target == "cross" and self.alpha != 1.0:
             raise ValueError("alpha shrinkage rescales the Grams and is only defined with "
                              "target='weights'; use alpha=1 with target='cross'")
+
+
+def validate(options) -> None:
+    """Check an options dataclass: ``Literal`` fields hold one of their choices, and the
+    common numeric options (``ridge`` >= 0, ``alpha`` in [0, 1]) are in range, if present.
+    Call it from ``__post_init__`` of a method's options."""
+    hints = get_type_hints(type(options))
+    values = asdict(options)
+    for name, value in values.items():
+        choices = get_args(hints[name]) if get_origin(hints[name]) is Literal else ()
+        if choices and value not in choices:
+            raise ValueError(f"{name}={value!r} is not valid; choose one of "
+                             f"{', '.join(map(repr, choices))}")
+    if "ridge" in values and not (values["ridge"] >= 0):
+        raise ValueError(f"ridge must be >= 0, got {values['ridge']}")
+    if "alpha" in values and not (0.0 <= values["alpha"] <= 1.0):
+        raise ValueError(f"alpha must lie in [0, 1], got {values['alpha']}")

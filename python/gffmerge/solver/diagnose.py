@@ -1,0 +1,95 @@
+"""What a solve did, layer by layer: cond₂, rescue steps, drift, fit residual, warnings."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..report import LayerReport, MergeReport, MergeResult
+from ..stats import Stats
+from .assemble import LayerSystem
+from .cholesky import SpdSolution
+from .state import layer_theta
+
+# ‖Θ − Θ̄‖/‖Θ̄‖ above which the report suggests shrinking toward the mean.
+DRIFT_WARNING = 5.0
+
+
+def drift_and_residual(theta: Tensor, sources: Sequence[Tensor],
+                       grams: Sequence[Tensor]) -> tuple[float, float]:
+    """Relative drift ``‖Θ − Θ̄‖ / ‖Θ̄‖`` from the sources' mean, and relative fit residual
+    ``Σ_k tr(ΔₖᵀGₖΔₖ) / Σ_k tr(ΘₖᵀGₖΘₖ)`` (``Δₖ = Θ − Θₖ``): the squared error of the merged
+    layer on each source's inputs, relative to the sources' own outputs. All ``Θ`` are
+    ``[in+1, out]`` (:func:`~gffmerge.solver.state.layer_theta`), ``Gₖ`` the augmented
+    Grams, float64 on one device."""
+    mean = torch.stack(list(sources)).mean(0)
+    drift = ((theta - mean).norm() / mean.norm().clamp_min(1e-300)).item()
+    num = den = 0.0
+    for g, th in zip(grams, sources):
+        delta = theta - th
+        num += torch.einsum("io,ij,jo->", delta, g, delta).item()
+        den += torch.einsum("io,ij,jo->", th, g, th).item()
+    return drift, (num / den if den > 0 else math.nan)
+
+
+def layer_warnings(lr: LayerReport) -> list[str]:
+    """The warnings one solved layer's diagnostics call for, each naming a remedy."""
+    out = []
+    if lr.jitter or lr.fallback:
+        how = (f"solved with diagonal jitter {lr.jitter:.2e}" if not lr.fallback else
+               "solved by eigen-decomposition pseudo-inverse")
+        out.append(f"layer '{lr.name}': Cholesky failed; {how}; consider a larger ridge or "
+                   "ridge_mode='relative'")
+    if lr.rel_distance > DRIFT_WARNING:
+        out.append(f"layer '{lr.name}' moved {lr.rel_distance:.1f}× its norm away from the "
+                   "sources' mean; if the merged model degrades, try prior='mean' with "
+                   "ridge_mode='relative'")
+    return out
+
+
+def diagnose(report: MergeReport, stats: Stats, models: Sequence[nn.Module],
+             merged: nn.Module, systems: Mapping[str, LayerSystem],
+             solutions: Mapping[str, SpdSolution], written: set[str]) -> MergeReport:
+    """Fill ``report`` for a merge of ``models`` solved from ``stats``: one
+    :class:`LayerReport` per measured layer (unsolved when no data reached it), diagnostics
+    measured on ``merged`` as written, warnings, and the state-dict keys not ``written``
+    (kept at the sources' mean). Returns ``report``."""
+    state = merged.state_dict()
+    sources = [m.state_dict() for m in models]
+    for name, info in stats.layers.items():
+        lr = LayerReport(name, info.in_features, info.out_features, stats.rows(name))
+        report.layers.append(lr)
+        if name not in solutions:
+            lr.solved = False
+            continue
+        sol, grams = solutions[name], [ms.layers[name].gram for ms in stats.models]
+        lr.intercept, lr.ridge = systems[name].intercept, systems[name].ridge
+        lr.cond, lr.jitter, lr.fallback = sol.cond, sol.jitter, sol.fallback
+        lr.rel_distance, lr.rel_residual = drift_and_residual(
+            layer_theta(state, name, grams[0].device),
+            [layer_theta(sd, name, grams[0].device) for sd in sources], grams)
+        report.warnings += layer_warnings(lr)
+    unreached = report.unreached
+    if unreached:
+        report.warnings.append(
+            f"{len(unreached)} layer(s) saw no data and keep the sources' mean: "
+            f"{', '.join(unreached[:10])}{' ...' if len(unreached) > 10 else ''}")
+    report.averaged = [k for k in state if k not in written]
+    return report
+
+
+def conclude(merged: nn.Module, report: MergeReport, t0: float,
+             stats: Stats | None = None) -> MergeResult:
+    """Emit the report's warnings, record the solve time since ``t0`` (``perf_counter``)
+    and the measuring time of ``stats``, and pair the model with its report."""
+    for w in report.warnings:
+        warnings.warn(w, stacklevel=4)
+    report.times["solve"] = time.perf_counter() - t0
+    if stats is not None:
+        report.times["measure"] = sum(m.seconds for m in stats.models)
+    return MergeResult(merged, report)
