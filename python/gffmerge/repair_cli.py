@@ -36,9 +36,9 @@ def add_parser(subparsers, *, parents: list[argparse.ArgumentParser] | None = No
     p.add_argument("--frames", type=int, default=250,
                    help="training frames in all, evenly spread over the systems (default 250)")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--scope", default="heads",
+    p.add_argument("--scope", default="all",
                    help="what is trained: heads (output layers), last:N (last N linear layers "
-                        "in forward order) or all (default: heads)")
+                        "in forward order) or all (default: all)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--val-frames", type=int, help="cap on validation frames (default: all)")
