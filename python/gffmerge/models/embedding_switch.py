@@ -43,7 +43,9 @@ class SystemEmbedding(nn.Module):
 
     ``weight`` [V, d] is the merged model's table (used for atoms whose selection is -1),
     ``tables`` [S, V, d] the per-system tables. The owning :class:`EmbeddingSwitch` sets the
-    per-atom selection around each forward; called without one, this module raises.
+    per-atom selection around each forward; called without one, this module raises. The
+    selection lives on the module for the duration of one forward, so one switched model
+    must not run forwards in several threads at once (copy it per thread).
     """
 
     def __init__(self, weight: Tensor, tables: Tensor):
