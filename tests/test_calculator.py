@@ -343,3 +343,63 @@ def test_import_gffmerge_does_not_import_ase():
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+# -- embedding switch: system= picks the table -------------------------------------------
+
+def switched_pair(name: str, dtype=torch.float64):
+    """A switch over a tiny model with two clearly different per-system tables."""
+    from gffmerge.models.embedding_switch import EmbeddingSwitch
+
+    merged = tiny(name, dtype)
+    gen = torch.Generator().manual_seed(1)
+    tables = {system: merged.embedding.weight.detach()
+              + 0.5 * torch.randn(merged.embedding.weight.shape, generator=gen, dtype=dtype)
+              for system in ("rmd17/ethanol", "rmd17/malonaldehyde")}
+    return EmbeddingSwitch(merged, tables).eval()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_system_picks_the_embedding_table(ethanol, name):
+    from dataclasses import replace
+
+    switched = switched_pair(name)
+    atoms = frame_atoms(ethanol, 2)
+    batch = ethanol.collate([2], switched.cutoff, torch.float64)
+    results = {}
+    for system, k in (("rmd17/ethanol", 0), ("malonaldehyde", 1), (1, 1), (0, 0)):
+        atoms.calc = GffmergeCalculator(switched, system=system)
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        labelled = replace(batch, system=torch.tensor([0]),
+                           system_names=(switched.systems[k],))
+        ref_energy, ref_forces = model_forward(switched, labelled)
+        assert energy == pytest.approx(ref_energy, rel=1e-12, abs=1e-9)
+        np.testing.assert_allclose(forces, ref_forces, rtol=1e-9, atol=1e-10)
+        results[k] = energy
+    assert abs(results[0] - results[1]) > 1e-3  # the two tables really differ
+    calc = GffmergeCalculator(switched, system="ethanol")
+    atoms.calc = calc
+    assert atoms.get_potential_energy() == pytest.approx(results[0], rel=1e-12)
+    calc.set_system("rmd17/malonaldehyde")  # drops the stored results
+    assert atoms.get_potential_energy() == pytest.approx(results[1], rel=1e-12)
+
+
+def test_system_errors_and_checkpoint(tmp_path, ethanol):
+    switched = switched_pair("painn")
+    with pytest.raises(ValueError, match=r"pass system= one of \['rmd17/ethanol'"):
+        GffmergeCalculator(switched)
+    with pytest.raises(ValueError, match="no embedding table for system 'benzene'"):
+        GffmergeCalculator(switched, system="benzene")
+    with pytest.raises(ValueError, match="out of range"):
+        GffmergeCalculator(switched, system=2)
+    with pytest.raises(ValueError, match="has no embedding switch"):
+        GffmergeCalculator(tiny("painn"), system="rmd17/ethanol")
+    path = save_checkpoint(tmp_path / "switched.pt", switched, {"role": "merged"})
+    atoms = frame_atoms(ethanol, 0)
+    atoms.calc = GffmergeCalculator(switched, system=1)
+    want = atoms.get_potential_energy(), atoms.get_forces()
+    atoms.calc = GffmergeCalculator.from_checkpoint(path, system="malonaldehyde")
+    assert atoms.calc.system == "rmd17/malonaldehyde"
+    assert atoms.calc.metadata == {"role": "merged"}
+    assert atoms.get_potential_energy() == want[0]
+    np.testing.assert_array_equal(atoms.get_forces(), want[1])

@@ -50,7 +50,8 @@ SRC = ROOT / "python"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("errors", "atomic", "architecture")),
     ("data", ("data",)),
-    ("models", ("models", "checkpoint", "calculator", "evaluate", "train", "recipes")),
+    ("models", ("models", "checkpoint", "calculator", "evaluate", "train", "recipes",
+                "repair")),
     ("stats", ("stats",)),
     ("collect", ("collect",)),
     ("solver", ("solver", "report")),

@@ -19,6 +19,11 @@ Stress. For conservative models (SchNet, PaiNN) on fully periodic systems the st
 ``(1 / V) dE/d(eps)``: positions and cell are deformed by ``(1 + eps)`` with a symmetric
 strain ``eps`` inside the forward, and autograd gives forces and stress in one backward pass.
 ASE's sign convention: positive stress is tensile (the cell would like to shrink).
+
+Embedding switch. A model wrapped in :class:`~gffmerge.models.embedding_switch.EmbeddingSwitch`
+embeds atoms with the table of one system; ``system=`` (a name such as ``"rmd17/ethanol"``,
+its unique short form ``"ethanol"``, or a table index) says which, and every structure this
+calculator sees is labelled with it. :meth:`GffmergeCalculator.set_system` changes it.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from gffmerge.checkpoint import load_checkpoint
 from gffmerge.data.batch import AtomsBatch
 from gffmerge.data.neighbors import neighbor_list
 from gffmerge.models.base import ForceField
+from gffmerge.models.embedding_switch import EmbeddingSwitch
 
 DEFAULT_SKIN = 0.4  # Å
 
@@ -78,12 +84,15 @@ class GffmergeCalculator(Calculator):
     ``model``: the force field; it is moved to ``device`` when one is given (in place, as
     ``nn.Module.to`` does), else it is used where it is. ``skin`` (Å, >= 0): Verlet skin of the
     neighbour list, see the module docstring; 0 rebuilds the list whenever anything moved.
+    ``system`` (name or index): the embedding table of a switched model, see the module
+    docstring; required for such a model unless it was built with ``unknown="merged"``,
+    and an error for any other model.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(self, model: ForceField, *, device: str | torch.device | None = None,
-                 skin: float = DEFAULT_SKIN, **kwargs):
+                 skin: float = DEFAULT_SKIN, system: str | int | None = None, **kwargs):
         if not isinstance(model, ForceField):
             raise TypeError(f"GffmergeCalculator needs a gffmerge ForceField (SchNet, PaiNN, "
                             f"GNS), got {type(model).__name__}")
@@ -97,18 +106,43 @@ class GffmergeCalculator(Calculator):
         self.metadata: dict = {}
         self.neighbor_list_builds = 0
         self._list: _VerletList | None = None
+        self.system: str | None = None
+        self.set_system(system)
         self.implemented_properties = (["energy", "free_energy", "forces", "stress"]
                                        if model.conservative
                                        else ["energy", "free_energy", "forces"])
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
-                        skin: float = DEFAULT_SKIN, **kwargs) -> GffmergeCalculator:
+                        skin: float = DEFAULT_SKIN, system: str | int | None = None,
+                        **kwargs) -> GffmergeCalculator:
         """A calculator for the model in a gffmerge checkpoint (``metadata`` kept on it)."""
         model, metadata = load_checkpoint(path, map_location=device)
-        calc = cls(model, device=device, skin=skin, **kwargs)
+        calc = cls(model, device=device, skin=skin, system=system, **kwargs)
         calc.metadata = metadata
         return calc
+
+    def set_system(self, system: str | int | None) -> None:
+        """Use the embedding table of ``system`` (name or index) from now on.
+
+        Stored results are discarded. ``None`` is allowed only for a switched model built
+        with ``unknown="merged"`` (it then uses the merged table) or a model without a switch.
+        """
+        model = self.model
+        if not isinstance(model, EmbeddingSwitch):
+            if system is not None:
+                raise ValueError(f"system={system!r} picks an embedding table, but this "
+                                 f"{type(model).__name__} has no embedding switch; drop "
+                                 "system= or load a switched checkpoint")
+            self.system = None
+        elif system is None:
+            if model.unknown != "merged":
+                raise ValueError(f"this model picks atom embeddings per system: pass "
+                                 f"system= one of {list(model.systems)} (or an index)")
+            self.system = None
+        else:
+            self.system = model.systems[model.system_index(system)]
+        self.reset()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -217,4 +251,7 @@ class GffmergeCalculator(Calculator):
             .to(dt).unsqueeze(0),
             pbc=torch.as_tensor(pbc, device=dev).unsqueeze(0),
             natoms=torch.tensor([n], dtype=torch.int64, device=dev),
+            system=(None if self.system is None
+                    else torch.zeros(1, dtype=torch.int64, device=dev)),
+            system_names=() if self.system is None else (self.system,),
         )

@@ -27,6 +27,7 @@ from torch import nn
 from gffmerge.atomic import write_atomically
 from gffmerge.errors import GffmergeError
 from gffmerge.models.base import ForceField
+from gffmerge.models.embedding_switch import EmbeddingSwitch
 from gffmerge.models.registry import MODELS
 
 FORMAT = "gffmerge-checkpoint"
@@ -60,8 +61,12 @@ def save_checkpoint(path: str | os.PathLike, model: ForceField,
     """Write ``model`` and ``metadata`` (data, split, seed, metrics, ...) to ``path``.
 
     The file is written to a temporary file in the same folder and renamed over
-    ``path``, so a reader never sees a half-written checkpoint. Returns the path.
+    ``path``, so a reader never sees a half-written checkpoint. Returns the path. An
+    :class:`EmbeddingSwitch` is stored as its merged model plus a ``"switch"`` section.
     """
+    switch = model.checkpoint_section() if isinstance(model, EmbeddingSwitch) else None
+    state = model.plain_state_dict() if switch is not None else None
+    model = model.base if switch is not None else model
     if not isinstance(model, ForceField) or MODELS.get(model.name) is not type(model):
         raise TypeError(f"save_checkpoint needs a registered ForceField ({sorted(MODELS)}), "
                         f"got {type(model).__name__} (name {getattr(model, 'name', None)!r}); "
@@ -75,9 +80,12 @@ def save_checkpoint(path: str | os.PathLike, model: ForceField,
         "model_name": model.name,
         "config": dict(model.config),
         "dtype": str(_param_dtype(model)).removeprefix("torch."),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().clone()
+                       for k, v in (model.state_dict() if state is None else state).items()},
         "metadata": metadata,
     }
+    if switch is not None:
+        payload["switch"] = switch
     path = write_atomically(path, lambda tmp: torch.save(payload, tmp))
     return path
 
@@ -119,6 +127,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu"
         raise CheckpointError(f"{path}: unknown parameter dtype {payload.get('dtype')!r}")
     model.to(dtype)
     _load_state(model, payload["state_dict"], path)
+    if payload.get("switch") is not None:
+        try:
+            model = EmbeddingSwitch.from_checkpoint_section(model, payload["switch"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: bad embedding-switch section: {exc}") from exc
     model.eval()
     return model, payload.get("metadata", {})
 

@@ -8,7 +8,12 @@ data and the starting point differ:
   reference energies and scale/shift fitted on its training split;
 - ``finetune``: from a foundation checkpoint on one system (references kept);
 - ``joint``: from the same foundation on the union of the fine-tuning systems, the
-  "gold standard" a merge is compared with.
+  "gold standard" a merge is compared with;
+- ``repair``: a short fine-tune of a merged model passed in memory (``train(model=...)``),
+  usually with part of it frozen (see :mod:`gffmerge.repair`).
+
+Parameters with ``requires_grad=False`` are not trained (not in the optimiser, so left
+bit-identical); that is how callers freeze part of a model.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,7 +34,7 @@ from .data import AtomsDataset, load_dataset
 from .evaluate import evaluate
 from .models import ForceField, build_model, fit_reference_energies, fit_scale_shift
 
-Role = Literal["foundation", "finetune", "joint"]
+Role = Literal["foundation", "finetune", "joint", "repair"]
 
 
 @dataclass
@@ -57,11 +63,14 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-clock budget; stops after the current epoch
     seed: int = 42
     threads: int | None = None
+    balanced: bool = False  # frame caps drawn evenly over the systems (see balanced_subset)
+    validate_init: bool = False  # the starting model is a best-validation candidate too
 
     def __post_init__(self):
-        if self.role not in ("foundation", "finetune", "joint"):
-            raise ValueError(f"role must be foundation, finetune or joint, got {self.role!r}")
-        if self.role != "foundation" and not self.init:
+        if self.role not in ("foundation", "finetune", "joint", "repair"):
+            raise ValueError(f"role must be foundation, finetune, joint or repair, got "
+                             f"{self.role!r}")
+        if self.role in ("finetune", "joint") and not self.init:
             raise ValueError(f"role '{self.role}' starts from a foundation checkpoint: "
                              "set init=PATH (CLI: --init)")
         if not self.systems:
@@ -97,6 +106,34 @@ def _lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def balanced_subset(dataset: AtomsDataset, n: int, seed: int) -> AtomsDataset:
+    """At most ``n`` frames of ``dataset``, as evenly spread over its systems as their sizes
+    allow (a system with fewer frames than its share gives the rest to the others), drawn
+    at random with ``numpy.random.default_rng(seed)``; kept in dataset order."""
+    ids = dataset.system_ids
+    systems, counts = np.unique(ids, return_counts=True)
+    quota = np.zeros(len(systems), dtype=np.int64)
+    left = min(int(n), len(dataset))
+    while left > 0:
+        open_ = np.flatnonzero(quota < counts)
+        share = np.full(len(open_), left // len(open_))
+        share[:left % len(open_)] += 1
+        add = np.minimum(share, counts[open_] - quota[open_])
+        quota[open_] += add
+        left -= int(add.sum())
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(ids == sid), size=int(q), replace=False)
+              for sid, q in zip(systems, quota, strict=True)]
+    return dataset.take(np.sort(np.concatenate(chosen)) if chosen else [])
+
+
+def _cap(dataset: AtomsDataset, n: int | None, cfg: TrainConfig) -> AtomsDataset:
+    if n is None or n >= len(dataset):
+        return dataset
+    return balanced_subset(dataset, n, cfg.seed) if cfg.balanced else dataset.subset(
+        n, seed=cfg.seed)
+
+
 def _prepare_model(cfg: TrainConfig, train: AtomsDataset) -> tuple[ForceField, dict]:
     if cfg.init:
         model, meta = load_checkpoint(cfg.init)
@@ -111,10 +148,13 @@ def _prepare_model(cfg: TrainConfig, train: AtomsDataset) -> tuple[ForceField, d
 
 
 def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool = True,
-          dataset: AtomsDataset | None = None,
-          metadata: dict[str, Any] | None = None) -> TrainResult:
+          dataset: AtomsDataset | None = None, metadata: dict[str, Any] | None = None,
+          model: ForceField | None = None) -> TrainResult:
     """Train a model as ``cfg`` says; with ``output``, save the best-validation checkpoint
     (with ``metadata`` added to what the run records about itself).
+
+    ``model``: start from this model (trained in place) instead of ``cfg.init`` or a fresh
+    one; parameters with ``requires_grad=False`` stay frozen.
 
     Ctrl-C stops after saving the best model so far (metadata ``interrupted: true``).
     """
@@ -124,14 +164,20 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     data = dataset or load_dataset(cfg.systems, max_frames=cfg.max_frames, seed=cfg.seed)
-    train_set, val_set = data.split("train"), data.split("val")
-    if cfg.train_frames is not None and cfg.train_frames < len(train_set):
-        train_set = train_set.subset(cfg.train_frames, seed=cfg.seed)
-    if cfg.val_frames is not None and cfg.val_frames < len(val_set):
-        val_set = val_set.subset(cfg.val_frames, seed=cfg.seed)
-    model, prep = _prepare_model(cfg, train_set)
+    train_set = _cap(data.split("train"), cfg.train_frames, cfg)
+    val_set = _cap(data.split("val"), cfg.val_frames, cfg)
+    if model is not None:
+        prep: dict[str, Any] = {}
+    elif cfg.role == "repair" and not cfg.init:
+        raise ValueError("role 'repair' starts from a given model: pass train(model=...) "
+                         "or set init=PATH")
+    else:
+        model, prep = _prepare_model(cfg, train_set)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("every parameter of the model is frozen (requires_grad=False); "
+                         "nothing to train")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -139,6 +185,11 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
 
     best_state = copy.deepcopy(model.state_dict())
     best_val, best_epoch, bad_epochs = math.inf, -1, 0
+    start_val = None
+    if cfg.validate_init:
+        start_val = _val_loss(evaluate(model, val_set, batch_size=cfg.batch_size,
+                                       progress=False)["all"], cfg)
+        best_val = start_val
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     interrupted = False
@@ -165,8 +216,7 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
                     sums[k] += parts[k]
                 inner.set_postfix(loss=f"{parts['loss']:.4f}")
             val = evaluate(model, val_set, batch_size=cfg.batch_size, progress=False)["all"]
-            val_loss = (cfg.energy_weight * (val["energy_rmse_mev_per_atom"] / 1e3) ** 2
-                        + cfg.force_weight * (val["force_rmse_mev_per_a"] / 1e3) ** 2)
+            val_loss = _val_loss(val, cfg)
             row = {"epoch": epoch, "seconds": time.perf_counter() - t0,
                    "lr": opt.param_groups[0]["lr"],
                    **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()},
@@ -192,10 +242,11 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
     model.load_state_dict(best_state)
     model.eval()
     metrics: dict[str, Any] = {"best_epoch": best_epoch, "epochs_run": len(history)}
+    if start_val is not None:
+        metrics["start_val_loss"] = start_val
+        metrics["best_val_loss"] = best_val
     if history:
-        test_set = data.split("test")
-        if cfg.test_frames is not None and cfg.test_frames < len(test_set):
-            test_set = test_set.subset(cfg.test_frames, seed=cfg.seed)
+        test_set = _cap(data.split("test"), cfg.test_frames, cfg)
         test = evaluate(model, test_set, batch_size=cfg.batch_size, progress=False)
         metrics["val"] = evaluate(model, val_set, batch_size=cfg.batch_size,
                                   progress=False)["all"]
@@ -213,6 +264,12 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
         raise KeyboardInterrupt(f"training interrupted; best model so far saved to {output}"
                                 if output else "training interrupted")
     return result
+
+
+def _val_loss(val: dict[str, float], cfg: TrainConfig) -> float:
+    """The validation loss: the training loss's weights on energy and force RMSE (eV)."""
+    return (cfg.energy_weight * (val["energy_rmse_mev_per_atom"] / 1e3) ** 2
+            + cfg.force_weight * (val["force_rmse_mev_per_a"] / 1e3) ** 2)
 
 
 def _plain(value: Any) -> Any:

@@ -17,12 +17,14 @@ def cmd_methods(args) -> int:
         spec = methods.get(name)
         rows.append({"name": name, "description": spec.description,
                      "reference": spec.reference, "needs_stats": spec.needs_stats,
+                     "needs": spec.needs_for().names(),
                      "options": [{"name": o.name, "type": o.type, "default": o.default,
                                   "choices": list(o.choices), "help": o.help}
                                  for o in spec.option_infos()]})
     lines = []
     for r in rows:
-        lines.append(f"{r['name']}: {r['description']}\n  reference: {r['reference']}")
+        lines.append(f"{r['name']}: {r['description']}\n  reference: {r['reference']}\n"
+                     f"  needs: {', '.join(r['needs']) or 'only the models'}")
         for o in r["options"]:
             choices = f" {{{', '.join(map(str, o['choices']))}}}" if o["choices"] else ""
             lines.append(f"    {o['name']} ({o['type']}{choices}, default {o['default']!r})"
@@ -62,7 +64,7 @@ def cmd_solve(args) -> int:
     opts = method_options(args.method, args.option)
     spec = methods.get(args.method)
     stats = None
-    if spec.needs_stats:
+    if spec.needs_for(spec.options(**opts)).stats:
         if not args.stats:
             raise CliError(f"method '{args.method}' needs --stats (one file per model, or one "
                            "file holding all models)")
@@ -105,7 +107,8 @@ def cmd_merge(args) -> int:
     models, _ = load_models(ckpts)
     from .. import methods
 
-    needs = methods.get(method).needs_stats
+    spec = methods.get(method)
+    needs = spec.needs_for(spec.options(**opts)).stats
     if needs and len(datas) != len(models):
         raise CliError(f"{len(models)} models but {len(datas)} --data entries: give each "
                        "model its own data, in the same order")

@@ -7,6 +7,7 @@ import argparse
 from .common import add_data_options
 from .measuring import cmd_measure
 from .merging import cmd_demo, cmd_merge, cmd_methods, cmd_solve
+from .repairing import add_parser as add_repair_parser
 from .training import cmd_eval, cmd_train
 
 
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", type=typ)
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_train)
+
+    add_repair_parser(sub, parents=[common])
 
     p = sub.add_parser("demo", parents=[common], help="merge the shipped LiPS20 models and "
                                                       "compare methods")

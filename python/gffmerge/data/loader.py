@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .batch import AtomsBatch
 
-if TYPE_CHECKING:
-    from .dataset import AtomsDataset
-
 
 class BatchLoader:
-    """Iterates ``AtomsBatch``es of a dataset; ``len()`` is the number of batches."""
+    """Iterates ``AtomsBatch``es of a dataset; ``len()`` is the number of batches.
 
-    def __init__(self, dataset: AtomsDataset, batch_size: int, cutoff: float, *,
+    ``dataset`` is an :class:`~gffmerge.data.AtomsDataset` (not imported here: the dataset
+    module builds loaders, so a type import back would be a cycle).
+    """
+
+    def __init__(self, dataset, batch_size: int, cutoff: float, *,
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                  dtype: torch.dtype = torch.float32) -> None:
         if batch_size < 1:

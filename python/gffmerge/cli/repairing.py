@@ -1,0 +1,115 @@
+"""``gffmerge repair``: parse the command line and call :func:`gffmerge.repair.repair`.
+
+Hook it into the command line with ``add_parser(subparsers)``; ``run(args)`` returns the exit
+code (0, or 2 with a one-line message on stderr for a user error; ``GFFMERGE_DEBUG=1``
+raises instead). The repaired checkpoint is written atomically, only after training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+
+
+def add_parser(subparsers, *, parents: list[argparse.ArgumentParser] | None = None
+               ) -> argparse.ArgumentParser:
+    """Add the ``repair`` subcommand. ``parents`` (e.g. the parser holding ``--quiet`` and
+    ``--json``) are passed on; without them the subcommand defines those two flags itself."""
+    p = subparsers.add_parser(
+        "repair", parents=list(parents or []),
+        help="fine-tune a merged model briefly on its sources' training data",
+        description="Fine-tune a merged checkpoint on at most --frames training frames of the "
+                    "given systems (evenly spread), keeping the best-validation model.")
+    if not parents:
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or text")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--model", required=True, help="merged checkpoint (.pt)")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="shipped system names (rmd17/ethanol) or data files")
+    p.add_argument("--frames", type=int, default=250,
+                   help="training frames in all, evenly spread over the systems (default 250)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--scope", default="all",
+                   help="what is trained: heads (output layers), last:N (last N linear layers "
+                        "in forward order) or all (default: all)")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--val-frames", type=int, help="cap on validation frames (default: all)")
+    p.add_argument("--max-frames", type=int, default=1250,
+                   help="frames sampled per system (protocol: 1250, seed 42)")
+    p.add_argument("--seed", type=int, default=42, help="sampling, split and training seed")
+    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("-o", "--output", required=True, help="repaired checkpoint (.pt)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Repair ``args.model`` as the flags say; returns the exit code."""
+    from ..checkpoint import CheckpointError
+    from ..errors import GffmergeError
+
+    try:
+        return _run(args)
+    except (GffmergeError, CheckpointError, FileNotFoundError, ValueError, KeyError,
+            TypeError) as exc:
+        if os.environ.get("GFFMERGE_DEBUG"):
+            raise
+        msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        one_line = "; ".join(line.strip() for line in msg.splitlines() if line.strip())
+        print(f"gffmerge repair: error: {one_line or repr(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_checkpoint
+    from ..repair import parse_scope, repair
+
+    parse_scope(args.scope)  # a bad scope fails before any data is read
+    if Path(args.output).resolve() == Path(args.model).resolve():
+        raise ValueError(f"-o {args.output} would overwrite the input model; write the "
+                         "repaired model to a new file")
+    model, meta = load_checkpoint(args.model)
+    source = {"path": str(args.model),
+              **{k: meta[k] for k in ("role", "method", "options", "sources") if k in meta}}
+    result = repair(model, list(args.data), frames=args.frames, epochs=args.epochs,
+                    scope=args.scope, lr=args.lr, batch_size=args.batch_size,
+                    val_frames=args.val_frames, seed=args.seed, max_frames=args.max_frames,
+                    threads=args.threads, output=args.output, progress=not args.quiet,
+                    metadata={"repaired_from": _plain(source)})
+    test = result.metrics.get("test", {}).get("all", {})
+    payload = {"output": str(args.output), "seconds": result.seconds,
+               "scope": args.scope, "trainable_parameters": len(result.trainable),
+               "frames_per_system": result.frames_per_system,
+               "start_val_loss": result.start_val_loss, "best_val_loss": result.best_val_loss,
+               "best_epoch": result.metrics.get("best_epoch"), "metrics": result.metrics}
+    text = (f"repaired {Path(args.model).name} ({args.scope}, {len(result.trainable)} "
+            f"parameter tensors) on {sum(result.frames_per_system.values())} frames in "
+            f"{result.seconds:.1f} s: validation loss {result.start_val_loss:.4g} -> "
+            f"{result.best_val_loss:.4g} (best epoch {result.metrics.get('best_epoch')}); "
+            f"test force MAE {test.get('force_mae_mev_per_a', float('nan')):.1f} meV/Å "
+            f"-> {args.output}")
+    if args.json:
+        print(json.dumps(payload, indent=2, default=_json_default))
+    elif not args.quiet:
+        print(text)
+    return 0
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, Path):
+        return str(v)
+    return repr(v)

@@ -1,0 +1,255 @@
+"""Repair fine-tune: a short training run that closes what a merge leaves of the gap.
+
+``repair(model, data, frames=250, epochs=10, scope="all")`` fine-tunes a copy of a merged
+model on at most ``frames`` frames of the combined training split of the given systems,
+spread evenly over the systems and drawn with ``seed``, with the recipe of
+:func:`gffmerge.train.train` (AdamW, warm-up + cosine schedule, energy + force loss). The
+starting model is validated first and the best-validation model is kept, so a repair never
+returns a model worse on validation than the one it was given.
+
+``scope`` says what is trained; everything else stays bit-identical:
+
+- ``"heads"``: the output layers, i.e. every parameter under a module named ``readout``,
+  ``head`` or ``*_head`` (SchNet and PaiNN: ``readout``; GNS: ``energy_head`` and
+  ``force_head``);
+- ``"last:N"``: the weights and biases of the last ``N`` ``nn.Linear`` layers in *forward
+  order*, the order in which the layers first run in one forward pass (the pass the
+  statistics collector runs, ``measure_forward``) on a training batch. This is not the
+  registration order: PaiNN registers all message blocks before all update blocks but runs
+  them interleaved, and ``last:N`` follows the run;
+- ``"all"`` (the default): every parameter (an embedding switch's per-system tables
+  included).
+
+Why ``"all"`` by default: on the rMD17 GNS average merge (``benchmarks/bench_repair.py``,
+250 frames, 10 epochs) it brought the test force MAE from 328 to 92 meV/Å against 170 for
+``"heads"`` and 120 for ``"last:10"``, at 1.1-1.4x their wall time: the merge error sits in
+the trunk's features too, which the heads alone cannot undo.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import AtomsDataset, load_dataset
+from .data.split import DEFAULT_MAX_FRAMES, DEFAULT_SEED
+from .models import ForceField
+from .train import TrainConfig, TrainResult, balanced_subset, train
+
+_HEAD_NAME = re.compile(r"^(readout|head|.+_head)$")
+
+
+@dataclass(frozen=True)
+class RepairOptions:
+    """The options of one repair run (recorded in the checkpoint's metadata)."""
+
+    frames: int = 250  # training frames in all, spread evenly over the systems
+    epochs: int = 10
+    scope: str = "all"  # "heads", "last:N" or "all"
+    lr: float = 5e-4  # the fine-tuning rate of the shipped recipes
+    batch_size: int = 8
+    val_frames: int | None = None  # cap on validation frames (evenly spread); None: all
+    seed: int = DEFAULT_SEED
+    energy_weight: float = 1.0  # on (eV/atom)²
+    force_weight: float = 10.0  # on (eV/Å)²
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.frames < 1:
+            raise ValueError(f"frames must be >= 1, got {self.frames}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        parse_scope(self.scope)
+
+
+@dataclass
+class RepairResult:
+    """The repaired model and what the run did."""
+
+    model: ForceField
+    options: RepairOptions
+    trainable: list[str]  # names of the trained parameters
+    frames_per_system: dict[str, int]  # training frames used per system
+    start_val_loss: float  # validation loss of the model given (training-loss weights)
+    best_val_loss: float  # of the model returned
+    seconds: float  # wall time of the whole repair (data, scope, training, evaluation)
+    train: TrainResult = field(repr=False)
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.train.history
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.train.metrics
+
+
+def parse_scope(scope: str) -> tuple[str, int | None]:
+    """``"heads"`` -> ("heads", None), ``"last:3"`` -> ("last", 3), ``"all"`` -> ("all", None)."""
+    if scope in ("heads", "all"):
+        return scope, None
+    if isinstance(scope, str) and scope.startswith("last:"):
+        try:
+            n = int(scope.removeprefix("last:"))
+        except ValueError:
+            n = 0
+        if n >= 1:
+            return "last", n
+    raise ValueError(f"scope must be 'heads', 'last:N' (N >= 1 linear layers) or 'all', got "
+                     f"{scope!r}")
+
+
+def linear_layers_in_forward_order(model: ForceField, batch) -> list[str]:
+    """Names of the ``nn.Linear`` modules of ``model`` in the order they first run in
+    ``model.measure_forward(batch)``; layers that do not run are left out."""
+    names = {id(m): n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    order: list[str] = []
+
+    def hook(module, args, output):
+        name = names[id(module)]
+        if name not in order:
+            order.append(name)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, nn.Linear)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model.measure_forward(batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return order
+
+
+def scope_parameters(model: ForceField, scope: str, batch=None) -> list[str]:
+    """Names of the parameters ``scope`` trains (see the module docstring); ``batch`` (any
+    batch the model runs on) is needed for ``last:N``."""
+    kind, n = parse_scope(scope)
+    params = [name for name, _ in model.named_parameters()]
+    if kind == "all":
+        return params
+    if kind == "heads":
+        heads = [p for p in params if any(_HEAD_NAME.match(part) for part in p.split(".")[:-1])]
+        if not heads:
+            raise ValueError(f"scope 'heads' found no output layers in {type(model).__name__} "
+                             "(modules named readout, head or *_head); use scope 'last:N' or "
+                             "'all'")
+        return heads
+    if batch is None:
+        raise ValueError("scope 'last:N' needs a batch to find the forward order of the layers")
+    order = linear_layers_in_forward_order(model, batch)
+    if n > len(order):
+        raise ValueError(f"scope 'last:{n}' asks for more linear layers than "
+                         f"{type(model).__name__} runs ({len(order)})")
+    chosen = order[-n:]
+    return [p for p in params if p.rsplit(".", 1)[0] in chosen]
+
+
+def combined_dataset(data: AtomsDataset | str | os.PathLike | Sequence[Any], *,
+                     max_frames: int | None = DEFAULT_MAX_FRAMES,
+                     seed: int = DEFAULT_SEED) -> AtomsDataset:
+    """One dataset of all the systems in ``data``.
+
+    An ``AtomsDataset`` is used as it is. A sequence of shipped names, paths or
+    ``FrameSet``s is loaded with :func:`~gffmerge.data.load_dataset` (``max_frames``,
+    ``seed``). A sequence of ``AtomsDataset``s is combined from their systems with the
+    sampling protocol of the first (views of them are not kept: pass one dataset for that).
+    """
+    if isinstance(data, AtomsDataset):
+        return data
+    if isinstance(data, str | os.PathLike):
+        data = [data]
+    items = list(data)
+    if not items:
+        raise ValueError("no data given: pass at least one system name, file or dataset")
+    if all(isinstance(d, AtomsDataset) for d in items):
+        protocols = {(d.max_frames, d.seed) for d in items}
+        if len(protocols) > 1:
+            raise ValueError(f"the datasets were sampled differently (max_frames, seed) "
+                             f"{sorted(protocols, key=str)}; load them with the same protocol")
+        return AtomsDataset([s for d in items for s in d.systems],
+                            max_frames=items[0].max_frames, seed=items[0].seed)
+    if any(isinstance(d, AtomsDataset) for d in items):
+        raise TypeError("pass either datasets or system names/files, not a mixture")
+    return load_dataset(items, max_frames=max_frames, seed=seed)
+
+
+def repair(model: ForceField, data: AtomsDataset | str | os.PathLike | Sequence[Any], *,
+           frames: int = 250, epochs: int = 10, scope: str = "all", lr: float = 5e-4,
+           batch_size: int = 8, val_frames: int | None = None, seed: int = DEFAULT_SEED,
+           max_frames: int | None = DEFAULT_MAX_FRAMES, energy_weight: float = 1.0,
+           force_weight: float = 10.0, threads: int | None = None,
+           output: str | os.PathLike | None = None, metadata: dict[str, Any] | None = None,
+           progress: bool = False) -> RepairResult:
+    """Fine-tune a copy of ``model`` on the combined training split of ``data``.
+
+    ``data``: see :func:`combined_dataset` (``max_frames`` and ``seed`` set the sampling of
+    names and files). Training uses at most ``frames`` frames of the training split, evenly
+    spread over the systems (seeded); validation the validation split (``val_frames``
+    caps it, evenly spread). ``scope``: ``"heads"``, ``"last:N"`` or ``"all"`` (module
+    docstring); the other parameters are not changed at all. The best-validation model is
+    returned, the model given included. With ``output``, the returned model is saved there
+    (atomically) with the options, the trained parameter names, the frames per system, the
+    validation losses and the wall time in its metadata (``metadata`` is added).
+    """
+    t0 = time.perf_counter()
+    opts = RepairOptions(frames=frames, epochs=epochs, scope=scope, lr=lr,
+                         batch_size=batch_size, val_frames=val_frames, seed=seed,
+                         energy_weight=energy_weight, force_weight=force_weight,
+                         threads=threads)
+    if not isinstance(model, ForceField):
+        raise TypeError(f"repair needs a gffmerge ForceField, got {type(model).__name__}")
+    dataset = combined_dataset(data, max_frames=max_frames, seed=seed)
+    train_split = dataset.split("train")
+    if len(train_split) == 0:
+        raise ValueError("the data has no training frames; check the system names")
+    if len(dataset.split("val")) == 0:
+        raise ValueError("the data has no validation frames to pick the best model with; "
+                         "use more frames per system (max_frames)")
+    if not (dataset.has_energy and dataset.has_forces):
+        raise ValueError("repair needs energy and force labels; this data lacks them")
+    used = balanced_subset(train_split, opts.frames, opts.seed)
+    work = copy.deepcopy(model)
+    probe = used.collate([0], work.cutoff, next(work.parameters()).dtype)
+    trainable = scope_parameters(work, opts.scope, probe)
+    chosen = set(trainable)
+    for name, p in work.named_parameters():
+        p.requires_grad_(name in chosen)
+    frames_per_system = {dataset.system_names[s]: int(c) for s, c in
+                         zip(*np.unique(used.system_ids, return_counts=True), strict=True)}
+    cfg = TrainConfig(systems=list(dataset.system_names), role="repair", epochs=opts.epochs,
+                      batch_size=opts.batch_size, lr=opts.lr, energy_weight=opts.energy_weight,
+                      force_weight=opts.force_weight, patience=opts.epochs,
+                      max_frames=dataset.max_frames, train_frames=opts.frames,
+                      val_frames=opts.val_frames, seed=opts.seed, threads=opts.threads,
+                      balanced=True, validate_init=True)
+    record = {"repair": {"options": asdict(opts), "trainable_parameters": trainable,
+                         "frames_per_system": frames_per_system,
+                         "setup_seconds": time.perf_counter() - t0}}
+    try:
+        result = train(cfg, output=output, progress=progress, dataset=dataset,
+                       metadata={**(metadata or {}), **record}, model=work)
+    finally:
+        for p in work.parameters():
+            p.requires_grad_(True)
+    return RepairResult(model=result.model, options=opts, trainable=trainable,
+                        frames_per_system=frames_per_system,
+                        start_val_loss=float(result.metrics["start_val_loss"]),
+                        best_val_loss=float(result.metrics["best_val_loss"]),
+                        seconds=time.perf_counter() - t0, train=result)
