@@ -194,7 +194,8 @@ build() {
   cp "$so" "$SITE/gffmerge_ext/"
   # The module's RPATH ($ORIGIN/../torch/lib) does not reach torch from the staging folder;
   # LD_LIBRARY_PATH does (libtorch_cuda_linalg is not loaded by `import torch`).
-  LD_LIBRARY_PATH="$TORCH_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" PYTHONPATH="$SITE" "$PY" -c '
+  cd "$BUILD" && LD_LIBRARY_PATH="$TORCH_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    PYTHONPATH="$SITE" "$PY" -c '
 import os, sys
 import gffmerge_ext as e
 # An editable install of gffmerge in this interpreter would shadow the staged package.
@@ -208,12 +209,17 @@ export PY ROOT BUILD SITE NVCC CMAKE NINJA JOBS ARCH TORCH_DIR
 run_step build 270 bash -c build
 
 # ---- tests and benchmarks against the staged module --------------------------------------------
+# Run from build/gpu-check, not the repository root: `python -m`/`-c` put the working directory
+# first on sys.path, and the source tree's gffmerge_ext (no _C) would shadow the staged one.
+mkdir -p "$BUILD"
 export LD_LIBRARY_PATH="$TORCH_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONPATH="$SITE:$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
-run_step tests 150 "$PY" -m pytest -m cuda -q -p no:cacheprovider \
-  --junitxml="$LOGS/tests.xml" tests/test_ops_cuda.py tests/test_ops.py tests/test_ops_solve.py
-run_step gram 90 "$PY" benchmarks/bench_gram.py --device cuda --out "$RESULTS/gram_cuda"
+run_step tests 150 env -C "$BUILD" "$PY" -m pytest -m cuda -q -p no:cacheprovider \
+  --junitxml="$LOGS/tests.xml" "$ROOT"/tests/test_ops_cuda.py "$ROOT"/tests/test_ops.py \
+  "$ROOT"/tests/test_ops_solve.py
+run_step gram 90 env -C "$BUILD" "$PY" "$ROOT"/benchmarks/bench_gram.py --device cuda \
+  --out "$RESULTS/gram_cuda"
 # Four cases x three variants, each a fresh process (~5 s of start-up each); 3.2M edge rows.
-run_step edge 150 "$PY" benchmarks/bench_edge_gram.py --device cuda --repeats 3 \
-  --dims 64 128 --degrees 32 --atoms 100000 --max-gb 60 --out "$RESULTS"
+run_step edge 150 env -C "$BUILD" "$PY" "$ROOT"/benchmarks/bench_edge_gram.py --device cuda \
+  --repeats 3 --dims 64 128 --degrees 32 --atoms 100000 --max-gb 60 --out "$RESULTS"
 finish
