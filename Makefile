@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint cuda-check checkpoints bench clean
+.PHONY: install demo test lint cuda-check gpu-check checkpoints bench clean
 
 $(PY):
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -50,6 +50,12 @@ checkpoints: install
 # own .venv-cuda. Without nvcc it fails, unless CUDA_CHECK=skip.
 cuda-check:
 	PYTHON_BOOT=$(PYTHON_BOOT) bash tools/cuda_check.sh
+
+# On a machine with a CUDA GPU (and a CUDA torch, nvcc, cmake, pybind11; no internet needed):
+# builds the extension with CUDA, runs the CUDA tests and both benchmarks on the GPU in at
+# most ~8 minutes (tools/gpu_check.sh). Logs and a summary go to benchmarks/results/gpu_check/.
+gpu-check:
+	bash tools/gpu_check.sh
 
 clean:
 	rm -rf build _skbuild dist *.egg-info demo_out

@@ -4,6 +4,8 @@ official recipe; optionally the end-to-end measure + merge of the shipped LiPS20
     python benchmarks/bench_edge_gram.py                 # the grid -> results/edge_gram_cpu.*
     python benchmarks/bench_edge_gram.py --quick         # a small grid, for a smoke test
     python benchmarks/bench_edge_gram.py --end-to-end    # shipped LiPS20 GNS fine-tunes only
+    python benchmarks/bench_edge_gram.py --device cuda --dims 64 128 --degrees 32 \
+        --atoms 10000 100000                             # a GPU grid -> results/edge_gram_cuda.*
 
 Layers (random graphs, float32 activations, float64 sums, Gram *and* cross sums):
 
@@ -26,7 +28,10 @@ further runs (just the one run when it took over 10 s). Then the peak: glibc ser
 allocation of 64 KiB or more by mmap (so freed temporaries leave the RSS), ``malloc_trim``,
 reset the RSS high-water mark (``echo 5 > /proc/self/clear_refs``), run once more, and
 report ``VmHWM - VmRSS`` as the peak accumulation memory (everything the variant touches
-on top of its inputs, the materialised rows of dense/official included).
+on top of its inputs, the materialised rows of dense/official included). With
+``--device cuda`` the inputs live on the GPU, every timed run ends with a device
+synchronisation, and the peak is ``torch.cuda.max_memory_allocated()`` of the extra run minus
+the memory allocated before it (tensors only, the caching allocator's slack excluded).
 """
 
 from __future__ import annotations
@@ -46,7 +51,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-NAME = "edge_gram_cpu"
 VARIANTS = ("structured", "dense", "official")
 LIPS20 = ("lips20/beta-Li3PS4", "lips20/gamma-Li3PS4")
 
@@ -75,7 +79,7 @@ def _trim() -> None:
         pass
 
 
-def _inputs(layer: str, d: int, degree: int, n: int, seed: int = 0):
+def _inputs(layer: str, d: int, degree: int, n: int, seed: int = 0, device: str = "cpu"):
     import torch
 
     from gffmerge.models.layers import ConcatLinear, EdgeConcatLinear
@@ -95,6 +99,9 @@ def _inputs(layer: str, d: int, degree: int, n: int, seed: int = 0):
     else:
         module = ConcatLinear([d, d, d], d)
         args = tuple(torch.randn(n, d, generator=gen) for _ in range(3))
+    if device != "cpu":  # drawn on the CPU, so that every device gets the same numbers
+        module = module.to(device)
+        args = tuple(a.to(device) for a in args)
     with torch.no_grad():
         y = module(*args)
     return module, args, y
@@ -113,17 +120,17 @@ def _variant(name: str):
 
     def dense(module, args, y):
         x = module.dense_input(*args)
-        a = torch.zeros(x.shape[1] + 1, x.shape[1] + 1, dtype=f64)
-        b = torch.zeros(x.shape[1] + 1, y.shape[1], dtype=f64)
+        a = torch.zeros(x.shape[1] + 1, x.shape[1] + 1, dtype=f64, device=x.device)
+        b = torch.zeros(x.shape[1] + 1, y.shape[1], dtype=f64, device=x.device)
         gffmerge_ext.gram_(a, x, augment=True)
         gffmerge_ext.cross_(b, x, y, augment_x=True)
         return a, b
 
     def official(module, args, y):
         x = module.dense_input(*args).to(f64)
-        x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=f64)], dim=1)
-        a = torch.zeros(x.shape[1], x.shape[1], dtype=f64)
-        b = torch.zeros(x.shape[1], y.shape[1], dtype=f64)
+        x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=f64, device=x.device)], dim=1)
+        a = torch.zeros(x.shape[1], x.shape[1], dtype=f64, device=x.device)
+        b = torch.zeros(x.shape[1], y.shape[1], dtype=f64, device=x.device)
         a += x.T @ x
         b += x.T @ y.to(f64)
         return a, b
@@ -140,25 +147,51 @@ def _mmap_small_allocations() -> bool:
         return False
 
 
+def _cuda_peak_mb(fn, module, args, y) -> float:
+    """Tensor memory the run allocates on top of what was allocated before it."""
+    import torch
+
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        fn(module, args, y)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
 def run_case(
-    layer: str, d: int, degree: int, n: int, variant: str, repeats: int, long_s: float
+    layer: str, d: int, degree: int, n: int, variant: str, repeats: int, long_s: float,
+    device: str = "cpu",
 ) -> dict:
     import torch
 
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     fn = _variant(variant)
     with torch.no_grad():  # lazy initialisation (BLAS buffers, ...) outside the peak
-        fn(*_inputs(layer, d, degree, 64, seed=1))
-    module, args, y = _inputs(layer, d, degree, n)
+        fn(*_inputs(layer, d, degree, 64, seed=1, device=device))
+    module, args, y = _inputs(layer, d, degree, n, device=device)
     times = []
     with torch.no_grad():
         for _ in range(1 + repeats):
+            sync()
             t0 = time.perf_counter()
             out = fn(module, args, y)
+            sync()
             times.append(time.perf_counter() - t0)
             del out
             if times[0] > long_s:  # one run only: it is its own warm-up
                 break
     timed = times[1:] or times
+    if device == "cuda":
+        return {
+            "seconds": statistics.median(timed),
+            "repeats": len(timed),
+            "first_s": times[0],
+            "peak_mb": _cuda_peak_mb(fn, module, args, y),
+            "peak_exact": True,
+            "rows": int(y.shape[0]),
+        }
     mmap = _mmap_small_allocations()
     _trim()
     base_kb = _status_kb("VmRSS")
@@ -197,21 +230,24 @@ def estimate(layer: str, d: int, degree: int, n: int, variant: str) -> tuple[flo
     return inputs + temps, macs
 
 
-def _gmacs_per_s() -> float:
+def _gmacs_per_s(device: str = "cpu") -> float:
     import torch
 
-    a = torch.randn(4096, 512, dtype=torch.float64)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    a = torch.randn(4096, 512, dtype=torch.float64, device=device)
     a.T @ a
+    sync()
     t0 = time.perf_counter()
     for _ in range(3):
         a.T @ a
+    sync()
     return 3 * 4096 * 512 * 512 / (time.perf_counter() - t0) / 1e9
 
 
-def grid(quick: bool):
-    ds = (64,) if quick else (64, 128, 256)
-    degrees = (16, 32) if quick else (16, 32, 64)
-    ns = (1_000,) if quick else (1_000, 10_000, 100_000)
+def grid(quick: bool, dims=None, degrees=None, atoms=None):
+    ds = dims or ((64,) if quick else (64, 128, 256))
+    degrees = degrees or ((16, 32) if quick else (16, 32, 64))
+    ns = atoms or ((1_000,) if quick else (1_000, 10_000, 100_000))
     for layer in ("edge", "node"):
         for d in ds:
             for n in ns:
@@ -220,7 +256,7 @@ def grid(quick: bool):
 
 
 # ---------------------------------------------------------------- machine + output
-def machine(threads: int) -> dict:
+def machine(threads: int, device: str = "cpu") -> dict:
     import torch
 
     import gffmerge_ext
@@ -241,6 +277,9 @@ def machine(threads: int) -> dict:
         else f"pure-torch ops ({ext})"
     )
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        cpu = f"{props.name} ({props.total_memory / 2**30:.0f} GB; host CPU {cpu})"
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -532,6 +571,11 @@ def end_to_end_md(e2e: dict, command: str) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small grid")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where inputs and sums live (default cpu)")
+    p.add_argument("--dims", type=int, nargs="+", help="layer widths d (overrides the grid's)")
+    p.add_argument("--degrees", type=int, nargs="+", help="edge-layer degrees (overrides)")
+    p.add_argument("--atoms", type=int, nargs="+", help="node counts N (overrides)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
@@ -549,8 +593,9 @@ def main(argv=None) -> int:
     p.add_argument(
         "--plan-gmacs",
         type=float,
-        default=8.0,
-        help="float64 GMAC/s assumed when estimating run times for skipping",
+        default=None,
+        help="float64 GMAC/s assumed when estimating run times for skipping (default 8 on "
+        "the CPU, 2000 on a GPU)",
     )
     p.add_argument(
         "--end-to-end",
@@ -567,17 +612,23 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
         layer, d, degree, n, variant = args.worker
-        res = run_case(layer, int(d), int(degree), int(n), variant, args.repeats, 10.0)
+        res = run_case(layer, int(d), int(degree), int(n), variant, args.repeats, 10.0,
+                       args.device)
         print("RESULT " + json.dumps(res))
         return 0
 
     import torch
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device (a CPU build of torch, or no GPU)")
+    if args.device == "cuda" and args.end_to_end:
+        sys.exit("--end-to-end runs on the CPU only; drop --device cuda")
     torch.set_num_threads(args.threads)
+    name = f"edge_gram_{args.device}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:])
-    info = machine(args.threads)
+    info = machine(args.threads, args.device)
     load_before = os.getloadavg()
     t_start = time.perf_counter()
 
@@ -585,7 +636,7 @@ def main(argv=None) -> int:
         e2e = end_to_end(max(1, args.repeats), args.e2e_limit)
         text = end_to_end_md(e2e, command)
         print(text)
-        path = out / f"{NAME}_end_to_end.md"
+        path = out / f"{name}_end_to_end.md"
         path.write_text(
             "# End-to-end: measure + merge of the shipped LiPS20 GNS fine-tunes\n\n"
             f"Command: `{command}`\n\n"
@@ -596,11 +647,12 @@ def main(argv=None) -> int:
         print(f"wrote {path}")
         return 0
 
-    rate = _gmacs_per_s()
-    plan_rate = args.plan_gmacs  # fixed, so that the skipped set does not depend on load
+    rate = _gmacs_per_s(args.device)
+    # Fixed, so that the skipped set does not depend on load.
+    plan_rate = args.plan_gmacs or (2000.0 if args.device == "cuda" else 8.0)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     results = []
-    for layer, d, degree, n in grid(args.quick):
+    for layer, d, degree, n in grid(args.quick, args.dims, args.degrees, args.atoms):
         for variant in VARIANTS:
             mem, macs = estimate(layer, d, degree, n, variant)
             est_s = 1.5 * macs / (plan_rate * 1e9)
@@ -637,6 +689,8 @@ def main(argv=None) -> int:
                 str(args.threads),
                 "--repeats",
                 str(args.repeats),
+                "--device",
+                args.device,
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -657,7 +711,7 @@ def main(argv=None) -> int:
     table = markdown_table(rows)
     print()
     print(table)
-    with open(out / f"{NAME}.csv", "w", newline="") as f:
+    with open(out / f"{name}.csv", "w", newline="") as f:
         keys = [
             "layer",
             "d",
@@ -676,7 +730,12 @@ def main(argv=None) -> int:
         w.writeheader()
         for r in results:
             w.writerow(r)
-    plot(rows, out / f"{NAME}.png")
+    try:
+        plot(rows, out / f"{name}.png")
+        figure = [f"![scaling]({name}.png)", ""]
+    except ImportError as exc:  # matplotlib is optional (a GPU machine may lack it)
+        print(f"no plot: {exc}", file=sys.stderr)
+        figure = []
     highlights = []
     for r in rows:
         if r["layer"] == "edge" and r["degree"] in (32, 64):
@@ -694,9 +753,33 @@ def main(argv=None) -> int:
                               + " |")
     load_after = os.getloadavg()
     exact = all(r.get("peak_exact", True) for r in results)
+    cpu_peak = (
+        "Peak memory: each (case, variant) runs in "
+        "a fresh process; after the timed runs, glibc is set to serve every allocation "
+        "≥ 64 KiB by mmap (`mallopt(M_MMAP_THRESHOLD)`, so freed temporaries leave the "
+        "RSS), `malloc_trim(0)`, the RSS high-water mark is reset "
+        "(`/proc/self/clear_refs`), the variant runs once more, and `VmHWM − VmRSS` is "
+        "reported: every byte the variant touches on top of its inputs (process level: "
+        "tensors, BLAS and allocator overheads), including the materialised rows of "
+        "dense/official, which the GNS forward never builds."
+        + (
+            ""
+            if exact
+            else " **clear_refs or mallopt was not available: the peaks are upper bounds.**"
+        )
+    )
+    cuda_peak = (
+        "Every timed run ends with `torch.cuda.synchronize()`. Peak memory: each (case, "
+        "variant) runs in a fresh process; after the timed runs the variant runs once more "
+        "and `torch.cuda.max_memory_allocated()` minus the memory allocated before it is "
+        "reported: the GPU tensor memory it needs on top of its inputs (the caching "
+        "allocator's reserve and cuBLAS workspaces not included), the materialised rows of "
+        "dense/official included."
+    )
+    load_note = " (the 2 cores are shared with other jobs)" if args.device == "cpu" else ""
     md = [
-        "# Edge/node-layer Gram statistics on CPU: structured provider vs dense hook vs "
-        "official recipe",
+        f"# Edge/node-layer Gram statistics on {args.device.upper()}: structured provider vs "
+        "dense hook vs official recipe",
         "",
         f"Command: `{command}` ({(time.perf_counter() - t_start) / 60:.1f} min)",
         "",
@@ -704,8 +787,7 @@ def main(argv=None) -> int:
         f"{info['python']}, torch {info['torch']}, {info['threads']} torch thread(s) per run; "
         f"gffmerge_ext: {info['gffmerge_ext']}. float64 matmul rate measured at start: "
         f"{rate:.1f} GMAC/s (skips assume {plan_rate:g}). Load average (1 min) before / "
-        f"after: {load_before[0]:.2f} / {load_after[0]:.2f} (the 2 cores are shared with "
-        "other jobs).",
+        f"after: {load_before[0]:.2f} / {load_after[0]:.2f}{load_note}.",
         "",
         "## What is measured",
         "",
@@ -728,19 +810,8 @@ def main(argv=None) -> int:
         "three `[N, d]` tensors; its cost does not depend on the degree.",
         "",
         f"Time: median of {args.repeats} runs after a warm-up run (just that one run when "
-        "it took > 10 s; `repeats` in the CSV). Peak memory: each (case, variant) runs in "
-        "a fresh process; after the timed runs, glibc is set to serve every allocation "
-        "≥ 64 KiB by mmap (`mallopt(M_MMAP_THRESHOLD)`, so freed temporaries leave the "
-        "RSS), `malloc_trim(0)`, the RSS high-water mark is reset "
-        "(`/proc/self/clear_refs`), the variant runs once more, and `VmHWM − VmRSS` is "
-        "reported: every byte the variant touches on top of its inputs (process level: "
-        "tensors, BLAS and allocator overheads), including the materialised rows of "
-        "dense/official, which the GNS forward never builds."
-        + (
-            ""
-            if exact
-            else " **clear_refs or mallopt was not available: the peaks are upper bounds.**"
-        ),
+        "it took > 10 s; `repeats` in the CSV). "
+        + (cuda_peak if args.device == "cuda" else cpu_peak),
         "Variants estimated to need more than "
         f"{args.max_gb:g} GB (inputs + temporaries) or more than {args.max_seconds:g} s per "
         "run were skipped (— in the table; reasons below).",
@@ -760,8 +831,7 @@ def main(argv=None) -> int:
         "",
         table,
         "",
-        "![scaling](edge_gram_cpu.png)",
-        "",
+        *figure,
         "## Skipped",
         "",
         *(
@@ -774,19 +844,20 @@ def main(argv=None) -> int:
         ),
         "",
     ]
-    e2e_path = out / f"{NAME}_end_to_end.md"
-    md += [
-        "## End to end (shipped LiPS20 GNS fine-tunes)",
-        "",
-        (
-            e2e_path.read_text().split("\n", 2)[2]
-            if e2e_path.is_file()
-            else "Run `python benchmarks/bench_edge_gram.py --end-to-end`."
-        ),
-        "",
-    ]
-    (out / f"{NAME}.md").write_text("\n".join(md))
-    print(f"wrote {out / (NAME + '.md')}, .csv, .png")
+    e2e_path = out / f"{name}_end_to_end.md"
+    if args.device == "cpu":  # the end-to-end run is CPU only
+        md += [
+            "## End to end (shipped LiPS20 GNS fine-tunes)",
+            "",
+            (
+                e2e_path.read_text().split("\n", 2)[2]
+                if e2e_path.is_file()
+                else "Run `python benchmarks/bench_edge_gram.py --end-to-end`."
+            ),
+            "",
+        ]
+    (out / f"{name}.md").write_text("\n".join(md))
+    print(f"wrote {out / (name + '.md')}, .csv" + (", .png" if figure else ""))
     return 0
 
 

@@ -4,11 +4,10 @@
 // pybind11 but no torch headers.
 #include <pybind11/pybind11.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <string>
 
 #include "kernels/gram.h"
+#include "ops/blas_env.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -33,8 +32,7 @@ py::list split_archs(const std::string& s) {
 }
 
 std::string blas_in_use() {
-  const char* env = std::getenv("GFFMERGE_BLAS");
-  if (env != nullptr && std::strcmp(env, "aten") == 0) return "aten (GFFMERGE_BLAS=aten)";
+  if (gffmerge::ops::aten_blas_requested()) return "aten (GFFMERGE_BLAS=aten)";
   return gffmerge::kernels::linked_dgemm() != nullptr ? "dgemm_ (linked from libtorch_cpu)"
                                                        : "aten (no dgemm_ symbol)";
 }

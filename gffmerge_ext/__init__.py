@@ -1,12 +1,20 @@
 """Compiled streaming accumulators and batched SPD solves for gffmerge (``torch.ops.gffmerge.*``).
 
-Only this package touches the compiled module ``gffmerge_ext._C``; the library calls the typed
-wrappers below, which fall back to a pure-torch reference (with one warning) when the
+Only this package touches the compiled module ``gffmerge_ext._C``. One module per job:
+
+* ``_loading``  imports ``_C`` once (its static initialisers define the ops) and says why not;
+* ``wrappers``  the typed wrappers below and the backend choice (compiled op or reference);
+* ``reference`` the pure-torch float64 backend every compiled kernel is tested against;
+* ``checks``    the reference's argument checks (the Python copy of ``csrc/ops/checks.h``);
+* ``fakes``     ``torch.library.register_fake`` for every op the ``gffmerge`` namespace defines.
+
+The library calls the wrappers, which fall back to the reference (with one warning) when the
 extension is not built.
 """
 
+from . import fakes  # noqa: F401  (registers the fake kernels of the ops _C defined)
 from ._loading import build_info, extension_available, load_error
-from .ops import available_backends, cholesky_solve_, cross_, gram_
+from .wrappers import available_backends, cholesky_solve_, cross_, gram_
 
 __all__ = [
     "available_backends",

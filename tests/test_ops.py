@@ -6,7 +6,6 @@ GFFMERGE_ALLOW_NO_EXT=1 to skip the comparisons that need it.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
@@ -16,18 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gffmerge_ext
-from gffmerge_ext import ops
-from gffmerge_ext.ops import cross_reference_, gram_reference_
+from gffmerge_ext import wrappers
+from gffmerge_ext.reference import cross_reference_, gram_reference_
 
-ALLOW_NO_EXT = os.environ.get("GFFMERGE_ALLOW_NO_EXT") == "1"
-needs_ext = pytest.mark.skipif(
-    ALLOW_NO_EXT and not gffmerge_ext.extension_available(),
-    reason=f"extension not built ({gffmerge_ext.load_error()}) and GFFMERGE_ALLOW_NO_EXT=1",
-)
-
-DEVICES = ["cpu"] + (
-    [pytest.param("cuda", marks=pytest.mark.cuda)] if torch.cuda.is_available() else []
-)
 ROW_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 LAYOUTS = ["contiguous", "transposed", "strided", "expanded_rows", "expanded_cols"]
 EPS = float(np.finfo(np.float64).eps)
@@ -104,15 +94,14 @@ def gram_scale(x, index, weight, augment):
 # ---- the extension exists ----------------------------------------------------------------
 
 
+@pytest.mark.needs_ext
 def test_extension_is_built():
-    if ALLOW_NO_EXT and not gffmerge_ext.extension_available():
-        pytest.skip("GFFMERGE_ALLOW_NO_EXT=1")
     assert gffmerge_ext.extension_available(), gffmerge_ext.load_error()
     assert gffmerge_ext.load_error() is None
     assert "ext" in gffmerge_ext.available_backends("cpu")
 
 
-@needs_ext
+@pytest.mark.needs_ext
 def test_build_info_keys():
     info = gffmerge_ext.build_info()
     expected = {
@@ -195,8 +184,7 @@ def gram_cases(draw):
     }
 
 
-@needs_ext
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.needs_ext
 @settings(max_examples=200, deadline=None)
 @given(case=gram_cases())
 def test_gram_matches_reference(device, case):
@@ -209,7 +197,7 @@ def test_gram_matches_reference(device, case):
 
     before = poison(gen, (D, D), symmetric=True, device=device)
     acc = before.clone()
-    ops.gram_(acc, x, index, weight, aug, backend="ext")
+    wrappers.gram_(acc, x, index, weight, aug, backend="ext")
     expected = torch.zeros(D, D, dtype=torch.float64, device=device)
     gram_reference_(expected, x, index, weight, aug)
 
@@ -246,8 +234,7 @@ def cross_cases(draw):
     }
 
 
-@needs_ext
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.needs_ext
 @settings(max_examples=120, deadline=None)
 @given(case=cross_cases())
 def test_cross_matches_reference(device, case):
@@ -262,7 +249,7 @@ def test_cross_matches_reference(device, case):
 
     before = poison(gen, shape, symmetric=False, device=device)
     acc = before.clone()
-    ops.cross_(acc, x, y, ix, iy, weight, aug, backend="ext")
+    wrappers.cross_(acc, x, y, ix, iy, weight, aug, backend="ext")
     expected = torch.zeros(shape, dtype=torch.float64, device=device)
     cross_reference_(expected, x, y, ix, iy, weight, aug)
     scale = torch.zeros(shape, dtype=torch.float64, device=device)
@@ -273,8 +260,7 @@ def test_cross_matches_reference(device, case):
 # ---- poisoned accumulators and exact symmetry -----------------------------------------------
 
 
-@needs_ext
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.needs_ext
 @pytest.mark.parametrize("augment", [False, True])
 @pytest.mark.parametrize("d", [1, 3, 17, 64, 97, 200])
 def test_gram_writes_every_entry_once(d, augment, device):
@@ -294,8 +280,7 @@ def test_gram_writes_every_entry_once(d, augment, device):
     assert torch.equal(sym, sym.T)
 
 
-@needs_ext
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.needs_ext
 def test_augmented_entries(device):
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], device=device)
     w = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64, device=device)
@@ -305,8 +290,7 @@ def test_augmented_entries(device):
     assert acc[:2, 2].tolist() == [0.5 - 3 + 10, 1 - 4 + 12] == acc[2, :2].tolist()
 
 
-@needs_ext
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.needs_ext
 def test_empty_and_single_feature(device):
     f64 = dict(dtype=torch.float64, device=device)
     acc = torch.full((4, 4), 7.0, **f64)
@@ -326,8 +310,7 @@ def test_empty_and_single_feature(device):
     assert not c.any()
 
 
-@needs_ext
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.needs_ext
 def test_wide_features(device):
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(600, 1500, generator=gen).to(torch.bfloat16).to(device)
@@ -343,8 +326,7 @@ def test_wide_features(device):
 # ---- invariances ---------------------------------------------------------------------------
 
 
-@needs_ext
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.needs_ext
 @pytest.mark.parametrize("augment", [False, True])
 def test_split_rows_equals_one_call(augment, device):
     gen = torch.Generator().manual_seed(1)
@@ -370,7 +352,7 @@ def test_split_rows_equals_one_call(augment, device):
     assert_increment(c2, torch.zeros_like(c2), c1, scale)
 
 
-@needs_ext
+@pytest.mark.needs_ext
 def test_thread_count_does_not_change_the_result():
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(5000, 100, generator=gen).to(torch.float16)
@@ -395,7 +377,7 @@ def test_thread_count_does_not_change_the_result():
     assert_increment(results[2][1], 0 * results[1][1], results[1][1], scale)
 
 
-@needs_ext
+@pytest.mark.needs_ext
 def test_aten_blas_fallback_agrees(monkeypatch):
     """GFFMERGE_BLAS=aten routes the block GEMMs through at::addmm_ instead of dgemm_."""
     gen = torch.Generator().manual_seed(3)
@@ -441,8 +423,7 @@ def _opcheck_samples(device="cpu"):
     return gram, cross
 
 
-@needs_ext
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.needs_ext
 def test_opcheck(device):
     gram, cross = _opcheck_samples(device)
     for args, kwargs in gram:
@@ -451,7 +432,7 @@ def test_opcheck(device):
         torch.library.opcheck(torch.ops.gffmerge.cross_.default, args, kwargs)
 
 
-@needs_ext
+@pytest.mark.needs_ext
 def test_fake_tensor_mode():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -463,7 +444,15 @@ def test_fake_tensor_mode():
         assert gffmerge_ext.cross_(c, x, torch.randn(10, 3)) is None
 
 
-@needs_ext
+@pytest.mark.needs_ext
+def test_every_schema_has_a_fake():
+    from gffmerge_ext import fakes
+
+    assert fakes.REGISTERED == ("gram_", "cross_", "cholesky_solve_")
+    assert fakes.op_defined("gram_") and not fakes.op_defined("no_such_op_")
+
+
+@pytest.mark.needs_ext
 def test_torch_compile_fullgraph():
     def step(acc, c, x, y):
         gffmerge_ext.gram_(acc, x, augment=True)
@@ -483,7 +472,7 @@ def test_torch_compile_fullgraph():
 
 # ---- errors ---------------------------------------------------------------------------------
 
-BACKENDS = [pytest.param("ext", marks=needs_ext), "torch"]
+BACKENDS = [pytest.param("ext", marks=pytest.mark.needs_ext), "torch"]
 
 
 def _gram_error_cases():
@@ -625,9 +614,9 @@ def test_unknown_backend():
 
 
 def test_missing_extension_falls_back_with_one_warning(monkeypatch):
-    monkeypatch.setattr(ops, "extension_available", lambda: False)
-    monkeypatch.setattr(ops, "load_error", lambda: "ImportError: no _C here")
-    monkeypatch.setattr(ops, "_warned_fallback", False)
+    monkeypatch.setattr(wrappers, "extension_available", lambda: False)
+    monkeypatch.setattr(wrappers, "load_error", lambda: "ImportError: no _C here")
+    monkeypatch.setattr(wrappers, "_warned_fallback", False)
     x = torch.randn(20, 3)
     acc = torch.zeros(3, 3, dtype=torch.float64)
     with warnings.catch_warnings(record=True) as caught:

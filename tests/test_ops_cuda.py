@@ -16,12 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gffmerge_ext
-from gffmerge_ext.ops import cross_reference_, gram_reference_
+from gffmerge_ext.reference import cross_reference_, gram_reference_
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
+pytestmark = pytest.mark.cuda  # tests/conftest.py skips it without a CUDA device
 
 F64 = torch.float64
 ROW_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]

@@ -1,5 +1,7 @@
-// Argument validation shared by every backend of gram_, cross_ and cholesky_solve_. Messages
-// name the bad value and the expected one.
+// Argument validation of gram_, cross_ and cholesky_solve_: every check and every message is
+// here, and each backend's glue (*_cpu.cpp, *_cuda.cpp) calls these before touching data.
+// Messages name the bad value and the expected one. gffmerge_ext/checks.py is the pure-torch
+// reference's copy (same order, same messages); change both together.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -56,6 +58,14 @@ inline void check_weight(const char* op, const at::Tensor& acc,
               ": weight must have one entry per gathered row: expected ", count, ", got ",
               w.size(0));
   check_same_device(op, acc, w, "weight");
+}
+
+// Index values are checked where the data is: the backend finds the first position p whose
+// value lies outside [0, rows) (p < 0: none) and reports it here.
+inline void check_index_range(const char* op, const char* name, int64_t p, int64_t value,
+                              int64_t rows, const char* of) {
+  TORCH_CHECK(p < 0, op, ": ", name, "[", p, "] = ", value, " is out of range for ", of,
+              " with ", rows, " rows (valid: 0 <= ", name, " < ", rows, ")");
 }
 
 inline void check_acc(const char* op, const at::Tensor& acc, int64_t rows, int64_t cols,

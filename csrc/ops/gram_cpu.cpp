@@ -6,11 +6,10 @@
 #include <ATen/ops/from_blob.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <optional>
 
 #include "../kernels/gram.h"
+#include "blas_env.h"
 #include "checks.h"
 #include "describe.h"
 
@@ -23,8 +22,7 @@ void check_range(const char* op, const char* name, const k::Index& ix, int64_t c
                  int64_t rows, const char* of) {
   int64_t value = 0;
   const int64_t p = k::first_out_of_range(ix, count, rows, &value);
-  TORCH_CHECK(p < 0, op, ": ", name, "[", p, "] = ", value, " is out of range for ", of,
-              " with ", rows, " rows (valid: 0 <= ", name, " < ", rows, ")");
+  check_index_range(op, name, p, value, rows, of);
 }
 
 // Column-major matrix (rows x cols, leading dimension ld) as a strided tensor view.
@@ -44,8 +42,7 @@ void aten_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t kk, dou
 }
 
 k::GemmFn select_gemm() {
-  const char* env = std::getenv("GFFMERGE_BLAS");
-  if (env != nullptr && std::strcmp(env, "aten") == 0) return &aten_gemm;
+  if (aten_blas_requested()) return &aten_gemm;
   if (const k::GemmFn f = k::linked_dgemm()) return f;
   return &aten_gemm;
 }

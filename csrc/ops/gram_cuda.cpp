@@ -34,11 +34,7 @@ void check_range(const char* op, const char* name, const std::optional<at::Tenso
                                         stream),
              op);
   const int64_t p = first.item<int64_t>();
-  if (p < count) {
-    const int64_t value = index->select(0, p).item<int64_t>();
-    TORCH_CHECK(false, op, ": ", name, "[", p, "] = ", value, " is out of range for ", of,
-                " with ", rows, " rows (valid: 0 <= ", name, " < ", rows, ")");
-  }
+  if (p < count) check_index_range(op, name, p, index->select(0, p).item<int64_t>(), rows, of);
 }
 
 void run(const char* op, const k::tiles::Plan& plan, const at::Tensor& acc,

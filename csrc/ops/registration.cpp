@@ -1,6 +1,7 @@
 // Schemas of every gffmerge op. Backends register kernels in their own files:
-// *_cpu.cpp (TORCH_LIBRARY_IMPL(gffmerge, CPU, m)), *_cuda.cpp (CUDA). Fake (meta) kernels are
-// registered from Python next to the wrappers (gffmerge_ext/ops.py).
+// <kernel>_cpu.cpp (TORCH_LIBRARY_IMPL(gffmerge, CPU, m)), <kernel>_cuda.cpp (CUDA). Fake
+// kernels are registered from Python (gffmerge_ext/fakes.py), one per schema here.
+// csrc/README.md lists every file a new op touches.
 #include <torch/library.h>
 
 TORCH_LIBRARY(gffmerge, m) {

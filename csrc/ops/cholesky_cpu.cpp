@@ -7,10 +7,8 @@
 #include <ATen/ops/linalg_cholesky_ex.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
-
 #include "../kernels/cholesky.h"
+#include "blas_env.h"
 #include "checks.h"
 
 namespace gffmerge::ops {
@@ -39,9 +37,7 @@ void aten_potrs(int64_t n, int64_t nrhs, const double* u, int64_t lda, double* b
 }
 
 k::Lapack select_lapack() {
-  const char* env = std::getenv("GFFMERGE_BLAS");
-  const bool aten = env != nullptr && std::strcmp(env, "aten") == 0;
-  k::Lapack linked = aten ? k::Lapack{} : k::linked_lapack();
+  const k::Lapack linked = aten_blas_requested() ? k::Lapack{} : k::linked_lapack();
   if (linked.potrf == nullptr || linked.potrs == nullptr) return {&aten_potrf, &aten_potrs};
   return linked;
 }

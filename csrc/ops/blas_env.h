@@ -1,0 +1,18 @@
+// The one reader of the GFFMERGE_BLAS environment variable (torch-free, so module.cpp's
+// build_info() shares it). GFFMERGE_BLAS=aten routes the CPU kernels' dgemm, potrf and potrs
+// through ATen instead of the BLAS/LAPACK symbols libtorch exports, to compare the two; any
+// other value, or none, keeps the exported ones. Read on every call, not cached, so that a
+// test or a user can switch it within one process.
+#pragma once
+
+#include <cstdlib>
+#include <cstring>
+
+namespace gffmerge::ops {
+
+inline bool aten_blas_requested() {
+  const char* env = std::getenv("GFFMERGE_BLAS");
+  return env != nullptr && std::strcmp(env, "aten") == 0;
+}
+
+}  // namespace gffmerge::ops

@@ -1,0 +1,190 @@
+"""Argument checks of the gffmerge ops for the pure-torch reference (:mod:`.reference`).
+
+The one Python copy of ``csrc/ops/checks.h``: the same checks in the same order, with the same
+messages, under the same names (``check_gram`` here is ``check_gram`` there). Differences:
+the exception types (TypeError for dtypes, ValueError for shapes, strides and devices,
+IndexError for index values, where the compiled ops raise RuntimeError); the index-range
+check, which the C++ backends run on the data after ``check_gram`` / ``check_cross``, is the
+last step of those here; and the 32-bit size limit of LAPACK/cuSOLVER does not apply to the
+reference. A change to a check is made in both files; tests/test_ops.py and
+tests/test_ops_solve.py run every error case against both backends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+ROW_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+INDEX_DTYPES = (torch.int64, torch.int32)
+WEIGHT_DTYPES = (torch.float32, torch.float64)
+# Most jitter steps a call takes (the CUDA kernel gets them as launch arguments).
+MAX_JITTER_STEPS = 32
+
+GRAM = "gffmerge::gram_"
+CROSS = "gffmerge::cross_"
+CHOLESKY = "gffmerge::cholesky_solve_"
+
+
+def check_same_device(op: str, acc: Tensor, t: Tensor, name: str) -> None:
+    if t.device != acc.device:
+        raise ValueError(
+            f"{op}: {name} is on {t.device} but acc is on {acc.device}; all tensors must be on "
+            "the same device"
+        )
+
+
+def check_rows(op: str, acc: Tensor, x: Tensor, name: str) -> None:
+    if x.dim() != 2:
+        raise ValueError(
+            f"{op}: {name} must be 2-D [rows, features], got a {x.dim()}-D tensor of shape "
+            f"{list(x.shape)}"
+        )
+    if x.dtype not in ROW_DTYPES:
+        raise TypeError(
+            f"{op}: {name} must be float32, float64, bfloat16 or float16, got {x.dtype}"
+        )
+    check_same_device(op, acc, x, name)
+
+
+def check_index(op: str, acc: Tensor, index: Tensor | None, name: str, x: Tensor) -> int:
+    """Number of gathered rows: ``len(index)`` if given, else the rows of ``x``."""
+    if index is None:
+        return x.shape[0]
+    if index.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{op}: {name} must be int64 or int32, got {index.dtype}")
+    if index.dim() != 1:
+        raise ValueError(f"{op}: {name} must be 1-D, got shape {list(index.shape)}")
+    check_same_device(op, acc, index, name)
+    return index.shape[0]
+
+
+def check_weight(op: str, acc: Tensor, weight: Tensor | None, count: int) -> None:
+    if weight is None:
+        return
+    if weight.dtype not in WEIGHT_DTYPES:
+        raise TypeError(f"{op}: weight must be float32 or float64, got {weight.dtype}")
+    if weight.dim() != 1:
+        raise ValueError(f"{op}: weight must be 1-D, got shape {list(weight.shape)}")
+    if weight.shape[0] != count:
+        raise ValueError(
+            f"{op}: weight must have one entry per gathered row: expected {count}, got "
+            f"{weight.shape[0]}"
+        )
+    check_same_device(op, acc, weight, "weight")
+
+
+def check_acc(op: str, acc: Tensor, rows: int, cols: int, why: str) -> None:
+    if acc.dtype != torch.float64:
+        raise TypeError(f"{op}: acc must be float64, got {acc.dtype}")
+    if tuple(acc.shape) != (rows, cols):
+        raise ValueError(
+            f"{op}: acc must have shape [{rows}, {cols}] ({why}), got {list(acc.shape)}"
+        )
+    if not acc.is_contiguous():
+        raise ValueError(f"{op}: acc must be contiguous, got strides {list(acc.stride())}")
+
+
+def check_range(op: str, index: Tensor | None, name: str, rows: int, of: str) -> None:
+    """Every ``index`` value in ``[0, rows)``; the first one outside is reported."""
+    if index is None or index.numel() == 0:
+        return
+    bad = ((index < 0) | (index >= rows)).nonzero()
+    if bad.numel():
+        p = int(bad[0, 0])
+        raise IndexError(
+            f"{op}: {name}[{p}] = {int(index[p])} is out of range for {of} with {rows} rows "
+            f"(valid: 0 <= {name} < {rows})"
+        )
+
+
+def check_gram(
+    acc: Tensor, x: Tensor, index: Tensor | None, weight: Tensor | None, augment: bool
+) -> int:
+    """All of ``gram_``'s arguments; returns the number of gathered rows."""
+    check_rows(GRAM, acc, x, "x")
+    d = x.shape[1] + int(augment)
+    check_acc(GRAM, acc, d, d, f"x has {x.shape[1]} features, augment={augment}")
+    count = check_index(GRAM, acc, index, "index", x)
+    check_weight(GRAM, acc, weight, count)
+    check_range(GRAM, index, "index", x.shape[0], "x")
+    return count
+
+
+def check_cross(
+    acc: Tensor,
+    x: Tensor,
+    y: Tensor,
+    index_x: Tensor | None,
+    index_y: Tensor | None,
+    weight: Tensor | None,
+    augment_x: bool,
+) -> int:
+    """All of ``cross_``'s arguments; returns the number of pairs."""
+    check_rows(CROSS, acc, x, "x")
+    check_rows(CROSS, acc, y, "y")
+    why = f"x has {x.shape[1]} features, augment_x={augment_x}, y has {y.shape[1]} features"
+    check_acc(CROSS, acc, x.shape[1] + int(augment_x), y.shape[1], why)
+    nx = check_index(CROSS, acc, index_x, "index_x", x)
+    ny = check_index(CROSS, acc, index_y, "index_y", y)
+    if nx != ny:
+        sx = "len(index_x)" if index_x is not None else "x.shape[0]"
+        sy = "len(index_y)" if index_y is not None else "y.shape[0]"
+        raise ValueError(
+            f"{CROSS}: x and y must pair up row for row, but {sx} = {nx} and {sy} = {ny}"
+        )
+    check_weight(CROSS, acc, weight, nx)
+    check_range(CROSS, index_x, "index_x", x.shape[0], "x")
+    check_range(CROSS, index_y, "index_y", y.shape[0], "y")
+    return nx
+
+
+# (tensor name, dtype, dtype in messages) of cholesky_solve_'s [L] outputs.
+_CHOLESKY_OUTPUTS = (("info", torch.int32, "int32"), ("jitter", torch.float64, "float64"))
+
+
+def check_cholesky(
+    A: Tensor, B: Tensor, info: Tensor, jitter: Tensor, steps: Sequence[float]
+) -> None:
+    """All of ``cholesky_solve_``'s arguments (``steps`` as floats)."""
+    op = CHOLESKY
+    if A.dtype != torch.float64:
+        raise TypeError(f"{op}: A must be float64, got {A.dtype}")
+    if A.dim() != 3 or A.shape[1] != A.shape[2]:
+        raise ValueError(
+            f"{op}: A must be [L, n, n] (a batch of square matrices), got shape {list(A.shape)}"
+        )
+    L, n = A.shape[0], A.shape[1]
+    if not A.is_contiguous():
+        raise ValueError(f"{op}: A must be contiguous, got strides {list(A.stride())}")
+    if B.dtype != torch.float64:
+        raise TypeError(f"{op}: B must be float64, got {B.dtype}")
+    if B.dim() != 3 or B.shape[0] != L or B.shape[1] != n:
+        raise ValueError(
+            f"{op}: B must be [{L}, {n}, k] (L and n from A), got shape {list(B.shape)}"
+        )
+    if not B.is_contiguous():
+        raise ValueError(f"{op}: B must be contiguous, got strides {list(B.stride())}")
+    outputs = {"info": info, "jitter": jitter}
+    for name, dtype, dname in _CHOLESKY_OUTPUTS:
+        t = outputs[name]
+        if t.dtype != dtype:
+            raise TypeError(f"{op}: {name} must be {dname}, got {t.dtype}")
+        if t.dim() != 1 or t.shape[0] != L or not t.is_contiguous():
+            raise ValueError(
+                f"{op}: {name} must be a contiguous [{L}] tensor, got shape {list(t.shape)}"
+            )
+    for t, name in ((B, "B"), (info, "info"), (jitter, "jitter")):
+        if t.device != A.device:
+            raise ValueError(
+                f"{op}: {name} is on {t.device} but A is on {A.device}; all tensors must be on "
+                "the same device"
+            )
+    if len(steps) > MAX_JITTER_STEPS:
+        raise ValueError(f"{op}: at most {MAX_JITTER_STEPS} jitter steps, got {len(steps)}")
+    for s, v in enumerate(steps):
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{op}: jitter_steps[{s}] must be finite and > 0, got {v}")

@@ -1,0 +1,91 @@
+"""The pure-torch backend of the gffmerge ops (``backend="torch"``), in float64.
+
+Same contract as the compiled kernels and the same error messages (:mod:`.checks`); every
+compiled backend is tested against these. They make float64 copies of the gathered rows, so
+they are the slow path, not a second implementation to tune.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .checks import check_cholesky, check_cross, check_gram
+
+__all__ = ["cholesky_solve_reference_", "cross_reference_", "gram_reference_"]
+
+
+def _rows64(x: Tensor, index: Tensor | None, augment: bool) -> Tensor:
+    rows = x if index is None else x.index_select(0, index.long())
+    rows = rows.to(torch.float64)
+    if augment:
+        rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+    return rows
+
+
+@torch.no_grad()
+def gram_reference_(
+    acc: Tensor,
+    x: Tensor,
+    index: Tensor | None = None,
+    weight: Tensor | None = None,
+    augment: bool = False,
+) -> None:
+    """Reference for :func:`gffmerge_ext.gram_`: gather, cast to float64, ``X.T @ (w X)``,
+    symmetrise."""
+    check_gram(acc, x, index, weight, augment)
+    X = _rows64(x, index, augment)
+    WX = X if weight is None else X * weight.to(torch.float64)[:, None]
+    g = X.T @ WX
+    acc.add_((g + g.T) * 0.5)
+
+
+@torch.no_grad()
+def cross_reference_(
+    acc: Tensor,
+    x: Tensor,
+    y: Tensor,
+    index_x: Tensor | None = None,
+    index_y: Tensor | None = None,
+    weight: Tensor | None = None,
+    augment_x: bool = False,
+) -> None:
+    """Reference for :func:`gffmerge_ext.cross_`: gather both sides, cast to float64,
+    ``(w X).T @ Y``."""
+    check_cross(acc, x, y, index_x, index_y, weight, augment_x)
+    X = _rows64(x, index_x, augment_x)
+    if weight is not None:
+        X = X * weight.to(torch.float64)[:, None]
+    acc.add_(X.T @ _rows64(y, index_y, False))
+
+
+@torch.no_grad()
+def cholesky_solve_reference_(
+    A: Tensor, B: Tensor, info: Tensor, jitter: Tensor, jitter_steps: Sequence[float] = ()
+) -> None:
+    """Reference for :func:`gffmerge_ext.cholesky_solve_`: one ``torch.linalg.cholesky_ex``
+    per attempt and system (a host synchronisation each on the GPU)."""
+    steps = [float(v) for v in jitter_steps]
+    check_cholesky(A, B, info, jitter, steps)
+    n = A.shape[1]
+    eye = torch.eye(n, dtype=A.dtype, device=A.device)
+    for l in range(A.shape[0]):
+        a0 = A[l].clone()
+        chol, status = torch.linalg.cholesky_ex(a0)
+        status, jit = int(status), 0.0
+        if status and steps:
+            scale = a0.diagonal().abs().mean().item() if n else 1.0
+            scale = scale if scale > 0 else 1.0
+            for step in steps:
+                jit = step * scale
+                chol, status = torch.linalg.cholesky_ex(a0 + jit * eye)
+                status = int(status)
+                if status == 0:
+                    break
+        A[l] = chol
+        info[l] = status
+        jitter[l] = jit
+        if status == 0 and B.shape[2]:
+            B[l] = torch.cholesky_solve(B[l], chol)

@@ -1,0 +1,159 @@
+"""Typed wrappers over the ``torch.ops.gffmerge`` ops and the choice of backend.
+
+``gram_`` and ``cross_`` add into a float64 accumulator in place and return None. Rows of
+``x`` may be any float dtype and any strides; they are gathered through an optional index and
+cast to float64 inside the kernel, so no float64 copy of ``x`` is ever made by the compiled
+path. ``cholesky_solve_`` solves a batch of same-size SPD systems in place, retrying the ones
+whose factorisation fails with growing diagonal jitter.
+
+Backends: ``"ext"`` is the compiled op (``torch.ops.gffmerge.*``, for the devices the build
+has kernels for), ``"torch"`` the pure-torch reference (:mod:`.reference`), and ``"auto"`` the
+compiled op where there is one, else the reference with one warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._loading import BUILD_HINT, extension_available, kernel_devices, load_error
+from .reference import cholesky_solve_reference_, cross_reference_, gram_reference_
+
+__all__ = ["available_backends", "cholesky_solve_", "cross_", "gram_"]
+
+_BACKENDS = ("auto", "ext", "torch")
+_warned_fallback = False
+
+
+def available_backends(device: torch.device | str | None = None) -> tuple[str, ...]:
+    """Backends usable for tensors on ``device`` (any device when None): ``"ext"`` when the
+    compiled extension is loaded and has a kernel for it, and always ``"torch"``."""
+    ok = extension_available()
+    if ok and device is not None:
+        ok = torch.device(device).type in kernel_devices()
+    return ("ext", "torch") if ok else ("torch",)
+
+
+def _use_extension(backend: str, device: torch.device, op: str) -> bool:
+    global _warned_fallback
+    if backend not in _BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return False
+    if extension_available() and device.type in kernel_devices():
+        return True
+    if extension_available():
+        why = f"this build of gffmerge_ext has no {device.type} kernel (devices: "
+        why += f"{', '.join(kernel_devices())})"
+    else:
+        why = f"the compiled extension gffmerge_ext._C did not load ({load_error()})"
+    if backend == "ext":
+        raise RuntimeError(f"{op}: backend='ext' but {why}; {BUILD_HINT}")
+    if not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(
+            f"gffmerge_ext: {why}; falling back to the pure-torch reference, which makes float64 "
+            f"copies of the activations and is slower. To fix, {BUILD_HINT}.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return False
+
+
+def gram_(
+    acc: Tensor,
+    x: Tensor,
+    index: Tensor | None = None,
+    weight: Tensor | None = None,
+    augment: bool = False,
+    *,
+    backend: str = "auto",
+) -> None:
+    r"""Accumulate a weighted Gram matrix in place: ``acc += sum_r w_r x~_r x~_r^T``.
+
+    Args:
+        acc: float64, contiguous, ``[d, d]`` (``[d + 1, d + 1]`` when ``augment``). Only
+            added to; the added part is exactly symmetric.
+        x: ``[R, d]`` float32 / float64 / bfloat16 / float16, any strides (transposed,
+            sliced, expanded).
+        index: optional int64 or int32 ``[R']``, rows of ``x`` to use (repeats allowed);
+            without it the rows are ``0 .. R-1``.
+        weight: optional float32 / float64 ``[R']``, one weight per gathered row (may be
+            negative); without it all weights are 1.
+        augment: use ``x~ = [x, 1]``, so that ``acc[d, d] += sum w`` and
+            ``acc[:d, d] += sum w x`` (sums for a bias / the mean).
+        backend: ``"auto"`` (compiled op when available for the device, else the reference
+            with one warning), ``"ext"`` (compiled op or an error), ``"torch"`` (reference).
+    """
+    if _use_extension(backend, acc.device, "gram_"):
+        torch.ops.gffmerge.gram_(acc, x, index, weight, augment)
+    else:
+        gram_reference_(acc, x, index, weight, augment)
+
+
+def cross_(
+    acc: Tensor,
+    x: Tensor,
+    y: Tensor,
+    index_x: Tensor | None = None,
+    index_y: Tensor | None = None,
+    weight: Tensor | None = None,
+    augment_x: bool = False,
+    *,
+    backend: str = "auto",
+) -> None:
+    r"""Accumulate a weighted cross-moment in place: ``acc += sum_r w_r x~_{ix_r} y_{iy_r}^T``.
+
+    Args:
+        acc: float64, contiguous, ``[d_x, d_y]`` (``[d_x + 1, d_y]`` when ``augment_x``).
+        x: ``[R_x, d_x]``, y: ``[R_y, d_y]``; float32 / float64 / bfloat16 / float16, any
+            strides, dtypes may differ.
+        index_x, index_y: optional int64 / int32 row indices. The pair count is
+            ``len(index_x)`` (or ``R_x``) and must equal ``len(index_y)`` (or ``R_y``).
+        weight: optional float32 / float64, one weight per pair.
+        augment_x: use ``x~ = [x, 1]``, so that the last row of ``acc`` gets ``sum w y``.
+        backend: as for :func:`gram_`.
+    """
+    if _use_extension(backend, acc.device, "cross_"):
+        torch.ops.gffmerge.cross_(acc, x, y, index_x, index_y, weight, augment_x)
+    else:
+        cross_reference_(acc, x, y, index_x, index_y, weight, augment_x)
+
+
+def cholesky_solve_(
+    A: Tensor,
+    B: Tensor,
+    info: Tensor,
+    jitter: Tensor,
+    jitter_steps: Sequence[float] = (),
+    *,
+    backend: str = "auto",
+) -> None:
+    r"""Solve ``A[l] X[l] = B[l]`` for a batch of symmetric positive-definite systems, in place.
+
+    Each system is Cholesky-factorised (reading the lower triangle of ``A[l]``). While that
+    fails and steps are left, ``A0[l] + (step * s_l) I`` is factorised instead, where ``A0``
+    is the original matrix and ``s_l`` the mean ``|diagonal|`` of ``A0[l]`` (1 when that is
+    not > 0). On the GPU the retries run on the device: nothing synchronises with the host.
+
+    Args:
+        A: float64 ``[L, n, n]``, contiguous. Overwritten by the factor ``L_l``
+            (``A + jitter I = L L^T``, zeros above the diagonal); unspecified where ``info > 0``.
+        B: float64 ``[L, n, k]``, contiguous. Overwritten by the solutions; left as given
+            where ``info > 0``.
+        info: int32 ``[L]``, contiguous, output: 0 when the system was solved, else the order
+            of the leading minor that was not positive definite in the last attempt.
+        jitter: float64 ``[L]``, contiguous, output: the absolute diagonal jitter of the last
+            attempt (so of the successful one; 0 when no jitter was needed).
+        jitter_steps: relative jitter steps tried in order (at most 32, each finite and > 0);
+            empty: plain Cholesky.
+        backend: as for :func:`gram_`.
+    """
+    steps = [float(v) for v in jitter_steps]
+    if _use_extension(backend, A.device, "cholesky_solve_"):
+        torch.ops.gffmerge.cholesky_solve_(A, B, info, jitter, steps)
+    else:
+        cholesky_solve_reference_(A, B, info, jitter, steps)
