@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "python"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("errors", "atomic", "architecture")),
+    ("base", ("errors", "atomic", "architecture", "discover")),
     ("data", ("data",)),
     ("models", ("models", "checkpoint", "calculator", "evaluate", "train", "recipes",
                 "repair")),

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .models.parts import DenseInput
+
 
 class TinyMLP(nn.Module):
     """A small MLP with LayerNorm, a bias-free layer and rank-3 inputs ``[B, T, d_in]``."""
@@ -123,9 +125,8 @@ def check_structured_gram(module: nn.Module, *args, rtol: float = 1e-10, cross: 
                                  f"output: relative error {out_err:.3g} > {tol:.3g} (part "
                                  "order, index or gate differs from the forward)")
         dense_err = None
-        dense_input = getattr(module, "dense_input", None)
-        if callable(dense_input):
-            x = dense_input(*args, **kwargs).detach().reshape(-1, module.in_features)
+        if isinstance(module, DenseInput):
+            x = module.dense_input(*args, **kwargs).detach().reshape(-1, module.in_features)
             if x.shape != x64.shape:
                 raise AssertionError(f"dense_input has shape {tuple(x.shape)} but gram_parts "
                                      f"describes {tuple(x64.shape)}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata
-import pkgutil
 import typing
 import warnings
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..discover import import_submodules
 from ..errors import UnknownMethodError
 from ..report import MergeResult
 from ..stats import Stats
@@ -167,9 +167,7 @@ def _discover() -> None:
     if _PLUGINS is None:
         _PLUGINS = set()
         package = importlib.import_module(__package__)
-        for mod in pkgutil.iter_modules(package.__path__):
-            if not mod.name.startswith("_") and mod.name != "registry":
-                importlib.import_module(f"{__package__}.{mod.name}")
+        import_submodules(__package__, package.__path__, skip=("registry",))
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         key = f"{ep.name}={ep.value}"
         if key in _PLUGINS:

@@ -6,9 +6,8 @@ model classes register themselves with ``@register_model``: adding a model is on
 here. :data:`MODELS` lists the registered models, :func:`build_model` builds one by name.
 """
 
-import importlib
-import pkgutil
 
+from ..discover import import_submodules
 from .base import MAX_Z, ForceField
 from .gns import GNS
 from .layers import ConcatLinear, EdgeConcatLinear, PartsSequential
@@ -42,6 +41,4 @@ __all__ = [
 ]
 
 # Every module in this folder, so that each model file's @register_model has run.
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
-del _module
+import_submodules(__name__, __path__)

@@ -18,13 +18,12 @@ function is decorated with ``@register_reader``. ``FORMATS``, ``detect_format`` 
 follow the registry, including readers registered later from other packages.
 """
 
-import importlib
-import pkgutil
 
 # The built-in formats, imported (so registered) in detection order.
 # isort: off
 from . import npz, md17, rmd17, deepmd, ase_io  # noqa: F401
 # isort: on
+from ...discover import import_submodules
 from .ase_io import read_ase
 from .deepmd import read_deepmd
 from .frameset import Array, FrameSet
@@ -62,6 +61,4 @@ __all__ = [
 ]
 
 # Every other module in this folder, so that each format file's @register_reader has run.
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
-del _module
+import_submodules(__name__, __path__)
