@@ -22,11 +22,13 @@ layer) plus one pass of each source for the targets; with tangents every pass is
 forward-mode pass on the energy path (about 2–3× a plain forward).
 
 Hyperparameters from data (``ridge="auto"``, ``beta="auto"``, ``tangents="auto"`` on a
-conservative model with either of them automatic): every point of the grid
-(``ridge_grid`` × tangent weights, ``0`` meaning no tangent rows) is merged on a reduced
-budget of ``search_frames`` frames per source and scored by the merged model's force MAE on
-the sources' own validation frames (``val_frames`` per source, pooled over force
-components); the best point is then merged with the full ``frames`` budget. Stage
+conservative model with either of them automatic): points of the grid (``ridge_grid`` ×
+tangent weights, ``0`` meaning no tangent rows) are merged on a reduced budget of
+``search_frames`` frames per source and scored by the merged model's force MAE on the
+sources' own validation frames (``val_frames`` per source, pooled over force components);
+the best point is then merged with the full ``frames`` budget. When both the ridge and β
+are searched, the search is coordinate-wise (every β at the middle ridge, then every other
+ridge at the best β: ``|β| + |ridge| − 1`` merges instead of ``|β| · |ridge|``). Stage
 statistics depend on the earlier stages' solutions, so they cannot be shared between grid
 points; the reduced budget is what keeps the search cheap. Test data is never used.
 """
@@ -51,8 +53,8 @@ from ..collect.tangents import DIRECTIONS, is_conservative
 from ..report import LayerReport, MergeReport, MergeResult
 from ..solver import build_model, condition_numbers, mean_state_dict, solve_spd
 
-RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
-BETA_GRID = (1.0, 10.0)
+RIDGE_GRID = (1e-4, 1e-3, 1e-2)
+BETA_GRID = (1.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -342,16 +344,32 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     reduced = opts.search_frames
     if opts.frames is not None and reduced is not None:
         reduced = min(reduced, opts.frames)
+    def score(ridge: float, beta: float) -> GridPoint:
+        t1 = time.perf_counter()
+        run = _merge_once(models, sources, order, infos, opts, ridge=ridge, beta=beta,
+                          frames=reduced, forward=forward, progress=progress,
+                          desc=f"search ridge {ridge:g} beta {beta:g}")
+        f, e = validation_error(run.model, val_sets)
+        if reduced is None or (opts.frames is not None and reduced >= opts.frames):
+            runs[(ridge, beta)] = run
+        point = GridPoint(ridge, beta, f, e, time.perf_counter() - t1)
+        points.append(point)
+        return point
+
     if search:
-        for ridge, beta in grid:
-            t1 = time.perf_counter()
-            run = _merge_once(models, sources, order, infos, opts, ridge=ridge, beta=beta,
-                              frames=reduced, forward=forward, progress=progress,
-                              desc=f"search ridge {ridge:g} beta {beta:g}")
-            f, e = validation_error(run.model, val_sets)
-            points.append(GridPoint(ridge, beta, f, e, time.perf_counter() - t1))
-            if reduced is None or (opts.frames is not None and reduced >= opts.frames):
-                runs[(ridge, beta)] = run
+        ridges = sorted({r for r, _ in grid})
+        betas = sorted({b for _, b in grid})
+        if len(ridges) > 1 and len(betas) > 1:
+            # coordinate search: β (and tangents on/off) at the middle ridge, then the ridge
+            mid = ridges[len(ridges) // 2]
+            b_best = min((score(mid, b) for b in betas),
+                         key=lambda p: p.val_force_mae_mev_per_a).beta
+            for r in ridges:
+                if r != mid:
+                    score(r, b_best)
+        else:
+            for ridge, beta in grid:
+                score(ridge, beta)
         pick = min(points, key=lambda p: p.val_force_mae_mev_per_a)
         best = (pick.ridge, pick.beta)
     search_s = time.perf_counter() - t_search
