@@ -139,6 +139,46 @@ def test_stage_grouping_does_not_change_the_merge(monkeypatch):
         torch.testing.assert_close(v, serial.model.state_dict()[k], rtol=0, atol=1e-12)
 
 
+class LinNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 6)
+        self.norm = nn.LayerNorm(6)
+
+    def forward(self, x):
+        return self.norm(self.lin(x))
+
+
+def test_layernorm_scale_and_shift_are_fitted_per_feature():
+    """``norms=True``: γ, β of an affine LayerNorm are the per-feature least squares fit of
+    the sources' LayerNorm outputs on the normalised merged inputs (pooled)."""
+    torch.manual_seed(0)
+    base = LinNorm().double()
+    sources = fine_tunes(base, 2, scale=0.5, seed=4)
+    for s in sources[1:]:  # same linear layer: the merged one equals it, inputs agree
+        s.lin.load_state_dict(sources[0].lin.state_dict())
+    batches = [random_batches(2, 16, (4,), shift=2.0 * k, seed=k, dtype=torch.float64)
+               for k in range(2)]
+    res = progressive_merge(sources, batches, ProgressiveOptions(ridge=0.0, frames=None,
+                                                                 norms=True), progress=False)
+    assert res.report.options["stages"] == [["lin"], ["norm"]]
+    n, y = [], []
+    for s, b in zip(sources, batches):
+        x = torch.cat(b)
+        n.append(torch.nn.functional.layer_norm(s.lin(x), (6,)).detach())
+        y.append(s.norm(s.lin(x)).detach())
+    n, y = torch.cat(n), torch.cat(y)
+    for j in range(6):
+        X = torch.stack([n[:, j], torch.ones(len(n), dtype=torch.float64)], 1)
+        g, b = torch.linalg.lstsq(X, y[:, j:j + 1]).solution.flatten()
+        assert abs(res.model.norm.weight[j].item() - g.item()) < 1e-10
+        assert abs(res.model.norm.bias[j].item() - b.item()) < 1e-10
+    plain = progressive_merge(sources, batches, ProgressiveOptions(ridge=0.0, frames=None),
+                              progress=False)
+    torch.testing.assert_close(plain.model.norm.weight,
+                               (sources[0].norm.weight + sources[1].norm.weight) / 2)
+
+
 def test_options_are_validated():
     with pytest.raises(ValueError, match="ridge must be"):
         ProgressiveOptions(ridge=-1.0)

@@ -31,8 +31,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-from ..architecture import linear_layers
+from ..architecture import LinearInfo, linear_layers
 from .batches import default_forward
 
 Forward = Callable[[nn.Module, Any], Any]
@@ -45,16 +46,52 @@ PERTURBATION = 0.1
 CHANGE_TOLERANCE = 1e-5
 
 
+def is_affine_norm(module: nn.Module) -> bool:
+    """A ``LayerNorm`` over the last axis with a learnable scale: after normalising, it is
+    a per-feature linear map ``γ ⊙ n + β`` that a merge can fit like a diagonal layer."""
+    return (isinstance(module, nn.LayerNorm) and module.weight is not None
+            and len(module.normalized_shape) == 1)
+
+
+def mergeable_layers(model: nn.Module, layers: Iterable[str] | None = None, *,
+                     norms: bool = False) -> dict[str, LinearInfo]:
+    """The model's ``nn.Linear`` layers (see :func:`~gffmerge.architecture.linear_layers`)
+    and, with ``norms``, its affine LayerNorms as ``d → d`` diagonal layers, in module
+    order."""
+    infos = linear_layers(model, layers)
+    if not norms:
+        return infos
+    out = {}
+    for name, module in model.named_modules():
+        if name in infos:
+            out[name] = infos[name]
+        elif is_affine_norm(module) and (layers is None or name in set(layers)):
+            d = module.normalized_shape[0]
+            out[name] = LinearInfo(name, d, d, module.bias is not None)
+    return out
+
+
 def layer_input(module: nn.Module, args: tuple, kwargs: dict) -> Tensor:
     """The rows a linear layer multiplies, ``[R, in_features]``.
 
     Layers that take their input in parts (``dense_input``, e.g.
     :class:`~gffmerge.models.layers.EdgeConcatLinear`) are asked for the explicit matrix;
-    leading dimensions (atoms, edges, vector components) are flattened into rows.
+    leading dimensions (atoms, edges, vector components) are flattened into rows. For an
+    affine LayerNorm the rows are the normalised input (before ``γ``, ``β``).
     """
+    x = args[0] if args else kwargs["input"]
+    if is_affine_norm(module):
+        n = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
+        return n.reshape(-1, module.normalized_shape[0])
     dense = getattr(module, "dense_input", None)
-    x = dense(*args, **kwargs) if callable(dense) else (args[0] if args else kwargs["input"])
+    if callable(dense):
+        x = dense(*args, **kwargs)
     return x.reshape(-1, module.in_features)
+
+
+def layer_width(module: nn.Module) -> int:
+    """Output features of a linear layer or affine LayerNorm."""
+    return module.normalized_shape[0] if is_affine_norm(module) else module.out_features
 
 
 @dataclass(frozen=True)
@@ -80,12 +117,14 @@ class LayerOrder:
 
 
 def call_order(model: nn.Module, batch: Any, *, forward: Forward | None = None,
-               layers: Iterable[str] | None = None) -> tuple[list[str], dict[str, int]]:
-    """Names of ``model``'s linear layers in the order one forward first calls them, and how
-    often each is called. Layers never called are left out."""
+               layers: Iterable[str] | None = None, norms: bool = False
+               ) -> tuple[list[str], dict[str, int]]:
+    """Names of ``model``'s linear layers (and affine LayerNorms with ``norms``) in the order
+    one forward first calls them, and how often each is called. Layers never called are
+    left out."""
     forward = forward or default_forward
     modules = dict(model.named_modules())
-    names = list(linear_layers(model, layers))
+    names = list(mergeable_layers(model, layers, norms=norms))
     order: list[str] = []
     calls: dict[str, int] = {}
 
@@ -186,18 +225,20 @@ def stages_from(order: list[str], feeds: dict[str, frozenset[str]]
 
 
 def layer_order(model: nn.Module, batch: Any, *, forward: Forward | None = None,
-                layers: Iterable[str] | None = None, seed: int = 0) -> LayerOrder:
+                layers: Iterable[str] | None = None, seed: int = 0,
+                norms: bool = False) -> LayerOrder:
     """Call order, dependencies and stages of ``model``'s linear layers on ``batch``.
 
     ``batch`` should be a typical batch of the data the merge will use (a layer whose input
     is identically zero on it cannot show a dependency). Costs ``layers + 3`` forwards.
     """
     forward = forward or default_forward
-    order, calls = call_order(model, batch, forward=forward, layers=layers)
+    order, calls = call_order(model, batch, forward=forward, layers=layers, norms=norms)
     if not order:
         raise ValueError(f"the forward of {type(model).__name__} called none of its nn.Linear "
                          "layers on this batch; check the batch and the forward function")
     feeds = dependencies(model, batch, order, forward=forward, seed=seed)
     stages, back = stages_from(order, feeds)
-    unreached = tuple(n for n in linear_layers(model, layers) if n not in calls)
+    unreached = tuple(n for n in mergeable_layers(model, layers, norms=norms)
+                      if n not in calls)
     return LayerOrder(tuple(order), calls, feeds, stages, unreached, back)

@@ -34,7 +34,7 @@ from gffmerge_ext import cross_, gram_
 
 from ..errors import EmptyDataError, NonFiniteActivationError
 from .batches import batch_entries, default_forward, move_to
-from .order import layer_input
+from .order import layer_input, layer_width
 from .tangents import directions, run_with_tangent, split_dual
 
 # Keep each source's layer outputs in memory up to this size (else recompute per stage).
@@ -105,7 +105,7 @@ class _Recorder:
                 if what == "input":
                     t = layer_input(module, args, kwargs)
                 else:
-                    t = output.reshape(-1, module.out_features)
+                    t = output.reshape(-1, layer_width(module))
                 if self.tangents:
                     primal, tangent = split_dual(t)
                 else:

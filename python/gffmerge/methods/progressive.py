@@ -45,9 +45,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ..architecture import check_same_architecture, linear_layers
+from ..architecture import check_same_architecture
 from ..collect.batches import default_forward
-from ..collect.order import LayerOrder, layer_order
+from ..collect.order import LayerOrder, is_affine_norm, layer_order, mergeable_layers
 from ..collect.progressive import LayerSums, Source, prepare_sources, stage_sums
 from ..collect.tangents import DIRECTIONS, is_conservative
 from ..report import LayerReport, MergeReport, MergeResult
@@ -78,6 +78,8 @@ class ProgressiveOptions:
     - ``frames``: frames per source for every stage (None: all the data given).
     - ``search_frames`` / ``val_frames``: frames per source for each grid point's merge and
       for its validation score.
+    - ``norms``: also fit the scale and shift of affine LayerNorms, per feature, on the
+      normalised merged inputs against the sources' LayerNorm outputs (else: the mean).
     - ``seed``: directions and validation subsets.
     """
 
@@ -94,6 +96,7 @@ class ProgressiveOptions:
     val_frames: int | None = 100
     ridge_grid: tuple[float, ...] = RIDGE_GRID
     beta_grid: tuple[float, ...] = BETA_GRID
+    norms: bool = False
     seed: int = 0
     backend: str = "auto"
 
@@ -155,8 +158,14 @@ class _Run:
 
 
 def _theta(model: nn.Module, name: str, aug: bool) -> Tensor:
-    """``[Wᵀ; bᵀ]`` (``[Wᵀ]`` without intercept) of one layer in float64."""
+    """``[Wᵀ; bᵀ]`` (``[Wᵀ]`` without intercept) of one layer in float64; ``[γ; β]`` rows
+    of an affine LayerNorm."""
     m = dict(model.named_modules())[name]
+    if is_affine_norm(m):
+        rows = [m.weight.detach().to(torch.float64)]
+        if aug:
+            rows.append(m.bias.detach().to(torch.float64))
+        return torch.stack(rows)
     w = m.weight.detach().to(torch.float64).T
     if not aug:
         return w
@@ -185,12 +194,47 @@ def _normal_equations(sums: Sequence[LayerSums], aug: bool, d: int, beta: float,
     return A, B, G, C, w
 
 
+def _solve_norm(merged: nn.Module, models: Sequence[nn.Module], name: str, info,
+                sums: Sequence[LayerSums], *, ridge: float, beta: float,
+                opts: ProgressiveOptions, lr: LayerReport) -> None:
+    """Per-feature ``γ_j, β_j`` of an affine LayerNorm: the 2×2 (1×1 without shift)
+    normal equations from the diagonals of the stage sums, same ridge and prior."""
+    d, aug = info.in_features, info.has_bias
+    A, B, G, C, w = _normal_equations(sums, True, d, beta, opts.weighting)
+    j = torch.arange(d)
+    a, c = G[j, j], G[d, d].expand(d)  # Σ n_j² (+ w Σ ṅ_j²), row count
+    b, r1, r2 = G[j, d], C[j, j], C[d, j]  # Σ n_j, Σ n_j y_j (+ tangents), Σ y_j
+    mean = torch.stack([_theta(m, name, aug) for m in models]).mean(0)
+    scale = (a + c) / 2 if aug else a
+    lam = ridge * (scale if opts.ridge_mode == "relative" else torch.ones_like(a))
+    lr.ridge = lam.mean().item()
+    p_g = lam * mean[0] if opts.prior == "mean" else torch.zeros_like(a)
+    if aug:
+        p_b = lam * mean[1] if opts.prior == "mean" else torch.zeros_like(a)
+        m11, m22, rhs1, rhs2 = a + lam, c + lam, r1 + p_g, r2 + p_b
+        det = (m11 * m22 - b * b).clamp_min(1e-300)
+        gamma = (m22 * rhs1 - b * rhs2) / det
+        shift = (m11 * rhs2 - b * rhs1) / det
+        theta = torch.stack([gamma, shift])
+    else:
+        gamma = (r1 + p_g) / (a + lam).clamp_min(1e-300)
+        theta = gamma[None]
+    module = dict(merged.named_modules())[name]
+    with torch.no_grad():
+        module.weight.copy_(theta[0].to(module.weight.dtype))
+        if aug:
+            module.bias.copy_(theta[1].to(module.bias.dtype))
+    lr.intercept = aug
+    lr.rel_distance = ((theta - mean).norm() / mean.norm().clamp_min(1e-300)).item()
+
+
 def solve_stage(merged: nn.Module, models: Sequence[nn.Module], names: Sequence[str],
                 infos: dict, per_source: Sequence[dict[str, LayerSums]], *, ridge: float,
                 beta: float, opts: ProgressiveOptions, condition: bool = True
                 ) -> tuple[list[LayerReport], list[str]]:
     """Solve the named layers from their stage sums and write them into ``merged``."""
     systems, meta, reports, warns = {}, {}, [], []
+    modules = dict(merged.named_modules())
     for name in names:
         info = infos[name]
         sums = [ps[name] for ps in per_source]
@@ -199,6 +243,10 @@ def solve_stage(merged: nn.Module, models: Sequence[nn.Module], names: Sequence[
         reports.append(lr)
         if sum(rows) == 0:
             lr.solved = False
+            continue
+        if is_affine_norm(modules[name]):
+            _solve_norm(merged, models, name, info, sums, ridge=ridge, beta=beta, opts=opts,
+                        lr=lr)
             continue
         aug, d = info.has_bias, info.in_features
         dim = d + int(aug)
@@ -216,7 +264,6 @@ def solve_stage(merged: nn.Module, models: Sequence[nn.Module], names: Sequence[
         return reports, warns
     conds = condition_numbers({n: m for n, (m, _) in systems.items()}) if condition else {}
     solutions = solve_spd(systems, rescue=True)
-    modules = dict(merged.named_modules())
     by_name = {lr.name: lr for lr in reports}
     for name, sol in solutions.items():
         A, B, ysq, mean, aug = meta[name]
@@ -323,7 +370,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     if val_data is not None and len(val_data) != len(models):
         raise ValueError(f"val_data has {len(val_data)} entries for {len(models)} models; "
                          "pass one validation dataset per model")
-    infos = linear_layers(models[0], layers)
+    infos = mergeable_layers(models[0], layers, norms=opts.norms)
     need_tangents = any(b > 0 for _, b in grid)
 
     t0 = time.perf_counter()
@@ -333,7 +380,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     targets_s = time.perf_counter() - t0
     probe = build_model(models[0], mean_state_dict(models))
     order = layer_order(probe, sources[0].batches[0], forward=forward, layers=layers,
-                        seed=opts.seed)
+                        seed=opts.seed, norms=opts.norms)
     order_s = time.perf_counter() - t0 - targets_s
 
     points: list[GridPoint] = []
@@ -404,6 +451,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
         stages=[list(s) for s in (order.stages if opts.mode == "progressive"
                                   else (tuple(order.order),))],
         frames_used=[s.frames for s in sources],
+        targets_cached=[s.targets is not None for s in sources],
         grid=[asdict(p) for p in points],
         val_force_mae_mev_per_a=val[0] if val else None,
         val_energy_mae_mev_per_atom=val[1] if val else None)
