@@ -111,3 +111,26 @@ def test_linear_model_is_recovered_from_derivative_rows_alone(frames):
     # the tangents of the output are W ẋ exactly (the bias drops out)
     torch.testing.assert_close(s.tcross, s.tgram @ target.head.weight.detach().T,
                                rtol=0, atol=1e-10)
+
+
+def test_reference_energy_refit_removes_per_element_offsets():
+    """A merged model that differs from the source by per-element energy constants gets
+    them back; its forces are untouched."""
+    from gffmerge.methods.progressive import refit_reference_energies
+
+    torch.manual_seed(0)
+    source = PaiNN(n_features=8, n_interactions=1, n_rbf=6, cutoff=4.0).double().eval()
+    merged = copy.deepcopy(source)
+    with torch.no_grad():
+        merged.atomic_energies[[1, 6, 8]] += torch.tensor([0.3, -0.2, 0.5],
+                                                          dtype=torch.float64)
+    ds = load_dataset(["rmd17/ethanol", "rmd17/malonaldehyde"]).split("train").subset(
+        8, seed=0)
+    batches = _batches(ds, source.cutoff, 4)
+    sources = prepare_sources([source], [batches], frames=None, names=[], tangents=False)
+    shift = refit_reference_energies(merged, sources)
+    assert sorted(shift) == [1, 6, 8]
+    for b in batches:
+        want, got = source(b), merged(b)
+        torch.testing.assert_close(got["energy"], want["energy"], rtol=0, atol=1e-8)
+        torch.testing.assert_close(got["forces"], want["forces"], rtol=0, atol=1e-12)

@@ -49,7 +49,7 @@ from ..architecture import check_same_architecture
 from ..collect.batches import default_forward
 from ..collect.order import LayerOrder, is_affine_norm, layer_order, mergeable_layers
 from ..collect.progressive import LayerSums, Source, prepare_sources, stage_sums
-from ..collect.tangents import DIRECTIONS, is_conservative
+from ..collect.tangents import DIRECTIONS, energy_forward, is_conservative
 from ..report import LayerReport, MergeReport, MergeResult
 from ..solver import build_model, condition_numbers, mean_state_dict, solve_spd
 
@@ -78,6 +78,10 @@ class ProgressiveOptions:
     - ``frames``: frames per source for every stage (None: all the data given).
     - ``search_frames`` / ``val_frames``: frames per source for each grid point's merge and
       for its validation score.
+    - ``energy_refit``: after the layers, shift the per-element reference energies
+      (``atomic_energies``) by the least-squares fit of the sources' energies minus the
+      merged model's on the sources' frames (forces are unchanged; needs a
+      :class:`~gffmerge.models.base.ForceField`).
     - ``norms``: also fit the scale and shift of affine LayerNorms, per feature, on the
       normalised merged inputs against the sources' LayerNorm outputs (else: the mean).
     - ``seed``: directions and validation subsets.
@@ -96,6 +100,7 @@ class ProgressiveOptions:
     val_frames: int | None = 100
     ridge_grid: tuple[float, ...] = RIDGE_GRID
     beta_grid: tuple[float, ...] = BETA_GRID
+    energy_refit: bool = True
     norms: bool = False
     seed: int = 0
     backend: str = "auto"
@@ -155,6 +160,7 @@ class _Run:
     model: nn.Module
     layers: list[LayerReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    energy_shift: dict[int, float] = field(default_factory=dict)  # eV by atomic number
 
 
 def _theta(model: nn.Module, name: str, aug: bool) -> Tensor:
@@ -286,6 +292,41 @@ def solve_stage(merged: nn.Module, models: Sequence[nn.Module], names: Sequence[
     return reports, warns
 
 
+def refit_reference_energies(merged: nn.Module, sources: Sequence[Source], *,
+                             frames: int | None = None) -> dict[int, float]:
+    """Shift ``merged.atomic_energies`` per element so that the merged energies match each
+    source's energies on its own frames (pooled least squares on the element counts; the
+    minimum-norm shift when compositions are collinear). A per-element constant changes
+    no force. Returns the shifts in eV by atomic number (empty for models without
+    ``atomic_energies``)."""
+    ref = getattr(merged, "atomic_energies", None)
+    if not isinstance(ref, Tensor):
+        return {}
+    rows, rhs = [], []
+    with torch.no_grad():
+        for src in sources:
+            graphs = 0
+            for batch in src.batches:
+                if frames is not None and graphs >= frames:
+                    break
+                graphs += batch.num_graphs
+                diff = (energy_forward(src.model, batch) - energy_forward(merged, batch))
+                counts = torch.zeros(batch.num_graphs, ref.shape[0], dtype=torch.float64,
+                                     device=ref.device)
+                counts.index_put_((batch.batch.to(ref.device), batch.z.to(ref.device)),
+                                  torch.ones(batch.num_atoms, dtype=torch.float64,
+                                             device=ref.device), accumulate=True)
+                rows.append(counts)
+                rhs.append(diff.to(ref.device, torch.float64))
+    A, y = torch.cat(rows), torch.cat(rhs)
+    present = (A.sum(0) > 0).nonzero().flatten()
+    A = A[:, present]
+    delta = torch.linalg.pinv(A) @ y
+    with torch.no_grad():
+        ref[present] += delta.to(ref.dtype)
+    return {int(z): float(d) for z, d in zip(present.tolist(), delta.tolist())}
+
+
 def _merge_once(models: Sequence[nn.Module], sources: list[Source], order: LayerOrder,
                 infos: dict, opts: ProgressiveOptions, *, ridge: float, beta: float,
                 frames: int | None, forward, progress: bool, desc: str) -> _Run:
@@ -307,6 +348,8 @@ def _merge_once(models: Sequence[nn.Module], sources: list[Source], order: Layer
                                      beta=beta, opts=opts)
         run.layers += reports
         run.warnings += warns
+    if opts.energy_refit:
+        run.energy_shift = refit_reference_energies(merged, sources, frames=frames)
     return run
 
 
@@ -452,6 +495,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
                                   else (tuple(order.order),))],
         frames_used=[s.frames for s in sources],
         targets_cached=[s.targets is not None for s in sources],
+        energy_shift_ev=run.energy_shift,
         grid=[asdict(p) for p in points],
         val_force_mae_mev_per_a=val[0] if val else None,
         val_energy_mae_mev_per_atom=val[1] if val else None)
