@@ -419,7 +419,8 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     t0 = time.perf_counter()
     sources = prepare_sources(models, data, frames=opts.frames, names=list(infos),
                               tangents=need_tangents, direction=opts.directions,
-                              seed=opts.seed, labels=labels, forward=forward)
+                              seed=opts.seed, labels=labels, forward=forward,
+                              device=next(models[0].parameters()).device)
     targets_s = time.perf_counter() - t0
     probe = build_model(models[0], mean_state_dict(models))
     order = layer_order(probe, sources[0].batches[0], forward=forward, layers=layers,
