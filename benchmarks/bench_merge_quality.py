@@ -1,13 +1,17 @@
-"""Merge quality on the shipped rMD17 ethanol/malonaldehyde fine-tunes (GNS and PaiNN).
+"""Merge quality of fine-tuned force fields (GNS and PaiNN) on a pair of systems.
+
+Pairs: ``rmd17`` (the shipped ethanol / malonaldehyde fine-tunes) and ``lips20`` (Li3P /
+P2S5, two systems of different composition; fine-tunes and joint model made from the shipped
+LiPS20 foundations, see ``checkpoints/README.md``).
 
 Rows: foundation, fine-tunes, joint model, average, the paper recipe (``method="gffmerge"``
 defaults, measured on the same training frames as the progressive merges and on all
 training frames), progressive merges (fixed ridge, tangent rows, one-shot with tangent
 rows) and the automatic configuration (ridge, β and tangents picked on validation frames).
 Test frames are used for the table only. Writes ``benchmarks/results/merge_quality.md``
-(+ ``.csv``, ``.png``).
+(``merge_quality_lips20.md`` for the LiPS20 pair; + ``.csv``, ``.png``).
 
-    python benchmarks/bench_merge_quality.py [--models gns painn] [--frames 200]
+    python benchmarks/bench_merge_quality.py [--pair rmd17|lips20] [--models gns painn]
 """
 
 from __future__ import annotations
@@ -30,7 +34,12 @@ from gffmerge.evaluate import evaluate
 from gffmerge.methods.progressive import ProgressiveOptions, progressive_merge
 from gffmerge.solver import build_model, mean_state_dict
 
-SYSTEMS = ("rmd17/ethanol", "rmd17/malonaldehyde")
+PAIRS = {  # systems, checkpoint folder, joint checkpoint role, title
+    "rmd17": (("rmd17/ethanol", "rmd17/malonaldehyde"), "rmd17", "joint",
+              "rMD17 ethanol / malonaldehyde"),
+    "lips20": (("lips20/Li3P", "lips20/P2S5"), "lips20", "joint-Li3P-P2S5",
+               "LiPS20 Li3P / P2S5"),
+}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -68,6 +77,8 @@ def variants(conservative: bool, frames: int, search_frames: int, val_frames: in
                                     **common)),
                 ("progressive + tangent rows (β 1, ridge 1e-2)",
                  ProgressiveOptions(ridge=1e-2, tangents="on", beta=1.0, **common)),
+                ("progressive + tangent rows, 3 directions per frame (β 4, ridge 1e-4)",
+                 ProgressiveOptions(ridge=1e-4, tangents="on", beta=4.0, draws=3, **common)),
                 ("progressive + tangent rows along forces (β 1, ridge 1e-2)",
                  ProgressiveOptions(ridge=1e-2, tangents="on", beta=1.0, directions="force",
                                     **common))]
@@ -78,17 +89,24 @@ def variants(conservative: bool, frames: int, search_frames: int, val_frames: in
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pair", choices=sorted(PAIRS), default="rmd17")
     p.add_argument("--models", nargs="+", default=["gns", "painn"])
     p.add_argument("--frames", type=int, default=200, help="training frames per source")
     p.add_argument("--search-frames", type=int, default=64,
                    help="frames per source for each grid point of the automatic search")
     p.add_argument("--val-frames", type=int, default=100, help="validation frames per source")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/merge_quality.md"))
+    p.add_argument("--out", default=None)
     args = p.parse_args()
+    systems, folder, joint_role, title = PAIRS[args.pair]
+    short = [s.split("/")[1] for s in systems]
+    if args.out is None:
+        suffix = "" if args.pair == "rmd17" else f"_{args.pair}"
+        args.out = str(ROOT / f"benchmarks/results/merge_quality{suffix}.md")
     t_start = time.perf_counter()
-    data = load_dataset(list(SYSTEMS))
+    data = load_dataset(list(systems))
     train, val, test = data.split("train"), data.split("val"), data.split("test")
-    cmd = ("python benchmarks/bench_merge_quality.py --models " + " ".join(args.models)
+    cmd = (f"python benchmarks/bench_merge_quality.py --pair {args.pair} --models "
+           + " ".join(args.models)
            + f" --frames {args.frames} --search-frames {args.search_frames} "
            f"--val-frames {args.val_frames}")
     rows: list[dict] = []
@@ -99,29 +117,29 @@ def main() -> None:
         ev = evaluate(model, test, progress=False)
         row = {"model": model_name, "method": label, "seconds": seconds, "cpu_seconds": cpu,
                "note": note}
-        for key in ("all", *SYSTEMS):
-            short = key.split("/")[-1]
-            row[f"{short}_energy_mae_mev_per_atom"] = ev[key]["energy_mae_mev_per_atom"]
-            row[f"{short}_force_mae_mev_per_a"] = ev[key]["force_mae_mev_per_a"]
+        for key in ("all", *systems):
+            tag = key.split("/")[-1]
+            row[f"{tag}_energy_mae_mev_per_atom"] = ev[key]["energy_mae_mev_per_atom"]
+            row[f"{tag}_force_mae_mev_per_a"] = ev[key]["force_mae_mev_per_a"]
         rows.append(row)
         print(f"{model_name:6s} {label:60s} F {row['all_force_mae_mev_per_a']:7.1f} "
-              f"({row['ethanol_force_mae_mev_per_a']:.1f} / "
-              f"{row['malonaldehyde_force_mae_mev_per_a']:.1f})"
+              f"({row[f'{short[0]}_force_mae_mev_per_a']:.1f} / "
+              f"{row[f'{short[1]}_force_mae_mev_per_a']:.1f})"
               + (f"  {seconds:.1f} s" if seconds is not None else "") + f"  {note}",
               flush=True)
         return row
 
     for name in args.models:
-        ck = ROOT / "checkpoints" / "rmd17"
-        sources = [load_checkpoint(ck / f"{name}_{s.split('/')[1]}.pt")[0] for s in SYSTEMS]
+        ck = ROOT / "checkpoints" / folder
+        sources = [load_checkpoint(ck / f"{name}_{s.split('/')[1]}.pt")[0] for s in systems]
         conservative = bool(sources[0].conservative)
-        subsets = [train.for_system(s).subset(args.frames, seed=0) for s in SYSTEMS]
+        subsets = [train.for_system(s).subset(args.frames, seed=0) for s in systems]
         batches = [sub.batches_for(m, 8) for sub, m in zip(subsets, sources)]
-        vals = [val.for_system(s) for s in SYSTEMS]
+        vals = [val.for_system(s) for s in systems]
         record(name, "foundation", load_checkpoint(ck / f"{name}_foundation.pt")[0])
-        for s, m in zip(SYSTEMS, sources):
+        for s, m in zip(systems, sources):
             record(name, f"fine-tune {s.split('/')[1]}", m)
-        record(name, "joint", load_checkpoint(ck / f"{name}_joint.pt")[0])
+        record(name, "joint", load_checkpoint(ck / f"{name}_{joint_role}.pt")[0])
         t0 = time.perf_counter()
         avg = build_model(sources[0], mean_state_dict(sources))
         avg_row = record(name, "average", avg, time.perf_counter() - t0)
@@ -139,7 +157,7 @@ def main() -> None:
         t0 = time.perf_counter()
         full = gffmerge.Stats.concat(
             gffmerge.measure(m, train.for_system(s).batches_for(m, 8), progress=False)
-            for m, s in zip(sources, SYSTEMS))
+            for m, s in zip(sources, systems))
         full_measure_s = time.perf_counter() - t0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -203,10 +221,10 @@ def main() -> None:
     load_after = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    head = ("| model | method | all E | all F | ethanol E | ethanol F | malonaldehyde E | "
-            "malonaldehyde F | wall s | CPU s | notes |\n"
+    head = (f"| model | method | all E | all F | {short[0]} E | {short[0]} F | {short[1]} E | "
+            f"{short[1]} F | wall s | CPU s | notes |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|")
-    lines = ["# Merge quality on rMD17 ethanol / malonaldehyde (shipped checkpoints)", "",
+    lines = [f"# Merge quality on {title}", "",
              f"Command: `{cmd}`; commit {_commit()}; machine: {_cpu()}, "
              f"{os.cpu_count()} cores shared with other jobs, {torch.get_num_threads()} "
              f"torch threads, torch {torch.__version__}; load average "
@@ -221,7 +239,7 @@ def main() -> None:
              head]
     for r in rows:
         cells = [r["model"], r["method"]]
-        for key in ("all", "ethanol", "malonaldehyde"):
+        for key in ("all", *short):
             cells += [f"{r[f'{key}_energy_mae_mev_per_atom']:.1f}",
                       f"{r[f'{key}_force_mae_mev_per_a']:.1f}"]
         cells += [f"{r['seconds']:.1f}" if r["seconds"] is not None else "",
@@ -234,11 +252,11 @@ def main() -> None:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    _plot(rows, out.with_suffix(".png"))
+    _plot(rows, out.with_suffix(".png"), title)
     print(f"wrote {out}")
 
 
-def _plot(rows: list[dict], path: Path) -> None:
+def _plot(rows: list[dict], path: Path, title: str) -> None:
     try:
         import matplotlib
 
@@ -259,7 +277,7 @@ def _plot(rows: list[dict], path: Path) -> None:
         ax.set_yticks(range(len(rs)), labels, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("combined test force MAE (meV/Å)")
-        ax.set_title(f"{name}: rMD17 ethanol + malonaldehyde")
+        ax.set_title(f"{name}: {title}")
         for i, v in enumerate(vals):
             ax.text(v, i, f" {v:.0f}", va="center", fontsize=7)
     fig.tight_layout()

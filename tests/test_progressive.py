@@ -186,6 +186,8 @@ def test_options_are_validated():
         ProgressiveOptions(tangents="yes")
     with pytest.raises(ValueError, match="frames must be"):
         ProgressiveOptions(frames=0)
+    with pytest.raises(ValueError, match="draws must be"):
+        ProgressiveOptions(draws=0)
     assert ProgressiveOptions(ridge=1e-2, beta=1.0).candidates(True) == [(1e-2, 1.0)]
     assert ProgressiveOptions(ridge=1e-2, beta=1.0).candidates(False) == [(1e-2, 0.0)]
     grid = ProgressiveOptions(ridge_grid=(1e-3, 1e-2), beta_grid=(1.0,)).candidates(True)

@@ -8,8 +8,9 @@ source this accumulates, in float64 through ``gffmerge_ext``:
 
 * value rows: ``Σ x̃ x̃ᵀ`` (``x̃ = [x, 1]``), ``Σ x̃ yᵀ``, ``Σ ‖y‖²`` and the row count;
 * tangent rows (conservative models, :mod:`gffmerge.collect.tangents`): ``Σ ẋ ẋᵀ``,
-  ``Σ ẋ ẏᵀ``, ``Σ ‖ẏ‖²``, with ``ẋ, ẏ`` the derivatives along one displacement
-  direction per frame (no bias column: a linear layer maps ``ẋ`` to ``W ẋ``).
+  ``Σ ẋ ẏᵀ``, ``Σ ‖ẏ‖²``, with ``ẋ, ẏ`` the derivatives along ``draws`` displacement
+  directions per frame, one forward-mode pass each (no bias column: a linear layer maps
+  ``ẋ`` to ``W ẋ``). Value rows are taken from the first pass only.
 
 They are sums plus counts like :class:`~gffmerge.Stats`, so weighting and the tangent
 weight are choices made at solve time.
@@ -77,8 +78,8 @@ class Source:
     model: nn.Module
     batches: list[Any]
     label: str
-    dirs: list[Tensor | None] = field(default_factory=list)
-    targets: list[dict[str, list[tuple[Tensor, Tensor | None]]]] | None = None
+    dirs: list[list[Tensor | None]] = field(default_factory=list)  # per batch, per draw
+    targets: list[list[dict[str, list[tuple[Tensor, Tensor | None]]]]] | None = None
     frames: int = 0
 
 
@@ -146,12 +147,18 @@ def run_recording(model: nn.Module, batch: Any, names: Iterable[str], what: str,
 
 def prepare_sources(models: Sequence[nn.Module], data: Sequence[Iterable[Any]], *,
                     frames: int | None, names: Sequence[str], tangents: bool,
-                    direction: str = "random", seed: int = 0, device=None,
+                    direction: str = "random", draws: int = 1, seed: int = 0, device=None,
                     labels: Sequence[str] | None = None, cache_bytes: int = CACHE_BYTES,
                     forward=default_forward) -> list[Source]:
     """Materialise each source's batches (up to ``frames`` graphs, checked after each
-    batch), draw their directions (when ``tangents``) and cache the source's outputs of
-    ``names`` when they fit in ``cache_bytes``."""
+    batch), draw ``draws`` directions per batch (when ``tangents``; ``"force"`` directions
+    give one draw) and cache the source's outputs of ``names`` when they fit in
+    ``cache_bytes``."""
+    if draws < 1:
+        raise ValueError(f"draws must be a positive number of directions per frame, got "
+                         f"{draws}")
+    if direction == "force":
+        draws = 1
     sources = []
     for k, (model, it) in enumerate(zip(models, data)):
         label = labels[k] if labels else f"source {k}"
@@ -165,19 +172,42 @@ def prepare_sources(models: Sequence[nn.Module], data: Sequence[Iterable[Any]], 
             raise EmptyDataError(f"{label} has no data: its batch iterable yielded nothing; "
                                  "check the dataset path, split and filters")
         src = Source(model, batches, label, frames=graphs)
-        src.dirs = [directions(b, direction, seed=seed * 100003 + k * 1009 + i)
-                    if tangents else None for i, b in enumerate(batches)]
+        src.dirs = [[directions(b, direction, seed=seed * 100003 + k * 1009 + i * 31 + d)
+                     for d in range(draws)] if tangents else [None]
+                    for i, b in enumerate(batches)]
         model.eval()
-        first = run_recording(model, batches[0], names, "output", u=src.dirs[0],
+        first = run_recording(model, batches[0], names, "output", u=src.dirs[0][0],
                               forward=forward)
         size = sum(t.numel() * t.element_size() * (1 + tangents)
                    for calls in first.values() for t, _ in calls)
-        if size * len(batches) <= cache_bytes:
-            src.targets = [first] + [
-                run_recording(model, b, names, "output", u=u, forward=forward)
-                for b, u in zip(batches[1:], src.dirs[1:])]
+        if size * len(batches) * len(src.dirs[0]) <= cache_bytes:
+            src.targets = [[first if (i, d) == (0, 0) else
+                            run_recording(model, b, names, "output", u=u, forward=forward)
+                            for d, u in enumerate(us)]
+                           for i, (b, us) in enumerate(zip(batches, src.dirs))]
         sources.append(src)
     return sources
+
+
+def _accumulate(sums: dict[str, LayerSums], names: Sequence[str], xs: dict, ys: dict, *,
+                values: bool, tangents: bool, backend: str, label: str) -> None:
+    for n in names:
+        s = sums[n]
+        if len(xs[n]) != len(ys[n]):
+            raise RuntimeError(f"layer '{n}' was called {len(xs[n])} times by the merged "
+                               f"model but {len(ys[n])} times by {label} on the same batch; "
+                               "the models must share one forward")
+        for (x, dx), (y, dy) in zip(xs[n], ys[n]):
+            if values:
+                gram_(s.gram, x, augment=True, backend=backend)
+                cross_(s.cross, x, y, augment_x=True, backend=backend)
+                s.rows += x.shape[0]
+                s.ysq += y.double().square().sum().item()
+            if tangents:
+                gram_(s.tgram, dx, backend=backend)
+                cross_(s.tcross, dx, dy, backend=backend)
+                s.trows += dx.shape[0]
+                s.tysq += dy.double().square().sum().item()
 
 
 def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Sequence[str],
@@ -202,30 +232,16 @@ def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Seque
             if frames is not None and graphs >= frames:
                 break
             graphs += batch_entries(batch)
-            u = src.dirs[i] if tangents else None
-            xs = run_recording(inp_model, batch, names, "input", u=u, calls=calls,
-                               forward=forward)
-            if src.targets is not None:
-                ys = src.targets[i]
-            else:
-                ys = run_recording(src.model, batch, names, "output", u=u, calls=calls,
+            for d, u in enumerate(src.dirs[i] if tangents else [None]):
+                xs = run_recording(inp_model, batch, names, "input", u=u, calls=calls,
                                    forward=forward)
-            for n in names:
-                s = sums[n]
-                if len(xs[n]) != len(ys[n]):
-                    raise RuntimeError(f"layer '{n}' was called {len(xs[n])} times by the "
-                                       f"merged model but {len(ys[n])} times by {src.label} "
-                                       "on the same batch; the models must share one forward")
-                for (x, dx), (y, dy) in zip(xs[n], ys[n]):
-                    gram_(s.gram, x, augment=True, backend=backend)
-                    cross_(s.cross, x, y, augment_x=True, backend=backend)
-                    s.rows += x.shape[0]
-                    s.ysq += y.double().square().sum().item()
-                    if tangents:
-                        gram_(s.tgram, dx, backend=backend)
-                        cross_(s.tcross, dx, dy, backend=backend)
-                        s.trows += dx.shape[0]
-                        s.tysq += dy.double().square().sum().item()
+                if src.targets is not None:
+                    ys = src.targets[i][d]
+                else:
+                    ys = run_recording(src.model, batch, names, "output", u=u, calls=calls,
+                                       forward=forward)
+                _accumulate(sums, names, xs, ys, values=d == 0, tangents=tangents,
+                            backend=backend, label=src.label)
         for n in names:
             g = sums[n].gram.diagonal().sum()
             t = sums[n].tgram.diagonal().sum() if tangents else g.new_zeros(())

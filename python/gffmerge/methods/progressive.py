@@ -73,8 +73,9 @@ class ProgressiveOptions:
       when searching, both with and without), ``"on"``, ``"off"``.
     - ``beta``: weight of the tangent rows (``w = β tr(Gₓ)/tr(Gₜ)``), or ``"auto"``
       (chosen from ``beta_grid``).
-    - ``directions``: ``"random"`` unit displacement per frame or ``"force"`` (the
-      reference-force direction).
+    - ``directions``: ``"random"`` unit displacements or ``"force"`` (the reference-force
+      direction; one per frame).
+    - ``draws``: random directions per frame (one forward-mode pass each).
     - ``frames``: frames per source for every stage (None: all the data given).
     - ``search_frames`` / ``val_frames``: frames per source for each grid point's merge and
       for its validation score.
@@ -95,6 +96,7 @@ class ProgressiveOptions:
     tangents: Literal["auto", "on", "off"] = "auto"
     beta: float | Literal["auto"] = "auto"
     directions: Literal["random", "force"] = "random"
+    draws: int = 1
     frames: int | None = 200
     search_frames: int | None = 64
     val_frames: int | None = 100
@@ -117,6 +119,9 @@ class ProgressiveOptions:
             v = getattr(self, name)
             if v != "auto" and not (isinstance(v, int | float) and v >= 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be a number >= 0 or 'auto', got {v!r}")
+        if not isinstance(self.draws, int) or self.draws < 1:
+            raise ValueError(f"draws must be a positive number of directions per frame, "
+                             f"got {self.draws!r}")
         for name in ("frames", "search_frames", "val_frames"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
@@ -419,6 +424,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     t0 = time.perf_counter()
     sources = prepare_sources(models, data, frames=opts.frames, names=list(infos),
                               tangents=need_tangents, direction=opts.directions,
+                              draws=opts.draws,
                               seed=opts.seed, labels=labels, forward=forward,
                               device=next(models[0].parameters()).device)
     targets_s = time.perf_counter() - t0
