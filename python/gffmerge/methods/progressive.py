@@ -397,7 +397,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     sources' mean. The report's ``options`` also records the stages, the chosen point,
     and the validation error of every grid point.
     """
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.process_time()
     opts = options or ProgressiveOptions()
     if kwargs:
         opts = ProgressiveOptions(**{**asdict(opts), **kwargs})
@@ -421,13 +421,13 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     infos = mergeable_layers(models[0], layers, norms=opts.norms)
     need_tangents = any(b > 0 for _, b in grid)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     sources = prepare_sources(models, data, frames=opts.frames, names=list(infos),
                               tangents=need_tangents, direction=opts.directions,
                               draws=opts.draws,
                               seed=opts.seed, labels=labels, forward=forward,
                               device=next(models[0].parameters()).device)
-    targets_s = time.perf_counter() - t0
+    targets_s, targets_c = time.perf_counter() - t0, time.process_time() - c0
     probe = build_model(models[0], mean_state_dict(models))
     order = layer_order(probe, sources[0].batches[0], forward=forward, layers=layers,
                         seed=opts.seed, norms=opts.norms)
@@ -436,7 +436,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     points: list[GridPoint] = []
     best = grid[0]
     val_sets = _val_sets(val_data, opts.val_frames, opts.seed) if val_data is not None else None
-    t_search = time.perf_counter()
+    t_search, c_search = time.perf_counter(), time.process_time()
     runs: dict[tuple[float, float], _Run] = {}
     reduced = opts.search_frames
     if opts.frames is not None and reduced is not None:
@@ -469,12 +469,12 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
                 score(ridge, beta)
         pick = min(points, key=lambda p: p.val_force_mae_mev_per_a)
         best = (pick.ridge, pick.beta)
-    search_s = time.perf_counter() - t_search
-    t_final = time.perf_counter()
+    search_s, search_c = time.perf_counter() - t_search, time.process_time() - c_search
+    t_final, c_final = time.perf_counter(), time.process_time()
     run = runs.get(best) or _merge_once(models, sources, order, infos, opts, ridge=best[0],
                                         beta=best[1], frames=opts.frames, forward=forward,
                                         progress=progress, desc="merge")
-    final_s = time.perf_counter() - t_final
+    final_s, final_c = time.perf_counter() - t_final, time.process_time() - c_final
     val = validation_error(run.model, val_sets) if val_sets is not None else None
 
     report = MergeReport(method=f"progressive ({opts.mode})", options=asdict(opts),
@@ -507,5 +507,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
         val_force_mae_mev_per_a=val[0] if val else None,
         val_energy_mae_mev_per_atom=val[1] if val else None)
     report.times.update(targets=targets_s, order=order_s, search=search_s, merge=final_s,
-                        total=time.perf_counter() - t_start)
+                        total=time.perf_counter() - t_start, targets_cpu=targets_c,
+                        search_cpu=search_c, merge_cpu=final_c,
+                        total_cpu=time.process_time() - c_start)
     return MergeResult(run.model, report)
