@@ -134,3 +134,23 @@ def test_reference_energy_refit_removes_per_element_offsets():
         want, got = source(b), merged(b)
         torch.testing.assert_close(got["energy"], want["energy"], rtol=0, atol=1e-8)
         torch.testing.assert_close(got["forces"], want["forces"], rtol=0, atol=1e-12)
+
+
+def test_tangent_rows_reach_every_layer_of_a_direct_force_model(frames):
+    """With tangents on a direct-force model the dual pass runs the full forward, so the
+    force head is measured and solved too."""
+    from gffmerge.methods.progressive import ProgressiveOptions, progressive_merge
+    from gffmerge.models.gns import GNS
+    from gffmerge.testing import fine_tunes
+
+    torch.manual_seed(0)
+    base = GNS(latent_dim=8, hidden_dim=8, n_layers=1, n_rbf=6, cutoff=4.0).double()
+    sources = fine_tunes(base, 2, scale=0.05, seed=2)
+    batches = [_batches(frames, base.cutoff, 3) for _ in sources]
+    res = progressive_merge(sources, batches, ProgressiveOptions(ridge=1e-2, tangents="on",
+                                                                 beta=1.0, frames=None),
+                            progress=False)
+    assert res.report.options["chosen_beta"] == 1.0
+    names = {lr.name for lr in res.report.layers if lr.solved}
+    assert {"force_head.0", "force_head.2", "energy_head.2"} <= names
+    assert all(lr.solved for lr in res.report.layers)

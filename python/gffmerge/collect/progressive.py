@@ -137,7 +137,7 @@ def run_recording(model: nn.Module, batch: Any, names: Iterable[str], what: str,
                 forward(model, batch)
             else:
                 with fwad.dual_level():
-                    run_with_tangent(model, batch, u)
+                    run_with_tangent(model, batch, u, forward)
     except _StageDone:
         pass
     finally:

@@ -21,6 +21,8 @@ import torch
 import torch.autograd.forward_ad as fwad
 from torch import Tensor, nn
 
+from .batches import default_forward
+
 DIRECTIONS = ("random", "force")
 
 
@@ -62,14 +64,16 @@ def energy_forward(model: nn.Module, batch) -> Tensor:
     return model(batch, compute_forces=False)["energy"]
 
 
-def run_with_tangent(model: nn.Module, batch, u: Tensor) -> None:
-    """Run ``model``'s energy path on ``batch`` with positions dual along ``u``.
+def run_with_tangent(model: nn.Module, batch, u: Tensor, forward=None) -> None:
+    """Run ``forward(model, batch)`` with positions dual along ``u`` (default: the
+    measuring forward, i.e. the energy path of a conservative model, the full forward with
+    the direct force head otherwise).
 
     Hooks on the model's layers see dual tensors; :func:`split_dual` takes them apart.
     Must be called inside ``torch.autograd.forward_ad.dual_level()``.
     """
     pos = fwad.make_dual(batch.pos.detach(), u.to(batch.pos.dtype))
-    energy_forward(model, replace(batch, pos=pos))
+    (forward or default_forward)(model, replace(batch, pos=pos))
 
 
 def split_dual(t: Tensor) -> tuple[Tensor, Tensor]:
