@@ -109,6 +109,7 @@ def main() -> None:
            + " ".join(args.models)
            + f" --frames {args.frames} --search-frames {args.search_frames} "
            f"--val-frames {args.val_frames}")
+    commit = _commit()  # before any result file is rewritten
     rows: list[dict] = []
     sections: list[str] = []
     load_before = os.getloadavg()
@@ -234,7 +235,7 @@ def main() -> None:
             f"{short[1]} F | wall s | CPU s | notes |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [f"# Merge quality on {title}", "",
-             f"Command: `{cmd}`; commit {_commit()}; machine: {_cpu()}, "
+             f"Command: `{cmd}`; commit {commit}; machine: {_cpu()}, "
              f"{os.cpu_count()} cores shared with other jobs, {torch.get_num_threads()} "
              f"torch threads, torch {torch.__version__}; load average "
              f"{load_before[0]:.1f} at start, {load_after[0]:.1f} at end; total "
