@@ -1,0 +1,253 @@
+"""Stage statistics of a progressive merge: merged-model inputs against source targets.
+
+For a stage (a set of linear layers that do not feed one another, see
+:mod:`gffmerge.collect.order`) and each source k, the merged-so-far model runs on source
+k's own frames and each stage layer's input rows ``x`` are recorded; source k runs on the
+*same* batch and its own outputs ``y`` of those layers are the targets. Per layer and
+source this accumulates, in float64 through ``gffmerge_ext``:
+
+* value rows: ``Σ x̃ x̃ᵀ`` (``x̃ = [x, 1]``), ``Σ x̃ yᵀ``, ``Σ ‖y‖²`` and the row count;
+* tangent rows (conservative models, :mod:`gffmerge.collect.tangents`): ``Σ ẋ ẋᵀ``,
+  ``Σ ẋ ẏᵀ``, ``Σ ‖ẏ‖²``, with ``ẋ, ẏ`` the derivatives along ``draws`` displacement
+  directions per frame, one forward-mode pass each (no bias column: a linear layer maps
+  ``ẋ`` to ``W ẋ``). Value rows are taken from the first pass only.
+
+They are sums plus counts like :class:`~gffmerge.Stats`, so weighting and the tangent
+weight are choices made at solve time.
+
+Each source's targets are computed once (one forward per source, all layers) and kept
+when they fit in ``cache_bytes``; otherwise the source is re-run per stage on the stage's
+layers only. A pass stops as soon as every stage layer has been called as often as in
+one full forward, so early stages cost part of a forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.autograd.forward_ad as fwad
+from torch import Tensor, nn
+
+from gffmerge_ext import cross_, gram_
+
+from ..errors import EmptyDataError, NonFiniteActivationError
+from .batches import batch_entries, default_forward, move_to
+from .order import layer_input, layer_width
+from .tangents import directions, run_with_tangent, split_dual
+
+# Keep each source's layer outputs in memory up to this size (else recompute per stage).
+CACHE_BYTES = 1 << 30
+
+
+@dataclass
+class LayerSums:
+    """Sums of one layer for one source (see module docstring)."""
+
+    gram: Tensor  # [d+1, d+1] Σ x̃x̃ᵀ
+    cross: Tensor  # [d+1, out] Σ x̃yᵀ
+    rows: int = 0
+    ysq: float = 0.0  # Σ ‖y‖²
+    tgram: Tensor | None = None  # [d, d] Σ ẋẋᵀ
+    tcross: Tensor | None = None  # [d, out] Σ ẋẏᵀ
+    trows: int = 0
+    tysq: float = 0.0
+
+    @classmethod
+    def empty(cls, d_in: int, d_out: int, tangents: bool, device) -> LayerSums:
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=device)
+        return cls(z(d_in + 1, d_in + 1), z(d_in + 1, d_out),
+                   tgram=z(d_in, d_in) if tangents else None,
+                   tcross=z(d_in, d_out) if tangents else None)
+
+    def __add__(self, other: LayerSums) -> LayerSums:
+        add = lambda a, b: None if a is None else a + b
+        return LayerSums(self.gram + other.gram, self.cross + other.cross,
+                         self.rows + other.rows, self.ysq + other.ysq,
+                         add(self.tgram, other.tgram), add(self.tcross, other.tcross),
+                         self.trows + other.trows, self.tysq + other.tysq)
+
+
+@dataclass
+class Source:
+    """One source model, the batches it is measured on, their displacement directions and
+    (when cached) its layer outputs on them."""
+
+    model: nn.Module
+    batches: list[Any]
+    label: str
+    dirs: list[list[Tensor | None]] = field(default_factory=list)  # per batch, per draw
+    targets: list[list[dict[str, list[tuple[Tensor, Tensor | None]]]]] | None = None
+    frames: int = 0
+
+
+class _StageDone(Exception):
+    """Raised by a hook once every wanted layer has been seen: the rest of the forward is
+    not needed."""
+
+
+class _Recorder:
+    """Hooks recording inputs (``what="input"``) or outputs of some layers of a model."""
+
+    def __init__(self, model: nn.Module, names: Iterable[str], what: str,
+                 calls: dict[str, int] | None, tangents: bool):
+        modules = dict(model.named_modules())
+        self.names = list(names)
+        self.seen: dict[str, list[tuple[Tensor, Tensor | None]]] = {n: [] for n in self.names}
+        self.calls = calls
+        self.tangents = tangents
+        self.handles = []
+        for n in self.names:
+            m = modules[n]
+
+            def hook(module, args, kwargs, output, n=n):
+                if what == "input":
+                    t = layer_input(module, args, kwargs)
+                else:
+                    t = output.reshape(-1, layer_width(module))
+                if self.tangents:
+                    primal, tangent = split_dual(t)
+                else:
+                    primal, tangent = t.detach(), None
+                self.seen[n].append((primal, tangent))
+                if self.calls is not None and all(
+                        len(self.seen[x]) >= self.calls.get(x, 1) for x in self.names):
+                    raise _StageDone
+
+            self.handles.append(m.register_forward_hook(hook, with_kwargs=True))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def run_recording(model: nn.Module, batch: Any, names: Iterable[str], what: str, *,
+                  u: Tensor | None = None, calls: dict[str, int] | None = None,
+                  forward=default_forward) -> dict[str, list[tuple[Tensor, Tensor | None]]]:
+    """Run ``model`` on ``batch`` (eval, no grad) and return, per named layer and call, its
+    ``(input or output rows, tangent rows or None)``. With ``u`` the energy path runs with
+    positions dual along ``u`` (tangents); with ``calls`` the pass stops once every named
+    layer has been called that often."""
+    rec = _Recorder(model, names, what, calls, tangents=u is not None)
+    try:
+        with torch.no_grad():
+            if u is None:
+                forward(model, batch)
+            else:
+                with fwad.dual_level():
+                    run_with_tangent(model, batch, u, forward)
+    except _StageDone:
+        pass
+    finally:
+        rec.remove()
+    return rec.seen
+
+
+def prepare_sources(models: Sequence[nn.Module], data: Sequence[Iterable[Any]], *,
+                    frames: int | None, names: Sequence[str], tangents: bool,
+                    direction: str = "random", draws: int = 1, seed: int = 0, device=None,
+                    labels: Sequence[str] | None = None, cache_bytes: int = CACHE_BYTES,
+                    forward=default_forward) -> list[Source]:
+    """Materialise each source's batches (up to ``frames`` graphs, checked after each
+    batch), draw ``draws`` directions per batch (when ``tangents``; ``"force"`` directions
+    give one draw) and cache the source's outputs of ``names`` when they fit in
+    ``cache_bytes``."""
+    if draws < 1:
+        raise ValueError(f"draws must be a positive number of directions per frame, got "
+                         f"{draws}")
+    if direction == "force":
+        draws = 1
+    sources = []
+    for k, (model, it) in enumerate(zip(models, data)):
+        label = labels[k] if labels else f"source {k}"
+        batches, graphs = [], 0
+        for batch in it:
+            batches.append(move_to(batch, device))
+            graphs += batch_entries(batch)
+            if frames is not None and graphs >= frames:
+                break
+        if not batches:
+            raise EmptyDataError(f"{label} has no data: its batch iterable yielded nothing; "
+                                 "check the dataset path, split and filters")
+        src = Source(model, batches, label, frames=graphs)
+        src.dirs = [[directions(b, direction, seed=seed * 100003 + k * 1009 + i * 31 + d)
+                     for d in range(draws)] if tangents else [None]
+                    for i, b in enumerate(batches)]
+        model.eval()
+        first = run_recording(model, batches[0], names, "output", u=src.dirs[0][0],
+                              forward=forward)
+        size = sum(t.numel() * t.element_size() * (1 + tangents)
+                   for calls in first.values() for t, _ in calls)
+        if size * len(batches) * len(src.dirs[0]) <= cache_bytes:
+            src.targets = [[first if (i, d) == (0, 0) else
+                            run_recording(model, b, names, "output", u=u, forward=forward)
+                            for d, u in enumerate(us)]
+                           for i, (b, us) in enumerate(zip(batches, src.dirs))]
+        sources.append(src)
+    return sources
+
+
+def _accumulate(sums: dict[str, LayerSums], names: Sequence[str], xs: dict, ys: dict, *,
+                values: bool, tangents: bool, backend: str, label: str) -> None:
+    for n in names:
+        s = sums[n]
+        if len(xs[n]) != len(ys[n]):
+            raise RuntimeError(f"layer '{n}' was called {len(xs[n])} times by the merged "
+                               f"model but {len(ys[n])} times by {label} on the same batch; "
+                               "the models must share one forward")
+        for (x, dx), (y, dy) in zip(xs[n], ys[n]):
+            if values:
+                gram_(s.gram, x, augment=True, backend=backend)
+                cross_(s.cross, x, y, augment_x=True, backend=backend)
+                s.rows += x.shape[0]
+                s.ysq += y.double().square().sum().item()
+            if tangents:
+                gram_(s.tgram, dx, backend=backend)
+                cross_(s.tcross, dx, dy, backend=backend)
+                s.trows += dx.shape[0]
+                s.tysq += dy.double().square().sum().item()
+
+
+def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Sequence[str],
+               infos: dict, *, calls: dict[str, int] | None = None, tangents: bool = False,
+               forward=default_forward, backend: str = "auto",
+               frames: int | None = None) -> list[dict[str, LayerSums]]:
+    """Per source, the :class:`LayerSums` of the named layers.
+
+    Inputs come from ``merged`` (progressive) or, when ``merged`` is None, from each source
+    itself (one-shot). ``frames`` uses only the first batches of each source up to that many
+    graphs (a reduced budget for hyperparameter search).
+    """
+    out = []
+    device = None
+    for src in sources:
+        sums = {n: LayerSums.empty(infos[n].in_features, infos[n].out_features, tangents,
+                                   device) for n in names}
+        inp_model = merged if merged is not None else src.model
+        inp_model.eval()
+        graphs = 0
+        for i, batch in enumerate(src.batches):
+            if frames is not None and graphs >= frames:
+                break
+            graphs += batch_entries(batch)
+            for d, u in enumerate(src.dirs[i] if tangents else [None]):
+                xs = run_recording(inp_model, batch, names, "input", u=u, calls=calls,
+                                   forward=forward)
+                if src.targets is not None:
+                    ys = src.targets[i][d]
+                else:
+                    ys = run_recording(src.model, batch, names, "output", u=u, calls=calls,
+                                       forward=forward)
+                _accumulate(sums, names, xs, ys, values=d == 0, tangents=tangents,
+                            backend=backend, label=src.label)
+        for n in names:
+            g = sums[n].gram.diagonal().sum()
+            t = sums[n].tgram.diagonal().sum() if tangents else g.new_zeros(())
+            if not (torch.isfinite(g) and torch.isfinite(t)):
+                raise NonFiniteActivationError(
+                    f"layer '{n}' received NaN/Inf inputs on the frames of {src.label}; "
+                    "check those frames and that the models' weights are finite")
+        out.append(sums)
+    return out

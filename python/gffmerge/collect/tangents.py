@@ -1,0 +1,85 @@
+"""Forward-mode tangents of layer inputs and outputs along atomic displacements.
+
+For a conservative force field (forces = −∂E/∂r) the forces are derivatives of the
+energy path, so a merged layer should reproduce the sources' layer outputs *and* their
+derivatives with respect to the positions. Displacing all positions along a direction
+``u`` (one per frame), forward-mode AD gives for every layer its input ``x`` and the
+tangent ``ẋ = ∂x/∂r · u`` in the same pass; a linear layer maps ``ẋ`` to ``W ẋ`` (the bias
+drops out), so tangent rows enter the normal equations with a 0 in the bias column.
+
+Directions: ``"random"`` draws a Gaussian ``[N_frame, 3]`` per frame, normalised to unit
+length over the frame (seeded per source and batch, so every pass over a batch uses the
+same directions); ``"force"`` uses the frame's reference forces, normalised the same way
+(a frame with zero forces falls back to a random direction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.autograd.forward_ad as fwad
+from torch import Tensor, nn
+
+from .batches import default_forward
+
+DIRECTIONS = ("random", "force")
+
+
+def is_conservative(model: nn.Module) -> bool:
+    """Whether ``model``'s forces are −∂E/∂r (the ``conservative`` flag of
+    :class:`~gffmerge.models.base.ForceField`; models without it are treated as direct)."""
+    return bool(getattr(model, "conservative", False))
+
+
+def _per_frame_unit(v: Tensor, graph: Tensor, num_graphs: int) -> Tensor:
+    sq = v.new_zeros(num_graphs).index_add_(0, graph, v.square().sum(1))
+    return v / sq.sqrt().clamp_min(1e-30).index_select(0, graph).unsqueeze(-1)
+
+
+def directions(batch, kind: str = "random", *, seed: int = 0) -> Tensor:
+    """``[N, 3]`` displacement directions of unit length per frame (see module docstring),
+    in the dtype and on the device of ``batch.pos``."""
+    if kind not in DIRECTIONS:
+        raise ValueError(f"directions must be one of {DIRECTIONS}, got {kind!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+    pos = batch.pos
+    u = torch.randn(pos.shape, generator=gen, dtype=torch.float64)
+    if kind == "force":
+        if batch.forces is None:
+            raise ValueError("directions='force' needs reference forces in the batches; "
+                             "use directions='random' for unlabelled data")
+        f = batch.forces.detach().to("cpu", torch.float64)
+        norm = torch.zeros(batch.num_graphs, dtype=torch.float64).index_add_(
+            0, batch.batch.cpu(), f.square().sum(1))
+        has = (norm > 0).index_select(0, batch.batch.cpu()).unsqueeze(-1)
+        u = torch.where(has, f, u)
+    u = _per_frame_unit(u, batch.batch.cpu(), batch.num_graphs)
+    return u.to(device=pos.device, dtype=pos.dtype)
+
+
+def energy_forward(model: nn.Module, batch) -> Tensor:
+    """The energy path of a force field (no force computation): ``model(batch,
+    compute_forces=False)["energy"]``."""
+    return model(batch, compute_forces=False)["energy"]
+
+
+def run_with_tangent(model: nn.Module, batch, u: Tensor, forward=None) -> None:
+    """Run ``forward(model, batch)`` with positions dual along ``u`` (default: the
+    measuring forward, i.e. the energy path of a conservative model, the full forward with
+    the direct force head otherwise).
+
+    Hooks on the model's layers see dual tensors; :func:`split_dual` takes them apart.
+    Must be called inside ``torch.autograd.forward_ad.dual_level()``.
+    """
+    pos = fwad.make_dual(batch.pos.detach(), u.to(batch.pos.dtype))
+    (forward or default_forward)(model, replace(batch, pos=pos))
+
+
+def split_dual(t: Tensor) -> tuple[Tensor, Tensor]:
+    """``(primal, tangent)`` of a tensor seen inside a dual level; the tangent is zeros when
+    the tensor does not depend on the positions."""
+    primal, tangent = fwad.unpack_dual(t)
+    if tangent is None:
+        tangent = torch.zeros_like(primal)
+    return primal.detach(), tangent.detach()

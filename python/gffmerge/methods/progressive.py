@@ -1,0 +1,513 @@
+"""Progressive, force-aware closed-form merge (RegMean++-style inputs, tangent rows).
+
+The one-shot closed form (:mod:`gffmerge.methods.gffmerge`) fits every layer on inputs
+produced by each *source* model, but the merged model feeds each layer with inputs from
+*merged* earlier layers. The progressive merge solves the layers stage by stage in forward
+order (:mod:`gffmerge.collect.order`): for stage s, the model merged so far runs on each
+source k's own frames and gives the layer inputs ``x``; source k's own outputs ``y`` of
+the same layers on the same batch are the targets (:mod:`gffmerge.collect.progressive`).
+Per layer, with ``x̃ = [x, 1]`` for layers with a bias, pooled over the sources,
+
+    G = Σ_k Σ x̃ x̃ᵀ + w Σ_k Σ ẋ ẋᵀ,     C = Σ_k Σ x̃ yᵀ + w Σ_k Σ ẋ ẏᵀ,
+    (G + λI) Θ = C + λ Θ̄,               λ = ridge · tr(G) / dim  (relative),
+
+where ``Θ̄`` is the sources' mean ``[Wᵀ; bᵀ]`` and the tangent rows ``ẋ, ẏ`` (derivatives
+along one displacement direction per frame, :mod:`gffmerge.collect.tangents`) make the
+merged layer match derivatives as well as values: forces of conservative models are
+derivatives. ``w = β · tr(Gₓ)/tr(Gₜ)`` makes β a scale-free weight of the derivative
+rows against the value rows. Every other parameter (embeddings, LayerNorm) is the mean.
+
+Cost: ``stages`` passes of the merged model per source (each stops after the stage's last
+layer) plus one pass of each source for the targets; with tangents every pass is a
+forward-mode pass on the energy path (about 2–3× a plain forward).
+
+Hyperparameters from data (``ridge="auto"``, ``beta="auto"``, ``tangents="auto"`` on a
+conservative model with either of them automatic): points of the grid (``ridge_grid`` ×
+tangent weights, ``0`` meaning no tangent rows) are merged on a reduced budget of
+``search_frames`` frames per source and scored by the merged model's force MAE on the
+sources' own validation frames (``val_frames`` per source, pooled over force components);
+the best point is then merged with the full ``frames`` budget. When both the ridge and β
+are searched, the search is coordinate-wise (every β at the middle ridge, then every other
+ridge at the best β: ``|β| + |ridge| − 1`` merges instead of ``|β| · |ridge|``). Stage
+statistics depend on the earlier stages' solutions, so they cannot be shared between grid
+points; the reduced budget is what keeps the search cheap. Test data is never used.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..architecture import check_same_architecture
+from ..collect.batches import default_forward
+from ..collect.order import LayerOrder, is_affine_norm, layer_order, mergeable_layers
+from ..collect.progressive import LayerSums, Source, prepare_sources, stage_sums
+from ..collect.tangents import DIRECTIONS, energy_forward, is_conservative
+from ..report import LayerReport, MergeReport, MergeResult
+from ..solver import build_model, condition_numbers, mean_state_dict, solve_spd
+
+RIDGE_GRID = (1e-4, 1e-3, 1e-2)
+BETA_GRID = (1.0, 4.0)
+
+
+@dataclass(frozen=True)
+class ProgressiveOptions:
+    """Options of :func:`progressive_merge`.
+
+    - ``mode``: ``"progressive"`` (inputs from the merged-so-far model) or ``"one-shot"``
+      (inputs from each source itself; with tangent rows this is the force-aware one-shot).
+    - ``ridge``: relative (or absolute) λ, or ``"auto"`` (chosen on validation data from
+      ``ridge_grid``).
+    - ``ridge_mode``: ``"relative"`` (λ · tr(G)/dim) or ``"absolute"``.
+    - ``prior``: ``"mean"`` (shrink toward the sources' mean) or ``"zero"``.
+    - ``weighting``: ``"pooled"`` (each source by its row count) or ``"per_model"`` (each
+      source's sums divided by its rows).
+    - ``tangents``: ``"auto"`` (tangent rows for conservative models, i.e. forces = −∂E/∂r;
+      when searching, both with and without), ``"on"``, ``"off"``.
+    - ``beta``: weight of the tangent rows (``w = β tr(Gₓ)/tr(Gₜ)``), or ``"auto"``
+      (chosen from ``beta_grid``).
+    - ``directions``: ``"random"`` unit displacements or ``"force"`` (the reference-force
+      direction; one per frame).
+    - ``draws``: random directions per frame (one forward-mode pass each).
+    - ``frames``: frames per source for every stage (None: all the data given).
+    - ``search_frames`` / ``val_frames``: frames per source for each grid point's merge and
+      for its validation score.
+    - ``energy_refit``: after the layers, shift the per-element reference energies
+      (``atomic_energies``) by the least-squares fit of the sources' energies minus the
+      merged model's on the sources' frames (forces are unchanged; needs a
+      :class:`~gffmerge.models.base.ForceField`).
+    - ``norms``: also fit the scale and shift of affine LayerNorms, per feature, on the
+      normalised merged inputs against the sources' LayerNorm outputs (else: the mean).
+    - ``seed``: directions and validation subsets.
+    """
+
+    mode: Literal["progressive", "one-shot"] = "progressive"
+    ridge: float | Literal["auto"] = "auto"
+    ridge_mode: Literal["relative", "absolute"] = "relative"
+    prior: Literal["mean", "zero"] = "mean"
+    weighting: Literal["pooled", "per_model"] = "pooled"
+    tangents: Literal["auto", "on", "off"] = "auto"
+    beta: float | Literal["auto"] = "auto"
+    directions: Literal["random", "force"] = "random"
+    draws: int = 1
+    frames: int | None = 200
+    search_frames: int | None = 64
+    val_frames: int | None = 100
+    ridge_grid: tuple[float, ...] = RIDGE_GRID
+    beta_grid: tuple[float, ...] = BETA_GRID
+    energy_refit: bool = True
+    norms: bool = False
+    seed: int = 0
+    backend: str = "auto"
+
+    def __post_init__(self):
+        choices = {"mode": ("progressive", "one-shot"), "ridge_mode": ("relative", "absolute"),
+                   "prior": ("mean", "zero"), "weighting": ("pooled", "per_model"),
+                   "tangents": ("auto", "on", "off"), "directions": DIRECTIONS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not valid; choose one of "
+                                 f"{', '.join(map(repr, allowed))}")
+        for name in ("ridge", "beta"):
+            v = getattr(self, name)
+            if v != "auto" and not (isinstance(v, int | float) and v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be a number >= 0 or 'auto', got {v!r}")
+        if not isinstance(self.draws, int) or self.draws < 1:
+            raise ValueError(f"draws must be a positive number of directions per frame, "
+                             f"got {self.draws!r}")
+        for name in ("frames", "search_frames", "val_frames"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive number of frames or None, "
+                                 f"got {v!r}")
+        for name in ("ridge_grid", "beta_grid"):
+            grid = tuple(getattr(self, name))
+            if not grid or any(not (g >= 0) for g in grid):
+                raise ValueError(f"{name} must be a non-empty tuple of numbers >= 0, "
+                                 f"got {grid!r}")
+            object.__setattr__(self, name, grid)
+
+    def candidates(self, conservative: bool) -> list[tuple[float, float]]:
+        """The (ridge, β) points to try; a single point means no search."""
+        ridges = list(self.ridge_grid) if self.ridge == "auto" else [float(self.ridge)]
+        betas_on = list(self.beta_grid) if self.beta == "auto" else [float(self.beta)]
+        if self.tangents == "off" or (self.tangents == "auto" and not conservative):
+            betas = [0.0]
+        elif self.tangents == "on":
+            betas = betas_on
+        elif self.ridge == "auto" or self.beta == "auto":  # auto, conservative, searching
+            betas = [0.0, *betas_on]
+        else:
+            betas = betas_on
+        return [(r, b) for r, b in itertools.product(ridges, betas)]
+
+
+@dataclass
+class GridPoint:
+    """One hyperparameter point tried on the reduced budget and its validation error."""
+
+    ridge: float
+    beta: float
+    val_force_mae_mev_per_a: float
+    val_energy_mae_mev_per_atom: float
+    seconds: float
+
+
+@dataclass
+class _Run:
+    model: nn.Module
+    layers: list[LayerReport] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    energy_shift: dict[int, float] = field(default_factory=dict)  # eV by atomic number
+
+
+def _theta(model: nn.Module, name: str, aug: bool) -> Tensor:
+    """``[Wᵀ; bᵀ]`` (``[Wᵀ]`` without intercept) of one layer in float64; ``[γ; β]`` rows
+    of an affine LayerNorm."""
+    m = dict(model.named_modules())[name]
+    if is_affine_norm(m):
+        rows = [m.weight.detach().to(torch.float64)]
+        if aug:
+            rows.append(m.bias.detach().to(torch.float64))
+        return torch.stack(rows)
+    w = m.weight.detach().to(torch.float64).T
+    if not aug:
+        return w
+    return torch.cat([w, m.bias.detach().to(torch.float64)[None]])
+
+
+def _normal_equations(sums: Sequence[LayerSums], aug: bool, d: int, beta: float,
+                      weighting: str) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
+    """Value (A, B) and tangent-augmented (G, C) sums of one layer, and the tangent weight."""
+    dim = d + int(aug)
+    A = sum((1.0 if weighting == "pooled" else 1.0 / max(s.rows, 1)) * s.gram[:dim, :dim]
+            for s in sums)
+    B = sum((1.0 if weighting == "pooled" else 1.0 / max(s.rows, 1)) * s.cross[:dim]
+            for s in sums)
+    G, C, w = A.clone(), B.clone(), 0.0
+    if beta > 0 and sums[0].tgram is not None:
+        At = sum((1.0 if weighting == "pooled" else 1.0 / max(s.trows, 1)) * s.tgram
+                 for s in sums)
+        Bt = sum((1.0 if weighting == "pooled" else 1.0 / max(s.trows, 1)) * s.tcross
+                 for s in sums)
+        tt = At.trace().item()
+        if tt > 0:
+            w = beta * A[:d, :d].trace().item() / tt
+            G[:d, :d] += w * At
+            C[:d] += w * Bt
+    return A, B, G, C, w
+
+
+def _solve_norm(merged: nn.Module, models: Sequence[nn.Module], name: str, info,
+                sums: Sequence[LayerSums], *, ridge: float, beta: float,
+                opts: ProgressiveOptions, lr: LayerReport) -> None:
+    """Per-feature ``γ_j, β_j`` of an affine LayerNorm: the 2×2 (1×1 without shift)
+    normal equations from the diagonals of the stage sums, same ridge and prior."""
+    d, aug = info.in_features, info.has_bias
+    A, B, G, C, w = _normal_equations(sums, True, d, beta, opts.weighting)
+    j = torch.arange(d)
+    a, c = G[j, j], G[d, d].expand(d)  # Σ n_j² (+ w Σ ṅ_j²), row count
+    b, r1, r2 = G[j, d], C[j, j], C[d, j]  # Σ n_j, Σ n_j y_j (+ tangents), Σ y_j
+    mean = torch.stack([_theta(m, name, aug) for m in models]).mean(0)
+    scale = (a + c) / 2 if aug else a
+    lam = ridge * (scale if opts.ridge_mode == "relative" else torch.ones_like(a))
+    lr.ridge = lam.mean().item()
+    p_g = lam * mean[0] if opts.prior == "mean" else torch.zeros_like(a)
+    if aug:
+        p_b = lam * mean[1] if opts.prior == "mean" else torch.zeros_like(a)
+        m11, m22, rhs1, rhs2 = a + lam, c + lam, r1 + p_g, r2 + p_b
+        det = (m11 * m22 - b * b).clamp_min(1e-300)
+        gamma = (m22 * rhs1 - b * rhs2) / det
+        shift = (m11 * rhs2 - b * rhs1) / det
+        theta = torch.stack([gamma, shift])
+    else:
+        gamma = (r1 + p_g) / (a + lam).clamp_min(1e-300)
+        theta = gamma[None]
+    module = dict(merged.named_modules())[name]
+    with torch.no_grad():
+        module.weight.copy_(theta[0].to(module.weight.dtype))
+        if aug:
+            module.bias.copy_(theta[1].to(module.bias.dtype))
+    lr.intercept = aug
+    lr.rel_distance = ((theta - mean).norm() / mean.norm().clamp_min(1e-300)).item()
+
+
+def solve_stage(merged: nn.Module, models: Sequence[nn.Module], names: Sequence[str],
+                infos: dict, per_source: Sequence[dict[str, LayerSums]], *, ridge: float,
+                beta: float, opts: ProgressiveOptions, condition: bool = True
+                ) -> tuple[list[LayerReport], list[str]]:
+    """Solve the named layers from their stage sums and write them into ``merged``."""
+    systems, meta, reports, warns = {}, {}, [], []
+    modules = dict(merged.named_modules())
+    for name in names:
+        info = infos[name]
+        sums = [ps[name] for ps in per_source]
+        rows = [s.rows for s in sums]
+        lr = LayerReport(name, info.in_features, info.out_features, rows)
+        reports.append(lr)
+        if sum(rows) == 0:
+            lr.solved = False
+            continue
+        if is_affine_norm(modules[name]):
+            _solve_norm(merged, models, name, info, sums, ridge=ridge, beta=beta, opts=opts,
+                        lr=lr)
+            continue
+        aug, d = info.has_bias, info.in_features
+        dim = d + int(aug)
+        lr.intercept = aug
+        A, B, G, C, w = _normal_equations(sums, aug, d, beta, opts.weighting)
+        lam = ridge * (G.trace().item() / dim if opts.ridge_mode == "relative" else 1.0)
+        lr.ridge = lam
+        mean = torch.stack([_theta(m, name, aug) for m in models]).mean(0).to(G.device)
+        rhs = C + lam * mean if opts.prior == "mean" else C
+        systems[name] = (G + lam * torch.eye(dim, dtype=torch.float64, device=G.device), rhs)
+        ysq = sum(s.ysq for s in sums) if opts.weighting == "pooled" else sum(
+            s.ysq / max(s.rows, 1) for s in sums)
+        meta[name] = (A, B, ysq, mean, aug)
+    if not systems:
+        return reports, warns
+    conds = condition_numbers({n: m for n, (m, _) in systems.items()}) if condition else {}
+    solutions = solve_spd(systems, rescue=True)
+    by_name = {lr.name: lr for lr in reports}
+    for name, sol in solutions.items():
+        A, B, ysq, mean, aug = meta[name]
+        lr, info, theta = by_name[name], infos[name], sol.x
+        lr.cond = conds.get(name, math.nan)
+        lr.jitter, lr.fallback = sol.jitter, sol.fallback
+        m = modules[name]
+        with torch.no_grad():
+            m.weight.copy_(theta[:info.in_features].T.to(m.weight.dtype))
+            if aug:
+                m.bias.copy_(theta[info.in_features].to(m.bias.dtype))
+        lr.rel_distance = ((theta - mean).norm() / mean.norm().clamp_min(1e-300)).item()
+        resid = (torch.einsum("io,ij,jo->", theta, A, theta) - 2 * (theta * B).sum()).item()
+        lr.rel_residual = (resid + ysq) / ysq if ysq > 0 else math.nan
+        if sol.jitter or sol.fallback:
+            warns.append(f"layer '{name}': Cholesky failed; solved with "
+                         + (f"diagonal jitter {sol.jitter:.2e}" if not sol.fallback else
+                            "an eigen-decomposition pseudo-inverse")
+                         + "; consider a larger ridge")
+    return reports, warns
+
+
+def refit_reference_energies(merged: nn.Module, sources: Sequence[Source], *,
+                             frames: int | None = None) -> dict[int, float]:
+    """Shift ``merged.atomic_energies`` per element so that the merged energies match each
+    source's energies on its own frames (pooled least squares on the element counts; the
+    minimum-norm shift when compositions are collinear). A per-element constant changes
+    no force. Returns the shifts in eV by atomic number (empty for models without
+    ``atomic_energies``)."""
+    ref = getattr(merged, "atomic_energies", None)
+    if not isinstance(ref, Tensor):
+        return {}
+    rows, rhs = [], []
+    with torch.no_grad():
+        for src in sources:
+            graphs = 0
+            for batch in src.batches:
+                if frames is not None and graphs >= frames:
+                    break
+                graphs += batch.num_graphs
+                diff = (energy_forward(src.model, batch) - energy_forward(merged, batch))
+                counts = torch.zeros(batch.num_graphs, ref.shape[0], dtype=torch.float64,
+                                     device=ref.device)
+                counts.index_put_((batch.batch.to(ref.device), batch.z.to(ref.device)),
+                                  torch.ones(batch.num_atoms, dtype=torch.float64,
+                                             device=ref.device), accumulate=True)
+                rows.append(counts)
+                rhs.append(diff.to(ref.device, torch.float64))
+    A, y = torch.cat(rows), torch.cat(rhs)
+    present = (A.sum(0) > 0).nonzero().flatten()
+    A = A[:, present]
+    delta = torch.linalg.pinv(A) @ y
+    with torch.no_grad():
+        ref[present] += delta.to(ref.dtype)
+    return {int(z): float(d) for z, d in zip(present.tolist(), delta.tolist())}
+
+
+def _merge_once(models: Sequence[nn.Module], sources: list[Source], order: LayerOrder,
+                infos: dict, opts: ProgressiveOptions, *, ridge: float, beta: float,
+                frames: int | None, forward, progress: bool, desc: str) -> _Run:
+    from tqdm.auto import tqdm
+
+    merged = build_model(models[0], mean_state_dict(models))
+    merged.eval()
+    run = _Run(merged)
+    tangents = beta > 0
+    if opts.mode == "one-shot":
+        stages = [tuple(order.order)]
+    else:
+        stages = list(order.stages)
+    for stage in tqdm(stages, desc=desc, unit="stage", leave=False, disable=not progress):
+        per_source = stage_sums(None if opts.mode == "one-shot" else merged, sources,
+                                list(stage), infos, calls=order.calls, tangents=tangents,
+                                forward=forward, backend=opts.backend, frames=frames)
+        reports, warns = solve_stage(merged, models, stage, infos, per_source, ridge=ridge,
+                                     beta=beta, opts=opts)
+        run.layers += reports
+        run.warnings += warns
+    if opts.energy_refit:
+        run.energy_shift = refit_reference_energies(merged, sources, frames=frames)
+    return run
+
+
+def _val_sets(val_data: Sequence[Any], n: int | None, seed: int) -> list[Any]:
+    out = []
+    for ds in val_data:
+        if n is not None and len(ds) > n:
+            ds = ds.subset(n, seed=seed)
+        out.append(ds)
+    return out
+
+
+def validation_error(model: nn.Module, val_sets: Sequence[Any]) -> tuple[float, float]:
+    """Force MAE (meV/Å, pooled over the force components of all sets) and energy MAE
+    (meV/atom, pooled over frames) of ``model`` on each source's validation frames."""
+    from ..evaluate import evaluate
+
+    f_sum = e_sum = atoms = frames = 0.0
+    for ds in val_sets:
+        r = evaluate(model, ds, progress=False)["all"]
+        f_sum += r["force_mae_mev_per_a"] * r["atoms"]
+        e_sum += r["energy_mae_mev_per_atom"] * r["frames"]
+        atoms += r["atoms"]
+        frames += r["frames"]
+    return f_sum / max(atoms, 1), e_sum / max(frames, 1)
+
+
+def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]],
+                      options: ProgressiveOptions | None = None, *,
+                      val_data: Sequence[Any] | None = None, progress: bool = True,
+                      labels: Sequence[str] | None = None, forward=None,
+                      layers: Iterable[str] | None = None, **kwargs) -> MergeResult:
+    """Merge ``models`` progressively (see the module docstring).
+
+    ``data[k]`` iterates source k's own training batches (e.g.
+    ``dataset.for_system(s).subset(n).batches_for(model, 8)``); up to ``options.frames``
+    graphs of it are used. ``val_data[k]`` is source k's validation
+    :class:`~gffmerge.data.AtomsDataset`, needed when anything is ``"auto"``. Keyword
+    arguments override fields of ``options``. Layers the forward never reaches keep the
+    sources' mean. The report's ``options`` also records the stages, the chosen point,
+    and the validation error of every grid point.
+    """
+    t_start, c_start = time.perf_counter(), time.process_time()
+    opts = options or ProgressiveOptions()
+    if kwargs:
+        opts = ProgressiveOptions(**{**asdict(opts), **kwargs})
+    models = list(models)
+    data = list(data)
+    if len(data) != len(models):
+        raise ValueError(f"got {len(models)} models but {len(data)} data sources; pass one "
+                         "batch iterable per model (its own training frames)")
+    check_same_architecture(models)
+    forward = forward or default_forward
+    conservative = is_conservative(models[0])
+    grid = opts.candidates(conservative)
+    search = len(grid) > 1
+    if search and val_data is None:
+        raise ValueError("ridge/beta/tangents='auto' picks them on validation data: pass "
+                         "val_data=[each source's validation dataset], or fix them, e.g. "
+                         "ridge=1e-2, beta=1.0")
+    if val_data is not None and len(val_data) != len(models):
+        raise ValueError(f"val_data has {len(val_data)} entries for {len(models)} models; "
+                         "pass one validation dataset per model")
+    infos = mergeable_layers(models[0], layers, norms=opts.norms)
+    need_tangents = any(b > 0 for _, b in grid)
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    sources = prepare_sources(models, data, frames=opts.frames, names=list(infos),
+                              tangents=need_tangents, direction=opts.directions,
+                              draws=opts.draws,
+                              seed=opts.seed, labels=labels, forward=forward,
+                              device=next(models[0].parameters()).device)
+    targets_s, targets_c = time.perf_counter() - t0, time.process_time() - c0
+    probe = build_model(models[0], mean_state_dict(models))
+    order = layer_order(probe, sources[0].batches[0], forward=forward, layers=layers,
+                        seed=opts.seed, norms=opts.norms)
+    order_s = time.perf_counter() - t0 - targets_s
+
+    points: list[GridPoint] = []
+    best = grid[0]
+    val_sets = _val_sets(val_data, opts.val_frames, opts.seed) if val_data is not None else None
+    t_search, c_search = time.perf_counter(), time.process_time()
+    runs: dict[tuple[float, float], _Run] = {}
+    reduced = opts.search_frames
+    if opts.frames is not None and reduced is not None:
+        reduced = min(reduced, opts.frames)
+    def score(ridge: float, beta: float) -> GridPoint:
+        t1 = time.perf_counter()
+        run = _merge_once(models, sources, order, infos, opts, ridge=ridge, beta=beta,
+                          frames=reduced, forward=forward, progress=progress,
+                          desc=f"search ridge {ridge:g} beta {beta:g}")
+        f, e = validation_error(run.model, val_sets)
+        if reduced is None or (opts.frames is not None and reduced >= opts.frames):
+            runs[(ridge, beta)] = run
+        point = GridPoint(ridge, beta, f, e, time.perf_counter() - t1)
+        points.append(point)
+        return point
+
+    if search:
+        ridges = sorted({r for r, _ in grid})
+        betas = sorted({b for _, b in grid})
+        if len(ridges) > 1 and len(betas) > 1:
+            # coordinate search: β (and tangents on/off) at the middle ridge, then the ridge
+            mid = ridges[len(ridges) // 2]
+            b_best = min((score(mid, b) for b in betas),
+                         key=lambda p: p.val_force_mae_mev_per_a).beta
+            for r in ridges:
+                if r != mid:
+                    score(r, b_best)
+        else:
+            for ridge, beta in grid:
+                score(ridge, beta)
+        pick = min(points, key=lambda p: p.val_force_mae_mev_per_a)
+        best = (pick.ridge, pick.beta)
+    search_s, search_c = time.perf_counter() - t_search, time.process_time() - c_search
+    t_final, c_final = time.perf_counter(), time.process_time()
+    run = runs.get(best) or _merge_once(models, sources, order, infos, opts, ridge=best[0],
+                                        beta=best[1], frames=opts.frames, forward=forward,
+                                        progress=progress, desc="merge")
+    final_s, final_c = time.perf_counter() - t_final, time.process_time() - c_final
+    val = validation_error(run.model, val_sets) if val_sets is not None else None
+
+    report = MergeReport(method=f"progressive ({opts.mode})", options=asdict(opts),
+                         num_models=len(models), layers=run.layers, warnings=run.warnings)
+    seen = {lr.name for lr in run.layers}
+    for name in infos:
+        if name not in seen:
+            info = infos[name]
+            report.layers.append(LayerReport(name, info.in_features, info.out_features,
+                                             [0] * len(models), solved=False))
+    if order.unreached:
+        report.warnings.append(f"{len(order.unreached)} layer(s) are never called by the "
+                               f"forward and keep the sources' mean: "
+                               f"{', '.join(order.unreached[:10])}")
+    if order.back:
+        report.warnings.append(f"{len(order.back)} dependencies point against call order "
+                               "(a layer called again later) and were ignored: "
+                               + ", ".join(f"{a}→{b}" for a, b in order.back[:5]))
+    solved = {lr.name for lr in run.layers if lr.solved}
+    report.averaged = [k for k in run.model.state_dict()
+                       if k.rsplit(".", 1)[0] not in solved]
+    report.options.update(
+        conservative=conservative, chosen_ridge=best[0], chosen_beta=best[1],
+        stages=[list(s) for s in (order.stages if opts.mode == "progressive"
+                                  else (tuple(order.order),))],
+        frames_used=[s.frames for s in sources],
+        targets_cached=[s.targets is not None for s in sources],
+        energy_shift_ev=run.energy_shift,
+        grid=[asdict(p) for p in points],
+        val_force_mae_mev_per_a=val[0] if val else None,
+        val_energy_mae_mev_per_atom=val[1] if val else None)
+    report.times.update(targets=targets_s, order=order_s, search=search_s, merge=final_s,
+                        total=time.perf_counter() - t_start, targets_cpu=targets_c,
+                        search_cpu=search_c, merge_cpu=final_c,
+                        total_cpu=time.process_time() - c_start)
+    return MergeResult(run.model, report)
