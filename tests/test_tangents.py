@@ -116,7 +116,7 @@ def test_linear_model_is_recovered_from_derivative_rows_alone(frames):
 def test_reference_energy_refit_removes_per_element_offsets():
     """A merged model that differs from the source by per-element energy constants gets
     them back; its forces are untouched."""
-    from gffmerge.methods.progressive import refit_reference_energies
+    from gffmerge.collect.progressive import refit_reference_energies
 
     torch.manual_seed(0)
     source = PaiNN(n_features=8, n_interactions=1, n_rbf=6, cutoff=4.0).double().eval()

@@ -7,6 +7,7 @@ Energy errors are per atom (meV/atom); force errors are over all Cartesian compo
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import torch
 
@@ -77,3 +78,16 @@ def evaluate(model: ForceField, dataset: AtomsDataset, *, batch_size: int = 8,
     finally:
         model.train(was_training)
     return {k: s.result() for k, s in sorted(sums.items(), key=lambda kv: kv[0] != "all")}
+
+
+def pooled_errors(model: ForceField, val_sets: Sequence[AtomsDataset]) -> tuple[float, float]:
+    """Force MAE (meV/Å, pooled over the force components of all sets) and energy MAE
+    (meV/atom, pooled over frames) of ``model`` on each source's validation frames."""
+    f_sum = e_sum = atoms = frames = 0.0
+    for ds in val_sets:
+        r = evaluate(model, ds, progress=False)["all"]
+        f_sum += r["force_mae_mev_per_a"] * r["atoms"]
+        e_sum += r["energy_mae_mev_per_atom"] * r["frames"]
+        atoms += r["atoms"]
+        frames += r["frames"]
+    return f_sum / max(atoms, 1), e_sum / max(frames, 1)

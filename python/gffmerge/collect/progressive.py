@@ -36,7 +36,7 @@ from gffmerge_ext import cross_, gram_
 from ..errors import EmptyDataError, NonFiniteActivationError
 from .batches import batch_entries, default_forward, move_to
 from .order import layer_input, layer_width
-from .tangents import directions, run_with_tangent, split_dual
+from .tangents import directions, energy_forward, run_with_tangent, split_dual
 
 # Keep each source's layer outputs in memory up to this size (else recompute per stage).
 CACHE_BYTES = 1 << 30
@@ -251,3 +251,38 @@ def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Seque
                     "check those frames and that the models' weights are finite")
         out.append(sums)
     return out
+
+
+def refit_reference_energies(merged: nn.Module, sources: Sequence[Source], *,
+                             frames: int | None = None) -> dict[int, float]:
+    """Shift ``merged.atomic_energies`` per element so that the merged energies match each
+    source's energies on its own frames (pooled least squares on the element counts; the
+    minimum-norm shift when compositions are collinear). A per-element constant changes
+    no force. Returns the shifts in eV by atomic number (empty for models without
+    ``atomic_energies``)."""
+    ref = getattr(merged, "atomic_energies", None)
+    if not isinstance(ref, Tensor):
+        return {}
+    rows, rhs = [], []
+    with torch.no_grad():
+        for src in sources:
+            graphs = 0
+            for batch in src.batches:
+                if frames is not None and graphs >= frames:
+                    break
+                graphs += batch.num_graphs
+                diff = (energy_forward(src.model, batch) - energy_forward(merged, batch))
+                counts = torch.zeros(batch.num_graphs, ref.shape[0], dtype=torch.float64,
+                                     device=ref.device)
+                counts.index_put_((batch.batch.to(ref.device), batch.z.to(ref.device)),
+                                  torch.ones(batch.num_atoms, dtype=torch.float64,
+                                             device=ref.device), accumulate=True)
+                rows.append(counts)
+                rhs.append(diff.to(ref.device, torch.float64))
+    A, y = torch.cat(rows), torch.cat(rhs)
+    present = (A.sum(0) > 0).nonzero().flatten()
+    A = A[:, present]
+    delta = torch.linalg.pinv(A) @ y
+    with torch.no_grad():
+        ref[present] += delta.to(ref.dtype)
+    return {int(z): float(d) for z, d in zip(present.tolist(), delta.tolist())}

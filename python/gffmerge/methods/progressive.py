@@ -42,16 +42,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..architecture import check_same_architecture
 from ..collect.batches import default_forward
-from ..collect.order import LayerOrder, is_affine_norm, layer_order, mergeable_layers
-from ..collect.progressive import LayerSums, Source, prepare_sources, stage_sums
-from ..collect.tangents import DIRECTIONS, energy_forward, is_conservative
+from ..collect.order import LayerOrder, layer_order, mergeable_layers
+from ..collect.progressive import Source, prepare_sources, refit_reference_energies, stage_sums
+from ..collect.tangents import DIRECTIONS, is_conservative
+from ..evaluate import pooled_errors
 from ..report import LayerReport, MergeReport, MergeResult
-from ..solver import build_model, condition_numbers, mean_state_dict, solve_spd
+from ..solver import build_model, mean_state_dict
+from ..solver.stage import solve_stage
 
 RIDGE_GRID = (1e-4, 1e-3, 1e-2)
 BETA_GRID = (1.0, 4.0)
@@ -168,170 +169,6 @@ class _Run:
     energy_shift: dict[int, float] = field(default_factory=dict)  # eV by atomic number
 
 
-def _theta(model: nn.Module, name: str, aug: bool) -> Tensor:
-    """``[Wᵀ; bᵀ]`` (``[Wᵀ]`` without intercept) of one layer in float64; ``[γ; β]`` rows
-    of an affine LayerNorm."""
-    m = dict(model.named_modules())[name]
-    if is_affine_norm(m):
-        rows = [m.weight.detach().to(torch.float64)]
-        if aug:
-            rows.append(m.bias.detach().to(torch.float64))
-        return torch.stack(rows)
-    w = m.weight.detach().to(torch.float64).T
-    if not aug:
-        return w
-    return torch.cat([w, m.bias.detach().to(torch.float64)[None]])
-
-
-def _normal_equations(sums: Sequence[LayerSums], aug: bool, d: int, beta: float,
-                      weighting: str) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
-    """Value (A, B) and tangent-augmented (G, C) sums of one layer, and the tangent weight."""
-    dim = d + int(aug)
-    A = sum((1.0 if weighting == "pooled" else 1.0 / max(s.rows, 1)) * s.gram[:dim, :dim]
-            for s in sums)
-    B = sum((1.0 if weighting == "pooled" else 1.0 / max(s.rows, 1)) * s.cross[:dim]
-            for s in sums)
-    G, C, w = A.clone(), B.clone(), 0.0
-    if beta > 0 and sums[0].tgram is not None:
-        At = sum((1.0 if weighting == "pooled" else 1.0 / max(s.trows, 1)) * s.tgram
-                 for s in sums)
-        Bt = sum((1.0 if weighting == "pooled" else 1.0 / max(s.trows, 1)) * s.tcross
-                 for s in sums)
-        tt = At.trace().item()
-        if tt > 0:
-            w = beta * A[:d, :d].trace().item() / tt
-            G[:d, :d] += w * At
-            C[:d] += w * Bt
-    return A, B, G, C, w
-
-
-def _solve_norm(merged: nn.Module, models: Sequence[nn.Module], name: str, info,
-                sums: Sequence[LayerSums], *, ridge: float, beta: float,
-                opts: ProgressiveOptions, lr: LayerReport) -> None:
-    """Per-feature ``γ_j, β_j`` of an affine LayerNorm: the 2×2 (1×1 without shift)
-    normal equations from the diagonals of the stage sums, same ridge and prior."""
-    d, aug = info.in_features, info.has_bias
-    A, B, G, C, w = _normal_equations(sums, True, d, beta, opts.weighting)
-    j = torch.arange(d)
-    a, c = G[j, j], G[d, d].expand(d)  # Σ n_j² (+ w Σ ṅ_j²), row count
-    b, r1, r2 = G[j, d], C[j, j], C[d, j]  # Σ n_j, Σ n_j y_j (+ tangents), Σ y_j
-    mean = torch.stack([_theta(m, name, aug) for m in models]).mean(0)
-    scale = (a + c) / 2 if aug else a
-    lam = ridge * (scale if opts.ridge_mode == "relative" else torch.ones_like(a))
-    lr.ridge = lam.mean().item()
-    p_g = lam * mean[0] if opts.prior == "mean" else torch.zeros_like(a)
-    if aug:
-        p_b = lam * mean[1] if opts.prior == "mean" else torch.zeros_like(a)
-        m11, m22, rhs1, rhs2 = a + lam, c + lam, r1 + p_g, r2 + p_b
-        det = (m11 * m22 - b * b).clamp_min(1e-300)
-        gamma = (m22 * rhs1 - b * rhs2) / det
-        shift = (m11 * rhs2 - b * rhs1) / det
-        theta = torch.stack([gamma, shift])
-    else:
-        gamma = (r1 + p_g) / (a + lam).clamp_min(1e-300)
-        theta = gamma[None]
-    module = dict(merged.named_modules())[name]
-    with torch.no_grad():
-        module.weight.copy_(theta[0].to(module.weight.dtype))
-        if aug:
-            module.bias.copy_(theta[1].to(module.bias.dtype))
-    lr.intercept = aug
-    lr.rel_distance = ((theta - mean).norm() / mean.norm().clamp_min(1e-300)).item()
-
-
-def solve_stage(merged: nn.Module, models: Sequence[nn.Module], names: Sequence[str],
-                infos: dict, per_source: Sequence[dict[str, LayerSums]], *, ridge: float,
-                beta: float, opts: ProgressiveOptions, condition: bool = True
-                ) -> tuple[list[LayerReport], list[str]]:
-    """Solve the named layers from their stage sums and write them into ``merged``."""
-    systems, meta, reports, warns = {}, {}, [], []
-    modules = dict(merged.named_modules())
-    for name in names:
-        info = infos[name]
-        sums = [ps[name] for ps in per_source]
-        rows = [s.rows for s in sums]
-        lr = LayerReport(name, info.in_features, info.out_features, rows)
-        reports.append(lr)
-        if sum(rows) == 0:
-            lr.solved = False
-            continue
-        if is_affine_norm(modules[name]):
-            _solve_norm(merged, models, name, info, sums, ridge=ridge, beta=beta, opts=opts,
-                        lr=lr)
-            continue
-        aug, d = info.has_bias, info.in_features
-        dim = d + int(aug)
-        lr.intercept = aug
-        A, B, G, C, w = _normal_equations(sums, aug, d, beta, opts.weighting)
-        lam = ridge * (G.trace().item() / dim if opts.ridge_mode == "relative" else 1.0)
-        lr.ridge = lam
-        mean = torch.stack([_theta(m, name, aug) for m in models]).mean(0).to(G.device)
-        rhs = C + lam * mean if opts.prior == "mean" else C
-        systems[name] = (G + lam * torch.eye(dim, dtype=torch.float64, device=G.device), rhs)
-        ysq = sum(s.ysq for s in sums) if opts.weighting == "pooled" else sum(
-            s.ysq / max(s.rows, 1) for s in sums)
-        meta[name] = (A, B, ysq, mean, aug)
-    if not systems:
-        return reports, warns
-    conds = condition_numbers({n: m for n, (m, _) in systems.items()}) if condition else {}
-    solutions = solve_spd(systems, rescue=True)
-    by_name = {lr.name: lr for lr in reports}
-    for name, sol in solutions.items():
-        A, B, ysq, mean, aug = meta[name]
-        lr, info, theta = by_name[name], infos[name], sol.x
-        lr.cond = conds.get(name, math.nan)
-        lr.jitter, lr.fallback = sol.jitter, sol.fallback
-        m = modules[name]
-        with torch.no_grad():
-            m.weight.copy_(theta[:info.in_features].T.to(m.weight.dtype))
-            if aug:
-                m.bias.copy_(theta[info.in_features].to(m.bias.dtype))
-        lr.rel_distance = ((theta - mean).norm() / mean.norm().clamp_min(1e-300)).item()
-        resid = (torch.einsum("io,ij,jo->", theta, A, theta) - 2 * (theta * B).sum()).item()
-        lr.rel_residual = (resid + ysq) / ysq if ysq > 0 else math.nan
-        if sol.jitter or sol.fallback:
-            warns.append(f"layer '{name}': Cholesky failed; solved with "
-                         + (f"diagonal jitter {sol.jitter:.2e}" if not sol.fallback else
-                            "an eigen-decomposition pseudo-inverse")
-                         + "; consider a larger ridge")
-    return reports, warns
-
-
-def refit_reference_energies(merged: nn.Module, sources: Sequence[Source], *,
-                             frames: int | None = None) -> dict[int, float]:
-    """Shift ``merged.atomic_energies`` per element so that the merged energies match each
-    source's energies on its own frames (pooled least squares on the element counts; the
-    minimum-norm shift when compositions are collinear). A per-element constant changes
-    no force. Returns the shifts in eV by atomic number (empty for models without
-    ``atomic_energies``)."""
-    ref = getattr(merged, "atomic_energies", None)
-    if not isinstance(ref, Tensor):
-        return {}
-    rows, rhs = [], []
-    with torch.no_grad():
-        for src in sources:
-            graphs = 0
-            for batch in src.batches:
-                if frames is not None and graphs >= frames:
-                    break
-                graphs += batch.num_graphs
-                diff = (energy_forward(src.model, batch) - energy_forward(merged, batch))
-                counts = torch.zeros(batch.num_graphs, ref.shape[0], dtype=torch.float64,
-                                     device=ref.device)
-                counts.index_put_((batch.batch.to(ref.device), batch.z.to(ref.device)),
-                                  torch.ones(batch.num_atoms, dtype=torch.float64,
-                                             device=ref.device), accumulate=True)
-                rows.append(counts)
-                rhs.append(diff.to(ref.device, torch.float64))
-    A, y = torch.cat(rows), torch.cat(rhs)
-    present = (A.sum(0) > 0).nonzero().flatten()
-    A = A[:, present]
-    delta = torch.linalg.pinv(A) @ y
-    with torch.no_grad():
-        ref[present] += delta.to(ref.dtype)
-    return {int(z): float(d) for z, d in zip(present.tolist(), delta.tolist())}
-
-
 def _merge_once(models: Sequence[nn.Module], sources: list[Source], order: LayerOrder,
                 infos: dict, opts: ProgressiveOptions, *, ridge: float, beta: float,
                 frames: int | None, forward, progress: bool, desc: str) -> _Run:
@@ -350,7 +187,8 @@ def _merge_once(models: Sequence[nn.Module], sources: list[Source], order: Layer
                                 list(stage), infos, calls=order.calls, tangents=tangents,
                                 forward=forward, backend=opts.backend, frames=frames)
         reports, warns = solve_stage(merged, models, stage, infos, per_source, ridge=ridge,
-                                     beta=beta, opts=opts)
+                                     beta=beta, weighting=opts.weighting,
+                                     ridge_mode=opts.ridge_mode, prior=opts.prior)
         run.layers += reports
         run.warnings += warns
     if opts.energy_refit:
@@ -365,21 +203,6 @@ def _val_sets(val_data: Sequence[Any], n: int | None, seed: int) -> list[Any]:
             ds = ds.subset(n, seed=seed)
         out.append(ds)
     return out
-
-
-def validation_error(model: nn.Module, val_sets: Sequence[Any]) -> tuple[float, float]:
-    """Force MAE (meV/Å, pooled over the force components of all sets) and energy MAE
-    (meV/atom, pooled over frames) of ``model`` on each source's validation frames."""
-    from ..evaluate import evaluate
-
-    f_sum = e_sum = atoms = frames = 0.0
-    for ds in val_sets:
-        r = evaluate(model, ds, progress=False)["all"]
-        f_sum += r["force_mae_mev_per_a"] * r["atoms"]
-        e_sum += r["energy_mae_mev_per_atom"] * r["frames"]
-        atoms += r["atoms"]
-        frames += r["frames"]
-    return f_sum / max(atoms, 1), e_sum / max(frames, 1)
 
 
 def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]],
@@ -446,7 +269,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
         run = _merge_once(models, sources, order, infos, opts, ridge=ridge, beta=beta,
                           frames=reduced, forward=forward, progress=progress,
                           desc=f"search ridge {ridge:g} beta {beta:g}")
-        f, e = validation_error(run.model, val_sets)
+        f, e = pooled_errors(run.model, val_sets)
         if reduced is None or (opts.frames is not None and reduced >= opts.frames):
             runs[(ridge, beta)] = run
         point = GridPoint(ridge, beta, f, e, time.perf_counter() - t1)
@@ -475,7 +298,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
                                         beta=best[1], frames=opts.frames, forward=forward,
                                         progress=progress, desc="merge")
     final_s, final_c = time.perf_counter() - t_final, time.process_time() - c_final
-    val = validation_error(run.model, val_sets) if val_sets is not None else None
+    val = pooled_errors(run.model, val_sets) if val_sets is not None else None
 
     report = MergeReport(method=f"progressive ({opts.mode})", options=asdict(opts),
                          num_models=len(models), layers=run.layers, warnings=run.warnings)
