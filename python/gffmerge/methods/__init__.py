@@ -16,10 +16,22 @@ and, from other packages, every module named by an entry point of the group
     [project.entry-points."gffmerge.methods"]
     scaled_mean = "my_package.scaled_mean"
 
-A plugin that fails to import is skipped with a warning naming it.
+A plugin that fails to import is skipped with a warning naming it. A method that runs the
+models itself declares ``Needs(stats=False, data=True)`` and is called as
+``fn(models, None, options, data=..., val_data=..., progress=...)``.
+``DEFAULT_METHOD`` names what :func:`gffmerge.merge` runs when no method is given.
 """
 
-from .registry import ENTRY_POINT_GROUP, MergeMethod, Needs, OptionInfo, available, get, register
+from .registry import (
+    DEFAULT_METHOD,
+    ENTRY_POINT_GROUP,
+    MergeMethod,
+    Needs,
+    OptionInfo,
+    available,
+    get,
+    register,
+)
 
-__all__ = ["ENTRY_POINT_GROUP", "MergeMethod", "Needs", "OptionInfo", "available", "get",
-           "register"]
+__all__ = ["DEFAULT_METHOD", "ENTRY_POINT_GROUP", "MergeMethod", "Needs", "OptionInfo",
+           "available", "get", "register"]

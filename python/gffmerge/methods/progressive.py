@@ -42,10 +42,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..architecture import check_same_architecture
-from ..collect.batches import default_forward
+from ..collect.batches import batch_entries, default_forward, move_to
 from ..collect.order import LayerOrder, layer_order, mergeable_layers
 from ..collect.progressive import Source, prepare_sources, refit_reference_energies, stage_sums
 from ..collect.tangents import DIRECTIONS, is_conservative
@@ -53,6 +53,7 @@ from ..evaluate import pooled_errors
 from ..report import LayerReport, MergeReport, MergeResult
 from ..solver import build_model, mean_state_dict
 from ..solver.stage import solve_stage
+from .registry import Needs, register
 
 RIDGE_GRID = (1e-4, 1e-3, 1e-2)
 BETA_GRID = (1.0, 4.0)
@@ -196,6 +197,63 @@ def _merge_once(models: Sequence[nn.Module], sources: list[Source], order: Layer
     return run
 
 
+def _graphs(batches: Sequence[Any]) -> int:
+    return sum(batch_entries(b) for b in batches)
+
+
+def _hold_out(data: Iterable[Any], frames: int | None, val_frames: int | None
+              ) -> tuple[list[Any], list[Any]]:
+    """``(statistics batches, held-out batches)`` of one source's data: batches after the
+    first ``frames`` graphs (up to ``val_frames`` more) are held out; when the data has no
+    more than ``frames`` graphs, its last fifth of the batches is."""
+    batches, graphs = [], 0
+    limit = None if frames is None or val_frames is None else frames + val_frames
+    for batch in data:
+        batches.append(batch)
+        graphs += batch_entries(batch)
+        if limit is not None and graphs >= limit:
+            break
+    seen = 0
+    for i, batch in enumerate(batches):
+        if frames is not None and seen >= frames:
+            return batches[:i], batches[i:]
+        seen += batch_entries(batch)
+    cut = len(batches) - max(1, len(batches) // 5) if len(batches) > 1 else len(batches)
+    return batches[:cut], batches[cut:]
+
+
+def agreement_error(model: nn.Module, sources: Sequence[nn.Module],
+                    held_out: Sequence[Sequence[Any]], forward=None) -> float:
+    """Mean absolute difference between ``model`` and source k on source k's held-out
+    batches, pooled over all entries: forces for force fields (their derivatives for
+    conservative ones), the forward's outputs otherwise. Label-free validation."""
+    total = count = 0.0
+    for src, batches in zip(sources, held_out):
+        for batch in batches:
+            a, b = _outputs(model, batch, forward), _outputs(src, batch, forward)
+            for x, y in zip(a, b):
+                total += (x.detach().double() - y.detach().double()).abs().sum().item()
+                count += x.numel()
+    return 1000.0 * total / max(count, 1) if _is_force_field(model) else total / max(count, 1)
+
+
+def _is_force_field(model: nn.Module) -> bool:
+    return hasattr(model, "conservative") and hasattr(model, "cutoff")
+
+
+def _outputs(model: nn.Module, batch: Any, forward) -> list[Tensor]:
+    device = next(model.parameters()).device
+    if _is_force_field(model):
+        with torch.enable_grad():
+            return [model(move_to(batch, device))["forces"]]
+    with torch.no_grad():
+        out = (forward or default_forward)(model, move_to(batch, device))
+    if isinstance(out, Tensor):
+        return [out]
+    values = out.values() if isinstance(out, dict) else out
+    return [v for v in values if isinstance(v, Tensor)]
+
+
 def _val_sets(val_data: Sequence[Any], n: int | None, seed: int) -> list[Any]:
     out = []
     for ds in val_data:
@@ -234,10 +292,15 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     conservative = is_conservative(models[0])
     grid = opts.candidates(conservative)
     search = len(grid) > 1
-    if search and val_data is None:
-        raise ValueError("ridge/beta/tangents='auto' picks them on validation data: pass "
-                         "val_data=[each source's validation dataset], or fix them, e.g. "
-                         "ridge=1e-2, beta=1.0")
+    holdout = None
+    if search and val_data is None:  # score on held-out frames of each source's own data
+        data, holdout = zip(*(_hold_out(d, opts.frames, opts.val_frames) for d in data))
+        data = list(data)
+        if not all(holdout):
+            raise ValueError("ridge/beta/tangents='auto' picks them on validation frames, "
+                             "and some source's data has too few batches to hold any out: "
+                             "pass val_data=[each source's validation dataset], more data, "
+                             "or fix them, e.g. ridge=1e-2, beta=1.0")
     if val_data is not None and len(val_data) != len(models):
         raise ValueError(f"val_data has {len(val_data)} entries for {len(models)} models; "
                          "pass one validation dataset per model")
@@ -259,6 +322,11 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     points: list[GridPoint] = []
     best = grid[0]
     val_sets = _val_sets(val_data, opts.val_frames, opts.seed) if val_data is not None else None
+
+    def errors(model: nn.Module) -> tuple[float, float]:
+        if val_sets is not None:
+            return pooled_errors(model, val_sets)
+        return agreement_error(model, models, holdout, forward), math.nan
     t_search, c_search = time.perf_counter(), time.process_time()
     runs: dict[tuple[float, float], _Run] = {}
     reduced = opts.search_frames
@@ -269,7 +337,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
         run = _merge_once(models, sources, order, infos, opts, ridge=ridge, beta=beta,
                           frames=reduced, forward=forward, progress=progress,
                           desc=f"search ridge {ridge:g} beta {beta:g}")
-        f, e = pooled_errors(run.model, val_sets)
+        f, e = errors(run.model)
         if reduced is None or (opts.frames is not None and reduced >= opts.frames):
             runs[(ridge, beta)] = run
         point = GridPoint(ridge, beta, f, e, time.perf_counter() - t1)
@@ -298,7 +366,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
                                         beta=best[1], frames=opts.frames, forward=forward,
                                         progress=progress, desc="merge")
     final_s, final_c = time.perf_counter() - t_final, time.process_time() - c_final
-    val = pooled_errors(run.model, val_sets) if val_sets is not None else None
+    val = errors(run.model) if (val_sets is not None or holdout is not None) else None
 
     report = MergeReport(method=f"progressive ({opts.mode})", options=asdict(opts),
                          num_models=len(models), layers=run.layers, warnings=run.warnings)
@@ -327,6 +395,10 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
         targets_cached=[s.targets is not None for s in sources],
         energy_shift_ev=run.energy_shift,
         grid=[asdict(p) for p in points],
+        validation=("val_data (labelled validation frames)" if val_sets is not None else
+                    f"disagreement with each source on {[_graphs(h) for h in holdout]} "
+                    "held-out frames of its own data (no val_data given)"
+                    if holdout is not None else "none (nothing to choose)"),
         val_force_mae_mev_per_a=val[0] if val else None,
         val_energy_mae_mev_per_atom=val[1] if val else None)
     report.times.update(targets=targets_s, order=order_s, search=search_s, merge=final_s,
@@ -334,3 +406,16 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
                         search_cpu=search_c, merge_cpu=final_c,
                         total_cpu=time.process_time() - c_start)
     return MergeResult(run.model, report)
+
+
+@register("progressive",
+          description="progressive closed form: layers solved stage by stage on inputs of the "
+                      "partly merged model, tangent rows for conservative force fields, "
+                      "ridge and β chosen on validation data (the package default)",
+          reference="https://arxiv.org/abs/2508.03121",
+          options=ProgressiveOptions, needs=Needs(stats=False, data=True))
+def progressive(models, stats, options: ProgressiveOptions, *, data, val_data=None,
+                progress: bool = True) -> MergeResult:
+    result = progressive_merge(models, data, options, val_data=val_data, progress=progress)
+    result.report.method = "progressive"
+    return result

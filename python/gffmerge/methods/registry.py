@@ -34,7 +34,10 @@ class Needs:
     - ``cross``: those statistics with cross sums ``Σ x̃ yᵀ`` (``measure(cross=True)``);
     - ``base_model``: the common pre-trained model the sources were fine-tuned from;
     - ``gradients``: gradients (e.g. Fisher information) of each source on its data;
-    - ``labelled_data``: data with reference labels (energies, forces), not only inputs.
+    - ``labelled_data``: data with reference labels (energies, forces), not only inputs;
+    - ``data``: each source's own batches, handed to the method (as ``data=``, with the
+      optional ``val_data=``, each source's validation dataset) because it runs the models
+      itself (e.g. the progressive merge, whose inputs come from the partly merged model).
     """
 
     stats: bool = True
@@ -42,6 +45,7 @@ class Needs:
     base_model: bool = False
     gradients: bool = False
     labelled_data: bool = False
+    data: bool = False
 
     def __post_init__(self):
         if self.cross and not self.stats:
@@ -120,13 +124,31 @@ class MergeMethod:
             out.append(OptionInfo(f.name, tname, f.default, choices, docs.get(f.name, "")))
         return out
 
-    def __call__(self, models: Sequence[nn.Module], stats: Stats | None = None, **options):
-        """Merge ``models`` (with ``stats`` if the method needs them)."""
-        opts = self.options(**options)
-        if self.needs_for(opts).stats and stats is None:
+    def invoke(self, models: Sequence[nn.Module], stats: Stats | None, options: typing.Any, *,
+               data: Sequence[typing.Any] | None = None,
+               val_data: Sequence[typing.Any] | None = None,
+               progress: bool = True) -> MergeResult:
+        """Run the method with validated ``options``; ``data``, ``val_data`` and
+        ``progress`` are handed over (as keywords) only to methods that need the data."""
+        needs = self.needs_for(options)
+        if needs.stats and stats is None:
             raise ValueError(f"method '{self.name}' needs statistics: measure the models on "
                              "their data first (gffmerge.measure / gffmerge.merge)")
-        return self.fn(models, stats, opts)
+        if not needs.data:
+            return self.fn(models, stats, options)
+        if data is None or len(data) != len(models):
+            got = "no data" if data is None else f"{len(data)} data sources"
+            raise ValueError(f"method '{self.name}' runs each model on its own data: pass "
+                             f"data=[one batch iterable per model] ({len(models)} models, "
+                             f"{got})")
+        return self.fn(models, stats, options, data=data, val_data=val_data, progress=progress)
+
+    def __call__(self, models: Sequence[nn.Module], stats: Stats | None = None, *,
+                 data: Sequence[typing.Any] | None = None,
+                 val_data: Sequence[typing.Any] | None = None, **options):
+        """Merge ``models`` (with ``stats`` or ``data`` if the method needs them)."""
+        return self.invoke(models, stats, self.options(**options), data=data,
+                           val_data=val_data)
 
 
 _REGISTRY: dict[str, MergeMethod] = {}
@@ -178,6 +200,12 @@ def _discover() -> None:
         except Exception as exc:  # a broken plugin must not break gffmerge
             warnings.warn(f"merge-method plugin '{ep.name}' ({ep.value}) failed to load and "
                           f"is skipped: {type(exc).__name__}: {exc}", stacklevel=3)
+
+
+# What `gffmerge.merge()` and `gffmerge merge` run without a method: the best configuration
+# measured in benchmarks/results/merge_quality.md (progressive inputs, tangent rows for
+# conservative models, ridge and β chosen on validation data).
+DEFAULT_METHOD = "progressive"
 
 
 def get(name: str) -> MergeMethod:
