@@ -42,10 +42,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from torch import Tensor, nn
+from torch import nn
 
 from ..architecture import check_same_architecture
-from ..collect.batches import batch_entries, default_forward, move_to
+from ..collect.batches import default_forward
+from ..collect.holdout import agreement_error, graphs, hold_out
 from ..collect.order import LayerOrder, layer_order, mergeable_layers
 from ..collect.progressive import Source, prepare_sources, refit_reference_energies, stage_sums
 from ..collect.tangents import DIRECTIONS, is_conservative
@@ -197,63 +198,6 @@ def _merge_once(models: Sequence[nn.Module], sources: list[Source], order: Layer
     return run
 
 
-def _graphs(batches: Sequence[Any]) -> int:
-    return sum(batch_entries(b) for b in batches)
-
-
-def _hold_out(data: Iterable[Any], frames: int | None, val_frames: int | None
-              ) -> tuple[list[Any], list[Any]]:
-    """``(statistics batches, held-out batches)`` of one source's data: batches after the
-    first ``frames`` graphs (up to ``val_frames`` more) are held out; when the data has no
-    more than ``frames`` graphs, its last fifth of the batches is."""
-    batches, graphs = [], 0
-    limit = None if frames is None or val_frames is None else frames + val_frames
-    for batch in data:
-        batches.append(batch)
-        graphs += batch_entries(batch)
-        if limit is not None and graphs >= limit:
-            break
-    seen = 0
-    for i, batch in enumerate(batches):
-        if frames is not None and seen >= frames:
-            return batches[:i], batches[i:]
-        seen += batch_entries(batch)
-    cut = len(batches) - max(1, len(batches) // 5) if len(batches) > 1 else len(batches)
-    return batches[:cut], batches[cut:]
-
-
-def agreement_error(model: nn.Module, sources: Sequence[nn.Module],
-                    held_out: Sequence[Sequence[Any]], forward=None) -> float:
-    """Mean absolute difference between ``model`` and source k on source k's held-out
-    batches, pooled over all entries: forces for force fields (their derivatives for
-    conservative ones), the forward's outputs otherwise. Label-free validation."""
-    total = count = 0.0
-    for src, batches in zip(sources, held_out):
-        for batch in batches:
-            a, b = _outputs(model, batch, forward), _outputs(src, batch, forward)
-            for x, y in zip(a, b):
-                total += (x.detach().double() - y.detach().double()).abs().sum().item()
-                count += x.numel()
-    return 1000.0 * total / max(count, 1) if _is_force_field(model) else total / max(count, 1)
-
-
-def _is_force_field(model: nn.Module) -> bool:
-    return hasattr(model, "conservative") and hasattr(model, "cutoff")
-
-
-def _outputs(model: nn.Module, batch: Any, forward) -> list[Tensor]:
-    device = next(model.parameters()).device
-    if _is_force_field(model):
-        with torch.enable_grad():
-            return [model(move_to(batch, device))["forces"]]
-    with torch.no_grad():
-        out = (forward or default_forward)(model, move_to(batch, device))
-    if isinstance(out, Tensor):
-        return [out]
-    values = out.values() if isinstance(out, dict) else out
-    return [v for v in values if isinstance(v, Tensor)]
-
-
 def _val_sets(val_data: Sequence[Any], n: int | None, seed: int) -> list[Any]:
     out = []
     for ds in val_data:
@@ -294,7 +238,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     search = len(grid) > 1
     holdout = None
     if search and val_data is None:  # score on held-out frames of each source's own data
-        data, holdout = zip(*(_hold_out(d, opts.frames, opts.val_frames) for d in data))
+        data, holdout = zip(*(hold_out(d, opts.frames, opts.val_frames) for d in data))
         data = list(data)
         if not all(holdout):
             raise ValueError("ridge/beta/tangents='auto' picks them on validation frames, "
@@ -396,7 +340,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
         energy_shift_ev=run.energy_shift,
         grid=[asdict(p) for p in points],
         validation=("val_data (labelled validation frames)" if val_sets is not None else
-                    f"disagreement with each source on {[_graphs(h) for h in holdout]} "
+                    f"disagreement with each source on {[graphs(h) for h in holdout]} "
                     "held-out frames of its own data (no val_data given)"
                     if holdout is not None else "none (nothing to choose)"),
         val_force_mae_mev_per_a=val[0] if val else None,
