@@ -21,7 +21,8 @@ def merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]] | None = No
           device: torch.device | str | None = None, progress: bool = True,
           layers: Iterable[str] | None = None, forward=None, labels: Sequence[str] | None = None,
           backend: str = "auto", dense: bool = False,
-          measure_options: MeasureOptions | None = None, **options) -> MergeResult:
+          measure_options: MeasureOptions | None = None, base: nn.Module | None = None,
+          **options) -> MergeResult:
     """Measure each model on its own data (``data[k]`` for ``models[k]``), then merge.
 
     ``method`` names a registered method (``gffmerge.methods.available()``); ``options``
@@ -31,32 +32,49 @@ def merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]] | None = No
     :func:`gffmerge.measure` for every model; or pass them (and any other setting) as one
     :class:`~gffmerge.collect.MeasureOptions` in ``measure_options``. ``label`` comes from
     ``labels`` and ``cross`` from the method.
+
+    ``base``: the pre-trained model the sources were fine-tuned from, for methods that
+    need it (``task_arithmetic``, ``ties``, ``emr``). Methods that need gradients
+    (``fisher``) get each model's diagonal Fisher on its own (labelled) ``data``.
     """
-    base = _measure_base(measure_options, limit=limit, device=device, progress=progress,
-                         layers=layers, forward=forward, backend=backend, dense=dense)
+    mopts = _measure_base(measure_options, limit=limit, device=device, progress=progress,
+                          layers=layers, forward=forward, backend=backend, dense=dense)
     spec = methods.get(method)
     opts = spec.options(**options)
     check_same_architecture(models)
     stats = None
     measure_s = 0.0
     needs = spec.needs_for(opts)
-    unmet = needs.beyond("stats", "cross")
+    unmet = needs.beyond("stats", "cross", "base_model", "gradients", "labelled_data")
+    if needs.base_model and base is None:
+        raise ValueError(f"method '{method}' needs the pre-trained model the sources were "
+                         "fine-tuned from: pass base=FOUNDATION (CLI: --base CKPT)")
     if unmet:
         raise ValueError(f"method '{method}' needs {', '.join(unmet)}, which gffmerge.merge "
                          "cannot provide yet")
+    if (needs.stats or needs.gradients) and (data is None or len(data) != len(models)):
+        got = "no data" if data is None else f"{len(data)} data sources"
+        raise ValueError(f"method '{method}' measures each model on its own data: pass "
+                         f"one data iterable per model ({len(models)} models, {got})")
     if needs.stats:
-        if data is None or len(data) != len(models):
-            got = "no data" if data is None else f"{len(data)} data sources"
-            raise ValueError(f"method '{method}' measures each model on its own data: pass "
-                             f"one data iterable per model ({len(models)} models, {got})")
         cross = needs.cross
         t0 = time.perf_counter()
         stats = Stats.concat(
-            measure(m, d, options=base, cross=cross,
+            measure(m, d, options=mopts, cross=cross,
                     label=labels[k] if labels else f"model {k}")
             for k, (m, d) in enumerate(zip(models, data)))
         measure_s = time.perf_counter() - t0
-    result = spec.fn(models, stats, opts)
+    gradients = None
+    if needs.gradients:
+        from .collect.fisher import diagonal_fisher
+
+        t0 = time.perf_counter()
+        gradients = [diagonal_fisher(m, d, limit=mopts.limit, device=mopts.device,
+                                     progress=progress,
+                                     label=labels[k] if labels else f"model {k}")
+                     for k, (m, d) in enumerate(zip(models, data))]
+        measure_s += time.perf_counter() - t0
+    result = spec.invoke(models, stats, opts, base=base, gradients=gradients)
     result.report.times["measure"] = measure_s
     result.report.times["total"] = measure_s + result.report.times.get("solve", 0.0)
     return result
