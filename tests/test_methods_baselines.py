@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -81,7 +82,7 @@ def _ties_reference(p0, ps, density, lam):
     for name, theta0 in p0.items():
         taus = [(p[name] - theta0).ravel() for p in ps]
         n = theta0.size
-        keep = math.ceil(density * n)
+        keep = math.ceil(Fraction(density).limit_denominator(1000) * n)
         trimmed = []
         for tau in taus:
             order = sorted(range(n), key=lambda i, t=tau: -abs(t[i]))
@@ -106,6 +107,20 @@ def test_ties_equals_an_entrywise_float64_reference(k, density, lam):
     merged = methods.get("ties")(models, base=base, density=density, lam=lam).model
     _close(merged, _ties_reference(_params(base), [_params(m) for m in models], density, lam))
     assert float(merged.reference[0]) == pytest.approx(sum(range(1, k + 1)) / k)
+
+
+@pytest.mark.parametrize(("k", "density", "lam"), [(2, 0.1, 1.0), (3, 0.2, 0.7), (4, 0.3, 1.0),
+                                                   (5, 0.5, 1.2), (2, 0.05, 1.0)])
+def test_ties_equals_peft(k, density, lam):
+    from peft.utils.merge_utils import ties as peft_ties
+
+    from gffmerge.methods.ties import elect_and_merge, trim
+
+    gen = torch.Generator().manual_seed(50 + k)
+    tau = torch.randn(k, 10, 10, generator=gen, dtype=torch.float64)  # d·n is whole here
+    expected = peft_ties(list(tau), torch.full((k,), lam, dtype=torch.float64), density)
+    torch.testing.assert_close(lam * elect_and_merge(trim(tau, density)), expected,
+                               rtol=1e-15, atol=1e-15)
 
 
 def test_ties_trims_per_tensor_and_elects_by_mass():

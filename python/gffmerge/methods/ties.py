@@ -51,7 +51,8 @@ def trim(tau: Tensor, density: float) -> Tensor:
     """``tau`` ``[K, *shape]`` with all but each row's ``ceil(density·n)`` largest-magnitude
     entries set to 0 (per source, over the whole tensor)."""
     flat = tau.reshape(tau.shape[0], -1)
-    keep = min(flat.shape[1], math.ceil(density * flat.shape[1]))
+    # rounded first, so that 0.3 · 100 (30.000000000000004 in floating point) keeps 30
+    keep = min(flat.shape[1], math.ceil(round(density * flat.shape[1], 9)))
     mask = torch.zeros_like(flat, dtype=torch.bool)
     if keep > 0:
         mask.scatter_(1, flat.abs().topk(keep, dim=1).indices, True)
