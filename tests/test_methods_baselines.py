@@ -405,3 +405,45 @@ def test_cli_merge_with_base_and_mismatch_errors(tmp_path, capsys):
     assert main(["solve", "--model", *map(str, sources), "--method", "fisher",
                  "-o", str(solved), "--quiet"]) == 2
     assert "use gffmerge merge --data" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- grids
+def test_grid_search_keeps_the_lowest_score():
+    from gffmerge.methods.grid import PAPER_GRIDS, grid_search
+
+    base, models = _family(2, seed=60)
+    avg = _params(gffmerge.merge(models, method="average").model)
+
+    def distance_to_average(model):
+        return sum(float(np.abs(p - avg[n]).max()) for n, p in _params(model).items())
+
+    found = grid_search("task_arithmetic", models, distance_to_average, base=base,
+                        grid={"lam": (0.2, 0.5, 1.0)})
+    assert found.best == {"lam": 0.5} and found.score < 1e-12
+    assert [point for point, _ in found.table] == [{"lam": 0.2}, {"lam": 0.5}, {"lam": 1.0}]
+    _close(found.result.model, avg)
+    # the paper's TIES grid: 5 × 5 points, fixed options kept, NaN scores never win
+    calls = []
+
+    def score(model):
+        calls.append(1)
+        return math.nan if len(calls) == 1 else float(len(calls))
+
+    ties = grid_search("ties", models, score, base=base)
+    assert len(ties.table) == 25 and ties.best == {"density": 0.05, "lam": 0.5}
+    assert set(PAPER_GRIDS) == {"ties", "task_arithmetic", "fisher"}
+    with pytest.raises(ValueError, match="no default grid for method 'emr'"):
+        grid_search("emr", models, score, base=base)
+    with pytest.raises(TypeError, match="has no option"):
+        grid_search("ties", models, score, base=base, grid={"d": (0.1,)})
+
+
+def test_validation_score_is_the_combined_force_mae(rmd17):
+    from gffmerge.evaluate import evaluate
+    from gffmerge.methods.grid import validation_score
+
+    torch.manual_seed(61)
+    model = build_model("gns", **TINY_GNS)
+    val = rmd17.split("val")
+    assert validation_score(val)(model) == evaluate(model, val, progress=False)["all"][
+        "force_mae_mev_per_a"]
