@@ -14,7 +14,7 @@ def test_mismatched_architectures_list_differences():
     a, b = TinyMLP(hidden=16), TinyMLP(hidden=8)
     with pytest.raises(gffmerge.ArchitectureMismatchError,
                        match=r"'inp.weight' has shape \[16, 6\].*but \[8, 6\]"):
-        gffmerge.merge([a, b], [[torch.randn(2, 6)]] * 2, progress=False)
+        gffmerge.merge([a, b], [[torch.randn(2, 6)]] * 2, method="gffmerge", progress=False)
     c = nn.Sequential(nn.Linear(6, 3))
     with pytest.raises(gffmerge.ArchitectureMismatchError,
                        match="is in model 0 but not in model 1"):
@@ -29,7 +29,8 @@ def test_architecture_checked_before_any_measuring():
             calls.append(1)
             return super().forward(x)
     with pytest.raises(gffmerge.ArchitectureMismatchError):
-        gffmerge.merge([Spy(), Spy(hidden=4)], [[torch.randn(2, 6)]] * 2, progress=False)
+        gffmerge.merge([Spy(), Spy(hidden=4)], [[torch.randn(2, 6)]] * 2, method="gffmerge",
+                       progress=False)
     assert not calls
 
 
@@ -54,9 +55,9 @@ def test_singular_gram_with_zero_ridge():
     x = torch.randn(50, 4, dtype=torch.float64)
     x[:, 3] = x[:, 2]  # a duplicated feature: rank 3 of 4 (+ intercept)
     with pytest.raises(gffmerge.SingularGramError, match=r"layer\(s\) .*singular.*ridge > 0"):
-        gffmerge.merge(models, [[x], [x]], ridge=0.0, progress=False)
+        gffmerge.merge(models, [[x], [x]], method="gffmerge", ridge=0.0, progress=False)
     # with the official tiny ridge it solves (and the report shows the conditioning)
-    result = gffmerge.merge(models, [[x], [x]], progress=False)
+    result = gffmerge.merge(models, [[x], [x]], method="gffmerge", progress=False)
     assert result.report.layers[0].cond > 1e6
 
 
@@ -65,9 +66,9 @@ def test_unknown_method_name():
                        match=r"unknown merge method 'regmaen' \(did you mean 'regmean'\?\)"):
         gffmerge.merge([TinyMLP()], None, method="regmaen")
     with pytest.raises(TypeError, match="method 'gffmerge' has no option.*ridge_scale"):
-        gffmerge.merge([TinyMLP()], None, ridge_scale=2)
+        gffmerge.merge([TinyMLP()], None, method="gffmerge", ridge_scale=2)
     with pytest.raises(ValueError, match="weighting='pool' is not valid"):
-        gffmerge.merge([TinyMLP()], None, weighting="pool")
+        gffmerge.merge([TinyMLP()], None, method="gffmerge", weighting="pool")
 
 
 def test_stats_from_another_model(tmp_path):
@@ -118,4 +119,5 @@ def test_integer_buffers_must_agree():
 
 def test_wrong_number_of_data_sources():
     with pytest.raises(ValueError, match="one data iterable per model"):
-        gffmerge.merge(fine_tunes(TinyMLP(), 2), [[torch.randn(2, 6)]], progress=False)
+        gffmerge.merge(fine_tunes(TinyMLP(), 2), [[torch.randn(2, 6)]], method="gffmerge",
+                       progress=False)

@@ -18,7 +18,7 @@ rank  layer      modules (a package name covers everything under it)
 1     data       ``data/``
 2     models     ``models/``, and what builds, stores, runs or trains *one* model, with no
                  merging: ``checkpoint``, ``calculator`` (ASE), ``evaluate``, ``train``,
-                 ``recipes``
+                 ``recipes``, ``lineage`` (which checkpoint a model was fine-tuned from)
 3     stats      ``stats``: the sums-and-counts container and its file format
 4     collect    ``collect/``: hooks, providers and the runner that fill a ``Stats``
 5     solver     ``solver/``, ``report`` (the report and result types a solve returns)
@@ -51,7 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("errors", "atomic", "architecture", "discover")),
     ("data", ("data",)),
     ("models", ("models", "checkpoint", "calculator", "evaluate", "train", "recipes",
-                "repair")),
+                "repair", "lineage")),
     ("stats", ("stats",)),
     ("collect", ("collect",)),
     ("solver", ("solver", "report")),

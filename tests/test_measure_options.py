@@ -57,7 +57,8 @@ def test_options_are_frozen_and_keep_a_layer_generator():
     # a generator of layer names reaches every model merged, not only the first
     models = fine_tunes(TinyMLP(), 2, seed=2)
     datas = [random_batches(2, 3, (6,), seed=k) for k in range(2)]
-    result = gffmerge.merge(models, datas, layers=(n for n in ["inp", "out"]), progress=False)
+    result = gffmerge.merge(models, datas, method="gffmerge",
+                            layers=(n for n in ["inp", "out"]), progress=False)
     assert sorted(r.name for r in result.report.layers) == ["inp", "out"]
 
 
@@ -83,12 +84,14 @@ def test_options_must_be_measure_options():
 def test_merge_takes_measure_options():
     models = fine_tunes(TinyMLP(), 2, seed=4)
     datas = [random_batches(3, 2, (6,), seed=k) for k in range(2)]
-    a = gffmerge.merge(models, datas, limit=3, progress=False)
-    b = gffmerge.merge(models, datas, measure_options=MeasureOptions(limit=3, progress=False))
+    a = gffmerge.merge(models, datas, method="gffmerge", limit=3, progress=False)
+    b = gffmerge.merge(models, datas, method="gffmerge",
+                       measure_options=MeasureOptions(limit=3, progress=False))
     for k, v in a.model.state_dict().items():
         assert torch.equal(v, b.model.state_dict()[k]), k
     with pytest.raises(ValueError, match="measure_options and also limit=, dense="):
-        gffmerge.merge(models, datas, limit=3, dense=True, measure_options=MeasureOptions())
+        gffmerge.merge(models, datas, method="gffmerge",
+                       limit=3, dense=True, measure_options=MeasureOptions())
 
 
 def test_distributed_measuring_needs_a_process_group():

@@ -29,7 +29,7 @@ def test_single_linear_equals_ols_on_union(k):
     models = [nn.Linear(5, 3).double() for _ in range(k)]
     datas = [random_batches(i + 1, 17 + 5 * i, (5,), shift=0.3 * i, seed=i, dtype=torch.float64)
              for i in range(k)]
-    merged = gffmerge.merge(models, datas, ridge=0.0, progress=False).model
+    merged = gffmerge.merge(models, datas, method="gffmerge", ridge=0.0, progress=False).model
     w, b = _union_ols(models, datas)
     assert torch.allclose(merged.weight, w, atol=1e-10, rtol=0)
     assert torch.allclose(merged.bias, b, atol=1e-10, rtol=0)
@@ -97,7 +97,8 @@ def test_gffmerge_equals_official_recipe(k, target):
     models = fine_tunes(TinyMLP(), k, seed=k)
     datas = [random_batches(2 + i, 5 + 3 * i, (4, 6), shift=0.4 * i, seed=20 + i)
              for i in range(k)]
-    result = gffmerge.merge(models, datas, official_quirks=True, target=target, progress=False)
+    result = gffmerge.merge(models, datas, method="gffmerge",
+                            official_quirks=True, target=target, progress=False)
     ref_state, ref_conds = _official_recipe(models, datas)
     got = result.model.state_dict()
     # both end in float32 parameters; the weights target rebuilds B from float32 weights
@@ -115,8 +116,8 @@ def test_bias_free_layers_without_quirk_fit_no_intercept():
     torch.manual_seed(3)
     models = fine_tunes(TinyMLP(), 2, seed=1)
     datas = [random_batches(2, 6, (3, 6), shift=i, seed=i) for i in range(2)]
-    clean = gffmerge.merge(models, datas, progress=False)
-    quirk = gffmerge.merge(models, datas, official_quirks=True, progress=False)
+    clean = gffmerge.merge(models, datas, method="gffmerge", progress=False)
+    quirk = gffmerge.merge(models, datas, method="gffmerge", official_quirks=True, progress=False)
     by_name = {lr.name: lr for lr in clean.report.layers}
     assert not by_name["mid"].intercept and by_name["inp"].intercept
     diff = (clean.model.mid.weight - quirk.model.mid.weight).abs().max()

@@ -134,12 +134,22 @@ def test_register_keeps_the_needs_stats_spelling(isolated_registry):
                          needs=Needs(), needs_stats=True)
 
 
-def test_merge_refuses_needs_it_cannot_provide(isolated_registry):
-    _plugin(isolated_registry, "gfm_test_base", "needs_base", extra="base_model=True")
-    __import__("gfm_test_base")
-    models = fine_tunes(TinyMLP(), 2, seed=0)
-    with pytest.raises(ValueError, match="needs base_model, which gffmerge.merge cannot"):
+def test_merge_asks_for_the_base_and_passes_it(isolated_registry):
+    seen = []
+
+    def record(models, stats, options, *, base):
+        seen.append(base)
+        return methods.get("average").fn(models, None, methods.get("average").options())
+
+    methods.register("needs_base", description="d", reference="r", options=CrossSwitch,
+                     needs=Needs(stats=False, base_model=True))(record)
+    base = TinyMLP()
+    models = fine_tunes(base, 2, seed=0)
+    with pytest.raises(ValueError, match="needs the pre-trained model .* pass base="):
         gffmerge.merge(models, method="needs_base")
+    gffmerge.merge(models, method="needs_base", base=base)
+    methods.get("needs_base")(models, base=base)
+    assert seen == [base, base]
 
 
 @dataclass(frozen=True)

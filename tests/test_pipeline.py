@@ -139,7 +139,7 @@ def test_merge_api_on_force_fields(ckpts):
     models = [load_checkpoint(paths[s])[0] for s in DEMO_SYSTEMS]
     data = load_dataset(list(DEMO_SYSTEMS)).split("train")
     loaders = [data.for_system(s).batches(3, models[0].cutoff) for s in DEMO_SYSTEMS]
-    result = gffmerge.merge(models, loaders, limit=3, progress=False)
+    result = gffmerge.merge(models, loaders, method="gffmerge", limit=3, progress=False)
     names = [lr.name for lr in result.report.layers]
     assert any(n.endswith("edge_in") for n in names)  # the EdgeConcatLinear is solved
     edge = next(lr for lr in result.report.layers if lr.name.endswith("edge_in"))

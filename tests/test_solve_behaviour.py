@@ -22,8 +22,9 @@ def test_mean_prior_keeps_unspanned_directions():
     models = [nn.Linear(4, 2).double() for _ in range(2)]
     datas = [_low_rank_data(1), _low_rank_data(2)]
     mean_w = (models[0].weight + models[1].weight) / 2
-    zero = gffmerge.merge(models, datas, progress=False).model
-    prior = gffmerge.merge(models, datas, prior="mean", ridge=1e-3, ridge_mode="relative",
+    zero = gffmerge.merge(models, datas, method="gffmerge", progress=False).model
+    prior = gffmerge.merge(models, datas, method="gffmerge",
+                           prior="mean", ridge=1e-3, ridge_mode="relative",
                            progress=False).model
     assert zero.weight[:, 2:].abs().max() < 1e-6  # collapsed toward 0
     assert torch.allclose(prior.weight[:, 2:], mean_w[:, 2:], atol=1e-12)
@@ -53,7 +54,7 @@ def test_unreached_layers_keep_mean_and_warn():
     datas = [random_batches(2, 4, (6,), seed=i) for i in range(2)]
     with pytest.warns(UserWarning,
                       match=r"1 layer\(s\) saw no data and keep the sources' mean: spare"):
-        result = gffmerge.merge(models, datas, progress=False)
+        result = gffmerge.merge(models, datas, method="gffmerge", progress=False)
     assert result.report.unreached == ["spare"]
     mean = (models[0].spare.weight + models[1].spare.weight) / 2
     assert torch.allclose(result.model.spare.weight, mean)
@@ -89,7 +90,7 @@ def test_report_diagnostics():
     torch.manual_seed(4)
     models = fine_tunes(TinyMLP(), 2, seed=9)
     datas = [random_batches(3, 8, (6,), seed=i, shift=i) for i in range(2)]
-    rep = gffmerge.merge(models, datas, progress=False).report
+    rep = gffmerge.merge(models, datas, method="gffmerge", progress=False).report
     assert [lr.name for lr in rep.layers] == ["inp", "mid", "out"]
     for lr in rep.layers:
         assert lr.rows == [24, 24]
@@ -98,7 +99,7 @@ def test_report_diagnostics():
     # least-squares residual of fitting two different linear maps with one
     ys = [torch.cat([m.inp(b).double() for b in d]).detach() for m, d in zip(models, datas)]
     w = rep.layers[0]
-    merged = gffmerge.merge(models, datas, progress=False).model
+    merged = gffmerge.merge(models, datas, method="gffmerge", progress=False).model
     pred = merged.inp(torch.cat([torch.cat(d) for d in datas])).double().detach()
     ys_all = torch.cat([ys[0], ys[1]])
     expected = ((pred - ys_all) ** 2).sum() / (ys_all ** 2).sum()

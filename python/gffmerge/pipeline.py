@@ -17,46 +17,79 @@ from .stats import Stats
 
 
 def merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]] | None = None, *,
-          method: str = "gffmerge", limit: int | None = None,
+          method: str | None = None, limit: int | None = None,
           device: torch.device | str | None = None, progress: bool = True,
           layers: Iterable[str] | None = None, forward=None, labels: Sequence[str] | None = None,
           backend: str = "auto", dense: bool = False,
-          measure_options: MeasureOptions | None = None, **options) -> MergeResult:
+          measure_options: MeasureOptions | None = None, base: nn.Module | None = None,
+          val_data: Sequence[Any] | None = None, **options) -> MergeResult:
     """Measure each model on its own data (``data[k]`` for ``models[k]``), then merge.
 
-    ``method`` names a registered method (``gffmerge.methods.available()``); ``options``
+    ``method`` names a registered method (``gffmerge.methods.available()``; default
+    :data:`gffmerge.methods.DEFAULT_METHOD`, the progressive force-aware merge; the paper's
+    recipe is ``method="gffmerge"``); ``options``
     are that method's options, validated before any work is done, as is the architecture
     of the models. Methods that need no statistics (``"average"``) ignore ``data``.
     ``limit``, ``device``, ``layers``, ``forward``, ``backend`` and ``dense`` are passed to
     :func:`gffmerge.measure` for every model; or pass them (and any other setting) as one
     :class:`~gffmerge.collect.MeasureOptions` in ``measure_options``. ``label`` comes from
     ``labels`` and ``cross`` from the method.
+
+    ``base``: the pre-trained model the sources were fine-tuned from, for methods that
+    need it (``task_arithmetic``, ``ties``, ``emr``). Methods that need gradients
+    (``fisher``) get each model's diagonal Fisher on its own (labelled) ``data``.
+    Methods that run the models themselves (``progressive``) get ``data`` as it is, and
+    ``val_data`` (each source's validation :class:`~gffmerge.data.AtomsDataset`) to choose
+    their hyperparameters on; without it they hold out frames of ``data``.
     """
-    base = _measure_base(measure_options, limit=limit, device=device, progress=progress,
-                         layers=layers, forward=forward, backend=backend, dense=dense)
+    method = method or methods.DEFAULT_METHOD
+    mopts = _measure_base(measure_options, limit=limit, device=device, progress=progress,
+                          layers=layers, forward=forward, backend=backend, dense=dense)
     spec = methods.get(method)
     opts = spec.options(**options)
     check_same_architecture(models)
     stats = None
     measure_s = 0.0
     needs = spec.needs_for(opts)
-    unmet = needs.beyond("stats", "cross")
+    unmet = needs.beyond("stats", "cross", "base_model", "gradients", "labelled_data",
+                         "data")
+    if needs.base_model and base is None:
+        raise ValueError(f"method '{method}' needs the pre-trained model the sources were "
+                         "fine-tuned from: pass base=FOUNDATION (CLI: --base CKPT)")
     if unmet:
         raise ValueError(f"method '{method}' needs {', '.join(unmet)}, which gffmerge.merge "
                          "cannot provide yet")
+    if (needs.stats or needs.gradients or needs.data) and (data is None
+                                                           or len(data) != len(models)):
+        got = "no data" if data is None else f"{len(data)} data sources"
+        raise ValueError(f"method '{method}' measures each model on its own data: pass "
+                         f"one data iterable per model ({len(models)} models, {got})")
     if needs.stats:
-        if data is None or len(data) != len(models):
-            got = "no data" if data is None else f"{len(data)} data sources"
-            raise ValueError(f"method '{method}' measures each model on its own data: pass "
-                             f"one data iterable per model ({len(models)} models, {got})")
         cross = needs.cross
         t0 = time.perf_counter()
         stats = Stats.concat(
-            measure(m, d, options=base, cross=cross,
+            measure(m, d, options=mopts, cross=cross,
                     label=labels[k] if labels else f"model {k}")
             for k, (m, d) in enumerate(zip(models, data)))
         measure_s = time.perf_counter() - t0
-    result = spec.fn(models, stats, opts)
+    gradients = None
+    if needs.gradients:
+        from .collect.fisher import diagonal_fisher
+
+        t0 = time.perf_counter()
+        gradients = [diagonal_fisher(m, d, limit=mopts.limit, device=mopts.device,
+                                     progress=progress,
+                                     label=labels[k] if labels else f"model {k}")
+                     for k, (m, d) in enumerate(zip(models, data))]
+        measure_s += time.perf_counter() - t0
+    if val_data is not None and len(val_data) != len(models):
+        raise ValueError(f"val_data has {len(val_data)} entries for {len(models)} models: "
+                         "pass one validation dataset per model, in the same order")
+    if needs.data and mopts.limit is not None:
+        raise ValueError(f"method '{method}' takes its frame budget from its own options "
+                         "(e.g. frames=200), not from limit=")
+    result = spec.invoke(models, stats, opts, base=base, gradients=gradients, data=data,
+                         val_data=val_data, progress=progress)
     result.report.times["measure"] = measure_s
     result.report.times["total"] = measure_s + result.report.times.get("solve", 0.0)
     return result

@@ -56,21 +56,41 @@ def _merge_summary(args, result) -> None:
     emit(args, payload, text)
 
 
+def _base_model(method: str, needs, base: str | None, ckpts: list[str], metas: list[dict]):
+    """The ``--base`` model when the method needs one, after checking from the sources'
+    metadata that they were fine-tuned from it (None when the method needs none)."""
+    if not needs.base_model:
+        return None
+    if not base:
+        raise CliError(f"method '{method}' needs --base CKPT: the pre-trained checkpoint the "
+                       "sources were fine-tuned from")
+    from ..checkpoint import load_checkpoint
+    from ..lineage import check_shared_base
+
+    check_shared_base(base, list(zip(ckpts, metas)))
+    return load_checkpoint(base)[0]
+
+
 def cmd_solve(args) -> int:
     from .. import methods
     from ..stats import Stats
 
-    models, _ = load_models(args.model)
+    models, metas = load_models(args.model)
     opts = method_options(args.method, args.option)
     spec = methods.get(args.method)
+    needs = spec.needs_for(spec.options(**opts))
+    if needs.gradients:
+        raise CliError(f"method '{args.method}' computes gradients on each model's labelled "
+                       "data: use gffmerge merge --data ... instead of solve")
+    base = _base_model(args.method, needs, args.base, args.model, metas)
     stats = None
-    if spec.needs_for(spec.options(**opts)).stats:
+    if needs.stats:
         if not args.stats:
             raise CliError(f"method '{args.method}' needs --stats (one file per model, or one "
                            "file holding all models)")
         stats = Stats.concat(Stats.load(p) for p in args.stats)
-    result = spec(models, stats, **opts)
-    _save_merged(args, result, args.model, {"stats": args.stats or []})
+    result = spec(models, stats, base=base, **opts)
+    _save_merged(args, result, args.model, {"stats": args.stats or [], "base": args.base})
     _merge_summary(args, result)
     return 0
 
@@ -99,16 +119,19 @@ def cmd_merge(args) -> int:
                  for m in cfg["models"]]
         limit = cfg.get("limit", limit)
         args.output = args.output or cfg.get("output")
+        args.base = args.base or cfg.get("base_model")
     opts = {**method_options(method, cfg_params), **method_options(method, args.option)}
     if not args.output:
         raise CliError("no output path: pass -o merged.pt (or 'output:' in the config)")
     if not ckpts:
         raise CliError("no models: pass --model CKPT ... or --config merge.yaml")
-    models, _ = load_models(ckpts)
+    models, metas = load_models(ckpts)
     from .. import methods
 
     spec = methods.get(method)
-    needs = spec.needs_for(spec.options(**opts)).stats
+    needed = spec.needs_for(spec.options(**opts))
+    base = _base_model(method, needed, args.base, ckpts, metas)
+    needs = needed.stats or needed.gradients
     if needs and len(datas) != len(models):
         raise CliError(f"{len(models)} models but {len(datas)} --data entries: give each "
                        "model its own data, in the same order")
@@ -117,8 +140,8 @@ def cmd_merge(args) -> int:
         loaders = [dataset([d for d in ds if d], args.split, args).batches_for(
             m, args.batch_size) for ds, m in zip(datas, models)]
     result = run_merge(models, loaders, method=method, limit=limit, progress=not args.quiet,
-                       labels=[Path(c).stem for c in ckpts], **opts)
-    _save_merged(args, result, ckpts, {"data": [str(d) for d in datas]})
+                       labels=[Path(c).stem for c in ckpts], base=base, **opts)
+    _save_merged(args, result, ckpts, {"data": [str(d) for d in datas], "base": args.base})
     _merge_summary(args, result)
     return 0
 

@@ -10,6 +10,9 @@ from .merging import cmd_demo, cmd_merge, cmd_methods, cmd_solve
 from .repairing import add_parser as add_repair_parser
 from .training import cmd_eval, cmd_train
 
+BASE_HELP = ("the pre-trained checkpoint the sources were fine-tuned from (task_arithmetic, "
+             "ties, emr); checked against the sources' metadata")
+
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -42,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, nargs="+", help="source checkpoints, in order")
     p.add_argument("--stats", nargs="+", help="stats files, in the same order")
     p.add_argument("--method", default="gffmerge")
+    p.add_argument("--base", metavar="CKPT", help=BASE_HELP)
     p.add_argument("-O", "--option", action="append", metavar="KEY=VALUE",
                    help="method option, e.g. -O prior=mean -O ridge=1e-4")
     p.add_argument("-o", "--output", required=True, help="merged checkpoint (.pt)")
@@ -54,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML in the mergekit shape (merge_method, models, "
                                     "parameters)")
     p.add_argument("--method", default="gffmerge")
+    p.add_argument("--base", metavar="CKPT", help=BASE_HELP)
     p.add_argument("-O", "--option", action="append", metavar="KEY=VALUE")
     p.add_argument("--limit", type=int, help="graphs per model, checked after each batch")
     add_data_options(p, "train")

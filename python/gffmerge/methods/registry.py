@@ -1,5 +1,10 @@
 """The merge-method registry: a decorator, a name → method table, typed options, needs.
 
+A method is ``fn(models, stats, options) -> MergeResult``; a method that needs a base model
+or gradients (:class:`Needs`) also takes them as keyword arguments, ``base=`` (the common
+pre-trained model) and ``gradients=`` (one ``{parameter name: diagonal Fisher}`` mapping per
+source), and only those it needs: :meth:`MergeMethod.invoke` passes them.
+
 Every module of the ``gffmerge.methods`` package, and every entry point of the group
 ``gffmerge.methods`` (third-party packages), is imported on the first lookup or listing;
 importing a module runs its :func:`register` decorators.
@@ -22,8 +27,10 @@ from ..errors import UnknownMethodError
 from ..report import MergeResult
 from ..stats import Stats
 
-MethodFn = Callable[[Sequence[nn.Module], "Stats | None", typing.Any], MergeResult]
+MethodFn = Callable[..., MergeResult]
 ENTRY_POINT_GROUP = "gffmerge.methods"
+# Needs field -> the keyword argument that hands that input to a method's function
+INPUT_KEYWORDS = {"base_model": "base", "gradients": "gradients"}
 
 
 @dataclass(frozen=True)
@@ -124,31 +131,52 @@ class MergeMethod:
             out.append(OptionInfo(f.name, tname, f.default, choices, docs.get(f.name, "")))
         return out
 
-    def invoke(self, models: Sequence[nn.Module], stats: Stats | None, options: typing.Any, *,
+    def invoke(self, models: Sequence[nn.Module], stats: Stats | None, options: typing.Any,
+               *, base: nn.Module | None = None,
+               gradients: Sequence[typing.Mapping[str, typing.Any]] | None = None,
                data: Sequence[typing.Any] | None = None,
                val_data: Sequence[typing.Any] | None = None,
                progress: bool = True) -> MergeResult:
-        """Run the method with validated ``options``; ``data``, ``val_data`` and
-        ``progress`` are handed over (as keywords) only to methods that need the data."""
+        """Run the method with validated ``options``, handing it ``base``, ``gradients`` and
+        (for methods that need the data) ``data``, ``val_data`` and ``progress`` as keyword
+        arguments if (and only if) its needs name them; a missing one is an error.
+        """
         needs = self.needs_for(options)
         if needs.stats and stats is None:
             raise ValueError(f"method '{self.name}' needs statistics: measure the models on "
                              "their data first (gffmerge.measure / gffmerge.merge)")
-        if not needs.data:
-            return self.fn(models, stats, options)
-        if data is None or len(data) != len(models):
-            got = "no data" if data is None else f"{len(data)} data sources"
-            raise ValueError(f"method '{self.name}' runs each model on its own data: pass "
-                             f"data=[one batch iterable per model] ({len(models)} models, "
-                             f"{got})")
-        return self.fn(models, stats, options, data=data, val_data=val_data, progress=progress)
+        given = {"base": base, "gradients": gradients}
+        inputs = {}
+        for need, keyword in INPUT_KEYWORDS.items():
+            if getattr(needs, need):
+                if given[keyword] is None:
+                    raise ValueError(f"method '{self.name}' needs {need}: pass {keyword}= "
+                                     f"({_INPUT_HINTS[keyword]})")
+                inputs[keyword] = given[keyword]
+        if needs.data:
+            if data is None or len(data) != len(models):
+                got = "no data" if data is None else f"{len(data)} data sources"
+                raise ValueError(f"method '{self.name}' runs each model on its own data: pass "
+                                 f"data=[one batch iterable per model] ({len(models)} models, "
+                                 f"{got})")
+            inputs.update(data=data, val_data=val_data, progress=progress)
+        return self.fn(models, stats, options, **inputs)
 
     def __call__(self, models: Sequence[nn.Module], stats: Stats | None = None, *,
+                 base: nn.Module | None = None,
+                 gradients: Sequence[typing.Mapping[str, typing.Any]] | None = None,
                  data: Sequence[typing.Any] | None = None,
                  val_data: Sequence[typing.Any] | None = None, **options):
-        """Merge ``models`` (with ``stats`` or ``data`` if the method needs them)."""
-        return self.invoke(models, stats, self.options(**options), data=data,
-                           val_data=val_data)
+        """Merge ``models`` (with ``stats``, ``base``, ``gradients`` or ``data`` if the method
+        needs them); ``options`` are the method's options."""
+        return self.invoke(models, stats, self.options(**options), base=base,
+                           gradients=gradients, data=data, val_data=val_data)
+
+
+_INPUT_HINTS = {
+    "base": "the pre-trained model the sources were fine-tuned from; CLI: --base CKPT",
+    "gradients": "one diagonal Fisher per source, gffmerge.collect.fisher.diagonal_fisher",
+}
 
 
 _REGISTRY: dict[str, MergeMethod] = {}

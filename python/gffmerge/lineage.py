@@ -1,0 +1,78 @@
+"""Which pre-trained model a fine-tuned checkpoint came from, read from its metadata.
+
+:func:`gffmerge.train.train` records the checkpoint a run started from as ``init`` (the
+path as given then). Methods built on task vectors (``θ_k − θ₀``) are meaningless unless
+every source was fine-tuned from the base ``θ₀`` they are given, so the CLI checks it here;
+the architecture itself is checked by the methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import GffmergeError
+
+
+class BaseMismatchError(GffmergeError, ValueError):
+    """A source checkpoint was fine-tuned from another model than the given base."""
+
+
+def _resolve(init: str, source: Path) -> Path | None:
+    """``init`` as recorded, else relative to the source checkpoint's folder or any of its
+    parents (a path recorded relative to a repository root); None if not found."""
+    candidate = Path(init)
+    if candidate.is_file():
+        return candidate
+    if candidate.is_absolute():
+        return None
+    for folder in source.resolve().parents:
+        if (folder / candidate).is_file():
+            return folder / candidate
+    return None
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """The same file, or two files with the same bytes (a copied foundation)."""
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except OSError:
+        return False
+    return a.stat().st_size == b.stat().st_size and _digest(a) == _digest(b)
+
+
+def check_shared_base(base: str | os.PathLike,
+                      sources: Sequence[tuple[str | os.PathLike, Mapping[str, Any]]]) -> None:
+    """Raise :class:`BaseMismatchError` (one line) unless every source ``(path, metadata)``
+    that records an ``init`` checkpoint was fine-tuned from ``base``.
+
+    A recorded ``init`` that exists here must be ``base`` or a byte-identical copy; one
+    that cannot be found must at least have ``base``'s file name. Sources without an
+    ``init`` (merged or foreign checkpoints) are not checked.
+    """
+    base = Path(base)
+    for path, meta in sources:
+        init = meta.get("init") if isinstance(meta, Mapping) else None
+        if not init:
+            continue
+        found = _resolve(str(init), Path(path))
+        if found is None:
+            if Path(str(init)).name != base.name:
+                raise BaseMismatchError(
+                    f"{path} was fine-tuned from {init} (not found here), not from {base}: "
+                    f"pass that foundation as the base")
+        elif not same_file(found, base):
+            raise BaseMismatchError(f"{path} was fine-tuned from {found}, not from {base}: "
+                                    f"pass --base {found}")
