@@ -1,6 +1,7 @@
 """Training, the command line and the demo, end to end on a few real LiPS20 frames."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,9 +67,9 @@ def test_cli_measure_solve_equals_merge(ckpts, tmp_path, capsys):
     assert main(["solve", "-q", "--model", *src, "--stats", *stats, "-O", "prior=mean",
                  "-O", "ridge_mode=relative", "-O", "ridge=1e-3", "-o",
                  str(tmp_path / "a.pt"), "--report", str(tmp_path / "r.md")]) == 0
-    assert main(["merge", "-q", "--model", *src, "--data", *DEMO_SYSTEMS, "--limit", "4",
-                 "-O", "prior=mean", "-O", "ridge_mode=relative", "-O", "ridge=1e-3", "-o",
-                 str(tmp_path / "b.pt")]) == 0
+    assert main(["merge", "-q", "--method", "gffmerge", "--model", *src, "--data",
+                 *DEMO_SYSTEMS, "--limit", "4", "-O", "prior=mean", "-O", "ridge_mode=relative",
+                 "-O", "ridge=1e-3", "-o", str(tmp_path / "b.pt")]) == 0
     a, meta = load_checkpoint(tmp_path / "a.pt")
     b, _ = load_checkpoint(tmp_path / "b.pt")
     for k, v in a.state_dict().items():
@@ -145,3 +146,21 @@ def test_merge_api_on_force_fields(ckpts):
     edge = next(lr for lr in result.report.layers if lr.name.endswith("edge_in"))
     node = next(lr for lr in result.report.layers if lr.name.endswith("node_mlp.0"))
     assert edge.rows[0] > node.rows[0] > 0  # edge layers see edges, node layers atoms
+
+
+def test_cli_merge_default_is_progressive_with_validation_split(tmp_path, capsys):
+    """Without --method, `gffmerge merge` runs the package default on the sources' training
+    frames and picks its ridge on the same systems' validation frames."""
+    root = Path(__file__).resolve().parents[1] / "checkpoints" / "rmd17"
+    src = [str(root / f"gns_{m}.pt") for m in ("ethanol", "malonaldehyde")]
+    out = tmp_path / "merged.pt"
+    assert main(["merge", "--json", "-q", "--model", *src, "--data", "rmd17/ethanol",
+                 "rmd17/malonaldehyde", "--limit", "16", "-O", "search_frames=8",
+                 "-O", "val_frames=8", "-O", "ridge_grid=[1e-3, 1e-2]", "-o", str(out)]) == 0
+    model, meta = load_checkpoint(out)
+    assert meta["method"] == "progressive"
+    opts = meta["options"]
+    assert opts["frames"] == 16 and opts["chosen_ridge"] in (1e-3, 1e-2)
+    assert opts["validation"].startswith("val_data")
+    assert len(opts["grid"]) == 2 and all(p["val_force_mae_mev_per_a"] > 0 for p in opts["grid"])
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())

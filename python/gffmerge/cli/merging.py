@@ -18,12 +18,14 @@ def cmd_methods(args) -> int:
         rows.append({"name": name, "description": spec.description,
                      "reference": spec.reference, "needs_stats": spec.needs_stats,
                      "needs": spec.needs_for().names(),
+                     "default": name == methods.DEFAULT_METHOD,
                      "options": [{"name": o.name, "type": o.type, "default": o.default,
                                   "choices": list(o.choices), "help": o.help}
                                  for o in spec.option_infos()]})
     lines = []
     for r in rows:
-        lines.append(f"{r['name']}: {r['description']}\n  reference: {r['reference']}\n"
+        mark = " (default)" if r["default"] else ""
+        lines.append(f"{r['name']}{mark}: {r['description']}\n  reference: {r['reference']}\n"
                      f"  needs: {', '.join(r['needs']) or 'only the models'}")
         for o in r["options"]:
             choices = f" {{{', '.join(map(str, o['choices']))}}}" if o["choices"] else ""
@@ -112,7 +114,7 @@ def cmd_merge(args) -> int:
     cfg_params: dict[str, Any] = {}
     if args.config:
         cfg = _merge_config(args.config)
-        method = cfg.get("merge_method", method)
+        method = method or cfg.get("merge_method")
         cfg_params = dict(cfg.get("parameters") or {})
         ckpts = [str(m["model"]) for m in cfg["models"]]
         datas = [m["data"] if isinstance(m.get("data"), list) else [m.get("data")]
@@ -120,18 +122,22 @@ def cmd_merge(args) -> int:
         limit = cfg.get("limit", limit)
         args.output = args.output or cfg.get("output")
         args.base = args.base or cfg.get("base_model")
+    from .. import methods
+
+    method = method or methods.DEFAULT_METHOD
     opts = {**method_options(method, cfg_params), **method_options(method, args.option)}
     if not args.output:
         raise CliError("no output path: pass -o merged.pt (or 'output:' in the config)")
     if not ckpts:
         raise CliError("no models: pass --model CKPT ... or --config merge.yaml")
     models, metas = load_models(ckpts)
-    from .. import methods
-
     spec = methods.get(method)
     needed = spec.needs_for(spec.options(**opts))
     base = _base_model(method, needed, args.base, ckpts, metas)
-    needs = needed.stats or needed.gradients
+    needs = needed.stats or needed.gradients or needed.data
+    if needed.data and limit is not None:  # such methods budget frames themselves
+        opts.setdefault("frames", limit)
+        limit = None
     if needs and len(datas) != len(models):
         raise CliError(f"{len(models)} models but {len(datas)} --data entries: give each "
                        "model its own data, in the same order")
@@ -139,8 +145,12 @@ def cmd_merge(args) -> int:
     if needs:
         loaders = [dataset([d for d in ds if d], args.split, args).batches_for(
             m, args.batch_size) for ds, m in zip(datas, models)]
+    val_data = None
+    if needed.data and args.split == "train":  # validation frames of the same systems
+        val_data = [dataset([d for d in ds if d], "val", args) for ds in datas]
     result = run_merge(models, loaders, method=method, limit=limit, progress=not args.quiet,
-                       labels=[Path(c).stem for c in ckpts], base=base, **opts)
+                       labels=[Path(c).stem for c in ckpts], base=base, val_data=val_data,
+                       **opts)
     _save_merged(args, result, ckpts, {"data": [str(d) for d in datas], "base": args.base})
     _merge_summary(args, result)
     return 0

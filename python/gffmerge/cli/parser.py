@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", help="one data name/file per model, same order")
     p.add_argument("--config", help="YAML in the mergekit shape (merge_method, models, "
                                     "parameters)")
-    p.add_argument("--method", default="gffmerge")
+    p.add_argument("--method", help="merge method (default: the package default, "
+                                     "progressive; the paper's recipe is gffmerge; "
+                                     "see `gffmerge methods`)")
     p.add_argument("--base", metavar="CKPT", help=BASE_HELP)
     p.add_argument("-O", "--option", action="append", metavar="KEY=VALUE")
     p.add_argument("--limit", type=int, help="graphs per model, checked after each batch")

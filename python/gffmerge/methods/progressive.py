@@ -110,6 +110,28 @@ class ProgressiveOptions:
     seed: int = 0
     backend: str = "auto"
 
+    __option_help__ = {
+        "mode": "progressive (inputs from the partly merged model) or one-shot",
+        "ridge": "relative λ (λ·tr(G)/dim), or auto: chosen on validation frames",
+        "ridge_mode": "relative (to tr(G)/dim) or absolute",
+        "prior": "mean (shrink toward the sources' mean) or zero",
+        "weighting": "pooled (row counts) or per_model (each source's mean sums)",
+        "tangents": "tangent rows (derivatives along displacements): auto = for conservative "
+                    "models, chosen on validation; on; off",
+        "beta": "weight of the tangent rows against the value rows, or auto",
+        "directions": "random unit displacements or the reference-force direction",
+        "draws": "displacement directions per frame (one forward-mode pass each)",
+        "frames": "frames per source for the statistics of every stage (null: all)",
+        "search_frames": "frames per source for each candidate of the automatic search",
+        "val_frames": "validation frames per source that score each candidate",
+        "ridge_grid": "the ridges tried by ridge=auto",
+        "beta_grid": "the β tried by beta=auto (0 = no tangent rows is always tried)",
+        "energy_refit": "refit the per-element reference energies after the layers",
+        "norms": "also fit the scale and shift of affine LayerNorms",
+        "seed": "directions and validation subsets",
+        "backend": "Gram/cross accumulation: auto, ext (compiled) or torch",
+    }
+
     def __post_init__(self):
         choices = {"mode": ("progressive", "one-shot"), "ridge_mode": ("relative", "absolute"),
                    "prior": ("mean", "zero"), "weighting": ("pooled", "per_model"),
@@ -118,7 +140,13 @@ class ProgressiveOptions:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not valid; choose one of "
                                  f"{', '.join(map(repr, allowed))}")
-        for name in ("ridge", "beta"):
+        for name in ("ridge", "beta"):  # the CLI and YAML hand numbers like 1e-2 as text
+            v = getattr(self, name)
+            if isinstance(v, str) and v != "auto":
+                try:
+                    object.__setattr__(self, name, float(v))
+                except ValueError:
+                    pass
             v = getattr(self, name)
             if v != "auto" and not (isinstance(v, int | float) and v >= 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be a number >= 0 or 'auto', got {v!r}")
@@ -131,7 +159,12 @@ class ProgressiveOptions:
                 raise ValueError(f"{name} must be a positive number of frames or None, "
                                  f"got {v!r}")
         for name in ("ridge_grid", "beta_grid"):
-            grid = tuple(getattr(self, name))
+            raw = getattr(self, name)
+            try:
+                grid = tuple(float(g) for g in ((raw,) if isinstance(raw, int | float | str)
+                                                 else raw))
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be a list of numbers >= 0, got {raw!r}") from None
             if not grid or any(not (g >= 0) for g in grid):
                 raise ValueError(f"{name} must be a non-empty tuple of numbers >= 0, "
                                  f"got {grid!r}")
