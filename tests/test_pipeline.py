@@ -1,6 +1,7 @@
 """Training, the command line and the demo, end to end on a few real LiPS20 frames."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -8,10 +9,11 @@ import torch
 import yaml
 
 import gffmerge
+import gffmerge.demo
 from gffmerge.checkpoint import load_checkpoint
 from gffmerge.cli import main
 from gffmerge.data import load_dataset
-from gffmerge.demo import DEMO_SYSTEMS, demo_checkpoints
+from gffmerge.demo import DEMO_SYSTEMS, PAIRS, demo_checkpoints, pair_checkpoints
 from gffmerge.train import TrainConfig, train
 
 TINY = {"latent_dim": 12, "hidden_dim": 12, "n_layers": 1, "n_rbf": 8, "cutoff": 4.0}
@@ -117,16 +119,30 @@ def test_cli_bad_input_is_one_line_and_exit_2(ckpts, capsys, argv, message):
     assert len(err.splitlines()) == 1 and message in err, err
 
 
-def test_demo_end_to_end_on_a_few_frames(ckpts, tmp_path, monkeypatch):
-    root, _ = ckpts
+def test_demo_end_to_end_on_a_few_frames(tmp_path, monkeypatch):
+    """The demo's rMD17 pair on tiny models laid out like checkpoints/: every row, a chart."""
+    root = tmp_path / "ckpts"
+    pair = next(p for p in PAIRS if p.name == "rmd17")
+    paths = pair_checkpoints(root, pair)
+    train(TrainConfig(systems=list(pair.systems), model="gns", model_config=TINY, epochs=1,
+                      **FEW), output=paths["foundation"], progress=False)
+    for system in pair.systems:
+        train(TrainConfig(systems=[system], role="finetune", init=str(paths["foundation"]),
+                          epochs=1, **FEW), output=paths[system], progress=False)
+    train(TrainConfig(systems=list(pair.systems), role="joint", init=str(paths["foundation"]),
+                      epochs=1, **FEW), output=paths["joint"], progress=False)
+    monkeypatch.setattr(gffmerge.demo, "PAIRS", (replace(pair, frames=8, search_frames=4,
+                                                         val_frames=4, repair_frames=6,
+                                                         repair_epochs=1),))
     monkeypatch.setenv("GFFMERGE_CHECKPOINTS", str(root))
     out = tmp_path / "demo"
-    assert main(["demo", "-q", "--out", str(out), "--frames", "2", "--limit", "4"]) == 0
+    assert main(["demo", "-q", "--out", str(out), "--frames", "2"]) == 0
     report = (out / "report.md").read_text()
-    for label in ("average", "gffmerge (paper recipe)", "prior=mean", "joint (gold standard)",
-                  "foundation"):
-        assert label in report
+    for label in ("foundation", "fine-tune ethanol", "joint (gold standard)", "average",
+                  "gffmerge (paper recipe)", "default (progressive)", "default + repair"):
+        assert f"| {label} |" in report
     assert (out / "methods.png").stat().st_size > 1000
+    assert main(["demo", "-q", "--out", str(out), "--pair", "nope"]) == 2
 
 
 def test_synthetic_demo(tmp_path):

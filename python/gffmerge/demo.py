@@ -1,10 +1,12 @@
-"""``gffmerge demo``: merge the shipped LiPS20 GNS fine-tunes and compare methods.
+"""``gffmerge demo``: merge shipped fine-tunes of systems that differ and compare methods.
 
-The main job: load the GNS foundation's two fine-tunes (beta- and gamma-Li3PS4) and
-their data, merge them with simple averaging, the paper's GFFMerge recipe and GFFMerge
-with a mean prior and relative ridge, evaluate every model on the combined test split,
-and write a table (``report.md``) and a bar chart. ``--synthetic`` runs a tiny
-self-contained MLP version instead (no data or checkpoints needed).
+The main job, for each demo pair (rMD17 ethanol / malonaldehyde and LiPS20 Li3P / P2S5, GNS):
+load the foundation, the two fine-tunes and the joint model; merge the fine-tunes by simple
+averaging, by the paper's GFFMerge recipe, by the package default (the progressive,
+force-aware closed form with its ridge picked on validation frames) and by the default
+followed by a short repair fine-tune; evaluate everything on the pair's combined test split;
+write one table per pair (``report.md``) and a bar chart (``methods.png``). ``--synthetic``
+runs a tiny self-contained MLP version instead (no data or checkpoints needed).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,14 +23,35 @@ from . import merge, methods
 from .collect import measure
 from .stats import Stats
 
+# The shipped LiPS20 pair of one composition (beta/gamma-Li3PS4): the CLI tests' layout.
 DEMO_SYSTEMS = ("lips20/beta-Li3PS4", "lips20/gamma-Li3PS4")
 DEMO_MODEL = "gns"
-# (label, method, options): the paper's recipe, and our recommended robust variant.
-DEMO_METHODS = (
-    ("average", "average", {}),
-    ("gffmerge (paper recipe)", "gffmerge", {}),
-    ("gffmerge prior=mean, relative ridge", "gffmerge",
-     {"prior": "mean", "ridge_mode": "relative", "ridge": 1e-2}),
+
+
+@dataclass(frozen=True)
+class DemoPair:
+    """Two systems, their checkpoints ``<dataset>/<model>_<role>.pt`` and the budgets."""
+
+    name: str
+    dataset: str
+    systems: tuple[str, str]
+    joint: str = "joint"  # role of the joint checkpoint
+    model: str = DEMO_MODEL
+    frames: int = 200  # statistics frames per source (default merge and paper recipe)
+    search_frames: int = 64
+    val_frames: int = 64
+    repair_frames: int = 250
+    repair_epochs: int = 10
+
+    @property
+    def title(self) -> str:
+        return f"{self.dataset} {' / '.join(s.split('/')[1] for s in self.systems)}"
+
+
+PAIRS = (
+    DemoPair("rmd17", "rmd17", ("rmd17/ethanol", "rmd17/malonaldehyde")),
+    DemoPair("lips20", "lips20", ("lips20/Li3P", "lips20/P2S5"), joint="joint-Li3P-P2S5",
+             frames=64, search_frames=32, val_frames=32, repair_frames=100, repair_epochs=4),
 )
 
 
@@ -40,17 +64,22 @@ def checkpoints_dir() -> Path:
     return repo if repo.is_dir() else Path("checkpoints")
 
 
-def demo_checkpoints(root: Path, model: str = DEMO_MODEL, dataset: str = "lips20") -> dict:
+def demo_checkpoints(root: Path, model: str = DEMO_MODEL, dataset: str = "lips20",
+                     systems: tuple[str, ...] = DEMO_SYSTEMS, joint: str = "joint") -> dict:
     """Paths of the foundation, the per-system fine-tunes and the joint model."""
     base = root / dataset
     paths = {"foundation": base / f"{model}_foundation.pt",
-             "joint": base / f"{model}_joint.pt"}
-    for system in DEMO_SYSTEMS:
+             "joint": base / f"{model}_{joint}.pt"}
+    for system in systems:
         paths[system] = base / f"{model}_{system.split('/')[1]}.pt"
     return paths
 
 
-def _chart(rows: list[dict], path: Path) -> Path | None:
+def pair_checkpoints(root: Path, pair: DemoPair) -> dict:
+    return demo_checkpoints(root, pair.model, pair.dataset, pair.systems, pair.joint)
+
+
+def _chart(sections: list[tuple[DemoPair, list[dict]]], path: Path) -> Path | None:
     try:
         import matplotlib
 
@@ -58,22 +87,19 @@ def _chart(rows: list[dict], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    systems = [k for k in rows[0]["metrics"] if k != "all"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    width = 0.8 / max(1, len(systems))
-    for ax, key, title in ((axes[0], "force_mae_mev_per_a", "force MAE (meV/Å)"),
-                           (axes[1], "energy_mae_mev_per_atom", "energy MAE (meV/atom)")):
-        for j, system in enumerate(systems):
-            vals = [r["metrics"][system][key] for r in rows]
-            xs = [i + (j - (len(systems) - 1) / 2) * width for i in range(len(rows))]
-            ax.bar(xs, vals, width, label=system.split("/")[-1])
-        ax.set_xticks(range(len(rows)), [r["label"] for r in rows], rotation=25, ha="right",
+    fig, axes = plt.subplots(1, len(sections), figsize=(6.5 * len(sections), 4.4),
+                             squeeze=False)
+    for ax, (pair, rows) in zip(axes[0], sections):
+        vals = [r["metrics"]["all"]["force_mae_mev_per_a"] for r in rows]
+        colors = ["#999" if r["kind"] == "reference" else "#4c72b0" if r["kind"] == "baseline"
+                  else "#dd8452" for r in rows]
+        ax.bar(range(len(rows)), vals, color=colors)
+        ax.set_xticks(range(len(rows)), [r["label"] for r in rows], rotation=30, ha="right",
                       fontsize=8)
-        ax.set_title(title)
         ax.set_yscale("log")
+        ax.set_ylabel("combined test force MAE (meV/Å)")
+        ax.set_title(f"{pair.model.upper()}, {pair.title}")
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Merging two GNS fine-tunes (LiPS20), combined test split")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -86,15 +112,19 @@ def _table(rows: list[dict]) -> str:
     for s in systems:
         short = s.split("/")[-1]
         head += [f"{short} E MAE (meV/atom)", f"{short} F MAE (meV/Å)"]
-    head += ["all F MAE (meV/Å)", "merge time (s)"]
+    head += ["all F MAE (meV/Å)", "vs average", "merge time (s)"]
+    avg = next((r for r in rows if r["label"] == "average"), None)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["label"]]
         for s in systems:
             m = r["metrics"][s]
             cells += [f"{m['energy_mae_mev_per_atom']:.1f}", f"{m['force_mae_mev_per_a']:.1f}"]
-        cells.append(f"{r['metrics']['all']['force_mae_mev_per_a']:.1f}")
-        cells.append("" if r.get("seconds") is None else f"{r['seconds']:.2f}")
+        f_all = r["metrics"]["all"]["force_mae_mev_per_a"]
+        cells.append(f"{f_all:.1f}")
+        cells.append(f"{f_all / avg['metrics']['all']['force_mae_mev_per_a']:.2f}×"
+                     if avg and r["kind"] != "reference" else "")
+        cells.append("" if r.get("seconds") is None else f"{r['seconds']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -109,14 +139,72 @@ def _retrain(root: Path, progress: bool) -> None:
               progress=progress)
 
 
+def _run_pair(pair: DemoPair, root: Path, args, say) -> tuple[list[dict], dict]:
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset
+    from .evaluate import evaluate
+    from .repair import repair
+
+    progress = not args.quiet
+    paths = pair_checkpoints(root, pair)
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"demo checkpoints missing: {', '.join(missing)}; see checkpoints/README.md for "
+            "the commands that make them, or set GFFMERGE_CHECKPOINTS")
+    sources = [load_checkpoint(paths[s])[0] for s in pair.systems]
+    data = load_dataset(list(pair.systems))
+    test = data.split("test")
+    if args.frames:
+        test = test.take([p for s in pair.systems for p in _positions(test, s)[:args.frames]])
+    frames = min(pair.frames, args.limit) if args.limit else pair.frames
+    train = data.split("train")
+    own = [train.for_system(s) for s in pair.systems]
+    val = [data.split("val").for_system(s) for s in pair.systems]
+    loaders = [d.batches_for(m, 8) for d, m in zip(own, sources)]
+
+    def row(label, model, kind, seconds=None):
+        say(f"[{pair.name}] evaluating {label} ...")
+        return {"label": label, "kind": kind, "seconds": seconds,
+                "metrics": evaluate(model, test, progress=progress)}
+
+    rows = [row("foundation", load_checkpoint(paths["foundation"])[0], "reference")]
+    rows += [row(f"fine-tune {s.split('/')[1]}", m, "reference")
+             for s, m in zip(pair.systems, sources)]
+    rows.append(row("joint (gold standard)", load_checkpoint(paths["joint"])[0], "reference"))
+    reports = {}
+    with warnings.catch_warnings():  # they are listed in the per-layer reports
+        warnings.simplefilter("ignore")
+        say(f"[{pair.name}] merging: average, paper recipe ...")
+        avg = methods.get("average")(sources)
+        rows.append(row("average", avg.model, "baseline", avg.report.times.get("solve", 0.0)))
+        t0 = time.perf_counter()
+        stats = Stats.concat(measure(m, d, limit=frames, progress=progress,
+                                     label=s.split("/")[1])
+                             for m, d, s in zip(sources, loaders, pair.systems))
+        paper = methods.get("gffmerge")(sources, stats)
+        reports["gffmerge (paper recipe)"] = paper.report
+        rows.append(row("gffmerge (paper recipe)", paper.model, "baseline",
+                        time.perf_counter() - t0))
+        say(f"[{pair.name}] merging: the default ({methods.DEFAULT_METHOD}) ...")
+        t0 = time.perf_counter()
+        default = merge(sources, loaders, val_data=val, progress=progress, frames=frames,
+                        search_frames=min(pair.search_frames, frames),
+                        val_frames=pair.val_frames)
+        merge_s = time.perf_counter() - t0
+        reports[f"default ({methods.DEFAULT_METHOD})"] = default.report
+        rows.append(row(f"default ({methods.DEFAULT_METHOD})", default.model, "ours", merge_s))
+    say(f"[{pair.name}] repairing the default merge ...")
+    fixed = repair(default.model, data, frames=min(pair.repair_frames, len(train)),
+                   epochs=pair.repair_epochs, progress=progress)
+    rows.append(row("default + repair", fixed.model, "ours", merge_s + fixed.seconds))
+    return rows, reports
+
+
 def run_demo(args) -> int:
     """Entry point of ``gffmerge demo`` (see the module docstring)."""
     if args.synthetic:
         return run_synthetic(args)
-    from .checkpoint import load_checkpoint
-    from .data import load_dataset
-    from .evaluate import evaluate
-
     t_start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,74 +212,47 @@ def run_demo(args) -> int:
     root = out / "checkpoints" if args.retrain else checkpoints_dir()
     if args.retrain:
         _retrain(root, progress)
-    paths = demo_checkpoints(root)
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"demo checkpoints missing: {', '.join(missing)}; run `make checkpoints`, "
-            "`gffmerge demo --retrain`, or set GFFMERGE_CHECKPOINTS")
-    sources = [load_checkpoint(paths[s])[0] for s in DEMO_SYSTEMS]
-    joint = load_checkpoint(paths["joint"])[0]
-    data = load_dataset(list(DEMO_SYSTEMS))
-    test = data.split("test")
-    if args.frames:
-        test = test.take([p for s in DEMO_SYSTEMS
-                          for p in _positions(test, s)[:args.frames]])
-    own = [data.split("train").for_system(s) for s in DEMO_SYSTEMS]
 
     def say(msg):
         if progress:
             print(msg, flush=True)
 
-    rows = []
-    say("evaluating the foundation ...")
-    rows.append({"label": "foundation (before fine-tuning)",
-                 "metrics": evaluate(load_checkpoint(paths["foundation"])[0], test,
-                                     progress=progress), "seconds": None})
-    for system, model in zip(DEMO_SYSTEMS, sources):
-        say(f"evaluating fine-tune {system} ...")
-        rows.append({"label": f"fine-tune {system.split('/')[1]}",
-                     "metrics": evaluate(model, test, progress=progress), "seconds": None})
-    say("evaluating joint model ...")
-    rows.append({"label": "joint (gold standard)",
-                 "metrics": evaluate(joint, test, progress=progress), "seconds": None})
-    reports = {}
-    say("measuring each fine-tune on its own training frames ...")
-    t0 = time.perf_counter()
-    stats = Stats.concat(
-        measure(m, d.batches_for(m, 8), limit=args.limit, progress=progress,
-                label=s.split("/")[1], description=d.describe())
-        for m, d, s in zip(sources, own, DEMO_SYSTEMS))
-    measure_s = time.perf_counter() - t0
-    for label, method, options in DEMO_METHODS:
-        say(f"merging: {label} ...")
-        spec = methods.get(method)
-        with warnings.catch_warnings():  # they are listed in the report's per-layer section
-            warnings.simplefilter("ignore")
-            result = spec(sources, stats if spec.needs_stats else None, **options)
-        seconds = result.report.times.get("solve", 0.0) + (measure_s if spec.needs_stats
-                                                            else 0.0)
-        reports[label] = result.report
-        rows.append({"label": label, "metrics": evaluate(result.model, test, progress=progress),
-                     "seconds": seconds})
-    table = _table(rows)
-    chart = _chart(rows, out / "methods.png")
-    text = [
-        "# gffmerge demo: merging two GNS fine-tunes on LiPS20", "",
-        f"Sources: {', '.join(_shown(paths[s]) for s in DEMO_SYSTEMS)} (fine-tuned from "
-        f"{_shown(paths['foundation'])}); joint model: {_shown(paths['joint'])}.",
-        f"Merge time = measuring both sources ({measure_s:.1f} s, shared by the two "
-        "gffmerge rows) + solving.",
-        f"Evaluation: combined test split ({len(test)} frames, hash split seed 42). "
-        "Energy errors per atom, force errors over all components.", "", table, "",
-        f"Torch {torch.__version__}, {torch.get_num_threads()} threads; total demo time "
-        f"{time.perf_counter() - t_start:.0f} s.", ""]
-    for label, rep in reports.items():
+    names = [p.name for p in PAIRS]
+    unknown = sorted(set(args.pair or ()) - set(names))
+    if unknown:
+        raise ValueError(f"unknown demo pair(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(names)}")
+    chosen = [p for p in PAIRS if not args.pair or p.name in args.pair]
+    sections, all_reports = [], {}
+    for pair in chosen:
+        rows, reports = _run_pair(pair, root, args, say)
+        sections.append((pair, rows))
+        all_reports.update({f"{pair.title}: {k}": v for k, v in reports.items()})
+    chart = _chart(sections, out / "methods.png")
+    text = ["# gffmerge demo: merging fine-tunes of systems that differ", "",
+            "Each pair: two fine-tunes of one foundation, merged by averaging, the paper's "
+            "GFFMerge recipe, the package default "
+            f"(`{methods.DEFAULT_METHOD}`: layers solved stage by stage on inputs of the "
+            "partly merged model, ridge picked on the sources' validation frames) and the "
+            "default followed by a short repair fine-tune. Errors on the pair's combined test "
+            "split (hash split seed 42): energy per atom, force over all components. Merge "
+            "time includes measuring; the repair row adds the repair's wall time.", ""]
+    for pair, rows in sections:
+        paths = pair_checkpoints(root, pair)
+        text += [f"## {pair.model.upper()}, {pair.title}", "",
+                 f"Sources: {', '.join(_shown(paths[s]) for s in pair.systems)}; joint: "
+                 f"{_shown(paths['joint'])}. Statistics: {pair.frames} training frames per "
+                 f"source; repair: ≤ {pair.repair_frames} frames, {pair.repair_epochs} "
+                 "epochs.", "", _table(rows), ""]
+    text += [f"Torch {torch.__version__}, {torch.get_num_threads()} threads; total demo time "
+             f"{time.perf_counter() - t_start:.0f} s.", ""]
+    for label, rep in all_reports.items():
         if rep.layers:
             text += [f"## Per-layer report: {label}", "", rep.to_markdown(), ""]
     (out / "report.md").write_text("\n".join(text))
     if not args.quiet:
-        print(table)
+        for pair, rows in sections:
+            print(f"\n{pair.model.upper()}, {pair.title}\n{_table(rows)}")
         print(f"\nwrote {out / 'report.md'}" + (f" and {chart}" if chart else ""))
     return 0
 

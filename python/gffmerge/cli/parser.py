@@ -93,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_repair_parser(sub, parents=[common])
 
-    p = sub.add_parser("demo", parents=[common], help="merge the shipped LiPS20 models and "
-                                                      "compare methods")
+    p = sub.add_parser("demo", parents=[common], help="merge shipped fine-tunes of systems "
+                                                      "that differ and compare methods")
     p.add_argument("--out", default="demo_out", help="folder for report.md and the chart")
     p.add_argument("--retrain", action="store_true",
                    help="retrain foundation, fine-tunes and joint model from data first")
@@ -102,5 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the tiny self-contained MLP demo (no data, no checkpoints)")
     p.add_argument("--frames", type=int, help="limit test frames per system (quick runs)")
     p.add_argument("--limit", type=int, help="graphs measured per source model")
+    p.add_argument("--pair", nargs="+", metavar="NAME",
+                   help="demo pairs to run: rmd17 (ethanol/malonaldehyde), lips20 (Li3P/P2S5); "
+                        "default: all")
     p.set_defaults(func=cmd_demo)
     return parser
