@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
-import subprocess
 import time
 import warnings
 from pathlib import Path
 
 import torch
+from benchenv import cpu_name, git_commit
 
 import gffmerge
 from gffmerge.checkpoint import load_checkpoint
@@ -43,25 +42,8 @@ PAIRS = {  # systems, checkpoint folder, joint checkpoint role, title
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return out + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def variants(conservative: bool, frames: int, search_frames: int, val_frames: int):
@@ -109,7 +91,7 @@ def main() -> None:
            + " ".join(args.models)
            + f" --frames {args.frames} --search-frames {args.search_frames} "
            f"--val-frames {args.val_frames}")
-    commit = _commit()  # before any result file is rewritten
+    commit = git_commit()  # before any result file is rewritten
     rows: list[dict] = []
     sections: list[str] = []
     load_before = os.getloadavg()
@@ -235,7 +217,7 @@ def main() -> None:
             f"{short[1]} F | wall s | CPU s | notes |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [f"# Merge quality on {title}", "",
-             f"Command: `{cmd}`; commit {commit}; machine: {_cpu()}, "
+             f"Command: `{cmd}`; commit {commit}; machine: {cpu_name()}, "
              f"{os.cpu_count()} cores shared with other jobs, {torch.get_num_threads()} "
              f"torch threads, torch {torch.__version__}; load average "
              f"{load_before[0]:.1f} at start, {load_after[0]:.1f} at end; total "

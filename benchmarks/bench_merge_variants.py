@@ -10,12 +10,12 @@ the same statistics and evaluates on the combined test split. Writes
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 import warnings
 from pathlib import Path
 
 import torch
+from benchenv import cpu_name
 
 import gffmerge
 from gffmerge.checkpoint import load_checkpoint
@@ -41,14 +41,6 @@ VARIANTS = (
 )
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _row(label: str, ev: dict) -> str:
@@ -75,7 +67,7 @@ def main() -> None:
     lines = ["# Merge variants on the shipped LiPS20 fine-tunes", "",
              f"Command: `python benchmarks/bench_merge_variants.py "
              f"--models {' '.join(args.models)} --every {args.every}`; machine: "
-             f"{_cpu()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+             f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
              "shared 2-core machine.",
              f"Test frames: {len(test)} of the combined test split. E: energy MAE (meV/atom), "
              "F: force MAE over components (meV/Å). Every variant is solved from the same "

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import time
 import warnings
 from pathlib import Path
 
 import torch
+from benchenv import cpu_name
 
 import gffmerge
 from gffmerge.checkpoint import load_checkpoint
@@ -30,14 +30,6 @@ SYSTEMS = ("lips20/beta-Li3PS4", "lips20/gamma-Li3PS4")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -50,7 +42,7 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     lines = ["# Cost of the progressive merge on periodic cells (LiPS20 beta/gamma-Li3PS4)", "",
              f"Command: `python benchmarks/bench_progressive_cost.py --frames {args.frames} "
-             f"--models {' '.join(args.models)}`; machine: {_cpu()}, {os.cpu_count()} cores "
+             f"--models {' '.join(args.models)}`; machine: {cpu_name()}, {os.cpu_count()} cores "
              f"shared with other jobs, {torch.get_num_threads()} torch threads, torch "
              f"{torch.__version__}; load average {load0:.1f} at start.", "",
              f"{args.frames} training frames per source. Progressive rows: fixed ridge 1e-2 "

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from benchenv import cpu_name, git_commit
 
 import gffmerge
 from gffmerge.checkpoint import load_checkpoint
@@ -35,22 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "checkpoints" / "rmd17"
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
-                              capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _cells(ev: dict) -> list[str]:
@@ -107,7 +92,7 @@ def main() -> None:
         "# Repair fine-tune of the rMD17 GNS average merge", "",
         f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} python "
         f"benchmarks/bench_repair.py --frames {args.frames} --epochs {args.epochs} --scopes "
-        f"{' '.join(args.scopes)} --lrs {lrs}`; commit {_commit()}; machine: {_cpu()}, "
+        f"{' '.join(args.scopes)} --lrs {lrs}`; commit {git_commit()}; machine: {cpu_name()}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; load average "
         f"(1/5/15 min) {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after (a shared 2-core machine: wall times are upper "
