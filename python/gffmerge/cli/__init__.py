@@ -8,31 +8,15 @@ what they share (:class:`CliError`, output, option parsing, loading) in :mod:`.c
 
 from __future__ import annotations
 
-import os
-import sys
-
-from .common import EXIT_BAD_INPUT, CliError
+from .common import EXIT_BAD_INPUT, EXIT_INTERNAL, CliError, run_command
 from .parser import build_parser
 
-__all__ = ["EXIT_BAD_INPUT", "CliError", "build_parser", "main"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERNAL", "CliError", "build_parser", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from ..checkpoint import CheckpointError
-    from ..errors import GffmergeError
-
-    try:
-        return int(args.func(args) or 0)
-    except (CliError, GffmergeError, CheckpointError, FileNotFoundError, ValueError,
-            KeyError, TypeError) as exc:
-        if os.environ.get("GFFMERGE_DEBUG"):
-            raise
-        msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        one_line = "; ".join(line.strip() for line in msg.splitlines() if line.strip())
-        print(f"gffmerge {args.command}: error: {one_line or repr(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt as exc:
-        print(f"gffmerge {args.command}: interrupted. {exc}", file=sys.stderr)
-        return 130
+    """Parse ``argv`` and run the subcommand under the error policy of
+    :func:`.common.run_command`; returns the exit code (0, 1 internal error, 2 user error,
+    130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    return run_command(args, args.func, args.command)
