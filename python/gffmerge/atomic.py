@@ -47,7 +47,7 @@ class _Pending:
             except OSError as exc:
                 for rest, _ in self.files[k:]:
                     Path(rest).unlink(missing_ok=True)
-                raise OutputPathError(describe_os_error(exc, "write")) from exc
+                raise _os_error(exc, path) from exc
         self.files.clear()
 
     def discard(self) -> None:
@@ -117,7 +117,20 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputPathError(f"{what} '{path}' exists and is read-only; remove it or choose "
                               "another name")
+    try:  # the real test (read-only file systems, special folders): create a file there
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputPathError(f"{what} '{path}': cannot create a file in '{parent}' "
+                              f"({exc.strerror or exc}); choose another location") from None
     return path
+
+
+def _os_error(exc: OSError, path: Path) -> OutputPathError:
+    """``exc`` as an :class:`OutputPathError` naming ``path`` (not its temporary)."""
+    named = OSError(exc.errno, exc.strerror or str(exc), str(path))
+    return OutputPathError(describe_os_error(named, "write"))
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -134,7 +147,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> P
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise OutputPathError(describe_os_error(exc, "write")) from exc
+        raise _os_error(exc, path) from exc
     os.close(fd)
     pending = _PENDING.get()
     try:
@@ -148,7 +161,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> P
             os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise OutputPathError(describe_os_error(exc, "write")) from exc
+        raise _os_error(exc, path) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

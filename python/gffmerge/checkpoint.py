@@ -17,6 +17,7 @@ named by an import path in the file.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from gffmerge.atomic import write_atomically
 from gffmerge.errors import GffmergeError
@@ -134,7 +136,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu"
     _check_config_limits(config, path)
     # Build on the meta device first: the shapes are compared before any memory is spent.
     try:
-        with torch.device("meta"):
+        with _MetaSkeleton(), _no_init():
             skeleton = cls(**config)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: config {config!r} does not fit "
@@ -166,18 +168,60 @@ MAX_CONFIG_INT = 1 << 16
 MAX_PARAMETERS = 1 << 31
 
 
+class _MetaSkeleton(TorchFunctionMode):
+    """Tensors created without a device go to the meta device (no memory), except the small
+    ranges of ``linspace``/``arange`` (sized by config entries within the limits), whose
+    meta kernels cost seconds of imports the first time."""
+
+    FACTORIES = frozenset({torch.empty, torch.zeros, torch.ones, torch.full, torch.rand,
+                           torch.randn, torch.randint, torch.empty_strided, torch.eye})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in self.FACTORIES and kwargs.get("device") is None:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
+_INITS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+          "xavier_normal_", "trunc_normal_", "zeros_", "ones_", "constant_", "orthogonal_",
+          "eye_")
+
+
+@contextlib.contextmanager
+def _no_init():
+    """``torch.nn.init`` functions as no-ops: a skeleton on the meta device has no values,
+    and the first random fill of a meta tensor costs seconds of imports."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INITS
+             if hasattr(torch.nn.init, name)}
+
+    def skip(tensor, *args, **kwargs):
+        return tensor
+
+    try:
+        for name in saved:
+            setattr(torch.nn.init, name, skip)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
 def _load_failure(exc: BaseException) -> str:
     """The reason torch.load gave, without its advice to load unsafely (gffmerge only ever
     reads tensors and plain containers)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in lines if "weights_only" not in line.lower()
-              and "weights only" not in line.lower() and "safe_globals" not in line
-              and "trust" not in line.lower() and "documentation" not in line.lower()
-              and not line.startswith(("(1)", "(2)", "Check the documentation"))]
-    unpickler = [line for line in useful if "Unsupported" in line or "Unpickler" in line]
-    reason = (unpickler or useful or [type(exc).__name__])[0]
-    return (f"{type(exc).__name__}: {reason[:200]}; checkpoints hold only tensors and plain "
-            "containers, and gffmerge never loads pickled objects")
+    unpickler = [line.split("error:", 1)[-1].split(" was not an allowed")[0].strip()
+                 for line in lines if "Unpickler error" in line]
+    if unpickler:
+        reason = f"it holds a pickled object ({unpickler[0][:160]})"
+    else:
+        useful = [line for line in lines if "weights_only" not in line.lower()
+                  and "weights only" not in line.lower() and "safe_globals" not in line
+                  and "trust" not in line.lower() and "documentation" not in line.lower()]
+        reason = f"{type(exc).__name__}: {(useful or ['unreadable'])[0][:160]}"
+    return (f"{reason}; gffmerge checkpoints hold only tensors and plain containers, and "
+            "gffmerge never loads pickled objects")
 
 
 def _check_config_limits(config: dict[str, Any], path: Path) -> None:

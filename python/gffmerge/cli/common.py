@@ -32,6 +32,7 @@ from typing import Any
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a pipeline cut short
 
 # Commands whose output is kept when stopped with Ctrl-C (training saves its best model).
 KEEP_ON_INTERRUPT = ("train", "repair")
@@ -137,6 +138,10 @@ def run_command(args, func: Callable[[Any], int | None], command: str | None = N
                 return int(func(args) or 0)
         except SystemExit:
             raise
+        except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         except BaseException as exc:  # noqa: BLE001  (the policy decides what each one is)
             return report_failure(args, command, exc)
 

@@ -101,11 +101,11 @@ def _merge_config(path: str) -> dict:
         check_keys(entry, MODEL_KEYS, f"{path}: models[{k}]")
         data = entry.get("data")
         data = data if isinstance(data, list) else [data]
-        models.append({"model": str(_beside(base, entry["model"], must_exist=True)),
+        models.append({"model": str(_beside(base, entry["model"], always=True)),
                        "data": [None if d is None else _beside(base, d) for d in data]})
     cfg["models"] = models
     if cfg.get("output"):
-        cfg["output"] = str(_beside(base, cfg["output"]))
+        cfg["output"] = str(_beside(base, cfg["output"], always=True))
     limit = cfg.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
                               or limit < 1):
@@ -113,14 +113,14 @@ def _merge_config(path: str) -> dict:
     return cfg
 
 
-def _beside(base: Path, value, *, must_exist: bool = False) -> str:
+def _beside(base: Path, value, *, always: bool = False) -> str:
     """A path from a config file, relative to its folder; a data entry that is no file
     there (a shipped system name such as ``lips20/beta-Li3PS4``) stays as written."""
     text = str(value)
     path = Path(text).expanduser()
     if path.is_absolute():
         return str(path)
-    if must_exist or (base / path).exists():
+    if always or (base / path).exists():
         return str(base / path)
     return text
 
