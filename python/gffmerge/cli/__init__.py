@@ -8,7 +8,9 @@ what they share (:class:`CliError`, output, option parsing, loading) in :mod:`.c
 
 from __future__ import annotations
 
-from .common import EXIT_BAD_INPUT, EXIT_INTERNAL, CliError, run_command
+import sys
+
+from .common import EXIT_BAD_INPUT, EXIT_INTERNAL, CliError, Parser, run_command
 from .parser import build_parser
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERNAL", "CliError", "build_parser", "main"]
@@ -18,5 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the subcommand under the error policy of
     :func:`.common.run_command`; returns the exit code (0, 1 internal error, 2 user error,
     130 interrupted)."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    Parser.json_errors = "--json" in argv
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse has already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     return run_command(args, args.func, args.command)

@@ -70,7 +70,7 @@ def classify(exc: BaseException) -> tuple[int, str, str]:
     module = type(exc).__module__ or ""
     if module.startswith("yaml"):
         return EXIT_BAD_INPUT, "ConfigError", f"malformed YAML: {_one_line(str(exc))}"
-    if kind == "LinAlgError":
+    if any(c.__name__.lstrip("_") == "LinAlgError" for c in type(exc).__mro__):
         return (EXIT_BAD_INPUT, "NumericalError",
                 f"linear algebra failed ({_one_line(str(exc))}); check the statistics for "
                 "NaN/Inf (re-measure) or use a larger ridge")
@@ -144,6 +144,20 @@ def run_command(args, func: Callable[[Any], int | None], command: str | None = N
             return EXIT_BROKEN_PIPE
         except BaseException as exc:  # noqa: BLE001  (the policy decides what each one is)
             return report_failure(args, command, exc)
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are JSON when ``json_errors`` is set (by
+    :func:`gffmerge.cli.main` when ``--json`` is on the command line)."""
+
+    json_errors = False
+
+    def error(self, message: str):
+        if self.json_errors:
+            print(json.dumps({"error": f"{self.prog}: {message}", "kind": "UsageError",
+                              "exit_code": EXIT_BAD_INPUT}))
+            self.exit(EXIT_BAD_INPUT)
+        super().error(message)
 
 
 def add_global_flags(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_data_options, add_global_flags
+from .common import Parser, add_data_options, add_global_flags
 from .measuring import cmd_measure
 from .merging import cmd_demo, cmd_merge, cmd_methods, cmd_solve
 from .repairing import add_parser as add_repair_parser
@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_global_flags(top)
     common = argparse.ArgumentParser(add_help=False)  # the same flags after the subcommand
     add_global_flags(common, inherited=True)
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gffmerge", parents=[top],
         description="Closed-form merging of fine-tuned GNN force fields.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -110,6 +110,9 @@ def solve_systems(systems: Mapping[str, LayerSystem], *, jitter: bool = True,
     with ``condition``, cond₂ of every matrix is recorded (otherwise only of those without
     ridge, which need it for the check above).
     """
+    from .diagnose import check_systems_finite  # (diagnose imports this module)
+
+    check_systems_finite(systems)  # NaN/Inf: one clear error, not a failed eigen-solver
     matrices = {name: (s.matrix(), s.rhs()) for name, s in systems.items()}
     unregularised = [name for name, s in systems.items() if s.ridge == 0.0]
     wanted = list(systems) if condition else unregularised
