@@ -162,6 +162,30 @@ def test_same_file_for_output_and_report(env, work, capsys):
            message="same file")
 
 
+@pytest.mark.parametrize("target", ["model", "stats"])
+def test_output_over_an_input_is_refused(env, work, capsys, target):
+    (work / "a.pt").write_bytes(Path(env["a.pt"]).read_bytes())
+    (work / "a.st").write_bytes(Path(env["a.st"]).read_bytes())
+    out = work / ("a.pt" if target == "model" else "a.st")
+    _fails(["solve", "--model", work / "a.pt", env["b.pt"], "--stats", work / "a.st",
+            env["b.st"], "-o", out], capsys, [work], message=f"overwrite the input {target}")
+
+
+def test_interrupted_training_keeps_its_best_model(tmp_path):
+    from gffmerge.atomic import all_or_nothing, write_text_atomically
+
+    with pytest.raises(KeyboardInterrupt), all_or_nothing(keep_on_interrupt=True):
+        write_text_atomically(tmp_path / "best.txt", "best so far")
+        raise KeyboardInterrupt
+    assert (tmp_path / "best.txt").read_text() == "best so far"
+
+
+def test_help_and_usage_errors_return_codes(capsys):
+    assert main(["--help"]) == 0
+    assert main(["solve"]) == 2
+    assert "required" in capsys.readouterr().err
+
+
 def test_interrupted_measure_writes_nothing(env, work, capsys, monkeypatch):
     import gffmerge.collect as collect
 
@@ -431,7 +455,7 @@ def test_train_config_file_errors(env, work, capsys):
 def test_train_refuses_to_overwrite_its_init(env, work, capsys):
     _fails(["train", "--role", "finetune", "--init", work / "existing.pt", "--systems",
             env["a.npz"], "-o", work / "existing.pt"], capsys, [work],
-           message="would overwrite the --init checkpoint")
+           message="would overwrite the input init")
 
 
 # ---------------------------------------------------------------- CLI conventions

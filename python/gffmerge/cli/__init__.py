@@ -13,7 +13,22 @@ import sys
 from .common import EXIT_BAD_INPUT, EXIT_INTERNAL, CliError, Parser, run_command
 from .parser import build_parser
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERNAL", "CliError", "build_parser", "main"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERNAL", "CheckpointError", "CliError", "GffmergeError",
+           "build_parser", "main"]
+
+
+def __getattr__(name: str):
+    """The library's user-error types (exit 2 under the policy), imported on first use so that
+    ``gffmerge --help`` does not load torch."""
+    if name == "CheckpointError":
+        from ..checkpoint import CheckpointError
+
+        return CheckpointError
+    if name == "GffmergeError":
+        from ..errors import GffmergeError
+
+        return GffmergeError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

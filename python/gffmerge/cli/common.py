@@ -36,8 +36,9 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a pipeline cut short
 
 # Commands whose output is kept when stopped with Ctrl-C (training saves its best model).
 KEEP_ON_INTERRUPT = ("train", "repair")
-# Attributes of the parsed arguments that name files a command writes.
+# Attributes of the parsed arguments that name files a command writes, and files it reads.
 OUTPUT_ARGS = (("output", "output"), ("report", "report"))
+INPUT_ARGS = ("model", "stats", "config", "init", "data", "systems")
 
 
 class CliError(Exception):
@@ -106,6 +107,12 @@ def check_outputs(args, command: str) -> None:
     """Check every output path named on the command line before any work starts."""
     from ..atomic import check_output
 
+    inputs: dict[Path, str] = {}
+    for attr in INPUT_ARGS:
+        value = getattr(args, attr, None)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item and Path(item).is_file():
+                inputs[Path(item).resolve()] = attr
     seen: dict[Path, str] = {}
     for attr, what in OUTPUT_ARGS:
         value = getattr(args, attr, None)
@@ -113,6 +120,9 @@ def check_outputs(args, command: str) -> None:
             continue
         path = check_output(value, what)
         key = path.resolve()
+        if key in inputs:
+            raise CliError(f"{what} '{value}' would overwrite the input {inputs[key]}; write "
+                           "to a new file")
         if key in seen:
             raise CliError(f"{what} and {seen[key]} are the same file '{value}'; give each "
                            "its own path")

@@ -14,7 +14,7 @@ from ..errors import DegenerateSolutionError
 from ..report import LayerReport, MergeReport, MergeResult
 from ..stats import Stats
 from .assemble import LayerSystem
-from .cholesky import SpdSolution
+from .cholesky import SpdSolution, check_systems_finite  # noqa: F401  (re-exported)
 from .state import layer_theta
 
 # ‖Θ − Θ̄‖/‖Θ̄‖ above which the report suggests shrinking toward the mean.
@@ -23,17 +23,6 @@ DRIFT_WARNING = 5.0
 # FLATTENED_ERROR (nothing is written), a warning below FLATTENED_WARNING.
 FLATTENED_ERROR = 1e-6
 FLATTENED_WARNING = 1e-2
-
-
-def check_systems_finite(systems: Mapping[str, LayerSystem]) -> None:
-    """Raise :class:`DegenerateSolutionError` naming the layers whose assembled system holds
-    NaN/Inf (statistics or source weights that are not finite)."""
-    bad = [name for name, s in systems.items()
-           if not (bool(torch.isfinite(s.a).all()) and bool(torch.isfinite(s.b).all()))]
-    if bad:
-        raise DegenerateSolutionError(
-            f"the statistics or source weights of layer(s) {', '.join(bad[:5])} hold NaN/Inf; "
-            "re-measure the statistics (gffmerge measure) and check the source checkpoints")
 
 
 def check_solutions(systems: Mapping[str, LayerSystem], solutions: Mapping[str, SpdSolution],
