@@ -12,12 +12,7 @@ from ..report import MergeReport, MergeResult
 from ..stats import Stats
 from .assemble import assemble
 from .cholesky import SINGULAR_COND, solve_systems  # noqa: F401  (older import path)
-from .diagnose import (  # noqa: F401  (DRIFT_WARNING: older import path)
-    DRIFT_WARNING,
-    check_systems_finite,
-    conclude,
-    diagnose,
-)
+from .diagnose import DRIFT_WARNING, conclude, diagnose  # noqa: F401  (older import path)
 from .options import SolveOptions
 from .state import mean_state_dict, write_back
 
@@ -58,7 +53,6 @@ def solve_with(models: Sequence[nn.Module], stats: Stats, opts: SolveOptions, *,
     systems = assemble(models, stats, weighting=opts.weighting, alpha=opts.alpha,
                        intercept=opts.fit_intercept, target=opts.target, ridge=opts.ridge,
                        ridge_mode=opts.ridge_mode, prior=opts.prior)
-    check_systems_finite(systems)
     solutions = solve_systems(systems, jitter=opts.jitter, condition=opts.condition)
     merged, written = write_back(models[0], mean_state_dict(models),
                                  {name: sol.x for name, sol in solutions.items()})
