@@ -17,12 +17,15 @@ named by an import path in the file.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from gffmerge.atomic import write_atomically
 from gffmerge.errors import GffmergeError
@@ -99,12 +102,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu"
     """
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise CheckpointError(f"checkpoint '{path}' is a directory; give the .pt file")
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path} is not a gffmerge checkpoint "
-                              f"(torch.load failed: {exc})") from exc
+        raise CheckpointError(f"{path} is not a gffmerge checkpoint or is corrupt "
+                              f"({_load_failure(exc)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a gffmerge checkpoint "
                               f"(expected format={FORMAT!r})")
@@ -117,30 +122,156 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu"
     if cls is None:
         raise CheckpointError(f"{path} holds unknown model {name!r}; known models: "
                               f"{sorted(MODELS)} (import the module that registers it first)")
-    try:
-        model = cls(**payload["config"])
-    except TypeError as exc:
-        raise CheckpointError(f"{path}: config {payload['config']!r} does not fit "
-                              f"model {name!r}: {exc}") from exc
+    config, state = payload.get("config"), payload.get("state_dict")
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise CheckpointError(f"{path}: 'config' must map constructor argument names to "
+                              f"values, got {type(config).__name__}; the file is corrupt")
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path}: 'state_dict' must map names to tensors; the file is "
+                              "corrupt")
     dtype = getattr(torch, str(payload.get("dtype", "float32")), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise CheckpointError(f"{path}: unknown parameter dtype {payload.get('dtype')!r}")
+    _check_config_limits(config, path)
+    # Build on the meta device first: the shapes are compared before any memory is spent.
+    try:
+        with _MetaSkeleton(), _no_init():
+            skeleton = cls(**config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: config {config!r} does not fit "
+                              f"model {name!r}: {exc}") from exc
+    skeleton.to(dtype)
+    _check_size(skeleton, path)
+    _check_state(skeleton, state, path)
+    _check_finite(state, path)
+    try:
+        model = cls(**config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: config {config!r} does not fit "
+                              f"model {name!r}: {exc}") from exc
     model.to(dtype)
-    _load_state(model, payload["state_dict"], path)
+    _load_state(model, state, path)
     if payload.get("switch") is not None:
         try:
             model = EmbeddingSwitch.from_checkpoint_section(model, payload["switch"])
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{path}: bad embedding-switch section: {exc}") from exc
     model.eval()
-    return model, payload.get("metadata", {})
+    metadata = payload.get("metadata", {})
+    return model, metadata if isinstance(metadata, dict) else {}
+
+
+# A checkpoint's config is refused before anything is built when an integer in it is beyond
+# this (sizes, counts, max_z), or when its model would hold more parameters than this.
+MAX_CONFIG_INT = 1 << 16
+MAX_PARAMETERS = 1 << 31
+
+
+class _MetaSkeleton(TorchFunctionMode):
+    """Tensors created without a device go to the meta device (no memory), except the small
+    ranges of ``linspace``/``arange`` (sized by config entries within the limits), whose
+    meta kernels cost seconds of imports the first time."""
+
+    FACTORIES = frozenset({torch.empty, torch.zeros, torch.ones, torch.full, torch.rand,
+                           torch.randn, torch.randint, torch.empty_strided, torch.eye})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in self.FACTORIES and kwargs.get("device") is None:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
+_INITS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+          "xavier_normal_", "trunc_normal_", "zeros_", "ones_", "constant_", "orthogonal_",
+          "eye_")
+
+
+@contextlib.contextmanager
+def _no_init():
+    """``torch.nn.init`` functions as no-ops: a skeleton on the meta device has no values,
+    and the first random fill of a meta tensor costs seconds of imports."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INITS
+             if hasattr(torch.nn.init, name)}
+
+    def skip(tensor, *args, **kwargs):
+        return tensor
+
+    try:
+        for name in saved:
+            setattr(torch.nn.init, name, skip)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
+def _load_failure(exc: BaseException) -> str:
+    """The reason torch.load gave, without its advice to load unsafely (gffmerge only ever
+    reads tensors and plain containers)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    unpickler = [line.split("error:", 1)[-1].split(" was not an allowed")[0].strip()
+                 for line in lines if "Unpickler error" in line]
+    if unpickler:
+        reason = f"it holds a pickled object ({unpickler[0][:160]})"
+    else:
+        useful = [line for line in lines if "weights_only" not in line.lower()
+                  and "weights only" not in line.lower() and "safe_globals" not in line
+                  and "trust" not in line.lower() and "documentation" not in line.lower()]
+        reason = f"{type(exc).__name__}: {(useful or ['unreadable'])[0][:160]}"
+    return (f"{reason}; gffmerge checkpoints hold only tensors and plain containers, and "
+            "gffmerge never loads pickled objects")
+
+
+def _check_config_limits(config: dict[str, Any], path: Path) -> None:
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, bool):
+            return
+        if isinstance(value, int) and not -MAX_CONFIG_INT <= value <= MAX_CONFIG_INT:
+            raise CheckpointError(f"{path}: config {where}={value} is beyond the sane limit "
+                                  f"{MAX_CONFIG_INT}; the file is corrupt or not meant for "
+                                  "this gffmerge")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CheckpointError(f"{path}: config {where}={value} is not finite; the file "
+                                  "is corrupt")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(value, list | tuple):
+            if len(value) > MAX_CONFIG_INT:
+                raise CheckpointError(f"{path}: config {where} has {len(value)} entries, "
+                                      f"beyond the sane limit {MAX_CONFIG_INT}")
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+
+    for key, value in config.items():
+        walk(value, key)
+
+
+def _check_size(model: nn.Module, path: Path) -> None:
+    count = sum(t.numel() for t in model.state_dict().values())
+    if count > MAX_PARAMETERS:
+        raise CheckpointError(f"{path}: its config asks for a model of {count:.3g} parameters, "
+                              f"beyond the sane limit {MAX_PARAMETERS:.3g}; refusing to build it")
+
+
+def _check_finite(state: dict, path: Path) -> None:
+    bad = [k for k, v in state.items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path}: tensor(s) {', '.join(bad[:5])} hold NaN/Inf; the file is "
+                              "corrupt or its training diverged; retrain or use another "
+                              "checkpoint")
 
 
 def _param_dtype(model: nn.Module) -> torch.dtype:
     return next((p.dtype for p in model.parameters()), torch.float32)
 
 
-def _load_state(model: nn.Module, state: dict, path: Path) -> None:
+def _check_state(model: nn.Module, state: dict, path: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` has exactly ``model``'s keys and
+    shapes (``model`` may live on the meta device)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -150,10 +281,19 @@ def _load_state(model: nn.Module, state: dict, path: Path) -> None:
     if missing or unexpected or shapes:
         lines = [f"{path}: state dict does not match model {type(model).__name__}"]
         if missing:
-            lines.append(f"  missing keys: {missing}")
+            lines.append(f"  missing keys: {_few(missing)}")
         if unexpected:
-            lines.append(f"  unexpected keys: {unexpected}")
+            lines.append(f"  unexpected keys: {_few(unexpected)}")
         if shapes:
-            lines.append("  shape mismatches: " + "; ".join(shapes))
+            lines.append("  shape mismatches: " + "; ".join(shapes[:10])
+                         + (f"; ... ({len(shapes) - 10} more)" if len(shapes) > 10 else ""))
         raise CheckpointError("\n".join(lines))
+
+
+def _load_state(model: nn.Module, state: dict, path: Path) -> None:
+    _check_state(model, state, path)
     model.load_state_dict(state)
+
+
+def _few(keys: list[str], n: int = 10) -> str:
+    return str(keys) if len(keys) <= n else f"{keys[:n]} ... ({len(keys) - n} more)"

@@ -10,6 +10,7 @@ additive: measuring in chunks and adding equals measuring at once.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -219,30 +220,32 @@ class Stats:
         if raw is None:
             raise StatsFormatError(f"'{path}' is a safetensors file but not gffmerge stats "
                                    "(no 'gffmerge' metadata)")
-        meta = json.loads(raw)
+        try:
+            meta = json.loads(raw)
+        except ValueError as exc:
+            raise StatsFormatError(f"'{path}' has corrupt gffmerge metadata (not JSON: "
+                                   f"{exc}); re-measure it") from None
+        if not isinstance(meta, dict):
+            raise StatsFormatError(f"'{path}' has corrupt gffmerge metadata; re-measure it")
         if meta.get("format") != FORMAT:
             raise StatsFormatError(f"'{path}' has format {meta.get('format')!r}, "
                                    f"expected {FORMAT!r}")
-        if int(meta.get("version", 0)) > FORMAT_VERSION:
+        try:
+            version = int(meta.get("version", 0))
+        except (TypeError, ValueError):
+            raise StatsFormatError(f"'{path}' has an unreadable format version "
+                                   f"{meta.get('version')!r}; re-measure it") from None
+        if version > FORMAT_VERSION:
             raise StatsFormatError(
                 f"'{path}' uses stats format version {meta['version']}, newer than this "
                 f"gffmerge understands ({FORMAT_VERSION}); upgrade gffmerge")
-        layers = {d["name"]: LinearInfo(d["name"], int(d["in_features"]),
-                                        int(d["out_features"]), bool(d["has_bias"]))
-                  for d in meta["layers"]}
-        models = []
-        for k, mm in enumerate(meta["models"]):
-            sums = {}
-            for name in layers:
-                key = f"{k}/{name}"
-                if f"{key}/gram" not in tensors:
-                    raise StatsFormatError(f"'{path}' lacks the Gram of layer '{name}' for "
-                                           f"model {k}; the file is truncated or corrupt")
-                sums[name] = LayerStats(tensors[f"{key}/gram"], int(mm["rows"][name]),
-                                        tensors.get(f"{key}/cross"))
-            models.append(ModelStats(mm["fingerprint"], sums, int(mm.get("graphs", 0)),
-                                     list(mm.get("data", [])), float(mm.get("seconds", 0.0)),
-                                     mm.get("label", "")))
+        try:
+            layers, models = _read_entries(meta, tensors, path)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, StatsFormatError):
+                raise
+            raise StatsFormatError(f"'{path}' has malformed gffmerge metadata "
+                                   f"({type(exc).__name__}: {exc}); re-measure it") from None
         stats = cls(meta["architecture"], layers, models)
         if model is not None and architecture_signature(model) != stats.architecture:
             raise StatsMismatchError(
@@ -250,3 +253,91 @@ class Stats:
                 f"({stats.architecture}) than the model given "
                 f"({architecture_signature(model)}); re-measure with this model")
         return stats
+
+
+# Relative asymmetry ``max|G − Gᵀ| / max|G|`` a stored Gram may have (summation order).
+SYMMETRY_TOLERANCE = 1e-10
+
+
+def _read_entries(meta: dict, tensors: dict[str, Tensor], path: Path
+                  ) -> tuple[dict[str, LinearInfo], list[ModelStats]]:
+    """The layers and per-model sums of a stats file, every tensor checked against the
+    metadata: shape, finiteness, symmetry, a non-negative diagonal, and row counts equal to
+    the Gram's intercept entry (``Σ 1·1``)."""
+    if not isinstance(meta.get("architecture"), str):
+        raise StatsFormatError(f"'{path}' has no architecture signature; re-measure it")
+    layers: dict[str, LinearInfo] = {}
+    for d in meta["layers"]:
+        info = LinearInfo(str(d["name"]), int(d["in_features"]), int(d["out_features"]),
+                          bool(d["has_bias"]))
+        if info.in_features < 1 or info.out_features < 1 or info.name in layers:
+            raise StatsFormatError(f"'{path}' describes layer '{info.name}' twice or with "
+                                   "a size below 1; the file is corrupt, re-measure it")
+        layers[info.name] = info
+    if not isinstance(meta["models"], list) or not meta["models"]:
+        raise StatsFormatError(f"'{path}' holds no models; re-measure it")
+    expected: set[str] = set()
+    models = []
+    for k, mm in enumerate(meta["models"]):
+        sums = {}
+        graphs, seconds = int(mm.get("graphs", 0)), float(mm.get("seconds", 0.0))
+        if graphs < 0 or not (seconds >= 0 and math.isfinite(seconds)):
+            raise StatsFormatError(f"'{path}': model {k} has graphs={graphs}, "
+                                   f"seconds={seconds}; the file is corrupt, re-measure it")
+        for name, info in layers.items():
+            key = f"{k}/{name}"
+            if f"{key}/gram" not in tensors:
+                raise StatsFormatError(f"'{path}' lacks the Gram of layer '{name}' for "
+                                       f"model {k}; the file is truncated or corrupt")
+            rows = mm["rows"][name]
+            if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+                raise StatsFormatError(f"'{path}': row count {rows!r} of layer '{name}' "
+                                       f"(model {k}) is not a count; re-measure it")
+            gram, cross = tensors[f"{key}/gram"], tensors.get(f"{key}/cross")
+            expected.add(f"{key}/gram")
+            _check_gram(gram, info, rows, f"'{path}': the Gram of layer '{name}' (model {k})")
+            if cross is not None:
+                expected.add(f"{key}/cross")
+                where = f"'{path}': the cross sums of layer '{name}' (model {k})"
+                want = (info.in_features + 1, info.out_features)
+                if tuple(cross.shape) != want:
+                    raise StatsFormatError(f"{where} have shape {tuple(cross.shape)}, expected "
+                                           f"{want} from the metadata; the file is corrupt, "
+                                           "re-measure it")
+                if not cross.is_floating_point() or not bool(torch.isfinite(cross).all()):
+                    raise StatsFormatError(f"{where} hold NaN/Inf or are not floating point; "
+                                           "re-measure (check the data and model for NaN)")
+            sums[name] = LayerStats(gram, rows, cross)
+        models.append(ModelStats(str(mm["fingerprint"]), sums, graphs,
+                                 [str(x) for x in mm.get("data", [])], seconds,
+                                 str(mm.get("label", ""))))
+    stray = sorted(set(tensors) - expected)
+    if stray:
+        raise StatsFormatError(f"'{path}' holds tensors its metadata does not describe "
+                               f"({', '.join(stray[:3])}); the file is corrupt, re-measure it")
+    return layers, models
+
+
+def _check_gram(gram: Tensor, info: LinearInfo, rows: int, where: str) -> None:
+    d = info.in_features + 1
+    if tuple(gram.shape) != (d, d):
+        raise StatsFormatError(f"{where} has shape {tuple(gram.shape)}, expected {(d, d)} "
+                               f"(in_features + 1 = {d}) from the metadata; the file is "
+                               "corrupt, re-measure it")
+    if not gram.is_floating_point():
+        raise StatsFormatError(f"{where} has dtype {gram.dtype}, expected float64; "
+                               "re-measure it")
+    if not bool(torch.isfinite(gram).all()):
+        raise StatsFormatError(f"{where} holds NaN/Inf; re-measure it (check the data and "
+                               "the model for NaN)")
+    g = gram.to(torch.float64)
+    scale = g.abs().max().item()
+    if scale > 0 and (g - g.T).abs().max().item() > SYMMETRY_TOLERANCE * scale:
+        raise StatsFormatError(f"{where} is not symmetric; the file is corrupt, re-measure it")
+    if bool((g.diagonal() < -SYMMETRY_TOLERANCE * scale).any()):
+        raise StatsFormatError(f"{where} has a negative diagonal entry (a sum of squares); "
+                               "the file is corrupt, re-measure it")
+    ones = g[-1, -1].item()
+    if abs(ones - rows) > 1e-9 * max(rows, 1):
+        raise StatsFormatError(f"{where} counts {ones:.6g} rows but the metadata says {rows}; "
+                               "the file is corrupt, re-measure it")

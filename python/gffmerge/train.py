@@ -164,6 +164,7 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     data = dataset or load_dataset(cfg.systems, max_frames=cfg.max_frames, seed=cfg.seed)
+    _check_labels(data)
     train_set = _cap(data.split("train"), cfg.train_frames, cfg)
     val_set = _cap(data.split("val"), cfg.val_frames, cfg)
     if model is not None:
@@ -264,6 +265,19 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
         raise KeyboardInterrupt(f"training interrupted; best model so far saved to {output}"
                                 if output else "training interrupted")
     return result
+
+
+def _check_labels(data: AtomsDataset) -> None:
+    """Training fits energies and forces: refuse systems without either, naming them."""
+    from .errors import DataError
+
+    for what in ("energy", "forces"):
+        missing = [fs.name for fs in data.systems if getattr(fs, what) is None]
+        if missing:
+            raise DataError(f"system(s) {', '.join(missing)} have no {what}; training needs "
+                            f"energies and forces for every frame: use data with {what} "
+                            "(e.g. extended XYZ with energy and forces, or DeePMD "
+                            f"{'energy' if what == 'energy' else 'force'}.npy)")
 
 
 def _val_loss(val: dict[str, float], cfg: TrainConfig) -> float:

@@ -8,31 +8,37 @@ what they share (:class:`CliError`, output, option parsing, loading) in :mod:`.c
 
 from __future__ import annotations
 
-import os
 import sys
 
-from .common import EXIT_BAD_INPUT, CliError
+from .common import EXIT_BAD_INPUT, EXIT_INTERNAL, CliError, Parser, run_command
 from .parser import build_parser
 
-__all__ = ["EXIT_BAD_INPUT", "CliError", "build_parser", "main"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERNAL", "CheckpointError", "CliError", "GffmergeError",
+           "build_parser", "main"]
+
+
+def __getattr__(name: str):
+    """The library's user-error types (exit 2 under the policy), imported on first use so that
+    ``gffmerge --help`` does not load torch."""
+    if name == "CheckpointError":
+        from ..checkpoint import CheckpointError
+
+        return CheckpointError
+    if name == "GffmergeError":
+        from ..errors import GffmergeError
+
+        return GffmergeError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from ..checkpoint import CheckpointError
-    from ..errors import GffmergeError
-
+    """Parse ``argv`` and run the subcommand under the error policy of
+    :func:`.common.run_command`; returns the exit code (0, 1 internal error, 2 user error,
+    130 interrupted)."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    Parser.json_errors = "--json" in argv
     try:
-        return int(args.func(args) or 0)
-    except (CliError, GffmergeError, CheckpointError, FileNotFoundError, ValueError,
-            KeyError, TypeError) as exc:
-        if os.environ.get("GFFMERGE_DEBUG"):
-            raise
-        msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        one_line = "; ".join(line.strip() for line in msg.splitlines() if line.strip())
-        print(f"gffmerge {args.command}: error: {one_line or repr(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt as exc:
-        print(f"gffmerge {args.command}: interrupted. {exc}", file=sys.stderr)
-        return 130
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse has already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    return run_command(args, args.func, args.command)

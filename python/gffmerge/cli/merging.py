@@ -6,7 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .common import CliError, dataset, emit, load_models, method_options
+from .common import CliError, check_keys, dataset, emit, load_models, method_options, read_yaml
+
+# Keys of a merge config (mergekit shape) and of each of its model entries.
+CONFIG_KEYS = ("merge_method", "models", "parameters", "limit", "output", "base_model")
+MODEL_KEYS = ("model", "data")
 
 
 def cmd_methods(args) -> int:
@@ -43,7 +47,9 @@ def _save_merged(args, result, sources: list[str], extra: dict) -> None:
             "times": result.report.times, "warnings": result.report.warnings, **extra}
     save_checkpoint(args.output, result.model, json.loads(json.dumps(meta, default=str)))
     if args.report:
-        Path(args.report).write_text(result.report.to_markdown())
+        from ..atomic import write_text_atomically
+
+        write_text_atomically(args.report, result.report.to_markdown())
 
 
 def _merge_summary(args, result) -> None:
@@ -98,12 +104,49 @@ def cmd_solve(args) -> int:
 
 
 def _merge_config(path: str) -> dict:
-    import yaml
-
-    cfg = yaml.safe_load(Path(path).read_text())
+    """The merge config at ``path``, checked: known keys only, and every path in it (models,
+    data files, output) relative to the config file's folder."""
+    cfg = read_yaml(path, "merge config")
     if not isinstance(cfg, dict) or "models" not in cfg:
         raise CliError(f"{path}: a merge config needs 'models: [{{model: CKPT, data: ...}}]'")
+    check_keys(cfg, CONFIG_KEYS, path)
+    if not isinstance(cfg["models"], list) or not cfg["models"]:
+        raise CliError(f"{path}: 'models' must be a list of {{model: CKPT, data: ...}} entries")
+    if cfg.get("parameters") is not None and not isinstance(cfg["parameters"], dict):
+        raise CliError(f"{path}: 'parameters' must be a mapping of method options")
+    base = Path(path).parent
+    models = []
+    for k, entry in enumerate(cfg["models"]):
+        if not isinstance(entry, dict) or "model" not in entry:
+            raise CliError(f"{path}: models[{k}] must be a mapping with 'model: CKPT' (and "
+                           "'data: ...')")
+        check_keys(entry, MODEL_KEYS, f"{path}: models[{k}]")
+        data = entry.get("data")
+        data = data if isinstance(data, list) else [data]
+        models.append({"model": str(_beside(base, entry["model"], always=True)),
+                       "data": [None if d is None else _beside(base, d) for d in data]})
+    cfg["models"] = models
+    if cfg.get("output"):
+        cfg["output"] = str(_beside(base, cfg["output"], always=True))
+    if cfg.get("base_model"):
+        cfg["base_model"] = str(_beside(base, cfg["base_model"], always=True))
+    limit = cfg.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 1):
+        raise CliError(f"{path}: 'limit' must be a whole number of graphs >= 1, got {limit!r}")
     return cfg
+
+
+def _beside(base: Path, value, *, always: bool = False) -> str:
+    """A path from a config file, relative to its folder; a data entry that is no file
+    there (a shipped system name such as ``lips20/beta-Li3PS4``) stays as written."""
+    text = str(value)
+    path = Path(text).expanduser()
+    if path.is_absolute():
+        return str(path)
+    if always or (base / path).exists():
+        return str(base / path)
+    return text
 
 
 def cmd_merge(args) -> int:
@@ -116,11 +159,13 @@ def cmd_merge(args) -> int:
         cfg = _merge_config(args.config)
         method = method or cfg.get("merge_method")
         cfg_params = dict(cfg.get("parameters") or {})
-        ckpts = [str(m["model"]) for m in cfg["models"]]
-        datas = [m["data"] if isinstance(m.get("data"), list) else [m.get("data")]
-                 for m in cfg["models"]]
+        ckpts = [m["model"] for m in cfg["models"]]
+        datas = [m["data"] for m in cfg["models"]]
         limit = cfg.get("limit", limit)
-        args.output = args.output or cfg.get("output")
+        if not args.output and cfg.get("output"):
+            from ..atomic import check_output
+
+            args.output = str(check_output(cfg["output"]))
         args.base = args.base or cfg.get("base_model")
     from .. import methods
 

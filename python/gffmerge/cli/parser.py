@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_data_options
+from .common import Parser, add_data_options, add_global_flags
 from .measuring import cmd_measure
 from .merging import cmd_demo, cmd_merge, cmd_methods, cmd_solve
 from .repairing import add_parser as add_repair_parser
@@ -15,11 +15,12 @@ BASE_HELP = ("the pre-trained checkpoint the sources were fine-tuned from (task_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or text")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    parser = argparse.ArgumentParser(
-        prog="gffmerge", parents=[common],
+    top = argparse.ArgumentParser(add_help=False)
+    add_global_flags(top)
+    common = argparse.ArgumentParser(add_help=False)  # the same flags after the subcommand
+    add_global_flags(common, inherited=True)
+    parser = Parser(
+        prog="gffmerge", parents=[top],
         description="Closed-form merging of fine-tuned GNN force fields.")
     sub = parser.add_subparsers(dest="command", required=True)
 

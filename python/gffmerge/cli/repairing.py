@@ -1,8 +1,9 @@
 """``gffmerge repair``: parse the command line and call :func:`gffmerge.repair.repair`.
 
 Hook it into the command line with ``add_parser(subparsers)``; ``run(args)`` returns the exit
-code (0, or 2 with a one-line message on stderr for a user error; ``GFFMERGE_DEBUG=1``
-raises instead). The repaired checkpoint is written atomically, only after training.
+code under the CLI's error policy (:func:`gffmerge.cli.common.run_command`: 0, or 2 with a
+one-line message on stderr for a user error). The repaired checkpoint is written
+atomically, only after training.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_BAD_INPUT = 2
+from .common import EXIT_BAD_INPUT, add_global_flags, run_command
+
+__all__ = ["EXIT_BAD_INPUT", "add_parser", "run"]
 
 
 def add_parser(subparsers, *, parents: list[argparse.ArgumentParser] | None = None
@@ -28,8 +29,7 @@ def add_parser(subparsers, *, parents: list[argparse.ArgumentParser] | None = No
         description="Fine-tune a merged checkpoint on at most --frames training frames of the "
                     "given systems (evenly spread), keeping the best-validation model.")
     if not parents:
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or text")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+        add_global_flags(p)
     p.add_argument("--model", required=True, help="merged checkpoint (.pt)")
     p.add_argument("--data", required=True, nargs="+",
                    help="shipped system names (rmd17/ethanol) or data files")
@@ -53,19 +53,7 @@ def add_parser(subparsers, *, parents: list[argparse.ArgumentParser] | None = No
 
 def run(args: argparse.Namespace) -> int:
     """Repair ``args.model`` as the flags say; returns the exit code."""
-    from ..checkpoint import CheckpointError
-    from ..errors import GffmergeError
-
-    try:
-        return _run(args)
-    except (GffmergeError, CheckpointError, FileNotFoundError, ValueError, KeyError,
-            TypeError) as exc:
-        if os.environ.get("GFFMERGE_DEBUG"):
-            raise
-        msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        one_line = "; ".join(line.strip() for line in msg.splitlines() if line.strip())
-        print(f"gffmerge repair: error: {one_line or repr(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    return run_command(args, _run, "repair")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .common import CliError, dataset, emit, load_models, parse_value
+from .common import CliError, check_keys, dataset, emit, load_models, parse_value, read_yaml
 
 
 def cmd_eval(args) -> int:
@@ -30,13 +30,18 @@ def cmd_eval(args) -> int:
 
 
 def cmd_train(args) -> int:
+    import dataclasses
+
     from ..train import TrainConfig, train
 
     values: dict[str, Any] = {}
     if args.config:
-        import yaml
-
-        values.update(yaml.safe_load(Path(args.config).read_text()) or {})
+        loaded = read_yaml(args.config, "training config") or {}
+        if not isinstance(loaded, dict):
+            raise CliError(f"training config '{args.config}' must be a mapping of TrainConfig "
+                           "fields (systems, role, epochs, ...)")
+        check_keys(loaded, [f.name for f in dataclasses.fields(TrainConfig)], args.config)
+        values.update(loaded)
     for key in ("systems", "role", "model", "init", "epochs", "batch_size", "lr", "patience",
                 "train_frames", "val_frames", "max_minutes", "seed", "energy_weight",
                 "force_weight", "threads", "max_frames"):
@@ -44,12 +49,19 @@ def cmd_train(args) -> int:
         if v is not None:
             values[key] = v
     for pair in args.model_option or []:
-        key, _, value = pair.partition("=")
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise CliError(f"-M expects KEY=VALUE, got '{pair}'")
         values.setdefault("model_config", {})[key.replace("-", "_")] = parse_value(value)
     try:
         cfg = TrainConfig(**values)
     except TypeError as exc:
         raise CliError(f"bad training config: {exc}") from exc
+    if not cfg.init:
+        _check_model_config(cfg.model, cfg.model_config)
+    if cfg.init and Path(cfg.init).resolve() == Path(args.output).resolve():
+        raise CliError(f"-o {args.output} would overwrite the --init checkpoint; write the "
+                       "trained model to a new file")
     result = train(cfg, output=args.output, progress=not args.quiet)
     test = result.metrics.get("test", {}).get("all", {})
     emit(args, {"output": args.output, "seconds": result.seconds, "metrics": result.metrics},
@@ -58,3 +70,17 @@ def cmd_train(args) -> int:
           f"{test.get('energy_mae_mev_per_atom', float('nan')):.2f} meV/atom, force MAE "
           f"{test.get('force_mae_mev_per_a', float('nan')):.1f} meV/Å -> {args.output}")
     return 0
+
+
+def _check_model_config(name: str, config: dict[str, Any]) -> None:
+    """An unknown architecture or constructor option is a one-line error, before training."""
+    import inspect
+
+    from ..errors import closest
+    from ..models.registry import MODELS
+
+    if name not in MODELS:
+        raise CliError(f"unknown model '{name}'{closest(name, MODELS)}; known models: "
+                       f"{', '.join(sorted(MODELS))}")
+    params = [p for p in inspect.signature(MODELS[name]).parameters if p != "self"]
+    check_keys(config, params, f"model '{name}' (-M)")

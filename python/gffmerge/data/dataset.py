@@ -125,6 +125,42 @@ class AtomsDataset:
     def has_forces(self) -> bool:
         return all(self.systems[s].forces is not None for s in np.unique(self._system))
 
+    def elements(self) -> dict[int, str]:
+        """Atomic numbers in this dataset's frames, each with the first system holding it."""
+        found: dict[int, str] = {}
+        for sid in np.unique(self._system):
+            fs = self.systems[int(sid)]
+            if isinstance(fs.z, np.ndarray):
+                zs = np.unique(fs.z)
+            else:
+                frames = self._frame[self._system == sid]
+                zs = np.unique(np.concatenate([fs.z[int(k)] for k in frames]))
+            for z in zs.tolist():
+                found.setdefault(int(z), fs.name)
+        return dict(sorted(found.items()))
+
+    def check_elements(self, model) -> None:
+        """Raise :class:`~gffmerge.errors.DataError` when a frame holds an element ``model``
+        has no embedding for (Z outside ``0..model.max_z``), naming it and the model's
+        elements (those with a reference energy, else the embedding range)."""
+        from ..errors import DataError
+
+        max_z = getattr(model, "max_z", None)
+        if max_z is None:
+            return
+        bad = {z: system for z, system in self.elements().items() if not 0 <= z <= max_z}
+        if bad:
+            z, system = next(iter(bad.items()))
+            refs = getattr(model, "atomic_energies", None)
+            known = ([int(i) for i in torch.nonzero(refs).flatten().tolist()]
+                     if isinstance(refs, torch.Tensor) else [])
+            has = (f"the elements it was trained on are Z = {', '.join(map(str, known))}"
+                   if known else f"it embeds Z = 0..{max_z}")
+            raise DataError(
+                f"system '{system}' holds element Z = {z}, which {type(model).__name__} has no "
+                f"embedding for ({has}); use a model that covers Z = "
+                f"{', '.join(map(str, bad))} or leave those systems out")
+
     def structures(self) -> Iterator[tuple[np.ndarray, float | None, np.ndarray | None]]:
         """``(z [n] int64, energy eV or None, forces [n, 3] eV/Å or None)`` per frame.
 
@@ -194,7 +230,9 @@ class AtomsDataset:
                            drop_last=drop_last, dtype=dtype)
 
     def batches_for(self, model, batch_size: int, **kwargs) -> BatchLoader:
-        """:meth:`batches` at ``model.cutoff`` in the dtype of ``model``'s parameters."""
+        """:meth:`batches` at ``model.cutoff`` in the dtype of ``model``'s parameters; data
+        with an element the model has no embedding for is refused (:meth:`check_elements`)."""
+        self.check_elements(model)
         dtype = next((p.dtype for p in model.parameters()), torch.float32)
         return self.batches(batch_size, model.cutoff, dtype=dtype, **kwargs)
 

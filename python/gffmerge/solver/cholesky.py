@@ -12,7 +12,7 @@ from torch import Tensor
 
 from gffmerge_ext import cholesky_solve_
 
-from ..errors import SingularGramError
+from ..errors import DegenerateSolutionError, SingularGramError
 from .assemble import LayerSystem
 
 # Jitter tried after a failed factorisation, relative to the mean diagonal entry.
@@ -100,6 +100,17 @@ def condition_numbers(matrices: dict[str, Tensor]) -> dict[str, float]:
     return out
 
 
+def check_systems_finite(systems: Mapping[str, LayerSystem]) -> None:
+    """Raise :class:`DegenerateSolutionError` naming the layers whose assembled system holds
+    NaN/Inf (statistics or source weights that are not finite)."""
+    bad = [name for name, s in systems.items()
+           if not (bool(torch.isfinite(s.a).all()) and bool(torch.isfinite(s.b).all()))]
+    if bad:
+        raise DegenerateSolutionError(
+            f"the statistics or source weights of layer(s) {', '.join(bad[:5])} hold NaN/Inf; "
+            "re-measure the statistics (gffmerge measure) and check the source checkpoints")
+
+
 def solve_systems(systems: Mapping[str, LayerSystem], *, jitter: bool = True,
                   condition: bool = True, backend: str = "auto") -> dict[str, SpdSolution]:
     """Solve every :class:`~gffmerge.solver.LayerSystem` ``(A + λI) Θ = B + λ Θ₀``.
@@ -110,6 +121,7 @@ def solve_systems(systems: Mapping[str, LayerSystem], *, jitter: bool = True,
     with ``condition``, cond₂ of every matrix is recorded (otherwise only of those without
     ridge, which need it for the check above).
     """
+    check_systems_finite(systems)  # NaN/Inf: one clear error, not a failed eigen-solver
     matrices = {name: (s.matrix(), s.rhs()) for name, s in systems.items()}
     unregularised = [name for name, s in systems.items() if s.ridge == 0.0]
     wanted = list(systems) if condition else unregularised

@@ -10,14 +10,58 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import DegenerateSolutionError
 from ..report import LayerReport, MergeReport, MergeResult
 from ..stats import Stats
 from .assemble import LayerSystem
-from .cholesky import SpdSolution
+from .cholesky import SpdSolution, check_systems_finite  # noqa: F401  (re-exported)
 from .state import layer_theta
 
 # ‖Θ − Θ̄‖/‖Θ̄‖ above which the report suggests shrinking toward the mean.
 DRIFT_WARNING = 5.0
+# ‖Θ‖/‖Θ̄‖ below which a regularised layer counts as flattened by its ridge: an error below
+# FLATTENED_ERROR (nothing is written), a warning below FLATTENED_WARNING.
+FLATTENED_ERROR = 1e-6
+FLATTENED_WARNING = 1e-2
+
+
+def check_solutions(systems: Mapping[str, LayerSystem], solutions: Mapping[str, SpdSolution],
+                    models: Sequence[nn.Module]) -> list[str]:
+    """Refuse solutions that must not be written: NaN/Inf weights, or a layer whose ridge
+    shrank it below ``FLATTENED_ERROR`` of the sources' mean norm. Returns warnings for
+    layers shrunk below ``FLATTENED_WARNING``."""
+    bad = [name for name, sol in solutions.items() if not bool(torch.isfinite(sol.x).all())]
+    if bad:
+        raise DegenerateSolutionError(
+            f"the solve gave NaN/Inf weights for layer(s) {', '.join(bad[:5])}; nothing was "
+            "written. Check the statistics for NaN/Inf (re-measure), keep condition=true and "
+            "use a ridge > 0 (e.g. ridge=1e-4 with ridge_mode='relative')")
+    sources = [m.state_dict() for m in models]
+    flattened, shrunk = [], []
+    for name, sol in solutions.items():
+        system = systems[name]
+        if system.ridge <= 0 or system.prior is not None:
+            continue
+        mean = torch.stack([layer_theta(sd, name, sol.x.device)[:sol.x.shape[0]]
+                            for sd in sources]).mean(0)
+        ref = mean.norm().item()
+        if ref == 0 or not math.isfinite(ref):
+            continue
+        ratio = sol.x.norm().item() / ref
+        if ratio < FLATTENED_ERROR:
+            flattened.append((name, ratio, system.ridge))
+        elif ratio < FLATTENED_WARNING:
+            shrunk.append((name, ratio, system.ridge))
+    if flattened:
+        _, ratio, ridge = flattened[0]
+        names = ", ".join(n for n, _, _ in flattened[:5])
+        raise DegenerateSolutionError(
+            f"the ridge (λ = {ridge:.3g}) flattens layer(s) {names} "
+            f"to ~0 ({ratio:.1e} of the sources' norm); nothing was written. Use a smaller "
+            "ridge, ridge_mode='relative' (e.g. ridge=1e-4), or prior='mean'")
+    return [f"layer '{name}': the ridge (λ = {ridge:.3g}) shrinks it to {ratio:.1e} of the "
+            "sources' norm; use a smaller ridge, ridge_mode='relative' or prior='mean'"
+            for name, ratio, ridge in shrunk]
 
 
 def drift_and_residual(theta: Tensor, sources: Sequence[Tensor],
@@ -59,6 +103,7 @@ def diagnose(report: MergeReport, stats: Stats, models: Sequence[nn.Module],
     :class:`LayerReport` per measured layer (unsolved when no data reached it), diagnostics
     measured on ``merged`` as written, warnings, and the state-dict keys not ``written``
     (kept at the sources' mean). Returns ``report``."""
+    report.warnings += check_solutions(systems, solutions, models)
     state = merged.state_dict()
     sources = [m.state_dict() for m in models]
     for name, info in stats.layers.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal, get_args, get_origin, get_type_hints
 
@@ -84,7 +85,8 @@ def validate(options) -> None:
         if choices and value not in choices:
             raise ValueError(f"{name}={value!r} is not valid; choose one of "
                              f"{', '.join(map(repr, choices))}")
-    if "ridge" in values and not (values["ridge"] >= 0):
-        raise ValueError(f"ridge must be >= 0, got {values['ridge']}")
+    if "ridge" in values and not (values["ridge"] >= 0 and math.isfinite(values["ridge"])):
+        raise ValueError(f"ridge must be finite and >= 0, got {values['ridge']}; the "
+                         "official value is 1e-6 (or e.g. 1e-4 with ridge_mode='relative')")
     if "alpha" in values and not (0.0 <= values["alpha"] <= 1.0):
         raise ValueError(f"alpha must lie in [0, 1], got {values['alpha']}")
