@@ -115,3 +115,25 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_ctrl_c_keeps_the_finished_rows(foundation, tmp_path, monkeypatch, capsys):
+    import gffmerge.experiment as experiment
+
+    real = experiment._Experiment.merge
+
+    def interrupted(self, method, sources, foundation_path):
+        if method == "regmean":
+            raise KeyboardInterrupt
+        return real(self, method, sources, foundation_path)
+
+    monkeypatch.setattr(experiment._Experiment, "merge", interrupted)
+    out = tmp_path / "out"
+    argv = ["experiment", "-q", "--foundation", str(foundation), "--systems", *SYSTEMS,
+            "--methods", "average,regmean,gffmerge", *FAST, "--out", str(out)]
+    assert main(argv) == 130
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["methods"]) == ["foundation", *(f"finetune:{s}" for s in SYSTEMS),
+                                    "joint", "average"]
+    assert "| average |" in (out / "report.md").read_text()
+    assert not list(out.glob(".*.tmp"))  # no half-written file left behind

@@ -422,8 +422,8 @@ def report_markdown(payload: dict[str, Any], notes: dict[str, str] | None = None
         cells += [f"{c['energy_mae_mev_per_atom']:.2f}", f"{c['force_mae_mev_per_a']:.1f}",
                   f"{c['force_rmse_mev_per_a']:.1f}"]
         sec = r["seconds"]
-        cells.append("" if sec is None else f"{sec:.1f}")
-        cells.append(f"{joint_s / sec:.1f}×" if _kind(name) != "reference" and sec
+        cells.append("" if sec is None else f"{sec:.3g}")
+        cells.append(f"{joint_s / sec:.3g}×" if _kind(name) != "reference" and sec
                      and joint_s else "")
         cells.append(notes.get(name, ""))
         lines.append("| " + " | ".join(cells) + " |")

@@ -46,7 +46,9 @@ def add_parser(subparsers, *, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def cmd_experiment(args) -> int:
-    from ..experiment import ExperimentConfig, report_markdown, run
+    from pathlib import Path
+
+    from ..experiment import ExperimentConfig, run
     from .common import CliError, emit
 
     names = None
@@ -60,5 +62,7 @@ def cmd_experiment(args) -> int:
                            epochs=args.finetune_epochs, seed=args.seed, repair=args.repair,
                            max_frames=args.max_frames)
     payload = run(cfg, progress=not (args.quiet or args.json))
-    emit(args, payload, report_markdown(payload) + f"\nwrote {args.out}/results.json")
+    report = Path(args.out) / "report.md"
+    emit(args, payload, report.read_text() + f"\nwrote {Path(args.out) / 'results.json'}, "
+                                             f"{report} and the chart")
     return 0
