@@ -20,7 +20,7 @@ Checkpoints of the fine-tunes and the joint model are saved in ``DIR/checkpoints
 with the same ``--out`` and the same settings reuses them (Ctrl-C keeps what finished; a
 training interrupted half-way is redone).
 
-The default budget (``train_frames=400`` per system, ``epochs=15``) is sized so that two
+The default budget (``train_frames=400`` per system, ``epochs=10``) is sized so that two
 1000-frame LiPS20 systems with the shipped GNS finish in under 30 minutes on 2 cores; the
 arithmetic is in :data:`BUDGET_NOTE`.
 """
@@ -48,16 +48,18 @@ RESULT_METRICS = ("energy_mae_mev_per_atom", "force_mae_mev_per_a", "force_rmse_
 FINETUNE_LR = 5e-4  # the shipped recipes' fine-tuning rate (gffmerge.recipes)
 
 BUDGET_NOTE = (
-    "Default budget: 400 training frames per system and 15 epochs for every fine-tune and "
-    "the joint model. The shipped LiPS20 GNS checkpoints (checkpoints/README.md) trained at "
-    "15-38 ms per training frame and epoch on 2 shared cores, validation included "
-    "(beta-Li3PS4 fine-tune 817 frames x 30 epochs in 6.2 min, gamma-Li3PS4 793 x 30 in "
-    "14.9 min, joint 1610 x 30 in 19.4 min). Two fine-tunes (2 x 400 frames) plus the joint "
-    "model (800 frames) are 1600 frame-epochs per epoch, 24,000 in all: 6-15 min, about 10 "
-    "at the joint model's rate. Merging (statistics and progressive stages on 200 frames "
-    "per source, grids scored on at most 64 validation frames per system) and evaluating "
-    "about a dozen models on the combined test split add roughly 5-10 min, the optional "
-    "repair (250 frames, 5 epochs) about 1-2 min: under 30 min in all.")
+    "Default budget: 400 training frames per system and 10 epochs for every fine-tune and "
+    "the joint model, i.e. 4 x 400 x 10 = 16,000 training frame-epochs for two systems. "
+    "The shipped LiPS20 GNS checkpoints (checkpoints/README.md) trained at 15-38 ms per "
+    "training frame and epoch on 2 shared cores, validation included (beta-Li3PS4 "
+    "fine-tune 817 frames x 30 epochs in 6.2 min, gamma-Li3PS4 793 x 30 in 14.9 min, joint "
+    "1610 x 30 in 19.4 min): 4-10 min of training. A short LiPS20 Li3P/P2S5 run of this "
+    "runner on a machine loaded 4-5 deep on its 2 cores measured 61 ms per training frame, "
+    "24 ms per validation frame (67 ms per training frame-epoch with validation: 18 min "
+    "of training at that load), the progressive merge at 258 s, TIES's 25-point grid at "
+    "43 s and one evaluation on the combined test split at about 14 s. Merging with every "
+    "method and evaluating about a dozen models add 5-10 min, the optional repair (250 "
+    "frames, 5 epochs) 1-3 min: about 15 min on 2 idle cores, under 30 even at that load.")
 
 
 @dataclass
@@ -69,7 +71,7 @@ class ExperimentConfig:
     out: str
     methods: list[str] | None = None  # None: every registered method
     train_frames: int = 400  # training frames per system, fine-tunes and joint alike
-    epochs: int = 15  # fine-tune and joint epochs
+    epochs: int = 10  # fine-tune and joint epochs
     seed: int = 42
     repair: bool = False
     repair_frames: int = 250
@@ -254,7 +256,8 @@ class _Experiment:
                          epochs=self.cfg.epochs, lr=FINETUNE_LR,
                          batch_size=self.cfg.batch_size,
                          train_frames=self.cfg.train_frames * k,
-                         val_frames=self.cfg.val_frames * k, seed=self.cfg.seed,
+                         val_frames=self.cfg.val_frames * k,
+                         test_frames=self.cfg.val_frames * k, seed=self.cfg.seed,
                          max_frames=self.cfg.max_frames, balanced=True,
                          patience=self.cfg.epochs)
         result = train(tc, output=path, progress=self.progress,
