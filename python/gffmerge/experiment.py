@@ -336,7 +336,7 @@ class _Experiment:
         try:
             phase("foundation")
             foundation = load_checkpoint(cfg.foundation)[0]
-            self.finish_row("foundation", foundation, None)
+            self.finish_row("foundation", foundation, 0.0, "given, not trained here")
             bar.update()
             sources = []
             for system in self.names:
@@ -425,7 +425,7 @@ def report_markdown(payload: dict[str, Any], notes: dict[str, str] | None = None
         cells += [f"{c['energy_mae_mev_per_atom']:.2f}", f"{c['force_mae_mev_per_a']:.1f}",
                   f"{c['force_rmse_mev_per_a']:.1f}"]
         sec = r["seconds"]
-        cells.append("" if sec is None else f"{sec:.3g}")
+        cells.append("" if sec is None or name == "foundation" else f"{sec:.3g}")
         cells.append(f"{joint_s / sec:.3g}×" if _kind(name) != "reference" and sec
                      and joint_s else "")
         cells.append(notes.get(name, ""))
