@@ -24,7 +24,8 @@ rank  layer      modules (a package name covers everything under it)
 5     solver     ``solver/``, ``report`` (the report and result types a solve returns)
 6     methods    ``methods/``
 7     pipeline   ``pipeline``; ``distributed`` (torchrun launch helpers over
-                 ``collect``); ``testing`` (helpers for users' own adapters)
+                 ``collect``); ``testing`` (helpers for users' own adapters);
+                 ``experiment`` (the runner of ``gffmerge experiment``)
 8     api        ``gffmerge`` itself: the package ``__init__`` is the public API
 9     cli        ``cli/``, ``__main__``, ``demo`` (the demo is a CLI subcommand)
 ====  =========  =====================================================================
@@ -56,7 +57,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("collect", ("collect",)),
     ("solver", ("solver", "report")),
     ("methods", ("methods",)),
-    ("pipeline", ("pipeline", "distributed", "testing")),
+    ("pipeline", ("pipeline", "distributed", "testing", "experiment")),
     ("api", ("",)),
     ("cli", ("cli", "__main__", "demo")),
 ]

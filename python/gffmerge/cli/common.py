@@ -36,6 +36,9 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a pipeline cut short
 
 # Commands whose output is kept when stopped with Ctrl-C (training saves its best model).
 KEEP_ON_INTERRUPT = ("train", "repair")
+# Commands that write their results row by row on purpose (each file atomically, kept when
+# a later step fails or is stopped, reused by a rerun): not all-or-nothing.
+INCREMENTAL = ("experiment",)
 # Attributes of the parsed arguments that name files a command writes, and files it reads.
 OUTPUT_ARGS = (("output", "output"), ("report", "report"))
 INPUT_ARGS = ("model", "stats", "config", "init", "data", "systems")
@@ -144,6 +147,8 @@ def run_command(args, func: Callable[[Any], int | None], command: str | None = N
             warnings.showwarning = show
         try:
             check_outputs(args, command)
+            if command in INCREMENTAL:
+                return int(func(args) or 0)
             with all_or_nothing(keep_on_interrupt=command in KEEP_ON_INTERRUPT):
                 return int(func(args) or 0)
         except SystemExit:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .common import Parser, add_data_options, add_global_flags
+from .experimenting import add_parser as add_experiment_parser
 from .measuring import cmd_measure
 from .merging import cmd_demo, cmd_merge, cmd_methods, cmd_solve
 from .repairing import add_parser as add_repair_parser
@@ -107,4 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="demo pairs to run: rmd17 (ethanol/malonaldehyde), lips20 (Li3P/P2S5); "
                         "default: all")
     p.set_defaults(func=cmd_demo)
+
+    add_experiment_parser(sub, parents=[common])
     return parser

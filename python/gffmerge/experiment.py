@@ -1,0 +1,473 @@
+"""``gffmerge experiment``: fine-tune, train jointly, merge with every method, compare.
+
+From one foundation checkpoint and K systems (shipped names or data files), :func:`run`
+
+1. fine-tunes one source per system from the foundation (:func:`gffmerge.train.train`,
+   role ``finetune``, ``train_frames`` training frames of that system, ``epochs`` epochs);
+2. trains the joint model on the union with the same recipe (role ``joint``, the same
+   frames of every system, drawn evenly, the same epochs): its wall time is the
+   denominator of every speed-up;
+3. merges the sources with each method: methods that need a base get the foundation,
+   ``progressive`` (and any method that runs the models itself) gets each system's
+   validation split as ``val_data``, methods with a paper grid (TIES, task arithmetic,
+   Fisher; :data:`gffmerge.methods.grid.PAPER_GRIDS`) pick their options on the combined
+   validation split, never on test;
+4. with ``repair``, fine-tunes the default method's merge briefly (:func:`gffmerge.repair.repair`);
+5. evaluates every model on the combined test split and writes ``DIR/results.json``
+   (rewritten atomically after every finished row), ``DIR/report.md`` and ``DIR/methods.png``.
+
+Checkpoints of the fine-tunes and the joint model are saved in ``DIR/checkpoints/``; a rerun
+with the same ``--out`` and the same settings reuses them (Ctrl-C keeps what finished; a
+training interrupted half-way is redone).
+
+The default budget (``train_frames=400`` per system, ``epochs=10``) is sized so that two
+1000-frame LiPS20 systems with the shipped GNS finish in under 30 minutes on 2 cores; the
+arithmetic is in :data:`BUDGET_NOTE`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import methods
+from .atomic import write_atomically
+
+RESULT_METRICS = ("energy_mae_mev_per_atom", "force_mae_mev_per_a", "force_rmse_mev_per_a")
+FINETUNE_LR = 5e-4  # the shipped recipes' fine-tuning rate (gffmerge.recipes)
+
+BUDGET_NOTE = (
+    "Default budget: 400 training frames per system and 10 epochs for every fine-tune and "
+    "the joint model, i.e. 4 x 400 x 10 = 16,000 training frame-epochs for two systems. "
+    "The shipped LiPS20 GNS checkpoints (checkpoints/README.md) trained at 15-38 ms per "
+    "training frame and epoch on 2 shared cores, validation included (beta-Li3PS4 "
+    "fine-tune 817 frames x 30 epochs in 6.2 min, gamma-Li3PS4 793 x 30 in 14.9 min, joint "
+    "1610 x 30 in 19.4 min): 4-10 min of training. A short LiPS20 Li3P/P2S5 run of this "
+    "runner on a machine loaded 4-5 deep on its 2 cores measured 61 ms per training frame, "
+    "24 ms per validation frame (67 ms per training frame-epoch with validation: 18 min "
+    "of training at that load), the progressive merge at 258 s, TIES's 25-point grid at "
+    "43 s and one evaluation on the combined test split at about 14 s. Merging with every "
+    "method and evaluating about a dozen models add 5-10 min, the optional repair (250 "
+    "frames, 5 epochs) 1-3 min: about 15 min on 2 idle cores, under 30 even at that load.")
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that defines one experiment (recorded in ``results.json``'s command)."""
+
+    foundation: str
+    systems: list[str]
+    out: str
+    methods: list[str] | None = None  # None: every registered method
+    train_frames: int = 400  # training frames per system, fine-tunes and joint alike
+    epochs: int = 10  # fine-tune and joint epochs
+    seed: int = 42
+    repair: bool = False
+    repair_frames: int = 250
+    repair_epochs: int = 5
+    merge_frames: int = 200  # frames per source for statistics, Fisher and progressive
+    grid_val_frames: int = 64  # validation frames per system scoring a grid point
+    val_frames: int = 100  # validation frames per system during training (cap)
+    batch_size: int = 8
+    max_frames: int = 1250  # frames sampled per system (protocol)
+    method_names: list[str] = field(init=False, default_factory=list)
+
+    def __post_init__(self):
+        self.systems = [str(s) for s in self.systems]
+        if len(self.systems) < 2:
+            raise ValueError(f"an experiment merges at least 2 systems, got "
+                             f"{len(self.systems)}: pass --systems A B [C ...]")
+        if len(set(self.systems)) != len(self.systems):
+            raise ValueError(f"--systems lists a system twice: {' '.join(self.systems)}")
+        short = [system_label(s) for s in self.systems]
+        if len(set(short)) != len(short):
+            raise ValueError(f"two systems share the name {_first_repeat(short)!r}; rename "
+                             "one of the files")
+        for name in ("train_frames", "epochs", "repair_frames", "repair_epochs",
+                     "merge_frames", "grid_val_frames", "val_frames", "batch_size",
+                     "max_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got "
+                                 f"{getattr(self, name)}")
+        known = methods.available()
+        chosen = list(self.methods) if self.methods else list(known)
+        unknown = [m for m in chosen if m not in known]
+        if unknown:
+            raise ValueError(f"unknown merge method(s) {', '.join(unknown)}; choose from "
+                             f"{', '.join(known)} (gffmerge methods lists them)")
+        if len(set(chosen)) != len(chosen):
+            raise ValueError(f"--methods lists a method twice: {','.join(chosen)}")
+        if self.repair and methods.DEFAULT_METHOD not in chosen:
+            chosen.append(methods.DEFAULT_METHOD)  # the repair starts from the default
+        self.method_names = chosen
+        if not Path(self.foundation).is_file():
+            raise FileNotFoundError(f"foundation checkpoint not found: {self.foundation}")
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise ValueError(f"--out {self.out} is a file; give a folder")
+
+    def command(self) -> str:
+        """The command line that reruns this experiment, every default spelled out."""
+        parts = ["gffmerge", "experiment", "--foundation", self.foundation, "--systems",
+                 *self.systems, "--methods", ",".join(self.method_names), "--train-frames",
+                 str(self.train_frames), "--finetune-epochs", str(self.epochs), "--seed",
+                 str(self.seed), "--max-frames", str(self.max_frames)]
+        if self.repair:
+            parts.append("--repair")
+        return shlex.join([*parts, "--out", self.out])
+
+    def recipe(self, system: str | None) -> dict[str, Any]:
+        """What a saved fine-tune (``system``) or joint model (None) must match to be
+        reused: the foundation's bytes, the data and the training settings."""
+        return {"foundation_sha256": _sha256(Path(self.foundation)),
+                "systems": [system] if system else list(self.systems),
+                "train_frames": self.train_frames, "epochs": self.epochs,
+                "seed": self.seed, "val_frames": self.val_frames,
+                "batch_size": self.batch_size, "max_frames": self.max_frames,
+                "lr": FINETUNE_LR}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def system_label(system: str) -> str:
+    """The name a system has in the data: a shipped name as given, a file by its stem."""
+    p = Path(system)
+    if p.suffix and (p.is_absolute() or p.is_file()):
+        return p.stem
+    return system
+
+
+def _first_repeat(items: list[str]) -> str:
+    seen = set()
+    for x in items:
+        if x in seen:
+            return x
+        seen.add(x)
+    return ""
+
+
+# ---------------------------------------------------------------- environment
+def git_commit() -> str:
+    """The repository's commit (``+dirty`` with uncommitted changes), else ``unknown``."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        return out + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine() -> str:
+    """CPU model, core count, torch version and threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
+
+
+# ---------------------------------------------------------------- results
+def result_row(metrics: dict[str, dict[str, float]], systems: list[str],
+               seconds: float | None) -> dict[str, Any]:
+    """One row of ``results.json`` from :func:`gffmerge.evaluate.evaluate`'s output."""
+    return {"combined": {k: float(metrics["all"][k]) for k in RESULT_METRICS},
+            "systems": {s: {k: float(metrics[s][k]) for k in RESULT_METRICS}
+                        for s in systems},
+            "seconds": None if seconds is None else float(seconds)}
+
+
+def write_results(path: Path, payload: dict[str, Any]) -> None:
+    text = json.dumps(payload, indent=2, allow_nan=False, default=str) + "\n"
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text))
+
+
+# ---------------------------------------------------------------- the run
+class _Experiment:
+    def __init__(self, cfg: ExperimentConfig, progress: bool):
+        from .data import load_dataset
+
+        self.cfg = cfg
+        self.progress = progress
+        self.out = Path(cfg.out)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.data = load_dataset(cfg.systems, max_frames=cfg.max_frames, seed=cfg.seed)
+        self.names = list(self.data.system_names)
+        self.test = self.data.split("test")
+        missing = [s for s in self.names if s not in set(
+            self.test.system_names[i] for i in set(self.test.system_ids.tolist()))]
+        if missing:
+            raise ValueError(f"no test frames of {', '.join(missing)}; give each system more "
+                             "frames (the split is 80/10/10)")
+        self.payload: dict[str, Any] = {"default_method": methods.DEFAULT_METHOD,
+                                        "methods": {}, "command": cfg.command(),
+                                        "git_commit": git_commit(), "machine": machine()}
+        self.notes: dict[str, str] = {}
+
+    # -- bookkeeping
+    def finish_row(self, name: str, model, seconds: float | None, note: str = "") -> None:
+        from .evaluate import evaluate
+
+        metrics = evaluate(model, self.test, batch_size=self.cfg.batch_size,
+                           progress=self.progress)
+        self.payload["methods"][name] = result_row(metrics, self.names, seconds)
+        if note:
+            self.notes[name] = note
+        write_results(self.out / "results.json", self.payload)
+
+    # -- training
+    def trained(self, role: str, systems: list[str], path: Path) -> tuple[Any, float, bool]:
+        """(model, wall seconds, reused) of a fine-tune or the joint model: the checkpoint
+        in ``path`` when it was made by the same recipe and finished, else a new run."""
+        from .checkpoint import load_checkpoint
+        from .train import TrainConfig, train
+
+        recipe = self.cfg.recipe(systems[0] if role == "finetune" else None)
+        if path.is_file():
+            model, meta = load_checkpoint(path)
+            if meta.get("experiment") == recipe and not meta.get("interrupted"):
+                return model, float(meta["wall_seconds"]), True
+        k = len(systems)
+        tc = TrainConfig(systems=list(systems), role=role, init=str(self.cfg.foundation),
+                         epochs=self.cfg.epochs, lr=FINETUNE_LR,
+                         batch_size=self.cfg.batch_size,
+                         train_frames=self.cfg.train_frames * k,
+                         val_frames=self.cfg.val_frames * k,
+                         test_frames=self.cfg.val_frames * k, seed=self.cfg.seed,
+                         max_frames=self.cfg.max_frames, balanced=True,
+                         patience=self.cfg.epochs)
+        result = train(tc, output=path, progress=self.progress,
+                       metadata={"experiment": recipe})
+        return result.model, result.seconds, False
+
+    # -- merging
+    def loaders(self, split: str, models) -> list:
+        part = self.data.split(split)
+        return [part.for_system(s).batches_for(m, self.cfg.batch_size)
+                for s, m in zip(self.names, models)]
+
+    def merge(self, method: str, sources, foundation_path: str):
+        """(merged model, wall seconds, note) of one method."""
+        import warnings
+
+        from .checkpoint import load_checkpoint
+        from .methods.grid import PAPER_GRIDS, grid_search, validation_score
+        from .pipeline import merge
+        from .train import balanced_subset
+
+        spec = methods.get(method)
+        needs = spec.needs_for(spec.options())
+        base = load_checkpoint(foundation_path)[0] if needs.base_model else None
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():  # listed in the merge reports, not needed here
+            warnings.simplefilter("ignore")
+            if method in PAPER_GRIDS:
+                val = self.data.split("val")
+                val = balanced_subset(val, self.cfg.grid_val_frames * len(self.names),
+                                      self.cfg.seed)
+                gradients = None
+                if needs.gradients:
+                    from .collect.fisher import diagonal_fisher
+
+                    gradients = [diagonal_fisher(m, d, limit=self.cfg.merge_frames,
+                                                 progress=self.progress, label=s)
+                                 for m, d, s in zip(sources, self.loaders("train", sources),
+                                                    self.names)]
+                found = grid_search(method, sources, validation_score(val), base=base,
+                                    gradients=gradients)
+                chosen = ", ".join(f"{k}={v}" for k, v in found.best.items())
+                return (found.result.model, time.perf_counter() - t0,
+                        f"grid on the combined validation split: {chosen}")
+            options: dict[str, Any] = {}
+            data = val_data = None
+            limit = None
+            if needs.data:
+                options["frames"] = self.cfg.merge_frames
+                options["val_frames"] = self.cfg.grid_val_frames
+                data = self.loaders("train", sources)
+                val_data = [self.data.split("val").for_system(s) for s in self.names]
+            elif needs.stats or needs.gradients:
+                data = self.loaders("train", sources)
+                limit = self.cfg.merge_frames
+            result = merge(sources, data, method=method, limit=limit, progress=self.progress,
+                           labels=self.names, base=base, val_data=val_data, **options)
+        return result.model, time.perf_counter() - t0, ""
+
+    # -- the whole run
+    def run(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        from .checkpoint import load_checkpoint
+        from .repair import repair
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        steps = 2 + len(self.names) + len(cfg.method_names) + int(cfg.repair)
+        bar = tqdm(total=steps, desc="experiment", unit="row", disable=not self.progress)
+
+        def phase(text: str) -> None:
+            bar.set_description(f"experiment: {text}")
+            bar.refresh()
+
+        try:
+            phase("foundation")
+            foundation = load_checkpoint(cfg.foundation)[0]
+            self.finish_row("foundation", foundation, 0.0, "given, not trained here")
+            bar.update()
+            sources = []
+            for system in self.names:
+                phase(f"fine-tune {system}")
+                path = self.ckpt_dir / f"finetune_{_file_name(system)}.pt"
+                model, seconds, reused = self.trained("finetune", [self._given(system)], path)
+                sources.append(model)
+                self.finish_row(f"finetune:{system}", model, seconds,
+                                "reused checkpoint" if reused else "")
+                bar.update()
+            phase("joint")
+            joint, joint_s, reused = self.trained("joint", list(cfg.systems),
+                                                  self.ckpt_dir / "joint.pt")
+            self.finish_row("joint", joint, joint_s, "reused checkpoint" if reused else "")
+            bar.update()
+            default_model = default_s = None
+            for method in cfg.method_names:
+                phase(f"merge {method}")
+                model, seconds, note = self.merge(method, sources, cfg.foundation)
+                self.finish_row(method, model, seconds, note)
+                if method == methods.DEFAULT_METHOD:
+                    default_model, default_s = model, seconds
+                bar.update()
+            if cfg.repair:
+                phase(f"repair {methods.DEFAULT_METHOD}")
+                fixed = repair(default_model, self.data, frames=cfg.repair_frames,
+                               epochs=cfg.repair_epochs, seed=cfg.seed,
+                               batch_size=cfg.batch_size,
+                               val_frames=cfg.val_frames * len(self.names),
+                               progress=self.progress)
+                self.finish_row(f"{methods.DEFAULT_METHOD}+repair", fixed.model,
+                                default_s + fixed.seconds,
+                                f"{cfg.repair_frames} frames, {cfg.repair_epochs} epochs")
+                bar.update()
+        finally:
+            bar.close()
+            if self.payload["methods"]:
+                self.write_report()
+        return self.payload
+
+    def _given(self, system: str) -> str:
+        return self.cfg.systems[self.names.index(system)]
+
+    def write_report(self) -> None:
+        chart = write_chart(self.payload, self.out / "methods.png")
+        text = report_markdown(self.payload, self.notes, chart)
+        write_atomically(self.out / "report.md", lambda tmp: Path(tmp).write_text(text))
+
+
+def _file_name(system: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in system)
+
+
+def run(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Run the experiment ``cfg`` describes (module docstring); returns the results
+    (also in ``cfg.out/results.json``). Ctrl-C keeps the rows finished so far."""
+    return _Experiment(cfg, progress).run()
+
+
+# ---------------------------------------------------------------- report and chart
+def _kind(name: str) -> str:
+    if name in ("foundation", "joint") or name.startswith("finetune:"):
+        return "reference"
+    return "ours" if name.startswith(methods.DEFAULT_METHOD) else "baseline"
+
+
+def report_markdown(payload: dict[str, Any], notes: dict[str, str] | None = None,
+                    chart: Path | None = None) -> str:
+    """``report.md``: one table of every row, speed-ups against joint training."""
+    notes = notes or {}
+    rows = payload["methods"]
+    systems = list(next(iter(rows.values()))["systems"]) if rows else []
+    joint_s = (rows.get("joint") or {}).get("seconds")
+    head = ["model / method"]
+    for s in systems:
+        head += [f"{s} E MAE (meV/atom)", f"{s} F MAE (meV/Å)"]
+    head += ["combined E MAE", "combined F MAE", "combined F RMSE", "seconds",
+             "speed-up vs joint", "note"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in rows.items():
+        cells = [name]
+        for s in systems:
+            m = r["systems"][s]
+            cells += [f"{m['energy_mae_mev_per_atom']:.2f}", f"{m['force_mae_mev_per_a']:.1f}"]
+        c = r["combined"]
+        cells += [f"{c['energy_mae_mev_per_atom']:.2f}", f"{c['force_mae_mev_per_a']:.1f}",
+                  f"{c['force_rmse_mev_per_a']:.1f}"]
+        sec = r["seconds"]
+        cells.append("" if sec is None or name == "foundation" else f"{sec:.3g}")
+        cells.append(f"{joint_s / sec:.3g}×" if _kind(name) != "reference" and sec
+                     and joint_s else "")
+        cells.append(notes.get(name, ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    text = ["# gffmerge experiment", "",
+            f"Command: `{payload['command']}`", "",
+            f"Commit {payload['git_commit']}; machine: {payload['machine']}.", "",
+            "Every model is evaluated on the combined test split of the systems (hash split "
+            "80/10/10): energy MAE per atom, force MAE and RMSE over all components. "
+            "Seconds: training wall time for the fine-tunes and the joint model; for a "
+            "merge, measuring, grid search and solving (plus the repair's wall time on the "
+            "repair row). Speed-up: joint training's wall time over the row's. The package "
+            f"default merge is `{payload['default_method']}`.", "",
+            "\n".join(lines), ""]
+    if chart is not None:
+        text += [f"![combined test force MAE]({chart.name})", ""]
+    text += [BUDGET_NOTE, ""]
+    return "\n".join(text)
+
+
+def write_chart(payload: dict[str, Any], path: Path) -> Path | None:
+    """Bar chart of the combined test force MAE of every row; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = payload["methods"]
+    names = list(rows)
+    vals = [rows[n]["combined"]["force_mae_mev_per_a"] for n in names]
+    colors = {"reference": "#999999", "baseline": "#4c72b0", "ours": "#dd8452"}
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(names) + 2), 4.4))
+    ax.bar(range(len(names)), vals, color=[colors[_kind(n)] for n in names])
+    ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+    if vals and min(vals) > 0 and all(math.isfinite(v) for v in vals):
+        ax.set_yscale("log")
+    ax.set_ylabel("combined test force MAE (meV/Å)")
+    ax.set_title("gffmerge experiment")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return path

@@ -1,0 +1,139 @@
+"""``gffmerge experiment`` end to end on a tiny foundation and a few rMD17 frames."""
+
+import json
+import math
+
+import pytest
+
+from gffmerge import methods
+from gffmerge.checkpoint import load_checkpoint
+from gffmerge.cli import main
+from gffmerge.experiment import RESULT_METRICS
+from gffmerge.train import TrainConfig, train
+
+SYSTEMS = ["rmd17/ethanol", "rmd17/malonaldehyde"]
+TINY = {"latent_dim": 8, "hidden_dim": 8, "n_layers": 1, "n_rbf": 6, "cutoff": 4.0}
+# A cheap run: 30 frames per system (24/3/3 after the split), 4 training frames, 1 epoch.
+FAST = ["--train-frames", "4", "--finetune-epochs", "1", "--max-frames", "30"]
+
+
+@pytest.fixture(scope="module")
+def foundation(tmp_path_factory):
+    path = tmp_path_factory.mktemp("foundation") / "foundation.pt"
+    train(TrainConfig(systems=SYSTEMS, model="gns", model_config=TINY, epochs=1,
+                      train_frames=6, val_frames=4, test_frames=4, batch_size=3,
+                      max_frames=30), output=path, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(foundation, tmp_path_factory):
+    out = tmp_path_factory.mktemp("experiment")
+    chosen = ["average", "ties", "gffmerge", methods.DEFAULT_METHOD]
+    argv = ["experiment", "-q", "--foundation", str(foundation), "--systems", *SYSTEMS,
+            "--methods", ",".join(chosen), *FAST, "--repair", "--out", str(out)]
+    assert main(argv) == 0
+    return out, chosen, argv
+
+
+def test_results_json_has_every_row_in_the_issue_shape(finished):
+    out, chosen, _ = finished
+    res = json.loads((out / "results.json").read_text())
+    assert set(res) == {"default_method", "methods", "command", "git_commit", "machine"}
+    assert res["default_method"] == methods.DEFAULT_METHOD
+    expected = ["foundation", *(f"finetune:{s}" for s in SYSTEMS), "joint", *chosen,
+                f"{methods.DEFAULT_METHOD}+repair"]
+    assert list(res["methods"]) == expected
+    for name, row in res["methods"].items():
+        assert set(row) == {"combined", "systems", "seconds"}, name
+        assert set(row["systems"]) == set(SYSTEMS), name
+        for part in (row["combined"], *row["systems"].values()):
+            assert set(part) == set(RESULT_METRICS), name
+            assert all(math.isfinite(v) and v > 0 for v in part.values()), (name, part)
+        # the combined force MAE lies between the systems' (it is their pooled mean)
+        f = [row["systems"][s]["force_mae_mev_per_a"] for s in SYSTEMS]
+        assert min(f) - 1e-9 <= row["combined"]["force_mae_mev_per_a"] <= max(f) + 1e-9
+    assert res["methods"]["foundation"]["seconds"] == 0.0  # given, not trained here
+    assert all(res["methods"][n]["seconds"] > 0 for n in expected[1:])
+    # the repair row's time includes the merge it started from
+    assert (res["methods"][f"{methods.DEFAULT_METHOD}+repair"]["seconds"]
+            > res["methods"][methods.DEFAULT_METHOD]["seconds"])
+    assert res["command"].startswith("gffmerge experiment --foundation ")
+    assert "--train-frames 4 --finetune-epochs 1" in res["command"]
+    assert res["git_commit"] and res["machine"]
+    report = (out / "report.md").read_text()
+    assert all(f"| {n} |" in report for n in expected)
+    assert (out / "methods.png").stat().st_size > 1000 or not _has_matplotlib()
+
+
+def test_models_are_trained_from_the_foundation_and_different_rows_differ(finished,
+                                                                          foundation):
+    out, _, _ = finished
+    for name in ("finetune_rmd17_ethanol.pt", "finetune_rmd17_malonaldehyde.pt", "joint.pt"):
+        _, meta = load_checkpoint(out / "checkpoints" / name)
+        assert meta["init"] == str(foundation) and meta["role"] in ("finetune", "joint")
+        assert meta["train_frames"] == (8 if name == "joint.pt" else 4), name
+    res = json.loads((out / "results.json").read_text())["methods"]
+    maes = {n: r["combined"]["force_mae_mev_per_a"] for n, r in res.items()}
+    assert maes["average"] != maes["gffmerge"] != maes["foundation"]
+
+
+def test_a_rerun_reuses_the_saved_trainings(finished, capsys):
+    out, _, argv = finished
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()}
+    rerun = [a if a != "average,ties,gffmerge," + methods.DEFAULT_METHOD else "average"
+             for a in argv if a != "--repair"]
+    assert main(rerun) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()}
+    assert before == after
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["methods"]) == ["foundation", *(f"finetune:{s}" for s in SYSTEMS),
+                                    "joint", "average"]
+    report = (out / "report.md").read_text()
+    assert report.count("reused checkpoint") == 3
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--systems", "rmd17/ethanol"], "at least 2 systems"),
+    (["--systems", *SYSTEMS, "--methods", "average,tiez"], "unknown merge method"),
+    (["--systems", *SYSTEMS, "--train-frames", "0"], "train-frames must be >= 1"),
+    (["--systems", "rmd17/ethanol", "rmd17/nope"], "no shipped system"),
+    (["--systems", *SYSTEMS, "--foundation", "missing.pt"], "foundation checkpoint not found"),
+])
+def test_bad_arguments_exit_2_with_one_line(foundation, tmp_path, capsys, args, message):
+    argv = ["experiment", "-q", "--foundation", str(foundation), *args, "--out",
+            str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_ctrl_c_keeps_the_finished_rows(foundation, tmp_path, monkeypatch, capsys):
+    import gffmerge.experiment as experiment
+
+    real = experiment._Experiment.merge
+
+    def interrupted(self, method, sources, foundation_path):
+        if method == "regmean":
+            raise KeyboardInterrupt
+        return real(self, method, sources, foundation_path)
+
+    monkeypatch.setattr(experiment._Experiment, "merge", interrupted)
+    out = tmp_path / "out"
+    argv = ["experiment", "-q", "--foundation", str(foundation), "--systems", *SYSTEMS,
+            "--methods", "average,regmean,gffmerge", *FAST, "--out", str(out)]
+    assert main(argv) == 130
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["methods"]) == ["foundation", *(f"finetune:{s}" for s in SYSTEMS),
+                                    "joint", "average"]
+    assert "| average |" in (out / "report.md").read_text()
+    assert not list(out.glob(".*.tmp"))  # no half-written file left behind
