@@ -44,8 +44,8 @@ def scaled_mean(models, stats, options):
 @pytest.fixture
 def isolated_registry(monkeypatch, tmp_path):
     """A copy of the registry for one test, and a sys.path entry for its plugin files."""
+    methods.available()  # the built-ins and installed plugins first, then the copies
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    methods.available()  # the built-ins and installed plugins, before the copy of `seen`
     monkeypatch.setattr(registry, "_PLUGINS", set(registry._PLUGINS))
     monkeypatch.syspath_prepend(str(tmp_path))
     before = set(sys.modules)
