@@ -149,11 +149,12 @@ def prepare_sources(models: Sequence[nn.Module], data: Sequence[Iterable[Any]], 
                     frames: int | None, names: Sequence[str], tangents: bool,
                     direction: str = "random", draws: int = 1, seed: int = 0, device=None,
                     labels: Sequence[str] | None = None, cache_bytes: int = CACHE_BYTES,
-                    forward=default_forward) -> list[Source]:
+                    forward=default_forward, outputs: bool = True) -> list[Source]:
     """Materialise each source's batches (up to ``frames`` graphs, checked after each
     batch), draw ``draws`` directions per batch (when ``tangents``; ``"force"`` directions
     give one draw) and cache the source's outputs of ``names`` when they fit in
-    ``cache_bytes``."""
+    ``cache_bytes`` (not at all with ``outputs=False``: for :func:`stage_sums` with
+    ``targets=False``, which needs only the merged model's inputs)."""
     if draws < 1:
         raise ValueError(f"draws must be a positive number of directions per frame, got "
                          f"{draws}")
@@ -176,6 +177,9 @@ def prepare_sources(models: Sequence[nn.Module], data: Sequence[Iterable[Any]], 
                      for d in range(draws)] if tangents else [None]
                     for i, b in enumerate(batches)]
         model.eval()
+        sources.append(src)
+        if not outputs:
+            continue
         first = run_recording(model, batches[0], names, "output", u=src.dirs[0][0],
                               forward=forward)
         size = sum(t.numel() * t.element_size() * (1 + tangents)
@@ -185,7 +189,6 @@ def prepare_sources(models: Sequence[nn.Module], data: Sequence[Iterable[Any]], 
                             run_recording(model, b, names, "output", u=u, forward=forward)
                             for d, u in enumerate(us)]
                            for i, (b, us) in enumerate(zip(batches, src.dirs))]
-        sources.append(src)
     return sources
 
 
@@ -200,9 +203,10 @@ def _accumulate(sums: dict[str, LayerSums], names: Sequence[str], xs: dict, ys: 
         for (x, dx), (y, dy) in zip(xs[n], ys[n]):
             if values:
                 gram_(s.gram, x, augment=True, backend=backend)
-                cross_(s.cross, x, y, augment_x=True, backend=backend)
                 s.rows += x.shape[0]
-                s.ysq += y.double().square().sum().item()
+                if y is not None:
+                    cross_(s.cross, x, y, augment_x=True, backend=backend)
+                    s.ysq += y.double().square().sum().item()
             if tangents:
                 gram_(s.tgram, dx, backend=backend)
                 cross_(s.tcross, dx, dy, backend=backend)
@@ -213,13 +217,17 @@ def _accumulate(sums: dict[str, LayerSums], names: Sequence[str], xs: dict, ys: 
 def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Sequence[str],
                infos: dict, *, calls: dict[str, int] | None = None, tangents: bool = False,
                forward=default_forward, backend: str = "auto",
-               frames: int | None = None) -> list[dict[str, LayerSums]]:
+               frames: int | None = None, targets: bool = True) -> list[dict[str, LayerSums]]:
     """Per source, the :class:`LayerSums` of the named layers.
 
     Inputs come from ``merged`` (progressive) or, when ``merged`` is None, from each source
     itself (one-shot). ``frames`` uses only the first batches of each source up to that many
-    graphs (a reduced budget for hyperparameter search).
+    graphs (a reduced budget for hyperparameter search). ``targets=False`` records the
+    inputs only (Grams and row counts; the cross sums stay zero) and never runs the
+    sources: for solves whose right-hand side comes from the sources' weights.
     """
+    if not targets and tangents:
+        raise ValueError("tangent rows need the sources' targets: use targets=True")
     out = []
     device = None
     for src in sources:
@@ -235,7 +243,9 @@ def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Seque
             for d, u in enumerate(src.dirs[i] if tangents else [None]):
                 xs = run_recording(inp_model, batch, names, "input", u=u, calls=calls,
                                    forward=forward)
-                if src.targets is not None:
+                if not targets:
+                    ys = {n: [(None, None)] * len(xs[n]) for n in names}
+                elif src.targets is not None:
                     ys = src.targets[i][d]
                 else:
                     ys = run_recording(src.model, batch, names, "output", u=u, calls=calls,

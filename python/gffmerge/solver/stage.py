@@ -8,6 +8,11 @@ tangent rows, ``Σ ẋẋᵀ`` and ``Σ ẋẏᵀ``. Per layer, pooled over the 
 
 solved for all layers of the stage in one batched Cholesky, and written into the merged
 model in place. Affine LayerNorms get their per-feature scale and shift from the diagonals.
+
+RegMean's solve on these inputs (RegMean++, ``target="weights"``) replaces the recorded cross
+sums by ``G̃_k Θ_k``, each source's own layer applied to the merged model's inputs, with
+``G̃_k = α G_k + (1 − α) diag(G_k)`` (off-diagonal shrinkage ``alpha``), and may leave the
+bias out of the fit (``intercept=False``: the merged model keeps the sources' mean bias).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import Tensor, nn
 from ..collect.order import is_affine_norm
 from ..collect.progressive import LayerSums
 from ..report import LayerReport
+from .assemble import shrink
 from .cholesky import condition_numbers, solve_spd
 
 
@@ -40,13 +46,23 @@ def module_theta(model: nn.Module, name: str, aug: bool) -> Tensor:
 
 
 def normal_equations(sums: Sequence[LayerSums], aug: bool, d: int, beta: float,
-                     weighting: str) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
-    """Value (A, B) and tangent-augmented (G, C) sums of one layer, and the tangent weight."""
+                     weighting: str, *, alpha: float = 1.0,
+                     thetas: Sequence[Tensor] | None = None
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
+    """Value (A, B) and tangent-augmented (G, C) sums of one layer, and the tangent weight.
+
+    ``alpha`` < 1 shrinks the off-diagonal of each source's Gram (RegMean). With ``thetas``
+    (one ``[dim, out]`` Θ_k per source), ``B = Σ_k c_k G̃_k Θ_k`` (each source's layer on
+    these inputs) instead of the recorded cross sums.
+    """
     dim = d + int(aug)
-    A = sum((1.0 if weighting == "pooled" else 1.0 / max(s.rows, 1)) * s.gram[:dim, :dim]
-            for s in sums)
-    B = sum((1.0 if weighting == "pooled" else 1.0 / max(s.rows, 1)) * s.cross[:dim]
-            for s in sums)
+    weights = [1.0 if weighting == "pooled" else 1.0 / max(s.rows, 1) for s in sums]
+    grams = [shrink(s.gram[:dim, :dim], alpha) for s in sums]
+    A = sum(c * g for c, g in zip(weights, grams))
+    if thetas is None:
+        B = sum(c * s.cross[:dim] for c, s in zip(weights, sums))
+    else:
+        B = sum(c * (g @ th.to(g.device)) for c, g, th in zip(weights, grams, thetas))
     G, C, w = A.clone(), B.clone(), 0.0
     if beta > 0 and sums[0].tgram is not None:
         At = sum((1.0 if weighting == "pooled" else 1.0 / max(s.trows, 1)) * s.tgram
@@ -99,9 +115,24 @@ def _solve_norm(merged: nn.Module, models: Sequence[nn.Module], name: str, info,
 def solve_stage(merged: nn.Module, models: Sequence[nn.Module], names: Sequence[str],
                 infos: dict, per_source: Sequence[dict[str, LayerSums]], *, ridge: float,
                 beta: float, weighting: str = "pooled",
-                ridge_mode: str = "relative", prior: str = "mean", condition: bool = True
+                ridge_mode: str = "relative", prior: str = "mean", condition: bool = True,
+                alpha: float = 1.0, target: str = "outputs", intercept: bool = True
                 ) -> tuple[list[LayerReport], list[str]]:
-    """Solve the named layers from their stage sums and write them into ``merged``."""
+    """Solve the named layers from their stage sums and write them into ``merged``.
+
+    ``target="outputs"`` fits the recorded source outputs; ``"weights"`` fits each source's
+    layer applied to the recorded inputs (RegMean++), with off-diagonal shrinkage ``alpha``.
+    ``intercept=False`` fits weights only and leaves the biases as they are in ``merged``
+    (needs ``target="weights"``: recorded outputs include each source's bias).
+    """
+    if target not in ("outputs", "weights"):
+        raise ValueError(f"target={target!r} is not valid; choose 'outputs' or 'weights'")
+    if not intercept and target == "outputs":
+        raise ValueError("intercept=False needs target='weights': the recorded outputs "
+                         "include each source's bias")
+    if alpha != 1.0 and target == "outputs":
+        raise ValueError("alpha shrinkage rescales the Grams and is only defined with "
+                         "target='weights'; use alpha=1 with target='outputs'")
     systems, meta, reports, warns = {}, {}, [], []
     modules = dict(merged.named_modules())
     for name in names:
@@ -117,17 +148,25 @@ def solve_stage(merged: nn.Module, models: Sequence[nn.Module], names: Sequence[
             _solve_norm(merged, models, name, info, sums, ridge=ridge, beta=beta,
                         weighting=weighting, ridge_mode=ridge_mode, prior=prior, lr=lr)
             continue
-        aug, d = info.has_bias, info.in_features
+        aug, d = info.has_bias and intercept, info.in_features
         dim = d + int(aug)
         lr.intercept = aug
-        A, B, G, C, w = normal_equations(sums, aug, d, beta, weighting)
+        thetas = [module_theta(m, name, aug) for m in models]
+        A, B, G, C, w = normal_equations(sums, aug, d, beta, weighting, alpha=alpha,
+                                         thetas=thetas if target == "weights" else None)
         lam = ridge * (G.trace().item() / dim if ridge_mode == "relative" else 1.0)
         lr.ridge = lam
-        mean = torch.stack([module_theta(m, name, aug) for m in models]).mean(0).to(G.device)
+        mean = torch.stack(thetas).mean(0).to(G.device)
         rhs = C + lam * mean if prior == "mean" else C
         systems[name] = (G + lam * torch.eye(dim, dtype=torch.float64, device=G.device), rhs)
-        ysq = sum(s.ysq for s in sums) if weighting == "pooled" else sum(
-            s.ysq / max(s.rows, 1) for s in sums)
+        if target == "weights":  # Σ_k c_k ‖X̃_k Θ_k‖² with the same (shrunk) Grams
+            ysq = sum((1.0 if weighting == "pooled" else 1.0 / max(s.rows, 1))
+                      * torch.einsum("io,ij,jo->", th.to(G.device),
+                                     shrink(s.gram[:dim, :dim], alpha), th.to(G.device)).item()
+                      for s, th in zip(sums, thetas))
+        else:
+            ysq = sum(s.ysq for s in sums) if weighting == "pooled" else sum(
+                s.ysq / max(s.rows, 1) for s in sums)
         meta[name] = (A, B, ysq, mean, aug)
     if not systems:
         return reports, warns
