@@ -138,7 +138,7 @@ SHIPPED = [("rmd17", ["rmd17/ethanol", "rmd17/malonaldehyde"], 4, 2),
 @pytest.mark.parametrize("dataset,systems,frames,batch", SHIPPED, ids=["rmd17", "lips20"])
 def test_structured_sums_equal_dense_on_shipped_gns(dataset, systems, frames, batch):
     models, batches = _shipped(dataset, systems, frames, batch)
-    # the edge layers of all interaction blocks (and the node MLPs' ConcatLinear)
+    # the edge layers of all interaction blocks
     _compare(models, batches, min_layers=models[0].config["n_layers"])
 
 

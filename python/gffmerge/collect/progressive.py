@@ -22,7 +22,7 @@ one full forward, so early stages cost part of a forward.
 
 **Structured rows** (``structured=True``, the default): a layer that describes its input
 as parts (:class:`~gffmerge.models.parts.StructuredInput`, e.g. the GNS edge layer on
-``[e, g_s·h[sender], g_r·h[receiver]]``) is recorded as its
+``[e, g_s·h[sender], g_r·h[receiver]]``) and has a gathered part is recorded as its
 :class:`~gffmerge.models.parts.GramInput`, and its value sums come from
 :func:`~gffmerge.collect.providers.sums_of` without a per-edge input tensor: the Gram
 from node-level products and scatter sums, and the cross sums of a gathered part as
@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from gffmerge_ext import cross_, gram_
 
 from ..errors import EmptyDataError, NonFiniteActivationError
-from ..models.parts import Dense, GramInput, StructuredInput
+from ..models.parts import Dense, Gathered, GramInput, StructuredInput
 from .batches import batch_entries, default_forward, move_to
 from .order import is_affine_norm, layer_input, layer_width
 from .providers import sums_of
@@ -108,10 +108,14 @@ def _primal(t: Tensor | None) -> Tensor | None:
 def structured_input(module: nn.Module, args: tuple, kwargs: dict, *,
                      dual: bool = False) -> GramInput | None:
     """The layer's input rows as a checked :class:`GramInput` (primal values when ``dual``:
-    inside a forward-mode level), or None for a layer that describes no parts."""
+    inside a forward-mode level), or None for a layer that describes no parts or no
+    gathered part (e.g. a ``ConcatLinear`` on node-level rows: nothing to save there, and
+    its blockwise products cost more than one dense product)."""
     if not isinstance(module, StructuredInput) or is_affine_norm(module):
         return None
     inp = module.gram_parts(*args, **kwargs)
+    if not any(isinstance(p, Gathered) for p in inp.parts):
+        return None  # node-level rows only: one dense product is cheaper than blockwise
     if dual:
         parts = []
         for p in inp.parts:
