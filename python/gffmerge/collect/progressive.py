@@ -19,6 +19,17 @@ Each source's targets are computed once (one forward per source, all layers) and
 when they fit in ``cache_bytes``; otherwise the source is re-run per stage on the stage's
 layers only. A pass stops as soon as every stage layer has been called as often as in
 one full forward, so early stages cost part of a forward.
+
+**Structured rows** (``structured=True``, the default): a layer that describes its input
+as parts (:class:`~gffmerge.models.parts.StructuredInput`, e.g. the GNS edge layer on
+``[e, g_s·h[sender], g_r·h[receiver]]``) and has a gathered part is recorded as its
+:class:`~gffmerge.models.parts.GramInput`, and its value sums come from
+:func:`~gffmerge.collect.providers.sums_of` without a per-edge input tensor: the Gram
+from node-level products and scatter sums, and the cross sums of a gathered part as
+``Σ_e g_e h[i_e] y_eᵀ = Σ_n h[n] (Σ_{e: i_e = n} g_e y_e)ᵀ`` (``y`` scattered to the nodes
+in float64, then one node-level product), the plain product for dense parts. Tangent rows
+stay dense (the layer's ``dense_input`` along the dual level). ``structured=False`` is
+the dense reference for every layer; layers without parts are always dense.
 """
 
 from __future__ import annotations
@@ -34,8 +45,10 @@ from torch import Tensor, nn
 from gffmerge_ext import cross_, gram_
 
 from ..errors import EmptyDataError, NonFiniteActivationError
+from ..models.parts import Dense, Gathered, GramInput, StructuredInput
 from .batches import batch_entries, default_forward, move_to
-from .order import layer_input, layer_width
+from .order import is_affine_norm, layer_input, layer_width
+from .providers import sums_of
 from .tangents import directions, energy_forward, run_with_tangent, split_dual
 
 # Keep each source's layer outputs in memory up to this size (else recompute per stage).
@@ -88,14 +101,45 @@ class _StageDone(Exception):
     not needed."""
 
 
+def _primal(t: Tensor | None) -> Tensor | None:
+    return None if t is None else fwad.unpack_dual(t).primal.detach()
+
+
+def structured_input(module: nn.Module, args: tuple, kwargs: dict, *,
+                     dual: bool = False) -> GramInput | None:
+    """The layer's input rows as a checked :class:`GramInput` (primal values when ``dual``:
+    inside a forward-mode level), or None for a layer that describes no parts or no
+    gathered part (e.g. a ``ConcatLinear`` on node-level rows: nothing to save there, and
+    its blockwise products cost more than one dense product)."""
+    if not isinstance(module, StructuredInput) or is_affine_norm(module):
+        return None
+    inp = module.gram_parts(*args, **kwargs)
+    if not any(isinstance(p, Gathered) for p in inp.parts):
+        return None  # node-level rows only: one dense product is cheaper than blockwise
+    if dual:
+        parts = []
+        for p in inp.parts:
+            if isinstance(p, Dense):
+                parts.append(Dense(_primal(p.x)))
+            else:
+                parts.append(type(p)(_primal(p.src), p.index, _primal(p.gate)))
+        inp = GramInput(tuple(parts), inp.rows)
+    inp.check(module.in_features)
+    return inp
+
+
 class _Recorder:
-    """Hooks recording inputs (``what="input"``) or outputs of some layers of a model."""
+    """Hooks recording inputs (``what="input"``) or outputs of some layers of a model.
+
+    With ``structured``, the input of a layer that describes its parts is recorded as its
+    :class:`GramInput` (tangent rows, when on, as the dense tangent of its input)."""
 
     def __init__(self, model: nn.Module, names: Iterable[str], what: str,
-                 calls: dict[str, int] | None, tangents: bool):
+                 calls: dict[str, int] | None, tangents: bool, structured: bool = False):
         modules = dict(model.named_modules())
         self.names = list(names)
-        self.seen: dict[str, list[tuple[Tensor, Tensor | None]]] = {n: [] for n in self.names}
+        self.seen: dict[str, list[tuple[Tensor | GramInput, Tensor | None]]] = {
+            n: [] for n in self.names}
         self.calls = calls
         self.tangents = tangents
         self.handles = []
@@ -103,6 +147,14 @@ class _Recorder:
             m = modules[n]
 
             def hook(module, args, kwargs, output, n=n):
+                parts = (structured_input(module, args, kwargs, dual=self.tangents)
+                         if what == "input" and structured else None)
+                if parts is not None:
+                    tangent = (split_dual(layer_input(module, args, kwargs))[1]
+                               if self.tangents else None)
+                    self.seen[n].append((parts, tangent))
+                    self._done()
+                    return
                 if what == "input":
                     t = layer_input(module, args, kwargs)
                 else:
@@ -112,11 +164,14 @@ class _Recorder:
                 else:
                     primal, tangent = t.detach(), None
                 self.seen[n].append((primal, tangent))
-                if self.calls is not None and all(
-                        len(self.seen[x]) >= self.calls.get(x, 1) for x in self.names):
-                    raise _StageDone
+                self._done()
 
             self.handles.append(m.register_forward_hook(hook, with_kwargs=True))
+
+    def _done(self) -> None:
+        if self.calls is not None and all(
+                len(self.seen[x]) >= self.calls.get(x, 1) for x in self.names):
+            raise _StageDone
 
     def remove(self) -> None:
         for h in self.handles:
@@ -125,12 +180,15 @@ class _Recorder:
 
 def run_recording(model: nn.Module, batch: Any, names: Iterable[str], what: str, *,
                   u: Tensor | None = None, calls: dict[str, int] | None = None,
-                  forward=default_forward) -> dict[str, list[tuple[Tensor, Tensor | None]]]:
+                  forward=default_forward, structured: bool = False
+                  ) -> dict[str, list[tuple[Tensor | GramInput, Tensor | None]]]:
     """Run ``model`` on ``batch`` (eval, no grad) and return, per named layer and call, its
     ``(input or output rows, tangent rows or None)``. With ``u`` the energy path runs with
     positions dual along ``u`` (tangents); with ``calls`` the pass stops once every named
-    layer has been called that often."""
-    rec = _Recorder(model, names, what, calls, tangents=u is not None)
+    layer has been called that often; with ``structured`` (inputs only) a layer that
+    describes its parts gives its :class:`GramInput` instead of input rows."""
+    rec = _Recorder(model, names, what, calls, tangents=u is not None,
+                    structured=structured and what == "input")
     try:
         with torch.no_grad():
             if u is None:
@@ -201,7 +259,14 @@ def _accumulate(sums: dict[str, LayerSums], names: Sequence[str], xs: dict, ys: 
                                f"model but {len(ys[n])} times by {label} on the same batch; "
                                "the models must share one forward")
         for (x, dx), (y, dy) in zip(xs[n], ys[n]):
-            if values:
+            if values and isinstance(x, GramInput):
+                gram, cross = sums_of(x, y, backend=backend)
+                s.gram += gram
+                s.rows += x.rows
+                if cross is not None:
+                    s.cross += cross
+                    s.ysq += y.double().square().sum().item()
+            elif values:
                 gram_(s.gram, x, augment=True, backend=backend)
                 s.rows += x.shape[0]
                 if y is not None:
@@ -217,7 +282,8 @@ def _accumulate(sums: dict[str, LayerSums], names: Sequence[str], xs: dict, ys: 
 def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Sequence[str],
                infos: dict, *, calls: dict[str, int] | None = None, tangents: bool = False,
                forward=default_forward, backend: str = "auto",
-               frames: int | None = None, targets: bool = True) -> list[dict[str, LayerSums]]:
+               frames: int | None = None, targets: bool = True,
+               structured: bool = True) -> list[dict[str, LayerSums]]:
     """Per source, the :class:`LayerSums` of the named layers.
 
     Inputs come from ``merged`` (progressive) or, when ``merged`` is None, from each source
@@ -225,6 +291,8 @@ def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Seque
     graphs (a reduced budget for hyperparameter search). ``targets=False`` records the
     inputs only (Grams and row counts; the cross sums stay zero) and never runs the
     sources: for solves whose right-hand side comes from the sources' weights.
+    ``structured`` forms the value sums of layers that describe their parts without their
+    per-edge rows (module docstring); ``False`` is the dense reference.
     """
     if not targets and tangents:
         raise ValueError("tangent rows need the sources' targets: use targets=True")
@@ -242,7 +310,7 @@ def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Seque
             graphs += batch_entries(batch)
             for d, u in enumerate(src.dirs[i] if tangents else [None]):
                 xs = run_recording(inp_model, batch, names, "input", u=u, calls=calls,
-                                   forward=forward)
+                                   forward=forward, structured=structured)
                 if not targets:
                     ys = {n: [(None, None)] * len(xs[n]) for n in names}
                 elif src.targets is not None:
