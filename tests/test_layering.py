@@ -57,7 +57,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("collect", ("collect",)),
     ("solver", ("solver", "report")),
     ("methods", ("methods",)),
-    ("pipeline", ("pipeline", "distributed", "testing", "experiment")),
+    ("pipeline", ("pipeline", "distributed", "testing", "experiment", "experiment_report")),
     ("api", ("",)),
     ("cli", ("cli", "__main__", "demo")),
 ]
