@@ -12,7 +12,7 @@ layers, never of a higher one; within a layer, the cycle check keeps the order h
 ====  =========  =====================================================================
 rank  layer      modules (a package name covers everything under it)
 ====  =========  =====================================================================
-0     base       ``errors``, ``atomic``, ``architecture``: exceptions, atomic file
+0     base       ``errors``, ``atomic``, ``architecture``, ``provenance``: exceptions, atomic file
                  writes, the inventory and fingerprint of a model's linear layers; used
                  by every layer, import nothing of gffmerge but each other
 1     data       ``data/``
@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "python"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("errors", "atomic", "architecture", "discover")),
+    ("base", ("errors", "atomic", "architecture", "discover", "provenance")),
     ("data", ("data",)),
     ("models", ("models", "checkpoint", "calculator", "evaluate", "train", "recipes",
                 "repair", "lineage")),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -107,3 +107,33 @@ def linear_layers(model: nn.Module, layers: Iterable[str] | None = None) -> dict
                 raise ValueError(f"layer selection '{p}' matches no nn.Linear of the model; "
                                  f"linear layers are: {sample}")
     return found
+
+
+def first_calls(model: nn.Module, names: Iterable[str], run: Callable[[], object]
+                ) -> tuple[list[str], dict[str, int]]:
+    """The named modules in the order ``run()`` first calls them, and how often each is
+    called; ``run`` executes one forward of ``model`` (in eval mode, without grad). Modules
+    never called are left out."""
+    modules = dict(model.named_modules())
+    order: list[str] = []
+    calls: dict[str, int] = {}
+
+    def pre_hook(name):
+        def hook(module, args):
+            if name not in calls:
+                order.append(name)
+                calls[name] = 0
+            calls[name] += 1
+        return hook
+
+    handles = [modules[n].register_forward_pre_hook(pre_hook(n)) for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return order, calls

@@ -29,20 +29,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
 import shlex
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from . import methods
 from .atomic import write_atomically
 from .experiment_report import BUDGET_NOTE, report_markdown, write_chart  # noqa: F401
+from .provenance import git_commit, machine
 
 RESULT_METRICS = ("energy_mae_mev_per_atom", "force_mae_mev_per_a", "force_rmse_mev_per_a")
 FINETUNE_LR = 5e-4  # the shipped recipes' fine-tuning rate (gffmerge.recipes)
@@ -145,35 +141,6 @@ def _first_repeat(items: list[str]) -> str:
             return x
         seen.add(x)
     return ""
-
-
-# ---------------------------------------------------------------- environment
-def git_commit() -> str:
-    """The repository's commit (``+dirty`` with uncommitted changes), else ``unknown``."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-        return out + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def machine() -> str:
-    """CPU model, core count, torch version and threads."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
 
 
 # ---------------------------------------------------------------- results

@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
+from .architecture import first_calls
 from .data import AtomsDataset, load_dataset
 from .data.split import DEFAULT_MAX_FRAMES, DEFAULT_SEED
 from .models import ForceField
@@ -115,26 +115,8 @@ def parse_scope(scope: str) -> tuple[str, int | None]:
 def linear_layers_in_forward_order(model: ForceField, batch) -> list[str]:
     """Names of the ``nn.Linear`` modules of ``model`` in the order they first run in
     ``model.measure_forward(batch)``; layers that do not run are left out."""
-    names = {id(m): n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    order: list[str] = []
-
-    def hook(module, args, output):
-        name = names[id(module)]
-        if name not in order:
-            order.append(name)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, nn.Linear)]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model.measure_forward(batch)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return order
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return first_calls(model, names, lambda: model.measure_forward(batch))[0]
 
 
 def scope_parameters(model: ForceField, scope: str, batch=None) -> list[str]:

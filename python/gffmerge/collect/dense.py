@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..models.parts import DenseInput, GramInput
+from ..models.parts import GramInput, input_reader
 from ..stats import LayerStats
 from .hooks import LayerHook
 
@@ -20,12 +20,8 @@ class DenseHook(LayerHook):
     """
 
     def __init__(self, module: nn.Module, sums: LayerStats, **kwargs):
-        self._dense_input = module.dense_input if isinstance(module, DenseInput) else None
+        self._input = input_reader(module)
         super().__init__(module, sums, **kwargs)
 
     def describe(self, args: tuple, kwargs: dict) -> GramInput:
-        if self._dense_input is not None:
-            x = self._dense_input(*args, **kwargs)
-        else:
-            x = args[0] if args else kwargs["input"]
-        return GramInput.dense(x)
+        return GramInput.dense(self._input(args, kwargs))

@@ -33,7 +33,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..architecture import LinearInfo, linear_layers
+from ..architecture import LinearInfo, first_calls, linear_layers
+from ..models.parts import input_reader
 from .batches import default_forward
 
 Forward = Callable[[nn.Module, Any], Any]
@@ -79,14 +80,11 @@ def layer_input(module: nn.Module, args: tuple, kwargs: dict) -> Tensor:
     leading dimensions (atoms, edges, vector components) are flattened into rows. For an
     affine LayerNorm the rows are the normalised input (before ``γ``, ``β``).
     """
-    x = args[0] if args else kwargs["input"]
     if is_affine_norm(module):
+        x = args[0] if args else kwargs["input"]
         n = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
         return n.reshape(-1, module.normalized_shape[0])
-    dense = getattr(module, "dense_input", None)
-    if callable(dense):
-        x = dense(*args, **kwargs)
-    return x.reshape(-1, module.in_features)
+    return input_reader(module)(args, kwargs).reshape(-1, module.in_features)
 
 
 def layer_width(module: nn.Module) -> int:
@@ -123,30 +121,8 @@ def call_order(model: nn.Module, batch: Any, *, forward: Forward | None = None,
     one forward first calls them, and how often each is called. Layers never called are
     left out."""
     forward = forward or default_forward
-    modules = dict(model.named_modules())
-    names = list(mergeable_layers(model, layers, norms=norms))
-    order: list[str] = []
-    calls: dict[str, int] = {}
-
-    def pre_hook(name):
-        def hook(module, args):
-            if name not in calls:
-                order.append(name)
-                calls[name] = 0
-            calls[name] += 1
-        return hook
-
-    handles = [modules[n].register_forward_pre_hook(pre_hook(n)) for n in names]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            forward(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return order, calls
+    names = mergeable_layers(model, layers, norms=norms)
+    return first_calls(model, names, lambda: forward(model, batch))
 
 
 def _inputs(model: nn.Module, batch: Any, names: list[str], forward: Forward,

@@ -39,17 +39,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.autograd.forward_ad as fwad
 from torch import Tensor, nn
 
 from gffmerge_ext import cross_, gram_
 
 from ..errors import EmptyDataError, NonFiniteActivationError
-from ..models.parts import Dense, Gathered, GramInput, StructuredInput
+from ..models.parts import GramInput
 from .batches import batch_entries, default_forward, move_to
-from .order import is_affine_norm, layer_input, layer_width
 from .providers import sums_of
-from .tangents import directions, energy_forward, run_with_tangent, split_dual
+from .recording import run_recording
+from .tangents import directions, energy_forward
 
 # Keep each source's layer outputs in memory up to this size (else recompute per stage).
 CACHE_BYTES = 1 << 30
@@ -94,113 +93,6 @@ class Source:
     dirs: list[list[Tensor | None]] = field(default_factory=list)  # per batch, per draw
     targets: list[list[dict[str, list[tuple[Tensor, Tensor | None]]]]] | None = None
     frames: int = 0
-
-
-class _StageDone(Exception):
-    """Raised by a hook once every wanted layer has been seen: the rest of the forward is
-    not needed."""
-
-
-def _primal(t: Tensor | None) -> Tensor | None:
-    return None if t is None else fwad.unpack_dual(t).primal.detach()
-
-
-def structured_input(module: nn.Module, args: tuple, kwargs: dict, *,
-                     dual: bool = False) -> GramInput | None:
-    """The layer's input rows as a checked :class:`GramInput` (primal values when ``dual``:
-    inside a forward-mode level), or None for a layer that describes no parts or no
-    gathered part (e.g. a ``ConcatLinear`` on node-level rows: nothing to save there, and
-    its blockwise products cost more than one dense product)."""
-    if not isinstance(module, StructuredInput) or is_affine_norm(module):
-        return None
-    inp = module.gram_parts(*args, **kwargs)
-    if not any(isinstance(p, Gathered) for p in inp.parts):
-        return None  # node-level rows only: one dense product is cheaper than blockwise
-    if dual:
-        parts = []
-        for p in inp.parts:
-            if isinstance(p, Dense):
-                parts.append(Dense(_primal(p.x)))
-            else:
-                parts.append(type(p)(_primal(p.src), p.index, _primal(p.gate)))
-        inp = GramInput(tuple(parts), inp.rows)
-    inp.check(module.in_features)
-    return inp
-
-
-class _Recorder:
-    """Hooks recording inputs (``what="input"``) or outputs of some layers of a model.
-
-    With ``structured``, the input of a layer that describes its parts is recorded as its
-    :class:`GramInput` (tangent rows, when on, as the dense tangent of its input)."""
-
-    def __init__(self, model: nn.Module, names: Iterable[str], what: str,
-                 calls: dict[str, int] | None, tangents: bool, structured: bool = False):
-        modules = dict(model.named_modules())
-        self.names = list(names)
-        self.seen: dict[str, list[tuple[Tensor | GramInput, Tensor | None]]] = {
-            n: [] for n in self.names}
-        self.calls = calls
-        self.tangents = tangents
-        self.handles = []
-        for n in self.names:
-            m = modules[n]
-
-            def hook(module, args, kwargs, output, n=n):
-                parts = (structured_input(module, args, kwargs, dual=self.tangents)
-                         if what == "input" and structured else None)
-                if parts is not None:
-                    tangent = (split_dual(layer_input(module, args, kwargs))[1]
-                               if self.tangents else None)
-                    self.seen[n].append((parts, tangent))
-                    self._done()
-                    return
-                if what == "input":
-                    t = layer_input(module, args, kwargs)
-                else:
-                    t = output.reshape(-1, layer_width(module))
-                if self.tangents:
-                    primal, tangent = split_dual(t)
-                else:
-                    primal, tangent = t.detach(), None
-                self.seen[n].append((primal, tangent))
-                self._done()
-
-            self.handles.append(m.register_forward_hook(hook, with_kwargs=True))
-
-    def _done(self) -> None:
-        if self.calls is not None and all(
-                len(self.seen[x]) >= self.calls.get(x, 1) for x in self.names):
-            raise _StageDone
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-def run_recording(model: nn.Module, batch: Any, names: Iterable[str], what: str, *,
-                  u: Tensor | None = None, calls: dict[str, int] | None = None,
-                  forward=default_forward, structured: bool = False
-                  ) -> dict[str, list[tuple[Tensor | GramInput, Tensor | None]]]:
-    """Run ``model`` on ``batch`` (eval, no grad) and return, per named layer and call, its
-    ``(input or output rows, tangent rows or None)``. With ``u`` the energy path runs with
-    positions dual along ``u`` (tangents); with ``calls`` the pass stops once every named
-    layer has been called that often; with ``structured`` (inputs only) a layer that
-    describes its parts gives its :class:`GramInput` instead of input rows."""
-    rec = _Recorder(model, names, what, calls, tangents=u is not None,
-                    structured=structured and what == "input")
-    try:
-        with torch.no_grad():
-            if u is None:
-                forward(model, batch)
-            else:
-                with fwad.dual_level():
-                    run_with_tangent(model, batch, u, forward)
-    except _StageDone:
-        pass
-    finally:
-        rec.remove()
-    return rec.seen
 
 
 def prepare_sources(models: Sequence[nn.Module], data: Sequence[Iterable[Any]], *,

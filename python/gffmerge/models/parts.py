@@ -33,12 +33,12 @@ depending on the collector.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True, eq=False)
@@ -249,6 +249,14 @@ class DenseInput(Protocol):
     """
 
     def dense_input(self, *args: Any, **kwargs: Any) -> Tensor: ...
+
+
+def input_reader(module: nn.Module) -> Callable[[tuple, dict], Tensor]:
+    """A function of a call's ``(args, kwargs)`` giving the explicit input rows ``module``
+    multiplies: ``dense_input`` for a :class:`DenseInput`, else the first argument."""
+    if isinstance(module, DenseInput):
+        return lambda args, kwargs: module.dense_input(*args, **kwargs)
+    return lambda args, kwargs: args[0] if args else kwargs["input"]
 
 
 @runtime_checkable

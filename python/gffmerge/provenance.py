@@ -1,0 +1,51 @@
+"""Where a result came from: the commit, the CPU and the load, recorded beside every number."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit(*, short: bool = False) -> str:
+    """The checkout's commit (``+dirty`` with uncommitted tracked changes), else ``unknown``."""
+    cmd = ["git", "rev-parse", *(["--short"] if short else []), "HEAD"]
+    try:
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        return out + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine() -> str:
+    """CPU model, core count, system, torch version and threads in one line."""
+    import torch
+
+    return (f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load average, or ``unknown`` where the system has none."""
+    try:
+        return "/".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
