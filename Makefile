@@ -29,9 +29,10 @@ demo: install
 
 # The CUDA compile check runs when nvcc is present (CI has it); without nvcc it says so
 # and is skipped here (a plain `make cuda-check` fails instead).
-test: install lint
-	$(MAKE) cuda-check CUDA_CHECK=$${CUDA_CHECK:-skip}
-	$(PY) -m pytest $(PYTEST_ARGS)
+# tools/test.sh runs the CUDA compile check in the background beside install, ruff and pytest.
+test:
+	PYTHON_BOOT=$(PYTHON_BOOT) VENV=$(VENV) PYTEST_ARGS="$(PYTEST_ARGS)" MAKE="$(MAKE)" \
+	  bash tools/test.sh
 
 lint: install
 	$(VENV)/bin/ruff check .
