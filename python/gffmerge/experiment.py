@@ -27,7 +27,6 @@ arithmetic is in :data:`BUDGET_NOTE`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import time
@@ -38,7 +37,7 @@ from typing import Any
 from . import methods
 from .atomic import write_atomically
 from .experiment_report import BUDGET_NOTE, report_markdown, write_chart  # noqa: F401
-from .provenance import git_commit, machine
+from .provenance import file_sha256, git_commit, machine
 
 RESULT_METRICS = ("energy_mae_mev_per_atom", "force_mae_mev_per_a", "force_rmse_mev_per_a")
 FINETUNE_LR = 5e-4  # the shipped recipes' fine-tuning rate (gffmerge.recipes)
@@ -110,20 +109,12 @@ class ExperimentConfig:
     def recipe(self, system: str | None) -> dict[str, Any]:
         """What a saved fine-tune (``system``) or joint model (None) must match to be
         reused: the foundation's bytes, the data and the training settings."""
-        return {"foundation_sha256": _sha256(Path(self.foundation)),
+        return {"foundation_sha256": file_sha256(Path(self.foundation)),
                 "systems": [system] if system else list(self.systems),
                 "train_frames": self.train_frames, "epochs": self.epochs,
                 "seed": self.seed, "val_frames": self.val_frames,
                 "batch_size": self.batch_size, "max_frames": self.max_frames,
                 "lr": FINETUNE_LR}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def system_label(system: str) -> str:

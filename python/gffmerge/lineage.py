@@ -8,13 +8,13 @@ the architecture itself is checked by the methods.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import GffmergeError
+from .provenance import file_sha256
 
 
 class BaseMismatchError(GffmergeError, ValueError):
@@ -35,14 +35,6 @@ def _resolve(init: str, source: Path) -> Path | None:
     return None
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def same_file(a: Path, b: Path) -> bool:
     """The same file, or two files with the same bytes (a copied foundation)."""
     try:
@@ -50,7 +42,7 @@ def same_file(a: Path, b: Path) -> bool:
             return True
     except OSError:
         return False
-    return a.stat().st_size == b.stat().st_size and _digest(a) == _digest(b)
+    return a.stat().st_size == b.stat().st_size and file_sha256(a) == file_sha256(b)
 
 
 def check_shared_base(base: str | os.PathLike,

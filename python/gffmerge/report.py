@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 
@@ -40,6 +41,19 @@ class MergeReport:
     @property
     def unreached(self) -> list[str]:
         return [lr.name for lr in self.layers if not lr.solved]
+
+    def note_unsolved(self, infos: dict, never_called: Sequence[str]) -> None:
+        """Add an unsolved row for each layer of ``infos`` (name → ``LinearInfo``) without a
+        row yet, and a warning naming the layers the forward ``never_called``."""
+        seen = {lr.name for lr in self.layers}
+        for name, info in infos.items():
+            if name not in seen:
+                self.layers.append(LayerReport(name, info.in_features, info.out_features,
+                                               [0] * self.num_models, solved=False))
+        if never_called:
+            self.warnings.append(f"{len(never_called)} layer(s) are never called by the "
+                                 f"forward and keep the sources' mean: "
+                                 f"{', '.join(never_called[:10])}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -210,16 +210,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
 
     report = MergeReport(method=f"progressive ({opts.mode})", options=asdict(opts),
                          num_models=len(models), layers=run.layers, warnings=run.warnings)
-    seen = {lr.name for lr in run.layers}
-    for name in infos:
-        if name not in seen:
-            info = infos[name]
-            report.layers.append(LayerReport(name, info.in_features, info.out_features,
-                                             [0] * len(models), solved=False))
-    if order.unreached:
-        report.warnings.append(f"{len(order.unreached)} layer(s) are never called by the "
-                               f"forward and keep the sources' mean: "
-                               f"{', '.join(order.unreached[:10])}")
+    report.note_unsolved(infos, order.unreached)
     if order.back:
         report.warnings.append(f"{len(order.back)} dependencies point against call order "
                                "(a layer called again later) and were ignored: "

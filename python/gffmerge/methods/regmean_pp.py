@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from ..architecture import check_same_architecture
 from ..collect.order import layer_order, mergeable_layers
 from ..collect.progressive import prepare_sources, stage_sums
-from ..report import LayerReport, MergeReport, MergeResult
+from ..report import MergeReport, MergeResult
 from ..solver import build_model, conclude, mean_state_dict
 from ..solver.options import RidgeMode, validate
 from ..solver.stage import solve_stage
@@ -93,15 +93,7 @@ def regmean_pp(models, stats, options: RegMeanPPOptions, *, data, val_data=None,
                                     target="weights", intercept=False)
         report.layers += layers
         report.warnings += warns
-    seen = {lr.name for lr in report.layers}
-    for name, info in infos.items():
-        if name not in seen:
-            report.layers.append(LayerReport(name, info.in_features, info.out_features,
-                                             [0] * len(models), solved=False))
-    if order.unreached:
-        report.warnings.append(f"{len(order.unreached)} layer(s) are never called by the "
-                               f"forward and keep the sources' mean: "
-                               f"{', '.join(order.unreached[:10])}")
+    report.note_unsolved(infos, order.unreached)
     solved = {f"{lr.name}.weight" for lr in report.layers if lr.solved}
     report.averaged = [k for k in merged.state_dict() if k not in solved]
     report.options.update(stages=[list(s) for s in order.stages],
