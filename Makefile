@@ -13,10 +13,11 @@ $(PY):
 	$(PYTHON_BOOT) -m venv $(VENV)
 	$(PIP) install --upgrade pip >/dev/null
 
-# Torch first (pinned: an unpinned torch resolves to a multi-GB CUDA build), then the
+# Torch first (pinned: an unpinned torch resolves to a multi-GB CUDA build; no .pyc up
+# front: Python writes those for the modules it imports), then the
 # build tools, then the package itself built against that torch.
 install: $(PY)
-	@if [ -n "$(TORCH_SPEC)" ]; then $(PIP) install "$(TORCH_SPEC)" numpy; \
+	@if [ -n "$(TORCH_SPEC)" ]; then $(PIP) install --no-compile "$(TORCH_SPEC)" numpy; \
 	 else $(PY) -c "import torch" || { echo "TORCH_SPEC is empty but $(VENV) has no torch"; exit 1; }; fi
 	$(PIP) install "scikit-build-core>=0.10" pybind11
 	@command -v cmake >/dev/null 2>&1 || $(PIP) install "cmake>=3.25,<4"

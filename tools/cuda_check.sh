@@ -110,7 +110,7 @@ venv_stamp="${VENV_PACKAGES[*]}"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.gffmerge-cuda-check" 2>/dev/null || true)" != "$venv_stamp" ]; then
   say "creating $VENV with ${VENV_PACKAGES[*]} (about 5.5 GB; a few minutes)"
   [ -x "$VENV/bin/python" ] || "$PYTHON_BOOT" -m venv "$VENV"
-  run_pip "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${VENV_PACKAGES[@]}" ||
+  run_pip "$VENV/bin/python" -m pip install -q --no-compile --disable-pip-version-check "${VENV_PACKAGES[@]}" ||
     die "pip install ${VENV_PACKAGES[*]} into $VENV"
   echo "$venv_stamp" > "$VENV/.gffmerge-cuda-check"
 fi
