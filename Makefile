@@ -22,7 +22,7 @@ install: $(PY)
 	$(PIP) install "scikit-build-core>=0.10" pybind11
 	@command -v cmake >/dev/null 2>&1 || $(PIP) install "cmake>=3.25,<4"
 	@command -v ninja >/dev/null 2>&1 || $(PIP) install ninja
-	$(PIP) install --no-build-isolation -e ".[$(EXTRAS)]"
+	$(PIP) install --no-compile --no-build-isolation -e ".[$(EXTRAS)]"
 	@$(PY) -c "import torch, gffmerge_ext as e; print('gffmerge_ext built:', e.extension_available(), '| torch', torch.__version__)"
 
 demo: install
