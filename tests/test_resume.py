@@ -335,6 +335,12 @@ def test_two_processes_keep_and_resume_one_partial_file_each(env, tmp_path):
     assert [(tmp_path / f"batches{r}").read_text() for r in range(2)] == ["4", "4"]
     model = load_checkpoint(env["a64.pt"])[0]
     loader = load_dataset([env["a.npz"]]).batches_for(model, 3)
+    # resuming per-process files with one process, or the reverse, is refused with the fix
+    (tmp_path / "s.rank1-of-2.partial").write_bytes(b"left over")
+    with pytest.raises(ResumeError, match=r"per-process ones \('s.rank1-of-2.partial', ...\) "
+                                          r"of a run with 2 processes; resume under torchrun "
+                                          r"--nproc_per_node=2"):
+        gffmerge.measure(model, loader, resume=tmp_path / "s.partial", progress=False)
     single = gffmerge.measure(model, loader, progress=False).models[0]
     multi = gffmerge.Stats.load(tmp_path / "s.safetensors").models[0]
     assert multi.graphs == single.graphs == 40

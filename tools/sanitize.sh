@@ -44,13 +44,26 @@ say "build (-j$JOBS)"
   { tail -30 "$BUILD/build.log" >&2; die "build (log: $BUILD/build.log)"; }
 SO=$(ls "$BUILD"/_C*.so 2>/dev/null | head -1)
 [ -n "$SO" ] || die "no _C*.so in $BUILD"
-nm -D "$SO" | grep -q __asan_ || die "$SO is not instrumented (no __asan_ symbols)"
+nm -D "$SO" | grep __asan_ > /dev/null || die "$SO is not instrumented (no __asan_ symbols)"
 
 TORCH_LIB=$("$PY" -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
-export LD_PRELOAD="$LIBASAN${LD_PRELOAD:+:$LD_PRELOAD}"
+# libstdc++ too: python does not link it, and ASan's __cxa_throw interceptor must find the
+# real one when it starts (else the first C++ exception, even a caught one, is a CHECK failure).
+LIBSTDCXX=$("$CXX" -print-file-name=libstdc++.so)
+export LD_PRELOAD="$LIBASAN:$LIBSTDCXX${LD_PRELOAD:+:$LD_PRELOAD}"
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:halt_on_error=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1}
-export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+# Reports go to files: pytest captures file descriptor 2, and a process that aborts takes
+# the captured text with it.
+REPORTS="$BUILD/reports"
+rm -rf "$REPORTS" && mkdir -p "$REPORTS"
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:halt_on_error=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:log_path=$REPORTS/asan}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:log_path=$REPORTS/ubsan}
+reports() {  # print any sanitizer report and fail
+  if compgen -G "$REPORTS/*" > /dev/null; then
+    for f in "$REPORTS"/*; do echo "==== $f"; head -80 "$f"; done >&2
+    die "$1: a sanitizer fired (reports above, in $REPORTS)"
+  fi
+}
 export GFFMERGE_SANITIZED_SO="$SO"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
@@ -75,7 +88,8 @@ say "pytest tests/test_ops.py tests/test_ops_solve.py under ASan+UBSan"
 "$PY" -c "$preload
 import pytest
 sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/test_ops.py', 'tests/test_ops_solve.py'] + sys.argv[1:]))" ${PYTEST_ARGS:-} ||
-  die "the op tests failed or a sanitizer fired (see above)"
+  { reports "the op tests"; die "the op tests failed (see above)"; }
+reports "the op tests"
 
 if [ "$FUZZ_CASES" != "0" ]; then
   say "benchmarks/fuzz_ops.py --cases $FUZZ_CASES under ASan+UBSan (results not written)"
@@ -83,6 +97,7 @@ if [ "$FUZZ_CASES" != "0" ]; then
 import runpy
 sys.argv = ['benchmarks/fuzz_ops.py', '--cases', '$FUZZ_CASES', '--no-write']
 runpy.run_path('benchmarks/fuzz_ops.py', run_name='__main__')" ||
-    die "the fuzzer failed or a sanitizer fired (see above)"
+    { reports "the fuzzer"; die "the fuzzer found a disagreement (see above)"; }
+  reports "the fuzzer"
 fi
 say "OK: no sanitizer findings"

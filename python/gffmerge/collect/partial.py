@@ -145,6 +145,15 @@ class PartialState:
         from safetensors import safe_open
 
         path = Path(path)
+        pattern = rank_path(path, 0, 2).name.replace("rank0-of-2", "rank*-of-*")
+        ranked = sorted(path.parent.glob(pattern)) if not path.is_file() else []
+        if ranked:
+            world = ranked[0].name.split("-of-")[-1].split(".")[0]
+            raise ResumeError(f"there is no partial measurement '{path}', but there are "
+                              f"per-process ones ('{ranked[0].name}', ...) of a run with "
+                              f"{world} processes", path,
+                              f"resume under torchrun --nproc_per_node={world}, or delete "
+                              "them to start afresh")
         if not path.is_file():
             raise ResumeError(f"there is no partial measurement '{path}' to resume (the "
                               "measurement finished, or never started)", path,

@@ -126,6 +126,14 @@ def measure(model: nn.Module, data: Iterable[Any], *, options: MeasureOptions | 
     ``distributed=True`` (inside an initialised ``torch.distributed`` group, e.g. under
     ``torchrun``) measures this process's shard of the frames and sums over all
     processes (:mod:`gffmerge.collect.shards`); every rank returns the same stats.
+
+    ``partial=PATH`` keeps the sums so far in ``PATH`` while measuring (every
+    ``partial_every`` batches or ``partial_seconds`` seconds, and when SIGINT/SIGTERM stops
+    the run, which then raises ``KeyboardInterrupt`` at the end of the current batch; a
+    second signal stops at once); ``resume=PATH`` continues from such a file and returns
+    the stats an uninterrupted run returns, bit for bit. A file of another model, other
+    data or other options raises :class:`~gffmerge.collect.ResumeError`; the file is
+    removed once the measurement succeeded (:mod:`gffmerge.collect.partial`).
     """
     opts = MeasureOptions.build(options, kwargs)
     if opts.distributed:
