@@ -6,8 +6,9 @@ transposed / sliced / offset / zero-stride layouts, every row dtype, int32/int64
 repeat, are sorted, reversed, shuffled, constant, empty or strided, signed or zero weights,
 ``augment``; for the solve: batches of well- and ill-conditioned SPD systems, clearly
 indefinite ones with and without jitter steps, empty batches and right-hand sides), runs the
-compiled op (``backend="ext"``) and the pure-torch float64 reference (``backend="torch"``) on
-copies of the same inputs, and records per op and dtype the worst error:
+compiled op (``backend="ext"``, with anything it prints to stdout/stderr caught) and the
+pure-torch float64 reference (``backend="torch"``) on copies of the same inputs, and records
+per op and dtype the worst error:
 
 * ``gram_`` / ``cross_``: ``max |Δext − Δref| / max(|X̃|ᵀ|W||Ỹ|)``, the added sums' difference
   relative to the sum of absolute products (so cancellation under signed weights does not
@@ -18,8 +19,9 @@ copies of the same inputs, and records per op and dtype the worst error:
   whatever the condition number), next to the factor's difference from the reference's,
   relative to ``|L_ref|`` and divided by the condition number.
 
-A case fails when the two backends disagree on raising, the error exceeds ``1e-12`` (gram,
-cross, solve backward error), or ``info``/``jitter``/symmetry differ. Writes
+A case fails when the two backends disagree on raising, the compiled op prints anything,
+the error exceeds ``1e-12`` (gram, cross, solve backward error), or
+``info``/``jitter``/symmetry differ. Writes
 benchmarks/results/fuzz_ops.md (with the command, commit, machine, threads and load) unless
 ``--no-write``; exits 1 on any failure.
 
@@ -195,14 +197,58 @@ def start_acc(gen: torch.Generator, rows: int, cols: int, scale: float,
 
 
 # ---------------------------------------------------------------- one case per op
-def both(fn_ext, fn_ref) -> tuple[BaseException | None, BaseException | None]:
+class Silent:
+    """Catches what the compiled op writes to file descriptors 1 and 2 (a BLAS routine
+    called with an invalid argument prints its complaint there, e.g. MKL's "Parameter 13
+    was incorrect on entry to DGEMM", and carries on, or with reference BLAS stops the
+    process): any output is a failure of the case."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.sink = tempfile.TemporaryFile()
+        self.text = ""
+
+    def __enter__(self) -> Silent:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.saved = [os.dup(1), os.dup(2)]
+        self.sink.seek(0)
+        self.sink.truncate()
+        os.dup2(self.sink.fileno(), 1)
+        os.dup2(self.sink.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.dup2(self.saved[0], 1)
+        os.dup2(self.saved[1], 2)
+        for fd in self.saved:
+            os.close(fd)
+        self.sink.seek(0)
+        self.text = self.sink.read().decode(errors="replace").strip()
+
+
+SILENT: Silent | None = None
+
+
+def both(fn_ext, fn_ref, tally: Tally, desc: str
+         ) -> tuple[BaseException | None, BaseException | None]:
+    """Run the compiled op (its output caught, see :class:`Silent`) and the reference."""
+    global SILENT
+    SILENT = SILENT or Silent()
     errs = []
-    for fn in (fn_ext, fn_ref):
+    for k, fn in enumerate((fn_ext, fn_ref)):
         try:
-            fn()
+            if k == 0:
+                with SILENT:
+                    fn()
+            else:
+                fn()
             errs.append(None)
         except (RuntimeError, TypeError, ValueError, IndexError) as exc:
             errs.append(exc)
+        if k == 0 and SILENT.text:
+            tally.failures.append(f"{desc}: the op printed {SILENT.text[:200]!r}")
     return errs[0], errs[1]
 
 
@@ -227,7 +273,7 @@ def case_gram(rng, gen, tallies) -> None:
     e_ext, e_ref = both(lambda: gffmerge_ext.gram_(a_ext, x, index, weight, augment,
                                                    backend="ext"),
                         lambda: gffmerge_ext.gram_(a_ref, x, index, weight, augment,
-                                                   backend="torch"))
+                                                   backend="torch"), tally, desc)
     if (e_ext is None) != (e_ref is None):
         tally.failures.append(f"{desc}: ext raised {e_ext!r}, reference raised {e_ref!r}")
         tally.cases += 1
@@ -289,7 +335,7 @@ def case_cross(rng, gen, tallies) -> None:
     e_ext, e_ref = both(lambda: gffmerge_ext.cross_(a_ext, x, y, ix, iy, weight, augment,
                                                     backend="ext"),
                         lambda: gffmerge_ext.cross_(a_ref, x, y, ix, iy, weight, augment,
-                                                    backend="torch"))
+                                                    backend="torch"), tally, desc)
     if (e_ext is None) != (e_ref is None):
         tally.failures.append(f"{desc}: ext raised {e_ext!r}, reference raised {e_ref!r}")
         tally.cases += 1
@@ -343,15 +389,21 @@ def case_cholesky(rng, gen, tallies) -> None:
     k = rng.choice([0, 1, 1, 2, rng.randint(3, 9)])
     A, conds, kind, steps = spd_batch(rng, gen, L, n)
     B = torch.randn(L, n, k, generator=gen, dtype=torch.float64).contiguous()
+    desc = f"cholesky_solve_ L={L} n={n} k={k} {kind} steps={len(steps)}"
+    tally = tallies[("cholesky_solve_", "float64")]
     out = {}
-    for backend in ("ext", "torch"):
+
+    def call(backend: str) -> None:
         a, b = A.clone(), B.clone()
         info = torch.full((L,), -7, dtype=torch.int32)
         jitter = torch.full((L,), -1.0, dtype=torch.float64)
         gffmerge_ext.cholesky_solve_(a, b, info, jitter, steps, backend=backend)
         out[backend] = (a, b, info, jitter)
-    desc = f"cholesky_solve_ L={L} n={n} k={k} {kind} steps={len(steps)}"
-    tally = tallies[("cholesky_solve_", "float64")]
+    e_ext, e_ref = both(lambda: call("ext"), lambda: call("torch"), tally, desc)
+    if e_ext is not None or e_ref is not None:
+        tally.failures.append(f"{desc}: ext raised {e_ext!r}, reference raised {e_ref!r}")
+        tally.cases += 1
+        return
     (ae, be, ie, je), (ar, _, ir, jr) = out["ext"], out["torch"]
     tally.cases += 1
     if not torch.equal(ie, ir):
@@ -469,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         "Error: `gram_`/`cross_` — max |Δext − Δref| over the sum of absolute products "
         "max(|X̃|ᵀ|W||Ỹ|); `cholesky_solve_` — backward error |A X − B| / "
         "(|A| |X| n + |B|) of the compiled solve. ε = 2.2e-16. A case fails above "
-        f"{TOLERANCE:g}, when only one backend raises, or when info/jitter/symmetry differ.",
+        f"{TOLERANCE:g}, when only one backend raises, when the compiled op prints anything "
+        "(a BLAS error message), or when info/jitter/symmetry differ.",
         "",
         *table(tallies),
         "",

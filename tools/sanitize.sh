@@ -88,7 +88,7 @@ say "pytest tests/test_ops.py tests/test_ops_solve.py under ASan+UBSan"
 "$PY" -c "$preload
 import pytest
 sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/test_ops.py', 'tests/test_ops_solve.py'] + sys.argv[1:]))" ${PYTEST_ARGS:-} ||
-  { reports "the op tests"; die "the op tests failed (see above)"; }
+  { reports "the op tests"; die "the op tests failed, or a sanitizer fired (see above)"; }
 reports "the op tests"
 
 if [ "$FUZZ_CASES" != "0" ]; then
@@ -97,7 +97,7 @@ if [ "$FUZZ_CASES" != "0" ]; then
 import runpy
 sys.argv = ['benchmarks/fuzz_ops.py', '--cases', '$FUZZ_CASES', '--no-write']
 runpy.run_path('benchmarks/fuzz_ops.py', run_name='__main__')" ||
-    { reports "the fuzzer"; die "the fuzzer found a disagreement (see above)"; }
+    { reports "the fuzzer"; die "the fuzzer failed: a disagreement with the reference, or a sanitizer finding (see above)"; }
   reports "the fuzzer"
 fi
 say "OK: no sanitizer findings"
