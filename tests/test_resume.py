@@ -256,7 +256,7 @@ def test_cli_refuses_a_corrupt_partial_file(env, tmp_path, capsys):
 
 
 def test_sigint_to_a_cli_process_keeps_the_partial_file(env, tmp_path):
-    """A real SIGINT to a running ``gffmerge measure`` (each batch slowed to 50 ms)."""
+    """A real SIGINT to a running ``gffmerge measure`` (each batch slowed to 100 ms)."""
     out = tmp_path / "s.safetensors"
     partial = tmp_path / "s.safetensors.partial"
     script = textwrap.dedent("""
@@ -265,7 +265,7 @@ def test_sigint_to_a_cli_process_keeps_the_partial_file(env, tmp_path):
         from gffmerge.cli import main
         slow = runner.default_forward
         def forward(model, batch):
-            time.sleep(0.05)
+            time.sleep(0.1)
             return slow(model, batch)
         runner.default_forward = forward
         sys.exit(main(sys.argv[1:]))
