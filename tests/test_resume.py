@@ -5,6 +5,7 @@ a partial file of another model, other data or other options is refused."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -316,11 +317,19 @@ def _worker(rank, world, port, ckpt, data, out):
             pass
         mine = rank_path(partial, rank, world)
         Path(out, f"batches{rank}").write_text(str(PartialState.load(mine).batches))
+        shutil.copy(mine, Path(out) / f"kept{rank}")
         stats = gffmerge.measure(model, loader, distributed=True, progress=False,
                                  resume=partial, partial_every=2)
         assert not mine.exists()
         if rank == 0:
             stats.save(Path(out) / "s.safetensors")
+        # a partial file on one rank only: every rank refuses (none waits for the others)
+        if rank == 0:
+            shutil.copy(Path(out) / "kept0", mine)
+        try:
+            gffmerge.measure(model, loader, distributed=True, progress=False, resume=partial)
+        except ResumeError as exc:
+            Path(out, f"refused{rank}").write_text(str(exc))
     finally:
         dist.destroy_process_group()
 
@@ -333,11 +342,14 @@ def test_two_processes_keep_and_resume_one_partial_file_each(env, tmp_path):
     assert names == ["s.rank0-of-2.partial", "s.rank1-of-2.partial"]
     # 20 frames per process: 7 batches; stopped in the sixth, saved every 2
     assert [(tmp_path / f"batches{r}").read_text() for r in range(2)] == ["4", "4"]
+    refused = [(tmp_path / f"refused{r}").read_text() for r in range(2)]
+    assert "is here, but another process of this run has none" in refused[0]
+    assert "there is no partial measurement" in refused[1]
     model = load_checkpoint(env["a64.pt"])[0]
     loader = load_dataset([env["a.npz"]]).batches_for(model, 3)
     # resuming per-process files with one process, or the reverse, is refused with the fix
-    (tmp_path / "s.rank1-of-2.partial").write_bytes(b"left over")
-    with pytest.raises(ResumeError, match=r"per-process ones \('s.rank1-of-2.partial', ...\) "
+    assert (tmp_path / "s.rank0-of-2.partial").is_file()  # left by the refused resume
+    with pytest.raises(ResumeError, match=r"per-process ones \('s.rank0-of-2.partial', ...\) "
                                           r"of a run with 2 processes; resume under torchrun "
                                           r"--nproc_per_node=2"):
         gffmerge.measure(model, loader, resume=tmp_path / "s.partial", progress=False)

@@ -52,8 +52,9 @@ TORCH_LIB=$("$PY" -c "import os, torch; print(os.path.join(os.path.dirname(torch
 LIBSTDCXX=$("$CXX" -print-file-name=libstdc++.so)
 export LD_PRELOAD="$LIBASAN:$LIBSTDCXX${LD_PRELOAD:+:$LD_PRELOAD}"
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-# Reports go to files: pytest captures file descriptor 2, and a process that aborts takes
-# the captured text with it.
+# ASan's reports go to files, and pytest captures only sys.stdout/sys.stderr
+# (--capture=sys): with its default fd capture, a process that aborts takes the captured
+# report with it.
 REPORTS="$BUILD/reports"
 rm -rf "$REPORTS" && mkdir -p "$REPORTS"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:halt_on_error=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:log_path=$REPORTS/asan}
@@ -87,7 +88,7 @@ say "pytest tests/test_ops.py tests/test_ops_solve.py under ASan+UBSan"
 # shellcheck disable=SC2086
 "$PY" -c "$preload
 import pytest
-sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/test_ops.py', 'tests/test_ops_solve.py'] + sys.argv[1:]))" ${PYTEST_ARGS:-} ||
+sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--capture=sys', 'tests/test_ops.py', 'tests/test_ops_solve.py'] + sys.argv[1:]))" ${PYTEST_ARGS:-} ||
   { reports "the op tests"; die "the op tests failed, or a sanitizer fired (see above)"; }
 reports "the op tests"
 

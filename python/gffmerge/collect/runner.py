@@ -321,7 +321,17 @@ def _measure_sharded(model: nn.Module, data: Iterable[Any], opts: MeasureOptions
     if empty:
         infos = linear_layers(model, opts.layers)
         stats = Stats.empty(model, infos, cross=opts.cross, device=opts.device, label=label)
-    else:
+    if where is not None and opts.resume is not None:
+        # every rank resumes or none does: a rank that raised alone would leave the others
+        # waiting in the all-reduce
+        device = opts.device if opts.device is not None else _model_device(model)
+        have = torch.tensor([float(empty or where.is_file())], device=device)
+        dist.all_reduce(have, op=dist.ReduceOp.MIN)
+        if not have.item() and where.is_file():
+            raise ResumeError(f"partial measurement '{where}' is here, but another process "
+                              "of this run has none; the partial files are of another run",
+                              where, "delete them all to start afresh, or drop --resume")
+    if not empty:
         if where is not None and opts.resume is not None and world > 1 and not where.exists() \
                 and opts.partial_path.exists():
             raise ResumeError(f"partial measurement '{opts.partial_path}' is of a "
