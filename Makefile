@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint cuda-check gpu-check checkpoints bench clean
+.PHONY: install demo test lint cuda-check gpu-check checkpoints bench sanitize clean
 
 $(PY):
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -58,6 +58,12 @@ cuda-check:
 # most ~8 minutes (tools/gpu_check.sh). Logs and a summary go to benchmarks/results/gpu_check/.
 gpu-check:
 	bash tools/gpu_check.sh
+
+# The CPU extension built with ASan + UBSan in build/sanitize (the installed one is untouched),
+# then the CPU op tests and a short fuzz run against it (tools/sanitize.sh; ~5 min on 2 cores).
+# Not part of `make test`.
+sanitize: install
+	bash tools/sanitize.sh
 
 clean:
 	rm -rf build _skbuild dist *.egg-info demo_out

@@ -152,9 +152,11 @@ class SequentialBlas {
 
 void gram_accumulate(double* acc, const Matrix& x, const Index& index, int64_t count,
                      const Weights& weight, bool augment, GemmFn gemm, const Tuning& tuning) {
-  if (count <= 0) return;
   const int64_t d = x.cols;
   const int64_t D = d + (augment ? 1 : 0);
+  // An empty acc (no features, no augment): nothing to add, and a zero-size buffer would
+  // hand memset a null pointer.
+  if (count <= 0 || D == 0) return;
   const int64_t ld = padded_ld(D);  // of the row blocks and of the partial sums
   const int64_t nb = tuning.block_rows > 0 ? tuning.block_rows : default_block_rows(ld);
   const int64_t tile = tuning.tile > 0 ? tuning.tile : default_tile(d);
@@ -222,9 +224,11 @@ void gram_accumulate(double* acc, const Matrix& x, const Index& index, int64_t c
 void cross_accumulate(double* acc, const Matrix& x, const Matrix& y, const Index& index_x,
                       const Index& index_y, int64_t count, const Weights& weight,
                       bool augment_x, GemmFn gemm, const Tuning& tuning) {
-  if (count <= 0) return;
   const int64_t Dx = x.cols + (augment_x ? 1 : 0);
   const int64_t Dy = y.cols;
+  // An empty acc: nothing to add. (Dy = 0 would also pass ldc = 0 to dgemm, which BLAS
+  // rejects: MKL prints an error, reference BLAS stops the process.)
+  if (count <= 0 || Dx == 0 || Dy == 0) return;
   const int64_t ldx = padded_ld(Dx);
   const int64_t ldy = padded_ld(Dy);
   const int64_t nb =

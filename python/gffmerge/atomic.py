@@ -31,6 +31,7 @@ class _Pending:
 
     def __init__(self) -> None:
         self.files: list[tuple[str, Path]] = []  # (temporary, final path)
+        self.after: list[Callable[[], None]] = []  # run once every file is in place
 
     def add(self, tmp: str, path: Path) -> None:
         for k, (old_tmp, final) in enumerate(self.files):
@@ -49,11 +50,15 @@ class _Pending:
                     Path(rest).unlink(missing_ok=True)
                 raise _os_error(exc, path) from exc
         self.files.clear()
+        after, self.after = self.after, []
+        for action in after:
+            action()
 
     def discard(self) -> None:
         for tmp, _ in self.files:
             Path(tmp).unlink(missing_ok=True)
         self.files.clear()
+        self.after.clear()
 
 
 _PENDING: contextvars.ContextVar[_Pending | None] = contextvars.ContextVar(
@@ -89,6 +94,17 @@ def all_or_nothing(*, keep_on_interrupt: bool = False) -> Iterator[None]:
     finally:
         pending.discard()
         _PENDING.reset(token)
+
+
+def after_commit(action: Callable[[], None]) -> None:
+    """Run ``action`` once the files written so far are in place: at the successful end of
+    the enclosing :func:`all_or_nothing` block (never, if it fails), or now outside one.
+    (Measuring removes its partial file this way only after the stats file is written.)"""
+    pending = _PENDING.get()
+    if pending is None:
+        action()
+    else:
+        pending.after.append(action)
 
 
 def check_output(path: str | os.PathLike, what: str = "output") -> Path:
@@ -133,11 +149,13 @@ def _os_error(exc: OSError, path: Path) -> OutputPathError:
     return OutputPathError(describe_os_error(named, "write"))
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def write_atomically(path: str | os.PathLike, write: Callable[[str], None], *,
+                     defer: bool = True) -> Path:
     """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it over
     ``path``; the file gets the usual permissions (0666 minus the umask), and an
     interrupted or failed write leaves ``path`` untouched and no temporary behind. Inside
-    :func:`all_or_nothing` the rename waits until the block succeeds.
+    :func:`all_or_nothing` the rename waits until the block succeeds, unless ``defer`` is
+    false (a file that must outlive a failed command, such as a partial measurement).
 
     A path that cannot be written raises :class:`OutputPathError` with one line."""
     path = Path(path)
@@ -149,7 +167,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> P
     except OSError as exc:
         raise _os_error(exc, path) from exc
     os.close(fd)
-    pending = _PENDING.get()
+    pending = _PENDING.get() if defer else None
     try:
         write(tmp)
         with open(tmp, "rb+") as f:

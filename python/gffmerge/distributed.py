@@ -5,7 +5,9 @@ torchrun environment) or call :func:`measure_distributed` (or :func:`gffmerge.me
 with ``distributed=True``) inside an initialised ``torch.distributed`` process group
 (NCCL for GPU tensors, gloo on CPU). Because the statistics are sums, the reduced result
 equals a single-process measurement up to the order of floating-point additions. The
-sharding and the all-reduce live in :mod:`gffmerge.collect.shards`.
+sharding and the all-reduce live in :mod:`gffmerge.collect.shards`. With ``partial=`` /
+``resume=`` (CLI: ``--resume``) each process keeps and resumes its own partial file
+(:func:`gffmerge.collect.partial.rank_path`: ``OUT.partial`` -> ``OUT.rank1-of-4.partial``).
 """
 
 from __future__ import annotations

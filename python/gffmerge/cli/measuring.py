@@ -5,19 +5,43 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .common import dataset, emit, load_models
+from .common import CliError, dataset, emit, load_models
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_path(output: str | os.PathLike) -> Path:
+    """Where ``measure -o OUT`` keeps its unfinished sums: ``OUT.partial`` (one per process
+    under torchrun, see :func:`gffmerge.collect.partial.rank_path`)."""
+    output = Path(output)
+    return output.with_name(output.name + PARTIAL_SUFFIX)
 
 
 def cmd_measure(args) -> int:
+    from ..collect.partial import ResumeError
+
+    try:
+        return _measure(args)
+    except ResumeError as exc:
+        raise CliError(exc.cli_message) from None
+
+
+def _measure(args) -> int:
     from ..collect import MeasureOptions, measure
     from ..distributed import init_from_env, launched_by_torchrun, measure_distributed
 
     (model,), _ = load_models([args.model])
     ds = dataset(args.data, args.split, args)
     loader = ds.batches_for(model, args.batch_size)
+    if args.save_every is not None and args.save_every < 1:
+        raise CliError(f"--save-every must be a number of batches >= 1, got {args.save_every}")
+    keep = partial_path(args.output)
     options = MeasureOptions(limit=args.limit, cross=args.cross, label=Path(args.model).stem,
                              description=ds.describe(), layers=args.layers, dense=args.dense,
-                             progress=not args.quiet)
+                             progress=not args.quiet,
+                             partial=None if args.resume else keep,
+                             resume=keep if args.resume else None,
+                             partial_every=args.save_every or 50)
     rank = 0
     if launched_by_torchrun():
         import torch.distributed as dist

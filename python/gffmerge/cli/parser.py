@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dense hook on every layer's full input rows instead of the "
                         "structured providers (the reference; same stats, slower)")
     p.add_argument("-o", "--output", required=True, help="stats file (.safetensors)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUTPUT.partial (same model, data "
+                        "and options; an error when there is none)")
+    p.add_argument("--save-every", type=int, metavar="BATCHES",
+                   help="write OUTPUT.partial every BATCHES batches (default 50; also every "
+                        "60 s and on Ctrl-C/SIGTERM)")
     p.set_defaults(func=cmd_measure)
 
     p = sub.add_parser("solve", parents=[common], help="merge checkpoints from saved stats")

@@ -20,10 +20,12 @@ from .dedup import InputCache
 from .dense import DenseHook
 from .hooks import LayerHook, StructuredHook, provider_of
 from .options import MeasureOptions
+from .partial import ResumeError
 from .providers import cross_of, gram_of, sums_of
 from .runner import Collector, attach, measure
 
 __all__ = ["Aggregated", "Collector", "Dense", "DenseHook", "DenseInput", "Gathered",
            "GramInput", "InputCache", "LayerHook", "MeasureForward", "MeasureOptions",
-           "StructuredHook", "StructuredInput", "attach", "batch_entries", "cross_of",
-           "default_forward", "gram_of", "measure", "move_to", "provider_of", "sums_of"]
+           "ResumeError", "StructuredHook", "StructuredInput", "attach", "batch_entries",
+           "cross_of", "default_forward", "gram_of", "measure", "move_to", "provider_of",
+           "sums_of"]

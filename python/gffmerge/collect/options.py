@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +29,14 @@ class MeasureOptions:
     share the Gram of an input reaching several layers (default: on unless ``dense``);
     ``distributed``: measure this process's shard and sum over all processes.
 
+    Resuming (:mod:`gffmerge.collect.partial`): ``partial``: a file where the sums so far
+    are kept while measuring (written every ``partial_every`` batches or
+    ``partial_seconds`` seconds, whichever comes first, and when SIGINT/SIGTERM stops the
+    run; removed once the measurement succeeded; an older one there is replaced);
+    ``resume``: a partial file to continue from (it must exist; it is then kept up to date
+    in place of ``partial``). Under ``distributed`` each process keeps its own file
+    (:func:`~gffmerge.collect.partial.rank_path`).
+
     Build one directly, or let :func:`gffmerge.measure` build it from keywords; unknown
     names are an error that lists the valid ones.
     """
@@ -44,11 +54,31 @@ class MeasureOptions:
     dense: bool = False
     dedup: bool | None = None
     distributed: bool = False
+    partial: str | os.PathLike | None = None
+    resume: str | os.PathLike | None = None
+    partial_every: int | None = 50
+    partial_seconds: float | None = 60.0
 
     def __post_init__(self):
         # a generator of names would be used up by the first model measured
         if self.layers is not None and not isinstance(self.layers, str | tuple):
             object.__setattr__(self, "layers", tuple(self.layers))
+        if (self.partial is not None and self.resume is not None
+                and Path(self.partial) != Path(self.resume)):
+            raise ValueError(f"partial='{self.partial}' and resume='{self.resume}' name two "
+                             "files; resume= keeps its own file up to date, give only it")
+        if self.partial_every is not None and self.partial_every < 1:
+            raise ValueError(f"partial_every must be a number of batches >= 1 (or None), got "
+                             f"{self.partial_every}")
+        if self.partial_seconds is not None and not self.partial_seconds > 0:
+            raise ValueError(f"partial_seconds must be > 0 (or None), got "
+                             f"{self.partial_seconds}")
+
+    @property
+    def partial_path(self) -> Path | None:
+        """The partial file this measurement keeps (``resume`` or ``partial``), if any."""
+        where = self.resume if self.resume is not None else self.partial
+        return None if where is None else Path(where)
 
     @classmethod
     def names(cls) -> list[str]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..architecture import linear_layers
+from ..atomic import after_commit
 from ..errors import EmptyDataError, NonFiniteActivationError, StatsMismatchError
 from ..stats import LayerStats, Stats
 from .batches import batch_entries, default_forward, move_to
@@ -19,6 +23,15 @@ from .dedup import InputCache
 from .dense import DenseHook
 from .hooks import LayerHook, StructuredHook, provider_of
 from .options import MeasureOptions
+from .partial import (
+    START_HASH,
+    PartialState,
+    ResumeError,
+    SaveClock,
+    StopSignals,
+    chain_hash,
+    rank_path,
+)
 from .shards import all_reduce, shard
 
 
@@ -113,15 +126,42 @@ def measure(model: nn.Module, data: Iterable[Any], *, options: MeasureOptions | 
     ``distributed=True`` (inside an initialised ``torch.distributed`` group, e.g. under
     ``torchrun``) measures this process's shard of the frames and sums over all
     processes (:mod:`gffmerge.collect.shards`); every rank returns the same stats.
+
+    ``partial=PATH`` keeps the sums so far in ``PATH`` while measuring (every
+    ``partial_every`` batches or ``partial_seconds`` seconds, and when SIGINT/SIGTERM stops
+    the run, which then raises ``KeyboardInterrupt`` at the end of the current batch; a
+    second signal stops at once); ``resume=PATH`` continues from such a file and returns
+    the stats an uninterrupted run returns, bit for bit. A file of another model, other
+    data or other options raises :class:`~gffmerge.collect.ResumeError`; the file is
+    removed once the measurement succeeded (:mod:`gffmerge.collect.partial`).
     """
     opts = MeasureOptions.build(options, kwargs)
     if opts.distributed:
         return _measure_sharded(model, data, opts)
-    return _measure_local(model, data, opts)
+    stats = _measure_local(model, data, opts, opts.partial_path, resume=opts.resume is not None)
+    _forget(opts.partial_path)
+    return stats
 
 
-def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions) -> Stats:
-    """One process over all of ``data``."""
+def _forget(path: Path | None) -> None:
+    """Remove a finished measurement's partial file, once its results are written (inside a
+    CLI command: after the stats file is in place)."""
+    if path is not None:
+        after_commit(lambda: path.unlink(missing_ok=True))
+
+
+def _sum_options(opts: MeasureOptions, names: list[str], dedup: bool, device: torch.device,
+                 extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The settings that change the measured sums: a partial file resumes only under these."""
+    return {"layers": names, "limit": opts.limit, "cross": opts.cross, "dense": opts.dense,
+            "dedup": dedup, "backend": opts.backend, "device": device.type, **(extra or {})}
+
+
+def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions,
+                   partial: Path | None = None, *, resume: bool = False,
+                   extra: dict[str, Any] | None = None) -> Stats:
+    """One process over all of ``data``; with ``partial``, the sums are kept there (and
+    with ``resume`` continued from there), see :mod:`gffmerge.collect.partial`."""
     limit, cross, dense = opts.limit, opts.cross, opts.dense
     infos = linear_layers(model, opts.layers)
     if not infos:
@@ -134,6 +174,7 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions) 
     home = _model_device(model)
     device = torch.device(opts.device) if opts.device is not None else home
     was_training = model.training
+    dedup = not dense if opts.dedup is None else opts.dedup
 
     stats = Stats.empty(model, infos, cross=cross, device=device, label=label)
     sums = stats.models[0].layers
@@ -143,20 +184,51 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions) 
     except TypeError:
         total = None
 
-    t0 = time.perf_counter()
-    model.to(device)
-    model.eval()
-    dedup = not dense if opts.dedup is None else opts.dedup
-    collector = attach(model, sums, dense=dense, dedup=dedup, backend=opts.backend)
     graphs = 0
     batches = 0
+    before_s = 0.0  # seconds measured by the runs this one resumes
+    data_hash = START_HASH
+    fields = _sum_options(opts, names, dedup, device, extra)
+    if partial is not None and resume:
+        state = PartialState.load(partial, device)
+        state.check(partial, model=stats.models[0].fingerprint, options=fields,
+                    total_batches=total)
+        _restore(sums, state, partial)
+        graphs, batches, before_s = state.graphs, state.batches, state.seconds
+    elif partial is not None and partial.exists():
+        warnings.warn(f"'{partial}' holds an unfinished measurement; it is replaced by this "
+                      "one (resume= / --resume continues it instead)", stacklevel=3)
+
+    t0 = time.perf_counter()
+    batch_iter = iter(data)
+    if batches:
+        data_hash = _skip(batch_iter, batches, state, partial)
+
+    def save() -> None:
+        PartialState(stats.models[0].fingerprint, fields, total, data_hash, batches, graphs,
+                     before_s + time.perf_counter() - t0, sums).save(partial)
+
+    def stopped(signame: str) -> KeyboardInterrupt:
+        return KeyboardInterrupt(
+            f"measuring '{label}' stopped by {signame} after {batches} of "
+            f"{total if total is not None else '?'} batches; the sums so far are in "
+            f"'{partial}': measure again with --resume (resume=) to continue")
+
+    model.to(device)
+    model.eval()
+    collector = attach(model, sums, dense=dense, dedup=dedup, backend=opts.backend)
+    clock = SaveClock(opts.partial_every, opts.partial_seconds, batches)
     try:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=f"measure {label}", unit="batch", disable=not opts.progress,
-                   leave=False)
-        with torch.no_grad():
-            for batch in data:
+        bar = tqdm(total=total, initial=batches, desc=f"measure {label}", unit="batch",
+                   disable=not opts.progress, leave=False)
+        with torch.no_grad(), (StopSignals() if partial is not None
+                               else contextlib.nullcontext()) as stop:
+            done = limit is not None and graphs >= limit  # resumed after the last batch
+            for batch in () if done else batch_iter:
+                if partial is not None:
+                    data_hash = chain_hash(data_hash, batch)
                 try:
                     forward(model, move_to(batch, device))
                 finally:
@@ -177,6 +249,14 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions) 
                 bar.set_postfix(graphs=graphs)
                 if limit is not None and graphs >= limit:
                     break
+                if partial is not None and (stop.received is not None or clock.due(batches)):
+                    save()
+                    clock.saved(batches)
+                    if stop.received is not None:
+                        raise stopped(stop.name)
+            if partial is not None and stop.received is not None:
+                save()
+                raise stopped(stop.name)
         bar.close()
     finally:
         collector.remove()
@@ -187,9 +267,41 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions) 
                              "yielded no batches; check the dataset path, split and filters")
     ms = stats.models[0]
     ms.graphs = graphs
-    ms.seconds = time.perf_counter() - t0
+    ms.seconds = before_s + time.perf_counter() - t0
     ms.data = [opts.description or _describe(data)]
     return stats
+
+
+def _restore(sums: dict[str, LayerStats], state: PartialState, path: Path) -> None:
+    """Copy the sums of a partial file into fresh zero sums (bit for bit)."""
+    if set(state.layers) != set(sums):
+        raise ResumeError(f"partial measurement '{path}' covers other layers; the file is "
+                          "corrupt", path)
+    for name, ls in sums.items():
+        saved = state.layers[name]
+        if (saved.gram.shape != ls.gram.shape or (saved.cross is None) != (ls.cross is None)
+                or (ls.cross is not None and saved.cross.shape != ls.cross.shape)):
+            raise ResumeError(f"partial measurement '{path}' has sums of another shape for "
+                              f"layer '{name}'; the file is corrupt", path)
+        ls.gram.copy_(saved.gram)
+        if ls.cross is not None:
+            ls.cross.copy_(saved.cross)
+        ls.rows = saved.rows
+
+
+def _skip(batch_iter: Iterator[Any], n: int, state: PartialState, path: Path) -> str:
+    """Pass over the ``n`` batches measured before, checking they are the same data."""
+    data_hash = START_HASH
+    for index in range(n):
+        try:
+            batch = next(batch_iter)
+        except StopIteration:
+            raise state.mismatch(path, index, "is missing: the data now ends there") from None
+        data_hash = chain_hash(data_hash, batch)
+    if data_hash != state.data_hash:
+        raise ResumeError(f"partial measurement '{path}' was written for other data (the "
+                          f"content of the {n} batches measured then differs)", path)
+    return data_hash
 
 
 def _measure_sharded(model: nn.Module, data: Iterable[Any], opts: MeasureOptions) -> Stats:
@@ -205,11 +317,30 @@ def _measure_sharded(model: nn.Module, data: Iterable[Any], opts: MeasureOptions
         empty = len(part) == 0
     except TypeError:
         empty = False
+    where = None if opts.partial_path is None else rank_path(opts.partial_path, rank, world)
     if empty:
         infos = linear_layers(model, opts.layers)
         stats = Stats.empty(model, infos, cross=opts.cross, device=opts.device, label=label)
-    else:
-        stats = _measure_local(model, part, replace(opts, label=label, distributed=False))
+    if where is not None and opts.resume is not None:
+        # every rank resumes or none does: a rank that raised alone would leave the others
+        # waiting in the all-reduce
+        device = opts.device if opts.device is not None else _model_device(model)
+        have = torch.tensor([float(empty or where.is_file())], device=device)
+        dist.all_reduce(have, op=dist.ReduceOp.MIN)
+        if not have.item() and where.is_file():
+            raise ResumeError(f"partial measurement '{where}' is here, but another process "
+                              "of this run has none; the partial files are of another run",
+                              where, "delete them all to start afresh, or drop --resume")
+    if not empty:
+        if where is not None and opts.resume is not None and world > 1 and not where.exists() \
+                and opts.partial_path.exists():
+            raise ResumeError(f"partial measurement '{opts.partial_path}' is of a "
+                              f"single-process run, but this run has {world} processes and "
+                              f"rank {rank} finds no '{where}'", opts.partial_path,
+                              "resume it with one process, or delete it to start afresh")
+        stats = _measure_local(model, part, replace(opts, label=label, distributed=False),
+                               where, resume=opts.resume is not None,
+                               extra={"rank": rank, "world_size": world})
     all_reduce(stats)
     ms = stats.models[0]
     base = opts.description or (ms.data[0] if ms.data else "data")
@@ -221,4 +352,5 @@ def _measure_sharded(model: nn.Module, data: Iterable[Any], opts: MeasureOptions
     if ms.graphs == 0:
         raise EmptyDataError(f"model '{label}' was measured on no data by any of the {world} "
                              "processes; check the dataset path, split and filters")
+    _forget(where)
     return stats
