@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 import gffmerge
 from gffmerge.checkpoint import load_checkpoint, save_checkpoint
 from gffmerge.cli import main
-from gffmerge.collect import ResumeError, default_forward
+from gffmerge.collect import MeasureOptions, ResumeError, default_forward
 from gffmerge.collect.partial import PartialState, rank_path
 from gffmerge.data import load_dataset
 from gffmerge.models import SchNet
@@ -359,3 +359,15 @@ def test_two_processes_keep_and_resume_one_partial_file_each(env, tmp_path):
     for name, ls in single.layers.items():
         err = (multi.layers[name].gram - ls.gram).norm() / ls.gram.norm()
         assert err <= 1e-12 and multi.layers[name].rows == ls.rows
+
+
+def test_merge_refuses_a_partial_file_instead_of_sharing_it(env, tmp_path):
+    """merge measures several models in one call: one partial file cannot serve them all."""
+    model, loader = _loader(env)
+    other = load_checkpoint(env["b.pt"])[0]
+    for key in ("partial", "resume"):
+        opts = MeasureOptions(**{key: tmp_path / "p"})
+        with pytest.raises(ValueError, match="keeps no partial file .* gffmerge.measure"):
+            gffmerge.merge([model, other], [loader, loader], method="gffmerge",
+                           measure_options=opts)
+    assert not (tmp_path / "p").exists()

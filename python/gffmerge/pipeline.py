@@ -64,6 +64,11 @@ def merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]] | None = No
         got = "no data" if data is None else f"{len(data)} data sources"
         raise ValueError(f"method '{method}' measures each model on its own data: pass "
                          f"one data iterable per model ({len(models)} models, {got})")
+    if needs.stats and (mopts.partial is not None or mopts.resume is not None):
+        raise ValueError("merge measures every model in one call, so it keeps no partial "
+                         "file (partial=/resume= in measure_options): for resumable "
+                         "measuring run gffmerge.measure(model, data, partial=PATH) per "
+                         "model, then gffmerge.solve(models, stats)")
     if needs.stats:
         cross = needs.cross
         t0 = time.perf_counter()
