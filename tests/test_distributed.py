@@ -50,50 +50,54 @@ def ckpts(tmp_path_factory):
     return root, paths
 
 
-def _worker(rank, world, port, paths, out, limit):
+def _worker(rank, world, port, paths, out, limits):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         models = [load_checkpoint(p)[0] for p in paths]
-        for k, (m, loader) in enumerate(zip(models, _loaders(models))):
-            if k == 0:
-                stats = measure_distributed(m, loader, limit=limit, progress=False,
-                                            label=f"m{k}")
-            else:  # the same through the public entry point
-                stats = gffmerge.measure(m, loader, limit=limit, progress=False, label=f"m{k}",
-                                         distributed=True)
-            if rank == 0:
-                stats.save(Path(out) / f"s{k}.safetensors")
+        for limit in limits:
+            for k, (m, loader) in enumerate(zip(models, _loaders(models))):
+                if k == 0:
+                    stats = measure_distributed(m, loader, limit=limit, progress=False,
+                                                label=f"m{k}")
+                else:  # the same through the public entry point
+                    stats = gffmerge.measure(m, loader, limit=limit, progress=False,
+                                             label=f"m{k}", distributed=True)
+                if rank == 0:
+                    stats.save(Path(out) / f"s{k}-{limit}.safetensors")
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("limit", [None, 4])
-def test_two_gloo_processes_equal_one(ckpts, tmp_path, limit):
+def test_two_gloo_processes_equal_one(ckpts, tmp_path):
+    """Two processes (one spawn, every batch and a limit of 4 batches) equal one process."""
     _, paths = ckpts
-    mp.spawn(_worker, args=(2, _free_port(), [str(p) for p in paths], str(tmp_path), limit),
+    limits = [None, 4]
+    mp.spawn(_worker, args=(2, _free_port(), [str(p) for p in paths], str(tmp_path), limits),
              nprocs=2, join=True)
     models = [load_checkpoint(p)[0] for p in paths]
-    single = [gffmerge.measure(m, loader, limit=limit, progress=False)
-              for m, loader in zip(models, _loaders(models))]
-    multi = [gffmerge.Stats.load(tmp_path / f"s{k}.safetensors") for k in range(2)]
-    for s, d in zip(single, multi):
-        a, b = s.models[0], d.models[0]
-        assert a.graphs == b.graphs == (6 if limit else 7)
-        assert a.fingerprint == b.fingerprint
-        for name, ls in a.layers.items():
-            other = b.layers[name]
-            assert other.rows == ls.rows
-            err = (other.gram - ls.gram).norm() / ls.gram.norm()
-            assert err <= 1e-12, name
-    # a well-posed solve (cond ~1e4) maps the 1e-13 differences to ~1e-9; the official
-    # tiny absolute ridge leaves near-singular layers whose solution amplifies any rounding
-    opts = {"ridge": 1e-4, "ridge_mode": "relative", "prior": "mean"}
-    m1 = gffmerge.solve(models, single, **opts).model.state_dict()
-    m2 = gffmerge.solve(models, multi, **opts).model.state_dict()
-    for k, v in m1.items():
-        assert torch.allclose(v, m2[k], rtol=1e-8, atol=1e-10), k
+    for limit in limits:
+        single = [gffmerge.measure(m, loader, limit=limit, progress=False)
+                  for m, loader in zip(models, _loaders(models))]
+        multi = [gffmerge.Stats.load(tmp_path / f"s{k}-{limit}.safetensors") for k in range(2)]
+        for s, d in zip(single, multi):
+            a, b = s.models[0], d.models[0]
+            assert a.graphs == b.graphs == (6 if limit else 7)
+            assert a.fingerprint == b.fingerprint
+            for name, ls in a.layers.items():
+                other = b.layers[name]
+                assert other.rows == ls.rows
+                err = (other.gram - ls.gram).norm() / ls.gram.norm()
+                assert err <= 1e-12, name
+        # a well-posed solve (cond ~1e4) maps the 1e-13 differences to ~1e-9; the official
+        # tiny absolute ridge leaves near-singular layers whose solution amplifies any
+        # rounding
+        opts = {"ridge": 1e-4, "ridge_mode": "relative", "prior": "mean"}
+        m1 = gffmerge.solve(models, single, **opts).model.state_dict()
+        m2 = gffmerge.solve(models, multi, **opts).model.state_dict()
+        for k, v in m1.items():
+            assert torch.allclose(v, m2[k], rtol=1e-8, atol=1e-10), k
 
 
 def test_torchrun_cli_equals_single_process(ckpts, tmp_path):
