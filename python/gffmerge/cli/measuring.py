@@ -14,7 +14,9 @@ def cmd_measure(args) -> int:
 
     (model,), _ = load_models([args.model])
     ds = dataset(args.data, args.split, args)
-    loader = ds.batches_for(model, args.batch_size)
+    from ..collect.budget import frames_per_batch  # small molecules: an atom budget per batch
+    loader = ds.batches_for(model, frames_per_batch(ds, args.batch_size) if args.limit is None
+                            else args.batch_size)
     options = MeasureOptions(limit=args.limit, cross=args.cross, label=Path(args.model).stem,
                              description=ds.describe(), layers=args.layers, dense=args.dense,
                              progress=not args.quiet)

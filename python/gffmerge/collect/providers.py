@@ -85,8 +85,10 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
     acc_g = torch.zeros(dd + 1, dd + 1, dtype=F64, device=dev) if gram and dd else None
     acc_c = torch.zeros(dd + 1, out, dtype=F64, device=dev) if y is not None and dd else None
     if acc_g is not None or acc_c is not None:
-        step = (step_rows(dd + 1 + out, chunk_rows, plan.rows)
-                if chunk_rows is not None or copies_rows(backend, dev) else plan.rows)
+        chunked = chunk_rows is not None or copies_rows(backend, dev)
+        if not chunked:
+            plan.join_dense()
+        step = step_rows(dd + 1 + out, chunk_rows, plan.rows) if chunked else plan.rows
         for s, e in chunks(plan.rows, max(step, 1)):
             plan.dense_products(s, e, y, acc_g, acc_c)
 
