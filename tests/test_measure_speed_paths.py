@@ -209,7 +209,7 @@ def test_cross_shortcut_adds_to_existing_sums_and_skips_non_affine_layers():
     for h in hooks:
         h.remove()
     for name, layer in (("0", net[0]), ("2", net[2])):
-        inp = x if name == "0" else torch.tanh(net[0](x))
+        inp = x if name == "0" else torch.tanh(net[0](x)).detach()
         xa = torch.cat([inp, torch.ones(40, 1, dtype=F64)], 1)
         y = layer(inp).detach()
         assert _rel(sums[name].cross, xa.T @ y) <= 1e-12, name

@@ -57,6 +57,7 @@ from .plan import (
     copies_rows,
     gates_product,
     same_index,
+    scatter_rows,
     step_rows,
 )
 
@@ -111,7 +112,7 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
             for q in scat:
                 _, index, gate = plan.gathered[q]
                 src = z if gate is None else torch.mul(z, gate[s:e, None], out=g_buf[:e - s])
-                scat[q].index_add_(0, index[s:e], src)
+                scatter_rows(scat[q], index[s:e], src)
     # column views (gram_/cross_ take any strides)
     scat_p = {q: t[:, :cols_p] for q, t in scat.items()} if cols_p else {}
     scat_y = {q: t[:, cols_p:] for q, t in scat.items()} if y is not None else {}
