@@ -205,7 +205,10 @@ def test_cross_shortcut_adds_to_existing_sums_and_skips_non_affine_layers():
     sums = first.models[0].layers
     hooks = [DenseHook(net[0], sums["0"]), DenseHook(net[2], sums["2"])]
     with torch.no_grad():
-        net(x[20:])
+        net(x[20:30])
+        for h in hooks:  # a partial checkpoint while attached, then more rows
+            h.flush()
+        net(x[30:])
     for h in hooks:
         h.remove()
     for name, layer in (("0", net[0]), ("2", net[2])):

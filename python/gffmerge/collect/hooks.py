@@ -93,15 +93,22 @@ class LayerHook:
             self.sums.cross.add_(cross.to(self.sums.cross.device))
         self.sums.rows += inp.rows
 
-    def remove(self) -> None:
-        """Detach the hook; an affine layer's cross sums get ``(G - G₀) Θᵀ`` added, with
-        ``G₀`` the Gram when the hook was attached."""
-        self._handle.remove()
+    def flush(self) -> None:
+        """Bring an affine layer's cross sums up to date: add ``(G - G₀) Θᵀ``, with ``G₀``
+        the Gram at attach time or at the last flush. Call before reading or saving
+        ``sums`` while the hook stays attached (e.g. a checkpoint of a partial run);
+        :meth:`remove` flushes."""
         if self._gram_before is not None:
             added = self.sums.gram - self._gram_before.to(self.sums.gram.device)
             t = theta(self._module).to(added.device)
             self.sums.cross.add_(added @ t.T)
-            self._gram_before = None
+            self._gram_before = self.sums.gram.clone()
+
+    def remove(self) -> None:
+        """Detach the hook and :meth:`flush` the cross sums."""
+        self._handle.remove()
+        self.flush()
+        self._gram_before = None
 
 
 def provider_of(module: nn.Module):
