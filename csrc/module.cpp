@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "kernels/block_products.h"
 #include "kernels/gram.h"
 #include "ops/blas_env.h"
 
@@ -37,6 +38,12 @@ std::string blas_in_use() {
                                                        : "aten (no dgemm_ symbol)";
 }
 
+std::string block_products() {
+  if (!gffmerge::ops::block_tiles_allowed()) return "dgemm (GFFMERGE_BLAS set)";
+  return gffmerge::kernels::blocks::fma_tiles_available() ? "register tiles (avx2, fma)"
+                                                          : "dgemm (no avx2/fma)";
+}
+
 py::dict build_info() {
   py::dict d;
   d["compiler"] = GFFMERGE_COMPILER;
@@ -57,6 +64,7 @@ py::dict build_info() {
   d["torch_version"] = GFFMERGE_TORCH_VERSION;
   d["build_type"] = GFFMERGE_BUILD_TYPE;
   d["blas"] = blas_in_use();
+  d["block_products"] = block_products();
   return d;
 }
 

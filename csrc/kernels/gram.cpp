@@ -7,6 +7,7 @@
 #include <new>
 #include <vector>
 
+#include "block_products.h"
 #include "convert.h"
 
 // Resolved against the BLAS inside libtorch_cpu (MKL on x86 wheels) when it exports one; the
@@ -158,7 +159,12 @@ void gram_accumulate(double* acc, const Matrix& x, const Index& index, int64_t c
   // hand memset a null pointer.
   if (count <= 0 || D == 0) return;
   const int64_t ld = padded_ld(D);  // of the row blocks and of the partial sums
-  const int64_t nb = tuning.block_rows > 0 ? tuning.block_rows : default_block_rows(ld);
+  // With the register tiles (block_products.h) P is ld x ld and the blocks' padding columns
+  // stay zero, so that every tile is whole.
+  const bool tiles = tuning.builtin_tiles && blocks::fma_tiles_available();
+  const int64_t nb = tuning.block_rows > 0 ? tuning.block_rows
+                     : tiles                ? blocks::block_rows(ld)
+                                            : default_block_rows(ld);
   const int64_t tile = tuning.tile > 0 ? tuning.tile : default_tile(d);
   const int threads = threads_for(tuning, count, D * ld);
   const GatherFn gather = gather_for(x.dtype);
@@ -170,16 +176,21 @@ void gram_accumulate(double* acc, const Matrix& x, const Index& index, int64_t c
   // the increment is exactly symmetric.
   // The ones column of x~ is not put through the GEMMs (an odd height there measured ~20%
   // slower at d = 128): its row of P, sum_r w_r [x_r, 1], is summed per block directly.
+  const int64_t p_doubles = tiles ? ld * ld : D * ld;
   std::vector<double*> partial(threads, nullptr);
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num();
     const SequentialBlas sequential;
-    AlignedDoubles p(D * ld);
+    AlignedDoubles p(p_doubles);
     AlignedDoubles b(nb * ld);
     AlignedDoubles wb(weighted ? nb * ld : 0);
     AlignedDoubles sums(augment ? 2 * ld : 0);  // per call, per block
-    std::memset(p.get(), 0, static_cast<std::size_t>(D * ld) * sizeof(double));
+    std::memset(p.get(), 0, static_cast<std::size_t>(p_doubles) * sizeof(double));
+    if (tiles) {
+      std::memset(b.get(), 0, static_cast<std::size_t>(nb * ld) * sizeof(double));
+      if (weighted) std::memset(wb.get(), 0, static_cast<std::size_t>(nb * ld) * sizeof(double));
+    }
     if (augment) std::memset(sums.get(), 0, static_cast<std::size_t>(ld) * sizeof(double));
     partial[t] = p.get();
     const double* rhs = weighted ? wb.get() : b.get();
@@ -189,10 +200,14 @@ void gram_accumulate(double* acc, const Matrix& x, const Index& index, int64_t c
     for (int64_t first = lo; first < hi; first += nb) {
       const int64_t n = std::min(nb, hi - first);
       fill_block(x, gather, index, weight, false, first, n, b.get(), wb.get(), ld);
-      for (int64_t j0 = 0; j0 < d; j0 += tile) {
-        const int64_t jn = std::min(tile, d - j0);
-        gemm(false, true, d - j0, jn, n, 1.0, b.get() + j0, ld, rhs + j0, ld, 1.0,
-             p.get() + j0 + j0 * ld, ld);
+      if (tiles) {
+        blocks::accumulate(b.get(), ld, d, rhs, ld, d, n, p.get(), ld, /*lower=*/true);
+      } else {
+        for (int64_t j0 = 0; j0 < d; j0 += tile) {
+          const int64_t jn = std::min(tile, d - j0);
+          gemm(false, true, d - j0, jn, n, 1.0, b.get() + j0, ld, rhs + j0, ld, 1.0,
+               p.get() + j0 + j0 * ld, ld);
+        }
       }
       if (augment) {
         double* block = sums.get() + ld;
@@ -231,8 +246,10 @@ void cross_accumulate(double* acc, const Matrix& x, const Matrix& y, const Index
   if (count <= 0 || Dx == 0 || Dy == 0) return;
   const int64_t ldx = padded_ld(Dx);
   const int64_t ldy = padded_ld(Dy);
-  const int64_t nb =
-      tuning.block_rows > 0 ? tuning.block_rows : default_block_rows(std::max(ldx, ldy));
+  const bool tiles = tuning.builtin_tiles && blocks::fma_tiles_available();
+  const int64_t nb = tuning.block_rows > 0 ? tuning.block_rows
+                     : tiles                ? blocks::block_rows(ldx + ldy)
+                                            : default_block_rows(std::max(ldx, ldy));
   const int threads = threads_for(tuning, count, Dx * Dy);
   const GatherFn gather_x = gather_for(x.dtype);
   const GatherFn gather_y = gather_for(y.dtype);
@@ -242,15 +259,23 @@ void cross_accumulate(double* acc, const Matrix& x, const Matrix& y, const Index
   // the weights folded into the x rows. The increment is summed in private zeroed buffers
   // and added to acc once: letting the GEMM accumulate straight into a large acc would round
   // every product at the scale of acc.
+  // With the register tiles the partial sums are ldy x ldx (column-major, rows = y columns)
+  // and the blocks' padding columns stay zero.
+  const int64_t ldp = tiles ? ldy : Dy;
+  const int64_t p_doubles = tiles ? ldy * ldx : Dx * Dy;
   std::vector<double*> partial(threads, nullptr);
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num();
     const SequentialBlas sequential;
-    AlignedDoubles p(Dx * Dy);
+    AlignedDoubles p(p_doubles);
     AlignedDoubles bx(nb * ldx);
     AlignedDoubles by(nb * ldy);
-    std::memset(p.get(), 0, static_cast<std::size_t>(Dx * Dy) * sizeof(double));
+    std::memset(p.get(), 0, static_cast<std::size_t>(p_doubles) * sizeof(double));
+    if (tiles) {
+      std::memset(bx.get(), 0, static_cast<std::size_t>(nb * ldx) * sizeof(double));
+      std::memset(by.get(), 0, static_cast<std::size_t>(nb * ldy) * sizeof(double));
+    }
     partial[t] = p.get();
 
     const int64_t lo = count * t / threads;
@@ -259,14 +284,21 @@ void cross_accumulate(double* acc, const Matrix& x, const Matrix& y, const Index
       const int64_t n = std::min(nb, hi - first);
       fill_block(x, gather_x, index_x, weight, augment_x, first, n, bx.get(), bx.get(), ldx);
       fill_block(y, gather_y, index_y, none, false, first, n, by.get(), nullptr, ldy);
-      gemm(false, true, Dy, Dx, n, 1.0, by.get(), ldy, bx.get(), ldx, 1.0, p.get(), Dy);
+      if (tiles) {
+        blocks::accumulate(by.get(), ldy, Dy, bx.get(), ldx, Dx, n, p.get(), ldp,
+                           /*lower=*/false);
+      } else {
+        gemm(false, true, Dy, Dx, n, 1.0, by.get(), ldy, bx.get(), ldx, 1.0, p.get(), Dy);
+      }
     }
 #pragma omp barrier
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < Dx * Dy; ++i) {
-      double v = 0.0;
-      for (int s = 0; s < threads; ++s) v += partial[s][i];
-      acc[i] += v;
+    for (int64_t i = 0; i < Dx; ++i) {
+      for (int64_t j = 0; j < Dy; ++j) {
+        double v = 0.0;
+        for (int s = 0; s < threads; ++s) v += partial[s][j + i * ldp];
+        acc[i * Dy + j] += v;
+      }
     }
   }
 }

@@ -4,7 +4,8 @@
 //   cross: acc[Dx, Dy] += sum_r w_r x~_r y_r^T
 //
 // `acc` is row-major float64. Rows are gathered through an optional index, cast to float64
-// block by block (never the whole input), and the block products are handed to a BLAS dgemm
+// block by block (never the whole input), and the block products are formed by float64
+// register tiles (block_products.h) where the CPU has AVX2 + FMA, else by a BLAS dgemm
 // supplied by the caller. Threads split the rows; each sums its share into a private zeroed
 // buffer, and the buffers are added to acc once at the end.
 #pragma once
@@ -47,6 +48,8 @@ struct Tuning {
   std::int64_t block_rows = 0;  // rows gathered per GEMM; 0 = default
   std::int64_t tile = 0;        // column tile of the triangular sweep; 0 = default
   int threads = 1;
+  bool builtin_tiles = true;  // register tiles (block_products.h) where the CPU has them;
+                              // false: every block product through `gemm`
 };
 
 // acc must hold (x.cols + augment)^2 doubles.

@@ -1,7 +1,9 @@
 // The one reader of the GFFMERGE_BLAS environment variable (torch-free, so module.cpp's
 // build_info() shares it). GFFMERGE_BLAS=aten routes the CPU kernels' dgemm, potrf and potrs
-// through ATen instead of the BLAS/LAPACK symbols libtorch exports, to compare the two; any
-// other value, or none, keeps the exported ones. Read on every call, not cached, so that a
+// through ATen instead of the BLAS/LAPACK symbols libtorch exports, to compare the two;
+// GFFMERGE_BLAS=dgemm keeps the exported symbols but forms the Gram/cross block products by
+// dgemm instead of the kernels' own register tiles (both of these turn the tiles off); any
+// other value, or none, keeps the exported ones and the tiles. Read on every call, not cached, so that a
 // test or a user can switch it within one process.
 #pragma once
 
@@ -13,6 +15,11 @@ namespace gffmerge::ops {
 inline bool aten_blas_requested() {
   const char* env = std::getenv("GFFMERGE_BLAS");
   return env != nullptr && std::strcmp(env, "aten") == 0;
+}
+
+inline bool block_tiles_allowed() {
+  const char* env = std::getenv("GFFMERGE_BLAS");
+  return env == nullptr || (std::strcmp(env, "aten") != 0 && std::strcmp(env, "dgemm") != 0);
 }
 
 }  // namespace gffmerge::ops

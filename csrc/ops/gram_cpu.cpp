@@ -50,6 +50,7 @@ k::GemmFn select_gemm() {
 k::Tuning tuning() {
   k::Tuning t;
   t.threads = at::get_num_threads();
+  t.builtin_tiles = block_tiles_allowed();
   return t;
 }
 

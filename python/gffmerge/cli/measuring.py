@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .common import CliError, dataset, emit, load_models
+from .common import DEFAULT_BATCH, CliError, dataset, emit, load_models
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -32,7 +32,14 @@ def _measure(args) -> int:
 
     (model,), _ = load_models([args.model])
     ds = dataset(args.data, args.split, args)
-    loader = ds.batches_for(model, args.batch_size)
+    from ..collect.budget import frames_per_batch  # small molecules: an atom budget per batch
+    if args.batch_size is not None:
+        batch = args.batch_size  # as asked
+    elif args.limit is None:
+        batch = frames_per_batch(ds, DEFAULT_BATCH)
+    else:
+        batch = DEFAULT_BATCH  # a frame limit is checked after each batch: keep it small
+    loader = ds.batches_for(model, batch)
     if args.save_every is not None and args.save_every < 1:
         raise CliError(f"--save-every must be a number of batches >= 1, got {args.save_every}")
     keep = partial_path(args.output)

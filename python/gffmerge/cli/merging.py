@@ -6,7 +6,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .common import CliError, check_keys, dataset, emit, load_models, method_options, read_yaml
+from .common import (
+    CliError,
+    batch_size,
+    check_keys,
+    dataset,
+    emit,
+    load_models,
+    method_options,
+    read_yaml,
+)
 
 # Keys of a merge config (mergekit shape) and of each of its model entries.
 CONFIG_KEYS = ("merge_method", "models", "parameters", "limit", "output", "base_model")
@@ -189,7 +198,7 @@ def cmd_merge(args) -> int:
     loaders = None
     if needs:
         loaders = [dataset([d for d in ds if d], args.split, args).batches_for(
-            m, args.batch_size) for ds, m in zip(datas, models)]
+            m, batch_size(args)) for ds, m in zip(datas, models)]
     val_data = None
     if needed.data and args.split == "train":  # validation frames of the same systems
         val_data = [dataset([d for d in ds if d], "val", args) for ds in datas]

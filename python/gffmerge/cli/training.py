@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .common import CliError, check_keys, dataset, emit, load_models, parse_value, read_yaml
+from .common import (
+    CliError,
+    batch_size,
+    check_keys,
+    dataset,
+    emit,
+    load_models,
+    parse_value,
+    read_yaml,
+)
 
 
 def cmd_eval(args) -> int:
@@ -15,7 +24,7 @@ def cmd_eval(args) -> int:
     for path in args.model:
         (model,), _ = load_models([path])
         ds = dataset(args.data, args.split, args)
-        results[path] = evaluate(model, ds, batch_size=args.batch_size,
+        results[path] = evaluate(model, ds, batch_size=batch_size(args),
                                  progress=not args.quiet)
     lines = [f"{'model':<36} {'system':<24} {'E MAE meV/atom':>15} {'F MAE meV/Å':>12} "
              f"{'F RMSE meV/Å':>13} {'frames':>7}"]

@@ -4,14 +4,38 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
+from ..models.layers import ConcatLinear, EdgeConcatLinear
 from ..models.parts import GramInput, StructuredInput
 from ..stats import LayerStats
 from .providers import sums_of
 
 if TYPE_CHECKING:
     from .dedup import InputCache
+
+
+AFFINE_LAYERS = (nn.Linear, EdgeConcatLinear, ConcatLinear)
+"""Layer classes whose forward is exactly ``y = x̃ Θᵀ`` on the input rows their hooks see
+(``Θ = [W, b]``); subclasses may override ``forward``, so the type must match exactly."""
+
+
+def is_affine(module: nn.Module) -> bool:
+    """Whether ``module``'s output rows are ``Θ x̃`` of the input rows its hook sees: one of
+    :data:`AFFINE_LAYERS` exactly, not parametrized, with no forward pre-hook (which could
+    change the input after the hook has read it)."""
+    return (type(module) in AFFINE_LAYERS and not parametrize.is_parametrized(module)
+            and not module._forward_pre_hooks)
+
+
+def theta(module: nn.Module) -> Tensor:
+    """``Θ = [W, b]`` of an affine layer, float64 ``[out, in + 1]`` (b = 0 without bias)."""
+    w = module.weight.detach().to(torch.float64)
+    b = (module.bias.detach().to(torch.float64) if module.bias is not None
+         else w.new_zeros(w.shape[0]))
+    return torch.cat([w, b.unsqueeze(1)], dim=1)
 
 
 class LayerHook:
@@ -23,16 +47,32 @@ class LayerHook:
     float64 buffer and then added to ``sums``, so a Gram shared through ``cache`` (the
     same input reaching several layers in one forward) adds exactly what recomputing
     it would.
+
+    Cross sums of an affine layer (:func:`is_affine`) are not measured unless
+    ``measured_cross``: its output rows are ``y = Θ x̃``, so ``Σ x̃ yᵀ = (Σ x̃ x̃ᵀ) Θᵀ``, formed
+    once in float64 from the Gram this hook added (:meth:`remove`). That is the exact
+    value of the sums; the measured ones carry the model's own rounding of ``y`` (float32:
+    ~1e-7 relative), and the two agree to float64 rounding for a float64 model. The
+    weights must not change while the hook is attached (they do not in ``measure``).
+    With ``derive_from_zero`` the derived sums are formed from the whole Gram in ``sums``
+    (a resumed measurement whose kept cross sums are the raw ones), else from what this
+    hook adds.
     """
 
     def __init__(self, module: nn.Module, sums: LayerStats, *, backend: str = "auto",
-                 cache: InputCache | None = None, chunk_rows: int | None = None):
+                 cache: InputCache | None = None, chunk_rows: int | None = None,
+                 measured_cross: bool = False, derive_from_zero: bool = False):
         self.sums = sums
         self.backend = backend
         self.cache = cache
         self.chunk_rows = chunk_rows
         self.in_features = module.in_features
         self.out_features = module.out_features
+        self._module = module
+        self._gram_before = None
+        if sums.cross is not None and not measured_cross and is_affine(module):
+            self._gram_before = (torch.zeros_like(sums.gram) if derive_from_zero
+                                 else sums.gram.clone())
         self._handle = module.register_forward_hook(self._hook, with_kwargs=True)
 
     def describe(self, args: tuple, kwargs: dict) -> GramInput:
@@ -44,7 +84,7 @@ class LayerHook:
         key = self.cache.key(inp) if self.cache is not None else None
         gram = self.cache.get(key) if key is not None else None
         y = None
-        if self.sums.cross is not None:
+        if self.sums.cross is not None and self._gram_before is None:
             y = output.detach().reshape(-1, self.out_features)
         fresh, cross = sums_of(inp, y, gram=gram is None, backend=self.backend,
                                chunk_rows=self.chunk_rows)
@@ -57,8 +97,22 @@ class LayerHook:
             self.sums.cross.add_(cross.to(self.sums.cross.device))
         self.sums.rows += inp.rows
 
+    def flush(self) -> None:
+        """Bring an affine layer's cross sums up to date: add ``(G - G₀) Θᵀ``, with ``G₀``
+        the Gram at attach time or at the last flush. Call before reading or saving
+        ``sums`` while the hook stays attached (e.g. a checkpoint of a partial run);
+        :meth:`remove` flushes."""
+        if self._gram_before is not None:
+            added = self.sums.gram - self._gram_before.to(self.sums.gram.device)
+            t = theta(self._module).to(added.device)
+            self.sums.cross.add_(added @ t.T)
+            self._gram_before = self.sums.gram.clone()
+
     def remove(self) -> None:
+        """Detach the hook and :meth:`flush` the cross sums."""
         self._handle.remove()
+        self.flush()
+        self._gram_before = None
 
 
 def provider_of(module: nn.Module):

@@ -57,6 +57,7 @@ from .plan import (
     copies_rows,
     gates_product,
     same_index,
+    scatter_rows,
     step_rows,
 )
 
@@ -85,8 +86,10 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
     acc_g = torch.zeros(dd + 1, dd + 1, dtype=F64, device=dev) if gram and dd else None
     acc_c = torch.zeros(dd + 1, out, dtype=F64, device=dev) if y is not None and dd else None
     if acc_g is not None or acc_c is not None:
-        step = (step_rows(dd + 1 + out, chunk_rows, plan.rows)
-                if chunk_rows is not None or copies_rows(backend, dev) else plan.rows)
+        chunked = chunk_rows is not None or copies_rows(backend, dev)
+        if not chunked:
+            plan.join_dense()
+        step = step_rows(dd + 1 + out, chunk_rows, plan.rows) if chunked else plan.rows
         for s, e in chunks(plan.rows, max(step, 1)):
             plan.dense_products(s, e, y, acc_g, acc_c)
 
@@ -109,7 +112,7 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
             for q in scat:
                 _, index, gate = plan.gathered[q]
                 src = z if gate is None else torch.mul(z, gate[s:e, None], out=g_buf[:e - s])
-                scat[q].index_add_(0, index[s:e], src)
+                scatter_rows(scat[q], index[s:e], src)
     # column views (gram_/cross_ take any strides)
     scat_p = {q: t[:, :cols_p] for q, t in scat.items()} if cols_p else {}
     scat_y = {q: t[:, cols_p:] for q, t in scat.items()} if y is not None else {}

@@ -65,6 +65,11 @@ class Collector:
         if self.cache is not None:
             self.cache.clear()
 
+    def flush(self) -> None:
+        """Bring every hook's sums up to date (derived cross sums) while attached."""
+        for h in self.hooks:
+            h.flush()
+
     def remove(self) -> None:
         self.end_forward()
         for h in self.hooks:
@@ -73,13 +78,14 @@ class Collector:
 
 def attach(model: nn.Module, layers: dict[str, LayerStats], *, dense: bool = False,
            dedup: bool = True, backend: str = "auto",
-           chunk_rows: int | None = None) -> Collector:
+           chunk_rows: int | None = None, derive_from_zero: bool = False) -> Collector:
     """Hook each named layer of ``model``, accumulating into ``layers[name]``.
 
     A layer with ``gram_parts`` gets a :class:`StructuredHook` unless ``dense`` is set;
     every other layer a :class:`DenseHook`. With ``dedup``, layers that receive the same
     input in one forward share its Gram (:mod:`gffmerge.collect.dedup`); call
-    :meth:`Collector.end_forward` after each forward.
+    :meth:`Collector.end_forward` after each forward. ``derive_from_zero``: see
+    :class:`~gffmerge.collect.hooks.LayerHook` (``measure`` starts from zero sums).
     """
     modules = dict(model.named_modules())
     cache = InputCache() if dedup else None
@@ -87,7 +93,8 @@ def attach(model: nn.Module, layers: dict[str, LayerStats], *, dense: bool = Fal
     for name, sums in layers.items():
         module = modules[name]
         kind = StructuredHook if not dense and provider_of(module) else DenseHook
-        hooks.append(kind(module, sums, backend=backend, cache=cache, chunk_rows=chunk_rows))
+        hooks.append(kind(module, sums, backend=backend, cache=cache, chunk_rows=chunk_rows,
+                          derive_from_zero=derive_from_zero))
     return Collector(hooks, cache)
 
 
@@ -205,6 +212,8 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions,
         data_hash = _skip(batch_iter, batches, state, partial)
 
     def save() -> None:
+        # kept raw: cross sums derived from the Gram (affine layers) are formed at the end
+        # from the whole Gram, resumed or not, so a resumed run equals an uninterrupted one
         PartialState(stats.models[0].fingerprint, fields, total, data_hash, batches, graphs,
                      before_s + time.perf_counter() - t0, sums).save(partial)
 
@@ -216,7 +225,8 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions,
 
     model.to(device)
     model.eval()
-    collector = attach(model, sums, dense=dense, dedup=dedup, backend=opts.backend)
+    collector = attach(model, sums, dense=dense, dedup=dedup, backend=opts.backend,
+                       derive_from_zero=True)
     clock = SaveClock(opts.partial_every, opts.partial_seconds, batches)
     try:
         from tqdm.auto import tqdm
