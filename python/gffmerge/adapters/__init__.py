@@ -160,7 +160,49 @@ def quiet():
         yield
 
 
+
+def foundation_checkpoint(name: str, systems: list[str], folder: str | Path, *,
+                          seed: int = 42, max_frames: int | None = 1250,
+                          frames: int = 64, batch_size: int = 8) -> Path:
+    """A gffmerge checkpoint of adapter ``name``'s foundation with its reference energies
+    fitted to ``systems`` (:meth:`Adapter.fit_references` on up to ``frames`` training
+    frames, spread evenly over the systems), for runs that start from a checkpoint file
+    (``gffmerge experiment --foundation chgnet``). Written to ``folder`` once and reused
+    while the systems, seed and frames are the same."""
+    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..data import load_dataset
+    from ..train import balanced_subset
+
+    adapter = enable(name)
+    recipe = {"adapter": name, "systems": [str(s) for s in systems], "seed": seed,
+              "max_frames": max_frames, "reference_frames": frames}
+    path = Path(folder) / f"foundation_{name}.pt"
+    if path.is_file() and load_checkpoint(path)[1].get("adapter_recipe") == recipe:
+        return path
+    model = adapter.foundation()
+    data = load_dataset(list(systems), max_frames=max_frames, seed=seed)
+    train = balanced_subset(data.split("train"), frames, seed)
+    shifts = adapter.fit_references(model, train.batches_for(model, batch_size))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(path, model, {"role": "foundation", "adapter_recipe": recipe,
+                                         "reference_shift_ev": {str(z): v for z, v in
+                                                                shifts.items()}})
+
+
+def enable_for(path: str | Path) -> None:
+    """Enable the adapter whose model a gffmerge checkpoint at ``path`` holds, if any (so
+    that :func:`gffmerge.checkpoint.load_checkpoint` can rebuild it)."""
+    try:
+        payload = torch.load(path, map_location="meta", weights_only=True)
+        model_name = payload.get("model_name") if isinstance(payload, dict) else None
+    except Exception:  # not a checkpoint: load_checkpoint reports it
+        return
+    for adapter in _ADAPTERS.values():
+        if adapter.model_class.name == model_name:
+            enable(adapter.name)
+
+
 import_submodules(__name__, __path__)
 
-__all__ = ["Adapter", "Foreign", "MissingExtraError", "enable", "get", "names", "quiet",
-           "register_adapter"]
+__all__ = ["Adapter", "Foreign", "MissingExtraError", "enable", "enable_for",
+           "foundation_checkpoint", "get", "names", "quiet", "register_adapter"]

@@ -87,6 +87,22 @@ def crystal_graph(net, z: Tensor, pos: Tensor, cell: Tensor, pbc: Tensor, key: s
     return graph
 
 
+def load_pretrained(variant: str = "0.3.0"):
+    """The pre-trained CHGNet ``variant`` from the weights in the package's wheel, as
+    ``CHGNet.load`` builds it but without moving it to a device (so that it can also be
+    built as a shape-only skeleton, as :func:`gffmerge.checkpoint.load_checkpoint` does)."""
+    import chgnet
+    from chgnet.model import CHGNet
+
+    found = sorted((Path(chgnet.__file__).parent / "pretrained" / variant).glob("*.pth.tar"))
+    if len(found) != 1:
+        raise ValueError(f"CHGNet variant {variant!r} is not among the weights the chgnet "
+                         "package ships (0.3.0, 0.2.0, r2scan)")
+    with quiet():
+        return CHGNet.from_file(str(found[0]), mlp_out_bias=variant == "0.2.0",
+                                version=variant)
+
+
 class ChgnetForceField(Foreign):
     """A CHGNet foundation as a gffmerge force field (module docstring).
 
@@ -99,10 +115,7 @@ class ChgnetForceField(Foreign):
     conservative = True
 
     def __init__(self, variant: str = "0.3.0"):
-        from chgnet.model import CHGNet
-
-        with quiet():
-            net = CHGNet.load(model_name=variant, use_device="cpu", verbose=False)
+        net = load_pretrained(variant)
         super().__init__(cutoff=float(net.graph_converter.atom_graph_cutoff),
                          max_z=CHGNET_MAX_Z)
         refs = torch.zeros(CHGNET_MAX_Z + 1, dtype=torch.float64)
