@@ -17,6 +17,7 @@ built SevenNet and saves a checkpoint that ``SevenNetCalculator(path)`` loads.
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,9 @@ def build_native(variant: str = "7net-0"):
     import warnings
 
     cp = _checkpoint(variant)
-    with quiet(), warnings.catch_warnings():
+    # built on the CPU even inside gffmerge's shape-only (meta device) checkpoint skeleton:
+    # sevenn's builder asks the device of the tensors it makes
+    with torch.device("cpu"), quiet(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = cp.build_model()
     return model, cp
@@ -92,14 +95,18 @@ class SevennForceField(Foreign):
     def __init__(self, variant: str = "7net-0"):
         from sevenn import _keys as KEY
 
-        net, cp = build_native(variant)
-        super().__init__(cutoff=float(cp.config[KEY.CUTOFF]), max_z=118)
-        self.replaced = convert_e3nn(net)
-        for name in _SKIP:
-            if name in net._modules:
-                del net._modules[name]
-        net.set_is_batch_data(True)
-        self.net = net
+        super().__init__(cutoff=5.0, max_z=118)
+        with torch.device("cpu"):  # a real model even inside a meta-device skeleton
+            net, cp = build_native(variant)
+            self.cutoff = float(cp.config[KEY.CUTOFF])
+            self.replaced = convert_e3nn(net)
+            for name in _SKIP:
+                if name in net._modules:
+                    del net._modules[name]
+            net.set_is_batch_data(True)
+            # a deep copy registers the constants of e3nn's traced tensor products as
+            # buffers; copying once here gives every copy (sources, merges) one state layout
+            self.net = copy.deepcopy(net)
         self.config = {"variant": variant}
 
     def atomwise(self, batch: AtomsBatch, direct_forces: bool) -> tuple[Tensor, None]:
