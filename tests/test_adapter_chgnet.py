@@ -115,3 +115,24 @@ def test_short_merge_beats_average_on_both_systems(adapter, foundation, data):
     for s in SYSTEMS:
         assert ours[s]["force_mae_mev_per_a"] < avg[s]["force_mae_mev_per_a"], (
             s, ours[s]["force_mae_mev_per_a"], avg[s]["force_mae_mev_per_a"])
+
+
+def test_experiment_route_makes_a_foundation_checkpoint(tmp_path):
+    """``gffmerge experiment --foundation chgnet`` is accepted, and the foundation it starts
+    from is a gffmerge checkpoint with references fitted to the systems, made once."""
+    from gffmerge.experiment import ExperimentConfig
+
+    cfg = ExperimentConfig(foundation="chgnet", systems=SYSTEMS, out=str(tmp_path / "exp"),
+                           methods=["average"])
+    assert "--foundation chgnet" in cfg.command()
+    path = adapters.foundation_checkpoint("chgnet", SYSTEMS, tmp_path, frames=4,
+                                          max_frames=100, batch_size=2)
+    model, meta = load_checkpoint(path)
+    assert meta["adapter_recipe"]["adapter"] == "chgnet"
+    test = load_dataset(SYSTEMS, max_frames=100, seed=42).split("test").subset(4, seed=0)
+    err = evaluate(model, test, batch_size=2, progress=False)["all"]
+    assert err["energy_mae_mev_per_atom"] < 200  # raw CHGNet is ~2e5 meV/atom off here
+    stamp = path.stat().st_mtime_ns
+    again = adapters.foundation_checkpoint("chgnet", SYSTEMS, tmp_path, frames=4,
+                                           max_frames=100, batch_size=2)
+    assert again == path and path.stat().st_mtime_ns == stamp
