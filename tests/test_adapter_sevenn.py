@@ -19,6 +19,18 @@ from gffmerge.data import load_dataset  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _models_registry_restored():
+    """Enabling an adapter registers its model class for checkpoints; other test modules
+    enumerate the registered models, so this module leaves the registry as it found it."""
+    from gffmerge.models import registry
+
+    saved = dict(registry._REGISTRY)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
+
+
 @pytest.fixture(scope="module")
 def adapter():
     return adapters.enable("sevenn-0")
