@@ -18,7 +18,8 @@ rank  layer      modules (a package name covers everything under it)
 1     data       ``data/``
 2     models     ``models/``, and what builds, stores, runs or trains *one* model, with no
                  merging: ``checkpoint``, ``calculator`` (ASE), ``evaluate``, ``train``,
-                 ``recipes``, ``lineage`` (which checkpoint a model was fine-tuned from)
+                 ``recipes``, ``lineage`` (which checkpoint a model was fine-tuned from),
+                 ``adapters`` (third-party foundation models wrapped as force fields)
 3     stats      ``stats``: the sums-and-counts container and its file format
 4     collect    ``collect/``: hooks, providers and the runner that fill a ``Stats``
 5     solver     ``solver/``, ``report`` (the report and result types a solve returns)
@@ -52,7 +53,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("errors", "atomic", "architecture", "discover", "provenance")),
     ("data", ("data",)),
     ("models", ("models", "checkpoint", "calculator", "evaluate", "train", "recipes",
-                "repair", "lineage")),
+                "repair", "lineage", "adapters")),
     ("stats", ("stats",)),
     ("collect", ("collect",)),
     ("solver", ("solver", "report")),

@@ -91,8 +91,11 @@ class ExperimentConfig:
         if self.repair and methods.DEFAULT_METHOD not in chosen:
             chosen.append(methods.DEFAULT_METHOD)  # the repair starts from the default
         self.method_names = chosen
-        if not Path(self.foundation).is_file():
-            raise FileNotFoundError(f"foundation checkpoint not found: {self.foundation}")
+        from . import adapters
+
+        if not Path(self.foundation).is_file() and self.foundation not in adapters.names():
+            raise FileNotFoundError(f"foundation checkpoint not found: {self.foundation} "
+                                    f"(or name an adapter: {', '.join(adapters.names())})")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ValueError(f"--out {self.out} is a file; give a folder")
 
@@ -335,7 +338,20 @@ def _file_name(system: str) -> str:
 
 def run(cfg: ExperimentConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run the experiment ``cfg`` describes (module docstring); returns the results
-    (also in ``cfg.out/results.json``). Ctrl-C keeps the rows finished so far."""
+    (also in ``cfg.out/results.json``). Ctrl-C keeps the rows finished so far.
+
+    A foundation named by an adapter (``chgnet``, ``sevenn-0``: :mod:`gffmerge.adapters`)
+    becomes a checkpoint in ``cfg.out/checkpoints`` first (references fitted to the systems)."""
+    from dataclasses import replace
+
+    from . import adapters
+
+    if cfg.foundation in adapters.names():
+        path = adapters.foundation_checkpoint(cfg.foundation, cfg.systems,
+                                              Path(cfg.out) / "checkpoints", seed=cfg.seed,
+                                              max_frames=cfg.max_frames)
+        cfg = replace(cfg, foundation=str(path))
+    adapters.enable_for(cfg.foundation)
     return _Experiment(cfg, progress).run()
 
 

@@ -22,7 +22,8 @@ def add_parser(subparsers, *, parents: list[argparse.ArgumentParser]) -> None:
                     "OUT/methods.png; fine-tunes and the joint model are kept in "
                     "OUT/checkpoints and reused by a rerun with the same settings.")
     p.add_argument("--foundation", required=True, metavar="CKPT",
-                   help="the pre-trained checkpoint every model starts from")
+                   help="the pre-trained checkpoint every model starts from, or a "
+                        "foundation adapter: chgnet, sevenn-0 (gffmerge[chgnet], [sevenn])")
     p.add_argument("--systems", required=True, nargs="+", metavar="SYSTEM",
                    help="two or more shipped system names (lips20/Li3P) or data files")
     p.add_argument("--methods", metavar="A,B,...",
