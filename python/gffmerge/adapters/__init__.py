@@ -197,12 +197,20 @@ def enable_for(path: str | Path) -> None:
         model_name = payload.get("model_name") if isinstance(payload, dict) else None
     except Exception:  # not a checkpoint: load_checkpoint reports it
         return
+    enable_model(model_name)
+
+
+def enable_model(model_name: Any) -> bool:
+    """Enable the adapter whose model class is called ``model_name``; False if none is.
+    A missing package raises :class:`MissingExtraError` naming the extra to install."""
     for adapter in _ADAPTERS.values():
         if adapter.model_class.name == model_name:
             enable(adapter.name)
+            return True
+    return False
 
 
 import_submodules(__name__, __path__)
 
-__all__ = ["Adapter", "Foreign", "MissingExtraError", "enable", "enable_for",
+__all__ = ["Adapter", "Foreign", "MissingExtraError", "enable", "enable_for", "enable_model",
            "foundation_checkpoint", "get", "names", "quiet", "register_adapter"]

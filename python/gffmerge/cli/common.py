@@ -293,10 +293,14 @@ def method_options(method: str, pairs: list[str] | dict[str, Any]) -> dict[str, 
 
 
 def load_models(paths: list[str]):
+    """Checkpoints as models and metadata; a CHGNet or SevenNet checkpoint enables its
+    adapter first (:func:`gffmerge.adapters.enable_for`)."""
+    from ..adapters import enable_for
     from ..checkpoint import load_checkpoint
 
     models, metas = [], []
     for p in paths:
+        enable_for(p)
         model, meta = load_checkpoint(p)
         models.append(model)
         metas.append(meta)

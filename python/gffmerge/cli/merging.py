@@ -81,11 +81,10 @@ def _base_model(method: str, needs, base: str | None, ckpts: list[str], metas: l
     if not base:
         raise CliError(f"method '{method}' needs --base CKPT: the pre-trained checkpoint the "
                        "sources were fine-tuned from")
-    from ..checkpoint import load_checkpoint
     from ..lineage import check_shared_base
 
     check_shared_base(base, list(zip(ckpts, metas)))
-    return load_checkpoint(base)[0]
+    return load_models([base])[0][0]
 
 
 def cmd_solve(args) -> int:

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .common import EXIT_BAD_INPUT, add_global_flags, run_command
+from .common import EXIT_BAD_INPUT, add_global_flags, load_models, run_command
 
 __all__ = ["EXIT_BAD_INPUT", "add_parser", "run"]
 
@@ -57,14 +57,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint
     from ..repair import parse_scope, repair
 
     parse_scope(args.scope)  # a bad scope fails before any data is read
     if Path(args.output).resolve() == Path(args.model).resolve():
         raise ValueError(f"-o {args.output} would overwrite the input model; write the "
                          "repaired model to a new file")
-    model, meta = load_checkpoint(args.model)
+    (model,), (meta,) = load_models([args.model])
     source = {"path": str(args.model),
               **{k: meta[k] for k in ("role", "method", "options", "sources") if k in meta}}
     result = repair(model, list(args.data), frames=args.frames, epochs=args.epochs,
