@@ -47,14 +47,16 @@ FINETUNE_LR = 5e-4  # the shipped recipes' fine-tuning rate (gffmerge.recipes)
 class ExperimentConfig:
     """Everything that defines one experiment (recorded in ``results.json``'s command)."""
 
-    foundation: str
+    foundation: str | None  # None: the shipped foundation of model_kind (see resolve_foundation)
     systems: list[str]
     out: str
+    model_kind: str | None = None  # gns, painn, schnet: the foundation's architecture
     methods: list[str] | None = None  # None: every registered method
     train_frames: int = 400  # training frames per system, fine-tunes and joint alike
     epochs: int = 10  # fine-tune and joint epochs
     seed: int = 42
     repair: bool = False
+    switch: bool = False  # also rows <method>+switch for the default and the paper recipe
     repair_frames: int = 250
     repair_epochs: int = 5
     merge_frames: int = 200  # frames per source for statistics, Fisher and progressive
@@ -92,8 +94,7 @@ class ExperimentConfig:
         if self.repair and methods.DEFAULT_METHOD not in chosen:
             chosen.append(methods.DEFAULT_METHOD)  # the repair starts from the default
         self.method_names = chosen
-        if not Path(self.foundation).is_file():
-            raise FileNotFoundError(f"foundation checkpoint not found: {self.foundation}")
+        self.foundation = resolve_foundation(self.foundation, self.model_kind, self.systems)
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ValueError(f"--out {self.out} is a file; give a folder")
 
@@ -103,8 +104,11 @@ class ExperimentConfig:
                  *self.systems, "--methods", ",".join(self.method_names), "--train-frames",
                  str(self.train_frames), "--finetune-epochs", str(self.epochs), "--seed",
                  str(self.seed), "--max-frames", str(self.max_frames)]
-        if self.repair:
-            parts.append("--repair")
+        if self.model_kind:
+            parts += ["--model-kind", self.model_kind]
+        for flag in ("repair", "switch"):
+            if getattr(self, flag):
+                parts.append(f"--{flag}")
         return shlex.join([*parts, "--out", self.out])
 
     def recipe(self, system: str | None) -> dict[str, Any]:
@@ -116,6 +120,48 @@ class ExperimentConfig:
                 "seed": self.seed, "val_frames": self.val_frames,
                 "batch_size": self.batch_size, "max_frames": self.max_frames,
                 "lr": FINETUNE_LR}
+
+
+def resolve_foundation(foundation: str | None, model_kind: str | None,
+                       systems: list[str]) -> str:
+    """The foundation checkpoint of an experiment.
+
+    Given ``foundation``, that file; with ``model_kind`` too, its architecture must be that
+    kind (the sources and the joint model are always fine-tuned from the foundation, so they
+    have its architecture). Without ``foundation``, the shipped foundation of ``model_kind``
+    (default ``gns``) for the dataset the systems come from:
+    ``checkpoints/<dataset>/<kind>_foundation.pt`` (:func:`gffmerge.recipes.checkpoints_dir`),
+    which needs shipped system names of one dataset (``lips20/Li3P``)."""
+    from .checkpoint import load_checkpoint
+    from .models import MODELS
+    from .recipes import checkpoint_path, checkpoints_dir
+
+    if model_kind is not None and model_kind not in MODELS:
+        raise ValueError(f"unknown --model-kind {model_kind!r}; choose from "
+                         f"{', '.join(sorted(MODELS))}")
+    if foundation is not None:
+        if not Path(foundation).is_file():
+            raise FileNotFoundError(f"foundation checkpoint not found: {foundation}")
+        if model_kind is not None:
+            kind = load_checkpoint(foundation)[0].name
+            if kind != model_kind:
+                raise ValueError(f"--foundation {foundation} is a {kind} model but "
+                                 f"--model-kind is {model_kind}: drop --model-kind or give "
+                                 f"a {model_kind} foundation")
+        return str(foundation)
+    kind = model_kind or "gns"
+    datasets = {s.split("/")[0] for s in systems if "/" in s and not Path(s).is_file()}
+    if len(datasets) != 1 or any(Path(s).is_file() or "/" not in s for s in systems):
+        raise ValueError("without --foundation the shipped foundation is used, which needs "
+                         "shipped systems of one dataset (lips20/Li3P lips20/P2S5); pass "
+                         "--foundation CKPT")
+    dataset = datasets.pop()
+    path = checkpoint_path(checkpoints_dir(), dataset, kind, "foundation")
+    if not path.is_file():
+        raise FileNotFoundError(f"no shipped {kind} foundation for {dataset} ({path}); train "
+                                f"one (gffmerge train --role foundation --model {kind} ...) "
+                                "and pass --foundation CKPT")
+    return str(path)
 
 
 def _sha256(path: Path) -> str:
@@ -227,47 +273,44 @@ class _Experiment:
         import warnings
 
         from .checkpoint import load_checkpoint
-        from .methods.grid import PAPER_GRIDS, grid_search, validation_score
+        from .methods.grid import PAPER_GRIDS
         from .pipeline import merge
-        from .train import balanced_subset
 
         spec = methods.get(method)
         needs = spec.needs_for(spec.options())
         base = load_checkpoint(foundation_path)[0] if needs.base_model else None
+        val = self.data.split("val")
         t0 = time.perf_counter()
         with warnings.catch_warnings():  # listed in the merge reports, not needed here
             warnings.simplefilter("ignore")
-            if method in PAPER_GRIDS:
-                val = self.data.split("val")
-                val = balanced_subset(val, self.cfg.grid_val_frames * len(self.names),
-                                      self.cfg.seed)
-                gradients = None
-                if needs.gradients:
-                    from .collect.fisher import diagonal_fisher
-
-                    gradients = [diagonal_fisher(m, d, limit=self.cfg.merge_frames,
-                                                 progress=self.progress, label=s)
-                                 for m, d, s in zip(sources, self.loaders("train", sources),
-                                                    self.names)]
-                found = grid_search(method, sources, validation_score(val), base=base,
-                                    gradients=gradients)
-                chosen = ", ".join(f"{k}={v}" for k, v in found.best.items())
-                return (found.result.model, time.perf_counter() - t0,
-                        f"grid on the combined validation split: {chosen}")
             options: dict[str, Any] = {}
-            data = val_data = None
-            limit = None
+            data = val_data = limit = grid = None
+            if method in PAPER_GRIDS:  # chosen on validation frames, never on test
+                grid = "auto"
+                val_data = [val.for_system(s).subset(self.cfg.grid_val_frames,
+                                                     seed=self.cfg.seed) for s in self.names]
             if needs.data:
                 options["frames"] = self.cfg.merge_frames
                 options["val_frames"] = self.cfg.grid_val_frames
                 data = self.loaders("train", sources)
-                val_data = [self.data.split("val").for_system(s) for s in self.names]
+                val_data = [val.for_system(s) for s in self.names]
             elif needs.stats or needs.gradients:
                 data = self.loaders("train", sources)
                 limit = self.cfg.merge_frames
             result = merge(sources, data, method=method, limit=limit, progress=self.progress,
-                           labels=self.names, base=base, val_data=val_data, **options)
-        return result.model, time.perf_counter() - t0, ""
+                           labels=self.names, base=base, val_data=val_data, grid=grid,
+                           **options)
+        note = ""
+        if grid:
+            chosen = ", ".join(f"{k}={v}" for k, v in result.report.options["chosen"].items())
+            note = f"grid on the combined validation split: {chosen}"
+        return result.model, time.perf_counter() - t0, note
+
+    def switched(self, model, sources):
+        """``model`` with each source's atom-embedding table for its own system's frames."""
+        from .models.embedding_switch import EmbeddingSwitch
+
+        return EmbeddingSwitch.from_sources(model, sources, self.names)
 
     # -- the whole run
     def run(self) -> dict[str, Any]:
@@ -278,7 +321,9 @@ class _Experiment:
 
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        steps = 2 + len(self.names) + len(cfg.method_names) + int(cfg.repair)
+        steps = (2 + len(self.names) + len(cfg.method_names) + int(cfg.repair)
+                 + (len({methods.DEFAULT_METHOD, "gffmerge"} & set(cfg.method_names))
+                    if cfg.switch else 0))
         bar = tqdm(total=steps, desc="experiment", unit="row", disable=not self.progress)
 
         def phase(text: str) -> None:
@@ -309,6 +354,9 @@ class _Experiment:
                 phase(f"merge {method}")
                 model, seconds, note = self.merge(method, sources, cfg.foundation)
                 self.finish_row(method, model, seconds, note)
+                if cfg.switch and method in (methods.DEFAULT_METHOD, "gffmerge"):
+                    self.finish_row(f"{method}+switch", self.switched(model, sources),
+                                    seconds, "each system's own atom-embedding table")
                 if method == methods.DEFAULT_METHOD:
                     default_model, default_s = model, seconds
                 bar.update()
