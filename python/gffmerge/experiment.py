@@ -84,7 +84,7 @@ class ExperimentConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got "
                                  f"{getattr(self, name)}")
         known = methods.available()
-        chosen = list(self.methods) if self.methods else list(known)
+        chosen = list(known) if self.methods is None else list(self.methods)
         unknown = [m for m in chosen if m not in known]
         if unknown:
             raise ValueError(f"unknown merge method(s) {', '.join(unknown)}; choose from "
@@ -290,8 +290,10 @@ class _Experiment:
                 val_data = [val.for_system(s).subset(self.cfg.grid_val_frames,
                                                      seed=self.cfg.seed) for s in self.names]
             if needs.data:
-                options["frames"] = self.cfg.merge_frames
-                options["val_frames"] = self.cfg.grid_val_frames
+                known = {o.name for o in spec.option_infos()}
+                options = {k: v for k, v in (("frames", self.cfg.merge_frames),
+                                             ("val_frames", self.cfg.grid_val_frames))
+                           if k in known}
                 data = self.loaders("train", sources)
                 val_data = [val.for_system(s) for s in self.names]
             elif needs.stats or needs.gradients:
