@@ -175,3 +175,25 @@ def test_ctrl_c_keeps_the_finished_rows(foundation, tmp_path, monkeypatch, capsy
                                     "joint", "average"]
     assert "| average |" in (out / "report.md").read_text()
     assert not list(out.glob(".*.tmp"))  # no half-written file left behind
+
+
+def test_a_failing_method_is_recorded_and_the_others_still_run(foundation, tmp_path,
+                                                                monkeypatch, capsys):
+    import gffmerge.experiment as experiment
+
+    real = experiment._Experiment.merge
+
+    def singular(self, method, sources, foundation_path):
+        if method == "regmean":
+            raise ValueError("the Gram of layer(s) x is singular\nsecond line")
+        return real(self, method, sources, foundation_path)
+
+    monkeypatch.setattr(experiment._Experiment, "merge", singular)
+    out = tmp_path / "out"
+    argv = ["experiment", "-q", "--foundation", str(foundation), "--systems", *SYSTEMS,
+            "--methods", "average,regmean,gffmerge", *FAST, "--out", str(out)]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["methods"])[-2:] == ["average", "gffmerge"]
+    assert res["failures"] == {"regmean": "ValueError: the Gram of layer(s) x is singular"}
+    assert "`regmean`: ValueError: the Gram" in (out / "report.md").read_text()

@@ -93,6 +93,10 @@ def write(rec: pl.Recorder, runs: dict, failures: list[str]) -> None:
             summary.setdefault(name, {})[col] = cells[-2]
         body += [f"## {model}, {pair} ({seeds} seed{'s' if seeds > 1 else ''})", "",
                  *pl.table(head, lines), ""]
+        failed = {f"`{m}` ({why})" for r in payloads for m, why in
+                  (r.get("failures") or {}).items()}
+        if failed:
+            body += ["Methods that failed here (no row): " + "; ".join(sorted(failed)), ""]
     if summary:
         body = ["## Combined test force MAE (meV/Å), every run", "",
                 *pl.table(["row", *columns], [[n, *(summary[n].get(c, "") for c in columns)]

@@ -210,8 +210,8 @@ def fmt(values: list[float], digits: int = 1) -> str:
 class Recorder:
     """Collects rows, times the script, writes ``name.md``, ``name.csv`` and provenance."""
 
-    def __init__(self, args, name: str, title: str):
-        self.args, self.name, self.title = args, name, title
+    def __init__(self, args, name: str, title: str, *, budget: bool = True):
+        self.args, self.name, self.title, self.budget = args, name, title, budget
         self.out = Path(args.out)
         self.t0 = time.perf_counter()
         self.load_start = load_average()
@@ -234,6 +234,7 @@ class Recorder:
                 f"threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); "
                 f"load average {self.load_start} at the start, {load_average()} at the end; "
                 f"total {(time.perf_counter() - self.t0) / 60:.1f} min.", "",
+                *([] if not self.budget else [
                 f"Budget `{b.name}`: {b.train_frames} training frames per system and "
                 f"{b.epochs} epochs for every fine-tune and the joint model (all from the "
                 f"shipped foundation of the architecture), {b.max_frames} frames sampled per "
@@ -243,7 +244,7 @@ class Recorder:
                 f"{b.repair_epochs} epochs. Seeds: {', '.join(map(str, self.args.seeds))}. "
                 "Energy MAE in meV/atom, force MAE in meV/Å over all components, on the "
                 "combined test split; hyperparameters are chosen on validation frames, "
-                "never on test.", ""]
+                "never on test.", ""])]
 
     def write(self, body: list[str], columns: list[str] | None = None) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)

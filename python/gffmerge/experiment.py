@@ -237,6 +237,14 @@ class _Experiment:
             self.notes[name] = note
         write_results(self.out / "results.json", self.payload)
 
+    def fail(self, method: str, exc: Exception) -> None:
+        """Record that ``method`` failed (``results.json``'s ``failures``, the report's
+        notes); the other methods still run."""
+        text = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        self.payload.setdefault("failures", {})[method] = text
+        self.notes[method] = f"failed: {text}"
+        write_results(self.out / "results.json", self.payload)
+
     # -- training
     def trained(self, role: str, systems: list[str], path: Path) -> tuple[Any, float, bool]:
         """(model, wall seconds, reused) of a fine-tune or the joint model: the checkpoint
@@ -354,7 +362,12 @@ class _Experiment:
             default_model = default_s = None
             for method in cfg.method_names:
                 phase(f"merge {method}")
-                model, seconds, note = self.merge(method, sources, cfg.foundation)
+                try:
+                    model, seconds, note = self.merge(method, sources, cfg.foundation)
+                except Exception as exc:  # noqa: BLE001  (one method's failure is a result)
+                    self.fail(method, exc)
+                    bar.update()
+                    continue
                 self.finish_row(method, model, seconds, note)
                 if cfg.switch and method in (methods.DEFAULT_METHOD, "gffmerge"):
                     self.finish_row(f"{method}+switch", self.switched(model, sources),
@@ -362,7 +375,7 @@ class _Experiment:
                 if method == methods.DEFAULT_METHOD:
                     default_model, default_s = model, seconds
                 bar.update()
-            if cfg.repair:
+            if cfg.repair and default_model is not None:
                 phase(f"repair {methods.DEFAULT_METHOD}")
                 fixed = repair(default_model, self.data, frames=cfg.repair_frames,
                                epochs=cfg.repair_epochs, seed=cfg.seed,
