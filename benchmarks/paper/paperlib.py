@@ -94,6 +94,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--foundation", help="use this foundation instead of the shipped one "
                                         "(one architecture only; tests)")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
+    p.add_argument("--name", help="file name of the results, without suffix (default: the "
+                                  "script's name)")
     p.add_argument("--progress", action="store_true", help="progress bars")
     return p
 
@@ -211,7 +213,8 @@ class Recorder:
     """Collects rows, times the script, writes ``name.md``, ``name.csv`` and provenance."""
 
     def __init__(self, args, name: str, title: str, *, budget: bool = True):
-        self.args, self.name, self.title, self.budget = args, name, title, budget
+        self.args, self.script, self.title, self.budget = args, name, title, budget
+        self.name = getattr(args, "name", None) or name
         self.out = Path(args.out)
         self.t0 = time.perf_counter()
         self.load_start = load_average()
@@ -227,7 +230,7 @@ class Recorder:
         b = budget_of(self.args)
         argv = " ".join(shlex.quote(a) for a in self.args.argv)
         return [f"# {self.title}", "",
-                f"Command: `{f'python benchmarks/paper/{self.name}.py {argv}'.strip()}`",
+                f"Command: `{f'python benchmarks/paper/{self.script}.py {argv}'.strip()}`",
                 "",
                 f"Commit {self.commit}; machine: {cpu_name()}, {os.cpu_count()} cores shared "
                 f"with other jobs; torch {torch.__version__}, {torch.get_num_threads()} "
