@@ -90,6 +90,11 @@ def test_speedup_reuses_the_trainings_and_divides_their_times(run):
     assert float(r["joint_over_merge_repair"]) == pytest.approx(joint / (merge + repair),
                                                                 rel=1e-4)
     assert "joint / (merge + repair)" in md
+    # against the shipped joint model's recorded training time
+    md, rows, _ = run("speedup", "--pairs", PAIR, "--shipped")
+    (r,) = rows
+    assert float(r["joint_s"]) > 60  # the shipped rMD17 GNS joint model trained for minutes
+    assert "Shipped mode" in md
 
 
 def test_composition_merges_k_systems_at_once_and_in_sequence(run):
