@@ -91,7 +91,7 @@ def test_speedup_reuses_the_trainings_and_divides_their_times(run):
                                                                 rel=1e-4)
     assert "joint / (merge + repair)" in md
     # against the shipped joint model's recorded training time
-    md, rows, _ = run("speedup", "--pairs", PAIR, "--shipped")
+    md, rows, _ = run("speedup", "--pairs", PAIR, "--shipped", "--name", "speedup")
     (r,) = rows
     assert float(r["joint_s"]) > 60  # the shipped rMD17 GNS joint model trained for minutes
     assert "Shipped mode" in md
