@@ -14,6 +14,7 @@ from gffmerge.train import TrainConfig, train
 SYSTEMS = ["rmd17/ethanol", "rmd17/malonaldehyde"]
 TINY = {"latent_dim": 8, "hidden_dim": 8, "n_layers": 1, "n_rbf": 6, "cutoff": 4.0}
 # A cheap run: 30 frames per system (24/3/3 after the split), 4 training frames, 1 epoch.
+NO_FOUNDATION = "<no --foundation>"  # marks a bad-argument case that omits --foundation
 FAST = ["--train-frames", "4", "--finetune-epochs", "1", "--max-frames", "30"]
 
 
@@ -31,7 +32,7 @@ def finished(foundation, tmp_path_factory):
     out = tmp_path_factory.mktemp("experiment")
     chosen = ["average", "ties", "gffmerge", methods.DEFAULT_METHOD]
     argv = ["experiment", "-q", "--foundation", str(foundation), "--systems", *SYSTEMS,
-            "--methods", ",".join(chosen), *FAST, "--repair", "--out", str(out)]
+            "--methods", ",".join(chosen), *FAST, "--repair", "--switch", "--out", str(out)]
     assert main(argv) == 0
     return out, chosen, argv
 
@@ -41,8 +42,9 @@ def test_results_json_has_every_row_in_the_issue_shape(finished):
     res = json.loads((out / "results.json").read_text())
     assert set(res) == {"default_method", "methods", "command", "git_commit", "machine"}
     assert res["default_method"] == methods.DEFAULT_METHOD
-    expected = ["foundation", *(f"finetune:{s}" for s in SYSTEMS), "joint", *chosen,
-                f"{methods.DEFAULT_METHOD}+repair"]
+    expected = ["foundation", *(f"finetune:{s}" for s in SYSTEMS), "joint", "average",
+                "ties", "gffmerge", "gffmerge+switch", methods.DEFAULT_METHOD,
+                f"{methods.DEFAULT_METHOD}+switch", f"{methods.DEFAULT_METHOD}+repair"]
     assert list(res["methods"]) == expected
     for name, row in res["methods"].items():
         assert set(row) == {"combined", "systems", "seconds"}, name
@@ -60,6 +62,12 @@ def test_results_json_has_every_row_in_the_issue_shape(finished):
             > res["methods"][methods.DEFAULT_METHOD]["seconds"])
     assert res["command"].startswith("gffmerge experiment --foundation ")
     assert "--train-frames 4 --finetune-epochs 1" in res["command"]
+    assert res["command"].endswith(f"--repair --switch --out {out}")
+    # the switch keeps the merge's time and changes only the embedding: different errors
+    for m in ("gffmerge", methods.DEFAULT_METHOD):
+        assert res["methods"][f"{m}+switch"]["seconds"] == res["methods"][m]["seconds"]
+        assert (res["methods"][f"{m}+switch"]["combined"]["force_mae_mev_per_a"]
+                != res["methods"][m]["combined"]["force_mae_mev_per_a"])
     assert res["git_commit"] and res["machine"]
     report = (out / "report.md").read_text()
     assert all(f"| {n} |" in report for n in expected)
@@ -99,14 +107,44 @@ def test_a_rerun_reuses_the_saved_trainings(finished, capsys):
     (["--systems", *SYSTEMS, "--train-frames", "0"], "train-frames must be >= 1"),
     (["--systems", "rmd17/ethanol", "rmd17/nope"], "no shipped system"),
     (["--systems", *SYSTEMS, "--foundation", "missing.pt"], "foundation checkpoint not found"),
+    (["--systems", *SYSTEMS, "--model-kind", "painn"], "is a gns model but --model-kind is "
+                                                       "painn"),
+    (["--systems", *SYSTEMS, "--model-kind", "mace"], "unknown --model-kind 'mace'"),
+    (["--systems", *SYSTEMS, NO_FOUNDATION, "--model-kind", "schnet"],
+     "no shipped schnet foundation for rmd17"),
+    (["--systems", "rmd17/ethanol", "lips20/Li3P", NO_FOUNDATION],
+     "shipped systems of one dataset"),
 ])
 def test_bad_arguments_exit_2_with_one_line(foundation, tmp_path, capsys, args, message):
-    argv = ["experiment", "-q", "--foundation", str(foundation), *args, "--out",
+    given = [] if NO_FOUNDATION in args else ["--foundation", str(foundation)]
+    argv = ["experiment", "-q", *given, *(a for a in args if a != NO_FOUNDATION), "--out",
             str(tmp_path / "out")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_without_foundation_the_shipped_one_of_the_model_kind_is_used(tmp_path,
+                                                                      monkeypatch):
+    from gffmerge.experiment import ExperimentConfig
+
+    root = tmp_path / "shipped"
+    (root / "rmd17").mkdir(parents=True)
+    monkeypatch.setenv("GFFMERGE_CHECKPOINTS", str(root))
+    with pytest.raises(FileNotFoundError, match="no shipped painn foundation for rmd17"):
+        ExperimentConfig(None, SYSTEMS, str(tmp_path / "out"), model_kind="painn")
+    model = train(TrainConfig(systems=SYSTEMS, model="painn", epochs=1, train_frames=2,
+                              val_frames=2, test_frames=2, batch_size=2, max_frames=30,
+                              model_config={"n_features": 4, "n_interactions": 1}),
+                  output=root / "rmd17" / "painn_foundation.pt", progress=False)
+    assert model.model.name == "painn"
+    cfg = ExperimentConfig(None, SYSTEMS, str(tmp_path / "out"), model_kind="painn")
+    assert cfg.foundation == str(root / "rmd17" / "painn_foundation.pt")
+    assert "--model-kind painn" in cfg.command()
+    # the default kind is gns, which this folder does not have
+    with pytest.raises(FileNotFoundError, match="no shipped gns foundation"):
+        ExperimentConfig(None, SYSTEMS, str(tmp_path / "out"))
 
 
 def _has_matplotlib() -> bool:
@@ -137,3 +175,25 @@ def test_ctrl_c_keeps_the_finished_rows(foundation, tmp_path, monkeypatch, capsy
                                     "joint", "average"]
     assert "| average |" in (out / "report.md").read_text()
     assert not list(out.glob(".*.tmp"))  # no half-written file left behind
+
+
+def test_a_failing_method_is_recorded_and_the_others_still_run(foundation, tmp_path,
+                                                                monkeypatch, capsys):
+    import gffmerge.experiment as experiment
+
+    real = experiment._Experiment.merge
+
+    def singular(self, method, sources, foundation_path):
+        if method == "regmean":
+            raise ValueError("the Gram of layer(s) x is singular\nsecond line")
+        return real(self, method, sources, foundation_path)
+
+    monkeypatch.setattr(experiment._Experiment, "merge", singular)
+    out = tmp_path / "out"
+    argv = ["experiment", "-q", "--foundation", str(foundation), "--systems", *SYSTEMS,
+            "--methods", "average,regmean,gffmerge", *FAST, "--out", str(out)]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["methods"])[-2:] == ["average", "gffmerge"]
+    assert res["failures"] == {"regmean": "ValueError: the Gram of layer(s) x is singular"}
+    assert "`regmean`: ValueError: the Gram" in (out / "report.md").read_text()

@@ -11,7 +11,6 @@ runs a tiny self-contained MLP version instead (no data or checkpoints needed).
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import torch
 
 from . import merge, methods
 from .collect import measure
+from .recipes import checkpoints_dir
 from .stats import Stats
 
 # The shipped LiPS20 pair of one composition (beta/gamma-Li3PS4): the CLI tests' layout.
@@ -53,15 +53,6 @@ PAIRS = (
     DemoPair("lips20", "lips20", ("lips20/Li3P", "lips20/P2S5"), joint="joint-Li3P-P2S5",
              frames=64, search_frames=32, val_frames=32, repair_frames=100, repair_epochs=4),
 )
-
-
-def checkpoints_dir() -> Path:
-    """``$GFFMERGE_CHECKPOINTS``, else the repository's ``checkpoints/``, else ``./``."""
-    env = os.environ.get("GFFMERGE_CHECKPOINTS")
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[2] / "checkpoints"
-    return repo if repo.is_dir() else Path("checkpoints")
 
 
 def demo_checkpoints(root: Path, model: str = DEMO_MODEL, dataset: str = "lips20",

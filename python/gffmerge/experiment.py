@@ -28,113 +28,21 @@ arithmetic is in :data:`BUDGET_NOTE`.
 from __future__ import annotations
 
 import json
-import shlex
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import methods
 from .atomic import write_atomically
+from .experiment_config import (  # noqa: F401  (re-exported)
+    FINETUNE_LR,
+    RESULT_METRICS,
+    ExperimentConfig,
+    resolve_foundation,
+    system_label,
+)
 from .experiment_report import BUDGET_NOTE, report_markdown, write_chart  # noqa: F401
-from .provenance import file_sha256, git_commit, machine
-
-RESULT_METRICS = ("energy_mae_mev_per_atom", "force_mae_mev_per_a", "force_rmse_mev_per_a")
-FINETUNE_LR = 5e-4  # the shipped recipes' fine-tuning rate (gffmerge.recipes)
-
-@dataclass
-class ExperimentConfig:
-    """Everything that defines one experiment (recorded in ``results.json``'s command)."""
-
-    foundation: str
-    systems: list[str]
-    out: str
-    methods: list[str] | None = None  # None: every registered method
-    train_frames: int = 400  # training frames per system, fine-tunes and joint alike
-    epochs: int = 10  # fine-tune and joint epochs
-    seed: int = 42
-    repair: bool = False
-    repair_frames: int = 250
-    repair_epochs: int = 5
-    merge_frames: int = 200  # frames per source for statistics, Fisher and progressive
-    grid_val_frames: int = 64  # validation frames per system scoring a grid point
-    val_frames: int = 100  # validation frames per system during training (cap)
-    batch_size: int = 8
-    max_frames: int = 1250  # frames sampled per system (protocol)
-    method_names: list[str] = field(init=False, default_factory=list)
-
-    def __post_init__(self):
-        self.systems = [str(s) for s in self.systems]
-        if len(self.systems) < 2:
-            raise ValueError(f"an experiment merges at least 2 systems, got "
-                             f"{len(self.systems)}: pass --systems A B [C ...]")
-        if len(set(self.systems)) != len(self.systems):
-            raise ValueError(f"--systems lists a system twice: {' '.join(self.systems)}")
-        short = [system_label(s) for s in self.systems]
-        if len(set(short)) != len(short):
-            raise ValueError(f"two systems share the name {_first_repeat(short)!r}; rename "
-                             "one of the files")
-        for name in ("train_frames", "epochs", "repair_frames", "repair_epochs",
-                     "merge_frames", "grid_val_frames", "val_frames", "batch_size",
-                     "max_frames"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got "
-                                 f"{getattr(self, name)}")
-        known = methods.available()
-        chosen = list(self.methods) if self.methods else list(known)
-        unknown = [m for m in chosen if m not in known]
-        if unknown:
-            raise ValueError(f"unknown merge method(s) {', '.join(unknown)}; choose from "
-                             f"{', '.join(known)} (gffmerge methods lists them)")
-        if len(set(chosen)) != len(chosen):
-            raise ValueError(f"--methods lists a method twice: {','.join(chosen)}")
-        if self.repair and methods.DEFAULT_METHOD not in chosen:
-            chosen.append(methods.DEFAULT_METHOD)  # the repair starts from the default
-        self.method_names = chosen
-        from . import adapters
-
-        if not Path(self.foundation).is_file() and self.foundation not in adapters.names():
-            raise FileNotFoundError(f"foundation checkpoint not found: {self.foundation} "
-                                    f"(or name an adapter: {', '.join(adapters.names())})")
-        if Path(self.out).exists() and not Path(self.out).is_dir():
-            raise ValueError(f"--out {self.out} is a file; give a folder")
-
-    def command(self) -> str:
-        """The command line that reruns this experiment, every default spelled out."""
-        parts = ["gffmerge", "experiment", "--foundation", self.foundation, "--systems",
-                 *self.systems, "--methods", ",".join(self.method_names), "--train-frames",
-                 str(self.train_frames), "--finetune-epochs", str(self.epochs), "--seed",
-                 str(self.seed), "--max-frames", str(self.max_frames)]
-        if self.repair:
-            parts.append("--repair")
-        return shlex.join([*parts, "--out", self.out])
-
-    def recipe(self, system: str | None) -> dict[str, Any]:
-        """What a saved fine-tune (``system``) or joint model (None) must match to be
-        reused: the foundation's bytes, the data and the training settings."""
-        return {"foundation_sha256": file_sha256(Path(self.foundation)),
-                "systems": [system] if system else list(self.systems),
-                "train_frames": self.train_frames, "epochs": self.epochs,
-                "seed": self.seed, "val_frames": self.val_frames,
-                "batch_size": self.batch_size, "max_frames": self.max_frames,
-                "lr": FINETUNE_LR}
-
-
-def system_label(system: str) -> str:
-    """The name a system has in the data: a shipped name as given, a file by its stem."""
-    p = Path(system)
-    if p.suffix and (p.is_absolute() or p.is_file()):
-        return p.stem
-    return system
-
-
-def _first_repeat(items: list[str]) -> str:
-    seen = set()
-    for x in items:
-        if x in seen:
-            return x
-        seen.add(x)
-    return ""
+from .provenance import git_commit, machine
 
 
 # ---------------------------------------------------------------- results
@@ -185,6 +93,14 @@ class _Experiment:
             self.notes[name] = note
         write_results(self.out / "results.json", self.payload)
 
+    def fail(self, method: str, exc: Exception) -> None:
+        """Record that ``method`` failed (``results.json``'s ``failures``, the report's
+        notes); the other methods still run."""
+        text = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        self.payload.setdefault("failures", {})[method] = text
+        self.notes[method] = f"failed: {text}"
+        write_results(self.out / "results.json", self.payload)
+
     # -- training
     def trained(self, role: str, systems: list[str], path: Path) -> tuple[Any, float, bool]:
         """(model, wall seconds, reused) of a fine-tune or the joint model: the checkpoint
@@ -221,47 +137,46 @@ class _Experiment:
         import warnings
 
         from .checkpoint import load_checkpoint
-        from .methods.grid import PAPER_GRIDS, grid_search, validation_score
+        from .methods.grid import PAPER_GRIDS
         from .pipeline import merge
-        from .train import balanced_subset
 
         spec = methods.get(method)
         needs = spec.needs_for(spec.options())
         base = load_checkpoint(foundation_path)[0] if needs.base_model else None
+        val = self.data.split("val")
         t0 = time.perf_counter()
         with warnings.catch_warnings():  # listed in the merge reports, not needed here
             warnings.simplefilter("ignore")
-            if method in PAPER_GRIDS:
-                val = self.data.split("val")
-                val = balanced_subset(val, self.cfg.grid_val_frames * len(self.names),
-                                      self.cfg.seed)
-                gradients = None
-                if needs.gradients:
-                    from .collect.fisher import diagonal_fisher
-
-                    gradients = [diagonal_fisher(m, d, limit=self.cfg.merge_frames,
-                                                 progress=self.progress, label=s)
-                                 for m, d, s in zip(sources, self.loaders("train", sources),
-                                                    self.names)]
-                found = grid_search(method, sources, validation_score(val), base=base,
-                                    gradients=gradients)
-                chosen = ", ".join(f"{k}={v}" for k, v in found.best.items())
-                return (found.result.model, time.perf_counter() - t0,
-                        f"grid on the combined validation split: {chosen}")
             options: dict[str, Any] = {}
-            data = val_data = None
-            limit = None
+            data = val_data = limit = grid = None
+            if method in PAPER_GRIDS:  # chosen on validation frames, never on test
+                grid = "auto"
+                val_data = [val.for_system(s).subset(self.cfg.grid_val_frames,
+                                                     seed=self.cfg.seed) for s in self.names]
             if needs.data:
-                options["frames"] = self.cfg.merge_frames
-                options["val_frames"] = self.cfg.grid_val_frames
+                known = {o.name for o in spec.option_infos()}
+                options = {k: v for k, v in (("frames", self.cfg.merge_frames),
+                                             ("val_frames", self.cfg.grid_val_frames))
+                           if k in known}
                 data = self.loaders("train", sources)
-                val_data = [self.data.split("val").for_system(s) for s in self.names]
+                val_data = [val.for_system(s) for s in self.names]
             elif needs.stats or needs.gradients:
                 data = self.loaders("train", sources)
                 limit = self.cfg.merge_frames
             result = merge(sources, data, method=method, limit=limit, progress=self.progress,
-                           labels=self.names, base=base, val_data=val_data, **options)
-        return result.model, time.perf_counter() - t0, ""
+                           labels=self.names, base=base, val_data=val_data, grid=grid,
+                           **options)
+        note = ""
+        if grid:
+            chosen = ", ".join(f"{k}={v}" for k, v in result.report.options["chosen"].items())
+            note = f"grid on the combined validation split: {chosen}"
+        return result.model, time.perf_counter() - t0, note
+
+    def switched(self, model, sources):
+        """``model`` with each source's atom-embedding table for its own system's frames."""
+        from .models.embedding_switch import EmbeddingSwitch
+
+        return EmbeddingSwitch.from_sources(model, sources, self.names)
 
     # -- the whole run
     def run(self) -> dict[str, Any]:
@@ -272,7 +187,9 @@ class _Experiment:
 
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        steps = 2 + len(self.names) + len(cfg.method_names) + int(cfg.repair)
+        steps = (2 + len(self.names) + len(cfg.method_names) + int(cfg.repair)
+                 + (len({methods.DEFAULT_METHOD, "gffmerge"} & set(cfg.method_names))
+                    if cfg.switch else 0))
         bar = tqdm(total=steps, desc="experiment", unit="row", disable=not self.progress)
 
         def phase(text: str) -> None:
@@ -301,12 +218,20 @@ class _Experiment:
             default_model = default_s = None
             for method in cfg.method_names:
                 phase(f"merge {method}")
-                model, seconds, note = self.merge(method, sources, cfg.foundation)
+                try:
+                    model, seconds, note = self.merge(method, sources, cfg.foundation)
+                except Exception as exc:  # noqa: BLE001  (one method's failure is a result)
+                    self.fail(method, exc)
+                    bar.update()
+                    continue
                 self.finish_row(method, model, seconds, note)
+                if cfg.switch and method in (methods.DEFAULT_METHOD, "gffmerge"):
+                    self.finish_row(f"{method}+switch", self.switched(model, sources),
+                                    seconds, "each system's own atom-embedding table")
                 if method == methods.DEFAULT_METHOD:
                     default_model, default_s = model, seconds
                 bar.update()
-            if cfg.repair:
+            if cfg.repair and default_model is not None:
                 phase(f"repair {methods.DEFAULT_METHOD}")
                 fixed = repair(default_model, self.data, frames=cfg.repair_frames,
                                epochs=cfg.repair_epochs, seed=cfg.seed,

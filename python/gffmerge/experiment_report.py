@@ -67,6 +67,10 @@ def report_markdown(payload: dict[str, Any], notes: dict[str, str] | None = None
             "repair row). Speed-up: joint training's wall time over the row's. The package "
             f"default merge is `{payload['default_method']}`.", "",
             "\n".join(lines), ""]
+    failures = payload.get("failures") or {}
+    if failures:
+        text += ["Methods that failed (no row): "
+                 + "; ".join(f"`{m}`: {why}" for m, why in failures.items()), ""]
     if chart is not None:
         text += [f"![combined test force MAE]({chart.name})", ""]
     text += [BUDGET_NOTE, ""]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,7 +22,8 @@ def merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]] | None = No
           layers: Iterable[str] | None = None, forward=None, labels: Sequence[str] | None = None,
           backend: str = "auto", dense: bool = False,
           measure_options: MeasureOptions | None = None, base: nn.Module | None = None,
-          val_data: Sequence[Any] | None = None, **options) -> MergeResult:
+          val_data: Sequence[Any] | None = None,
+          grid: str | Mapping[str, Sequence[Any]] | None = None, **options) -> MergeResult:
     """Measure each model on its own data (``data[k]`` for ``models[k]``), then merge.
 
     ``method`` names a registered method (``gffmerge.methods.available()``; default
@@ -41,6 +42,12 @@ def merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]] | None = No
     Methods that run the models themselves (``progressive``) get ``data`` as it is, and
     ``val_data`` (each source's validation :class:`~gffmerge.data.AtomsDataset`) to choose
     their hyperparameters on; without it they hold out frames of ``data``.
+
+    ``grid``: ``"auto"`` chooses the options of ``ties``, ``task_arithmetic`` and ``fisher``
+    from the paper's grid (:data:`gffmerge.methods.grid.PAPER_GRIDS`; or pass
+    ``{option: values}``) by the force MAE pooled over ``val_data``, never the test split;
+    ``options`` stay fixed. The report's options record the grid, every point's score
+    and the choice; ``times["grid"]`` is the search's wall time.
     """
     method = method or methods.DEFAULT_METHOD
     mopts = _measure_base(measure_options, limit=limit, device=device, progress=progress,
@@ -59,6 +66,7 @@ def merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]] | None = No
     if unmet:
         raise ValueError(f"method '{method}' needs {', '.join(unmet)}, which gffmerge.merge "
                          "cannot provide yet")
+    points = _grid_points(method, grid, options, needs, val_data)
     if (needs.stats or needs.gradients or needs.data) and (data is None
                                                            or len(data) != len(models)):
         got = "no data" if data is None else f"{len(data)} data sources"
@@ -93,10 +101,52 @@ def merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]] | None = No
     if needs.data and mopts.limit is not None:
         raise ValueError(f"method '{method}' takes its frame budget from its own options "
                          "(e.g. frames=200), not from limit=")
-    result = spec.invoke(models, stats, opts, base=base, gradients=gradients, data=data,
-                         val_data=val_data, progress=progress)
+    if points is not None:
+        result = _grid_merge(method, models, stats, points, base, gradients, val_data,
+                             options)
+    else:
+        result = spec.invoke(models, stats, opts, base=base, gradients=gradients, data=data,
+                             val_data=val_data, progress=progress)
     result.report.times["measure"] = measure_s
-    result.report.times["total"] = measure_s + result.report.times.get("solve", 0.0)
+    times = result.report.times
+    times["total"] = measure_s + times.get("grid", times.get("solve", 0.0))
+    return result
+
+
+def _grid_points(method: str, grid, options: dict[str, Any], needs,
+                 val_data) -> dict[str, tuple] | None:
+    """The checked grid of ``merge(grid=...)`` (None without one)."""
+    if grid is None:
+        return None
+    from .methods.grid import grid_for
+
+    points = grid_for(method, grid, options)
+    if needs.data:
+        raise ValueError(f"method '{method}' chooses its own options on val_data; grid= is "
+                         "for methods that merge from statistics or weights (ties, "
+                         "task_arithmetic, fisher)")
+    if val_data is None:
+        raise ValueError("grid= chooses the options on validation frames: pass val_data "
+                         "(one validation dataset per model; CLI: --grid auto with "
+                         "--split train)")
+    return points
+
+
+def _grid_merge(method: str, models, stats, points, base, gradients, val_data,
+                options: dict[str, Any]) -> MergeResult:
+    """Merge at every grid point; keep the lowest pooled validation force MAE."""
+    from .methods.grid import grid_search, validation_score
+
+    t0 = time.perf_counter()
+    found = grid_search(method, models, validation_score(list(val_data)), grid=points,
+                        stats=stats, base=base, gradients=gradients, **options)
+    result = found.result
+    result.report.options = {**result.report.options, "grid": {k: list(v) for k, v in
+                                                               points.items()},
+                             "grid_scores": [{**p, "val_force_mae_mev_per_a": v}
+                                             for p, v in found.table],
+                             "chosen": found.best}
+    result.report.times["grid"] = time.perf_counter() - t0
     return result
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,16 @@ BUDGET = {"gns": (1.0, None), "painn": (0.34, 400)}  # (epoch factor, max traini
 def checkpoint_path(root: Path, dataset: str, model: str, role: str) -> Path:
     """``root/<dataset>/<model>_<role>.pt``; ``role`` is foundation, joint or a system."""
     return root / dataset / f"{model}_{role.split('/')[-1]}.pt"
+
+
+def checkpoints_dir() -> Path:
+    """Where the shipped checkpoints are: ``$GFFMERGE_CHECKPOINTS``, else the repository's
+    ``checkpoints/``, else ``./checkpoints``."""
+    env = os.environ.get("GFFMERGE_CHECKPOINTS")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2] / "checkpoints"
+    return repo if repo.is_dir() else Path("checkpoints")
 
 
 def configs(recipe: DatasetRecipe, model: str, root: Path) -> list[tuple[str, TrainConfig]]:

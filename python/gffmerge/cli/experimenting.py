@@ -21,9 +21,14 @@ def add_parser(subparsers, *, parents: list[argparse.ArgumentParser]) -> None:
         description="Writes OUT/results.json (after every finished row), OUT/report.md and "
                     "OUT/methods.png; fine-tunes and the joint model are kept in "
                     "OUT/checkpoints and reused by a rerun with the same settings.")
-    p.add_argument("--foundation", required=True, metavar="CKPT",
-                   help="the pre-trained checkpoint every model starts from, or a "
-                        "foundation adapter: chgnet, sevenn-0 (gffmerge[chgnet], [sevenn])")
+    p.add_argument("--foundation", metavar="CKPT",
+                   help="the pre-trained checkpoint every model starts from, or a foundation "
+                        "adapter: chgnet, sevenn-0 (gffmerge[chgnet], [sevenn]) (default: "
+                        "the shipped foundation of --model-kind for the systems' dataset)")
+    p.add_argument("--model-kind", metavar="KIND",
+                   help="architecture (gns, painn, schnet): without --foundation, picks the "
+                        "shipped checkpoints/<dataset>/<kind>_foundation.pt (default gns); "
+                        "with it, checks that the foundation is of this kind")
     p.add_argument("--systems", required=True, nargs="+", metavar="SYSTEM",
                    help="two or more shipped system names (lips20/Li3P) or data files")
     p.add_argument("--methods", metavar="A,B,...",
@@ -42,6 +47,9 @@ def add_parser(subparsers, *, parents: list[argparse.ArgumentParser]) -> None:
                         f"{d['max_frames'].default})")
     p.add_argument("--repair", action="store_true",
                    help="also repair the default merge with a short fine-tune")
+    p.add_argument("--switch", action="store_true",
+                   help="also evaluate the default merge and the paper recipe with each "
+                        "system's own atom-embedding table")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the results")
     p.set_defaults(func=cmd_experiment)
 
@@ -61,7 +69,8 @@ def cmd_experiment(args) -> int:
     cfg = ExperimentConfig(foundation=args.foundation, systems=list(args.systems),
                            out=args.out, methods=names, train_frames=args.train_frames,
                            epochs=args.finetune_epochs, seed=args.seed, repair=args.repair,
-                           max_frames=args.max_frames)
+                           max_frames=args.max_frames, model_kind=args.model_kind,
+                           switch=args.switch)
     payload = run(cfg, progress=not (args.quiet or args.json))
     report = Path(args.out) / "report.md"
     emit(args, payload, report.read_text() + f"\nwrote {Path(args.out) / 'results.json'}, "

@@ -198,12 +198,16 @@ def cmd_merge(args) -> int:
     if needs:
         loaders = [dataset([d for d in ds if d], args.split, args).batches_for(
             m, batch_size(args)) for ds, m in zip(datas, models)]
+    grid = getattr(args, "grid", None)
+    if grid and len(datas) != len(models):
+        raise CliError(f"--grid chooses {method}'s options on validation frames: give each "
+                       "model its --data, in the same order")
     val_data = None
-    if needed.data and args.split == "train":  # validation frames of the same systems
+    if (needed.data and args.split == "train") or grid:  # validation frames, same systems
         val_data = [dataset([d for d in ds if d], "val", args) for ds in datas]
     result = run_merge(models, loaders, method=method, limit=limit, progress=not args.quiet,
                        labels=[Path(c).stem for c in ckpts], base=base, val_data=val_data,
-                       **opts)
+                       grid=grid, **opts)
     _save_merged(args, result, ckpts, {"data": [str(d) for d in datas], "base": args.base})
     _merge_summary(args, result)
     return 0

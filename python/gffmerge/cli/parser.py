@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", metavar="CKPT", help=BASE_HELP)
     p.add_argument("-O", "--option", action="append", metavar="KEY=VALUE")
     p.add_argument("--limit", type=int, help="graphs per model, checked after each batch")
+    p.add_argument("--grid", choices=["auto"],
+                   help="choose the options of ties, task_arithmetic or fisher from the "
+                        "paper's grid by the validation force MAE of each --data (never test)")
     add_data_options(p, "train")
     p.add_argument("-o", "--output", help="merged checkpoint (.pt)")
     p.add_argument("--report", help="write the per-layer report (markdown)")

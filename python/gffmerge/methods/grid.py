@@ -46,13 +46,54 @@ class GridSearch:
 def validation_score(dataset, *, metric: str = "force_mae_mev_per_a",
                      batch_size: int = 8) -> Callable[[nn.Module], float]:
     """``score(model)``: ``metric`` of :func:`gffmerge.evaluate.evaluate` on ``dataset``
-    over all its systems together (pass the combined validation split)."""
+    over all its systems together (pass the combined validation split), or pooled over
+    a list of datasets (one validation split per source: force errors pooled over all
+    force components, energy errors over all frames)."""
     from ..evaluate import evaluate
 
+    sets = list(dataset) if isinstance(dataset, (list, tuple)) else [dataset]
+    if not sets:
+        raise ValueError("validation_score needs at least one validation dataset")
+    weight = "frames" if metric.startswith("energy") else "atoms"
+
     def score(model: nn.Module) -> float:
-        return float(evaluate(model, dataset, batch_size=batch_size, progress=False)
-                     ["all"][metric])
+        total = count = 0.0
+        for ds in sets:
+            r = evaluate(model, ds, batch_size=batch_size, progress=False)["all"]
+            total += r[metric] * r[weight]
+            count += r[weight]
+        return total / count
     return score
+
+
+def grid_for(method: str, grid: str | Mapping[str, Sequence[Any]],
+             fixed: Mapping[str, Any] | None = None) -> dict[str, tuple]:
+    """The grid that ``grid`` names for ``method``: ``"auto"`` is the paper's
+    (:data:`PAPER_GRIDS`), a mapping ``{option: values}`` is taken as given. Checked: the
+    option names (against the method's), non-empty values, and no option both in the grid
+    and among the ``fixed`` ones."""
+    if isinstance(grid, str):
+        if grid != "auto":
+            raise ValueError(f"grid must be 'auto' or {{option: values}}, got {grid!r}")
+        if method not in PAPER_GRIDS:
+            raise ValueError(f"no default grid for method '{method}' (grids exist for "
+                             f"{', '.join(sorted(PAPER_GRIDS))}); drop --grid or pass "
+                             "grid={option: values}")
+        points = dict(PAPER_GRIDS[method])
+    elif isinstance(grid, Mapping):
+        points = {str(k): tuple(v) if isinstance(v, (list, tuple)) else (v,)
+                  for k, v in grid.items()}
+    else:
+        raise ValueError(f"grid must be 'auto' or {{option: values}}, got "
+                         f"{type(grid).__name__}")
+    if not points or any(len(v) == 0 for v in points.values()):
+        raise ValueError("the grid must name at least one option, each with values")
+    both = sorted(set(points) & set(fixed or {}))
+    if both:
+        raise ValueError(f"option {', '.join(both)} is both fixed and searched by the grid; "
+                         "drop one of them")
+    get(method).options(**{k: v[0] for k, v in points.items()}, **dict(fixed or {}))
+    return points
 
 
 def grid_search(method: str, models: Sequence[nn.Module], score: Callable[[nn.Module], float],
@@ -62,14 +103,7 @@ def grid_search(method: str, models: Sequence[nn.Module], score: Callable[[nn.Mo
     :data:`PAPER_GRIDS`) and keep the lowest ``score(merged model)``; ``fixed`` are options
     held constant. Ties go to the earlier point; non-finite scores never win."""
     spec = get(method)
-    if grid is None:
-        if method not in PAPER_GRIDS:
-            raise ValueError(f"no default grid for method '{method}' (defaults exist for "
-                             f"{', '.join(sorted(PAPER_GRIDS))}); pass grid={{option: values}}")
-        grid = PAPER_GRIDS[method]
-    if not grid or any(len(v) == 0 for v in grid.values()):
-        raise ValueError("the grid must name at least one option, each with values")
-    spec.options(**{k: v[0] for k, v in grid.items()}, **fixed)  # names checked up front
+    grid = grid_for(method, "auto" if grid is None else grid, fixed)  # checked up front
     table: list[tuple[dict[str, Any], float]] = []
     best: tuple[float, dict[str, Any], MergeResult] | None = None
     for values in itertools.product(*grid.values()):
