@@ -20,7 +20,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -256,3 +256,35 @@ class SaveClock:
 
     def saved(self, batches: int) -> None:
         self.last_batches, self.last_time = batches, time.monotonic()
+
+
+def restore_sums(sums: dict[str, LayerStats], state: PartialState, path: Path) -> None:
+    """Copy the sums of a partial file into fresh zero sums (bit for bit)."""
+    if set(state.layers) != set(sums):
+        raise ResumeError(f"partial measurement '{path}' covers other layers; the file is "
+                          "corrupt", path)
+    for name, ls in sums.items():
+        saved = state.layers[name]
+        if (saved.gram.shape != ls.gram.shape or (saved.cross is None) != (ls.cross is None)
+                or (ls.cross is not None and saved.cross.shape != ls.cross.shape)):
+            raise ResumeError(f"partial measurement '{path}' has sums of another shape for "
+                              f"layer '{name}'; the file is corrupt", path)
+        ls.gram.copy_(saved.gram)
+        if ls.cross is not None:
+            ls.cross.copy_(saved.cross)
+        ls.rows = saved.rows
+
+
+def skip_measured(batch_iter: Iterator[Any], n: int, state: PartialState, path: Path) -> str:
+    """Pass over the ``n`` batches measured before, checking they are the same data."""
+    data_hash = START_HASH
+    for index in range(n):
+        try:
+            batch = next(batch_iter)
+        except StopIteration:
+            raise state.mismatch(path, index, "is missing: the data now ends there") from None
+        data_hash = chain_hash(data_hash, batch)
+    if data_hash != state.data_hash:
+        raise ResumeError(f"partial measurement '{path}' was written for other data (the "
+                          f"content of the {n} batches measured then differs)", path)
+    return data_hash

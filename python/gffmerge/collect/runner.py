@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ from .partial import (
     StopSignals,
     chain_hash,
     rank_path,
+    restore_sums,
+    skip_measured,
 )
 from .shards import all_reduce, shard
 
@@ -200,7 +202,7 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions,
         state = PartialState.load(partial, device)
         state.check(partial, model=stats.models[0].fingerprint, options=fields,
                     total_batches=total)
-        _restore(sums, state, partial)
+        restore_sums(sums, state, partial)
         graphs, batches, before_s = state.graphs, state.batches, state.seconds
     elif partial is not None and partial.exists():
         warnings.warn(f"'{partial}' holds an unfinished measurement; it is replaced by this "
@@ -209,7 +211,7 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions,
     t0 = time.perf_counter()
     batch_iter = iter(data)
     if batches:
-        data_hash = _skip(batch_iter, batches, state, partial)
+        data_hash = skip_measured(batch_iter, batches, state, partial)
 
     def save() -> None:
         # kept raw: cross sums derived from the Gram (affine layers) are formed at the end
@@ -280,38 +282,6 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions,
     ms.seconds = before_s + time.perf_counter() - t0
     ms.data = [opts.description or _describe(data)]
     return stats
-
-
-def _restore(sums: dict[str, LayerStats], state: PartialState, path: Path) -> None:
-    """Copy the sums of a partial file into fresh zero sums (bit for bit)."""
-    if set(state.layers) != set(sums):
-        raise ResumeError(f"partial measurement '{path}' covers other layers; the file is "
-                          "corrupt", path)
-    for name, ls in sums.items():
-        saved = state.layers[name]
-        if (saved.gram.shape != ls.gram.shape or (saved.cross is None) != (ls.cross is None)
-                or (ls.cross is not None and saved.cross.shape != ls.cross.shape)):
-            raise ResumeError(f"partial measurement '{path}' has sums of another shape for "
-                              f"layer '{name}'; the file is corrupt", path)
-        ls.gram.copy_(saved.gram)
-        if ls.cross is not None:
-            ls.cross.copy_(saved.cross)
-        ls.rows = saved.rows
-
-
-def _skip(batch_iter: Iterator[Any], n: int, state: PartialState, path: Path) -> str:
-    """Pass over the ``n`` batches measured before, checking they are the same data."""
-    data_hash = START_HASH
-    for index in range(n):
-        try:
-            batch = next(batch_iter)
-        except StopIteration:
-            raise state.mismatch(path, index, "is missing: the data now ends there") from None
-        data_hash = chain_hash(data_hash, batch)
-    if data_hash != state.data_hash:
-        raise ResumeError(f"partial measurement '{path}' was written for other data (the "
-                          f"content of the {n} batches measured then differs)", path)
-    return data_hash
 
 
 def _measure_sharded(model: nn.Module, data: Iterable[Any], opts: MeasureOptions) -> Stats:
