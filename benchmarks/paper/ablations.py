@@ -142,8 +142,7 @@ def write(rec: pl.Recorder, failures: list[str]) -> None:
             "sums averaged per frame before summing, instead of pooled by row counts. The "
             "switch rows evaluate the reference merges with each system's own "
             "atom-embedding table.", ""]
-    if failures:
-        body += ["## Runs that failed", "", *(f"- {f}" for f in failures), ""]
+    body += pl.failure_lines(failures)
     md = rec.write(body)
     plt = pl.pyplot()
     if plt is None or not rec.rows:
@@ -161,9 +160,7 @@ def write(rec: pl.Recorder, failures: list[str]) -> None:
         ax.invert_yaxis()
         ax.set_xlabel("combined test force MAE (meV/Å)")
         ax.set_title(model)
-    fig.tight_layout()
-    fig.savefig(md.with_suffix(".png"), dpi=100)
-    plt.close(fig)
+    pl.save_figure(plt, fig, md.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -122,8 +122,7 @@ def write(rec: pl.Recorder, args, failures: list[str]) -> None:
             "source, each step with the default method's validation search; with pooled "
             "weighting every step gives the running merge and the new source equal frames, "
             "so the earlier systems' weight halves at each step.", ""]
-    if failures:
-        body += ["## Runs that failed", "", *(f"- {f}" for f in failures), ""]
+    body += pl.failure_lines(failures)
     md = rec.write(body)
     plt = pl.pyplot()
     if plt is None or not rec.rows:
@@ -141,9 +140,7 @@ def write(rec: pl.Recorder, args, failures: list[str]) -> None:
     ax.set_ylabel("combined test force MAE (meV/Å)")
     ax.set_yscale("log")
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(md.with_suffix(".png"), dpi=100)
-    plt.close(fig)
+    pl.save_figure(plt, fig, md.with_suffix(".png"))
 
 
 if __name__ == "__main__":

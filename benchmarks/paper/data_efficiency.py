@@ -109,8 +109,7 @@ def write(rec: pl.Recorder, args, curves, joint_f, failures: list[str]) -> None:
             f"{max(args.frames)}-frame runs (epoch 0: the start). The learning rate follows "
             "the repair's schedule over its epochs, so an epoch of a longer run is not a "
             "shorter run's end.", ""]
-    if failures:
-        body += ["## Runs that failed", "", *(f"- {f}" for f in failures), ""]
+    body += pl.failure_lines(failures)
     md = rec.write(body)
     plt = pl.pyplot()
     if plt is None or not rec.rows:
@@ -136,9 +135,7 @@ def write(rec: pl.Recorder, args, curves, joint_f, failures: list[str]) -> None:
     for ax in (a, b):
         ax.set_yscale("log")
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(md.with_suffix(".png"), dpi=100)
-    plt.close(fig)
+    pl.save_figure(plt, fig, md.with_suffix(".png"))
 
 
 if __name__ == "__main__":

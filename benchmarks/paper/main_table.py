@@ -106,8 +106,7 @@ def write(rec: pl.Recorder, runs: dict, failures: list[str]) -> None:
                 "method, `<method>+switch` (each test frame embedded with its own system's "
                 "atom-embedding table), `progressive+repair` (the default merge, then a "
                 "short fine-tune on the union: its seconds include the merge).", "", *body]
-    if failures:
-        body += ["## Runs that failed", "", *(f"- {f}" for f in failures), ""]
+    body += pl.failure_lines(failures)
     md = rec.write(body)
     _plot(runs, md.with_suffix(".png"))
 
@@ -134,9 +133,7 @@ def _plot(runs: dict, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("combined test force MAE (meV/Å)")
         ax.set_title(f"{model}: {pair}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    pl.save_figure(plt, fig, path)
 
 
 if __name__ == "__main__":

@@ -294,6 +294,18 @@ def pyplot():
     return plt
 
 
+def failure_lines(failures: list[str]) -> list[str]:
+    """A "runs that failed" section for a results file (nothing when none failed)."""
+    return ["## Runs that failed", "", *(f"- {f}" for f in failures), ""] if failures else []
+
+
+def save_figure(plt, fig, path: Path) -> None:
+    """Lay out, write (100 dpi) and close one figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def save_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
@@ -306,5 +318,6 @@ def every_method() -> list[str]:
 
 
 __all__ = ["BUDGETS", "COMPOSITION", "PAIRS", "Budget", "Recorder", "budget_of", "config",
-           "errors", "every_method", "experiment", "fmt", "mean_std", "parse", "parser", "prepared",
-           "pyplot", "save_json", "short", "table", "work_dir"]
+           "errors", "every_method", "experiment", "failure_lines", "fmt", "mean_std", "parse",
+           "parser", "prepared", "pyplot", "save_figure", "save_json", "short", "table",
+           "work_dir"]

@@ -141,8 +141,7 @@ def write(rec: pl.Recorder, failures: list[str]) -> None:
                  "joint model is 1610 frames x 30 epochs), so the joint time is the one "
                  "recorded when it was trained; the merges and the repair (the budget's "
                  "frames and epochs) are timed now, on the budget's merge frames.", ""]
-    if failures:
-        body += ["## Runs that failed", "", *(f"- {f}" for f in failures), ""]
+    body += pl.failure_lines(failures)
     md = rec.write(body)
     plt = pl.pyplot()
     if plt is None or not rec.rows:
@@ -158,9 +157,7 @@ def write(rec: pl.Recorder, failures: list[str]) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("speed-up (×)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(md.with_suffix(".png"), dpi=100)
-    plt.close(fig)
+    pl.save_figure(plt, fig, md.with_suffix(".png"))
 
 
 if __name__ == "__main__":
