@@ -55,3 +55,15 @@ def pytest_collection_modifyitems(config, items):
 def device(request) -> str:
     """Each device type the op tests run on ("cuda" is marked cuda, so skipped without one)."""
     return request.param
+
+
+@pytest.fixture(scope="module")
+def models_registry_restored():
+    """Leave the model registry as the module found it (enabling an adapter registers its
+    model class for checkpoints; other modules enumerate the registered models)."""
+    from gffmerge.models import registry
+
+    saved = dict(registry._REGISTRY)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)

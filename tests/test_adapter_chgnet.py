@@ -17,20 +17,9 @@ from gffmerge.data import load_dataset  # noqa: E402
 from gffmerge.evaluate import evaluate  # noqa: E402
 from gffmerge.train import TrainConfig, train  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+pytestmark = [pytest.mark.filterwarnings("ignore"),
+              pytest.mark.usefixtures("models_registry_restored")]
 SYSTEMS = ["lips20/P2S5", "lips20/P4S3"]  # cheap cells of different composition
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _models_registry_restored():
-    """Enabling an adapter registers its model class for checkpoints; other test modules
-    enumerate the registered models, so this module leaves the registry as it found it."""
-    from gffmerge.models import registry
-
-    saved = dict(registry._REGISTRY)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved)
 
 
 @pytest.fixture(scope="module")

@@ -16,19 +16,8 @@ from gffmerge.adapters.irreps import IrrepsLinear, ScaledDense  # noqa: E402
 from gffmerge.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from gffmerge.data import load_dataset  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _models_registry_restored():
-    """Enabling an adapter registers its model class for checkpoints; other test modules
-    enumerate the registered models, so this module leaves the registry as it found it."""
-    from gffmerge.models import registry
-
-    saved = dict(registry._REGISTRY)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved)
+pytestmark = [pytest.mark.filterwarnings("ignore"),
+              pytest.mark.usefixtures("models_registry_restored")]
 
 
 @pytest.fixture(scope="module")
