@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..architecture import linear_layers
 from ..errors import EmptyDataError, NonFiniteActivationError, StatsMismatchError
+from ..models.groups import linear_units
 from ..stats import LayerStats, Stats
 from .batches import batch_entries, default_forward, move_to
 from .dedup import InputCache
@@ -68,11 +68,11 @@ def attach(model: nn.Module, layers: dict[str, LayerStats], *, dense: bool = Fal
     input in one forward share its Gram (:mod:`gffmerge.collect.dedup`); call
     :meth:`Collector.end_forward` after each forward.
     """
-    modules = dict(model.named_modules())
+    units = linear_units(model)
     cache = InputCache() if dedup else None
     hooks: list[LayerHook] = []
     for name, sums in layers.items():
-        module = modules[name]
+        module = units[name].view
         kind = StructuredHook if not dense and provider_of(module) else DenseHook
         hooks.append(kind(module, sums, backend=backend, cache=cache, chunk_rows=chunk_rows))
     return Collector(hooks, cache)
@@ -123,7 +123,7 @@ def measure(model: nn.Module, data: Iterable[Any], *, options: MeasureOptions | 
 def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions) -> Stats:
     """One process over all of ``data``."""
     limit, cross, dense = opts.limit, opts.cross, opts.dense
-    infos = linear_layers(model, opts.layers)
+    infos = {n: u.info for n, u in linear_units(model, opts.layers).items()}
     if not infos:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layers to measure")
     if limit is not None and limit <= 0:
@@ -206,7 +206,7 @@ def _measure_sharded(model: nn.Module, data: Iterable[Any], opts: MeasureOptions
     except TypeError:
         empty = False
     if empty:
-        infos = linear_layers(model, opts.layers)
+        infos = {n: u.info for n, u in linear_units(model, opts.layers).items()}
         stats = Stats.empty(model, infos, cross=opts.cross, device=opts.device, label=label)
     else:
         stats = _measure_local(model, part, replace(opts, label=label, distributed=False))
