@@ -57,7 +57,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("collect", ("collect",)),
     ("solver", ("solver", "report")),
     ("methods", ("methods",)),
-    ("pipeline", ("pipeline", "distributed", "testing", "experiment", "experiment_report")),
+    ("pipeline", ("pipeline", "distributed", "testing", "experiment", "experiment_report",
+                  "gnn_experiment", "gnn_experiment_report")),
     ("api", ("",)),
     ("cli", ("cli", "__main__", "demo")),
 ]
