@@ -157,8 +157,8 @@ def main() -> None:
              "weighting). Measure = both sources' forward passes with the hooks (Â·H as one "
              "sparse product per layer, float64 Grams); solve = assemble + Cholesky + write "
              "back. Peak extra = resident-set growth during measure + solve over the graph "
-             "and models already in memory; the plain forward (PyG's own message passing, which gathers "
-             "[E, d] messages) is shown for comparison.", "",
+             "and models already in memory; the plain forward (PyG's own message passing, "
+             "which gathers [E, d] messages) is shown for comparison.", "",
              "| nodes | directed edges | one plain forward s | measure s | solve s | "
              "peak extra MiB | plain forward peak extra MiB | x + edge_index MiB |",
              "|---|---|---|---|---|---|---|---|"]

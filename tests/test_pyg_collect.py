@@ -124,10 +124,11 @@ def _dense_reference(models, graphs, units, ridge):
     names = list(units)
     grams = {n: [] for n in names}
     for m, g in zip(models, graphs):
-        seen = {}
+        seen: dict[str, list] = {}
         mods = dict(m.named_modules())
         hs = [mods[n].register_forward_hook(
-            lambda mod, args, out, n=n: seen.setdefault(n, []).append(args[0].detach()))
+            lambda mod, args, out, n=n, seen=seen: seen.setdefault(n, []).append(
+                args[0].detach()))
             for n in names]
         with torch.no_grad():
             m(*g)
