@@ -118,27 +118,8 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--nodes", type=int, nargs="+", default=[10_000, 30_000, 100_000, 300_000])
-    p.add_argument("--features", type=int, default=32)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--degree", type=float, default=10.0)
-    p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one size
-    args = p.parse_args()
-    if args.one is not None:
-        print(json.dumps(one_size(args.one, args.features, args.hidden, args.degree)))
-        return
-    load = os.getloadavg()
-    rows = []
-    for n in args.nodes:
-        out = subprocess.run([sys.executable, __file__, "--one", str(n), "--features",
-                              str(args.features), "--hidden", str(args.hidden), "--degree",
-                              str(args.degree)], capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        r = rows[-1]
-        print(f"{n:>10} nodes {r['edges']:>11} edges: measure {r['measure_s']:.2f} s, solve "
-              f"{r['solve_s']:.3f} s, peak extra {r['peak_extra_mib']:.0f} MiB", flush=True)
+def write_results(rows: list[dict], args, load) -> None:
+    """The csv, the chart and the markdown table of the sizes done so far."""
     RESULTS.mkdir(exist_ok=True)
     with open(RESULTS / "gnn_scale.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -178,7 +159,31 @@ def main() -> None:
               "O(N·d + E) for the graph and O(N·d) for the node-level statistics (Â·H has the "
               "shape of H), plus d² per Gram; no [E, d] tensor is formed.", ""]
     (RESULTS / "gnn_scale.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nodes", type=int, nargs="+", default=[10_000, 30_000, 100_000, 300_000])
+    p.add_argument("--features", type=int, default=32)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--degree", type=float, default=10.0)
+    p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one size
+    args = p.parse_args()
+    if args.one is not None:
+        print(json.dumps(one_size(args.one, args.features, args.hidden, args.degree)))
+        return
+    load = os.getloadavg()
+    rows = []
+    for n in args.nodes:
+        out = subprocess.run([sys.executable, __file__, "--one", str(n), "--features",
+                              str(args.features), "--hidden", str(args.hidden), "--degree",
+                              str(args.degree)], capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        r = rows[-1]
+        print(f"{n:>10} nodes {r['edges']:>11} edges: measure {r['measure_s']:.2f} s, solve "
+              f"{r['solve_s']:.3f} s, peak extra {r['peak_extra_mib']:.0f} MiB", flush=True)
+        write_results(rows, args, load)
 
 
 if __name__ == "__main__":
