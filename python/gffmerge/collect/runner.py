@@ -68,11 +68,12 @@ def attach(model: nn.Module, layers: dict[str, LayerStats], *, dense: bool = Fal
     input in one forward share its Gram (:mod:`gffmerge.collect.dedup`); call
     :meth:`Collector.end_forward` after each forward.
     """
-    units = linear_units(model)
+    units = linear_units(model)  # nn.Linear, and the linear groups of adapted libraries
+    modules = dict(model.named_modules())
     cache = InputCache() if dedup else None
     hooks: list[LayerHook] = []
     for name, sums in layers.items():
-        module = units[name].view
+        module = units[name].view if name in units else modules[name]
         kind = StructuredHook if not dense and provider_of(module) else DenseHook
         hooks.append(kind(module, sums, backend=backend, cache=cache, chunk_rows=chunk_rows))
     return Collector(hooks, cache)

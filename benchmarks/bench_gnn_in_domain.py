@@ -1,0 +1,105 @@
+"""In-domain GNN merges on Cora and CiteSeer (GCN, SAGE), with the issue's targets checked.
+
+Runs ``gffmerge gnn-experiment --setting in-domain`` for each dataset and backbone into
+``RUNS/<dataset>-<backbone>`` (a run whose ``results.json`` exists there is reused, so the
+runs can also be made by the CLI, e.g. in parallel) and writes
+``benchmarks/results/gnn_in_domain.md`` plus a copy of every run's report, results and chart
+under ``benchmarks/results/gnn_in_domain/``.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_gnn_in_domain.py --runs /tmp/gnn_runs --epochs 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchenv import cpu_name, git_commit  # noqa: E402
+
+from gffmerge.gnn_experiment import GnnExperimentConfig, run  # noqa: E402
+from gffmerge.gnn_experiment_report import targets  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CONFIGS = [(d, b) for d in ("cora", "citeseer") for b in ("gcn", "sage")]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", required=True, help="folder of the runs (reused when present)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=100)
+    args = p.parse_args()
+    load = os.getloadavg()
+    runs = Path(args.runs)
+    results = {}
+    for dataset, backbone in CONFIGS:
+        out = runs / f"{dataset}-{backbone}"
+        if not (out / "results.json").is_file():
+            run(GnnExperimentConfig(dataset=dataset, setting="in-domain", backbone=backbone,
+                                    seeds=args.seeds, epochs=args.epochs), out)
+        results[(dataset, backbone)] = json.loads((out / "results.json").read_text())
+        keep = RESULTS / "gnn_in_domain" / f"{dataset}-{backbone}"
+        keep.mkdir(parents=True, exist_ok=True)
+        for name in ("report.md", "results.json", "normalized_accuracy.png"):
+            if (out / name).is_file():
+                shutil.copyfile(out / name, keep / name)
+    first = next(iter(results.values()))["config"]
+    n_seeds = len(next(iter(results.values()))["seeds"])
+    lines = ["# In-domain GNN merges: Cora and CiteSeer, GCN and SAGE", "",
+             f"Commit {git_commit()}; machine: {cpu_name()}, {os.cpu_count()} cores shared with "
+             f"other jobs (load average {load[0]:.1f} when this summary was written), torch "
+             f"{torch.__version__}, 1 thread per run. Runs: `OMP_NUM_THREADS=1 gffmerge "
+             f"gnn-experiment --dataset D --setting in-domain --backbone B --seeds "
+             f"{n_seeds} --epochs "
+             f"{first['epochs']}` (two runs at a time), summarised by "
+             "`benchmarks/bench_gnn_in_domain.py`; each run's report, results.json and chart "
+             "are in `gnn_in_domain/<dataset>-<backbone>/`.", "",
+             "Setting (GNNMerge §8.2): classes split into the first ⌈C/2⌉ and the rest, one "
+             "source per half trained on the standard split's training nodes of its classes, "
+             f"{first['epochs']} epochs of Adam (lr {first['lr']}, weight decay "
+             f"{first['weight_decay']}; the paper trains 500), hidden {first['hidden']}, "
+             "different random initialisations. The merged backbone is evaluated with each "
+             "source's own head on the test nodes of that source's classes. Statistics: each "
+             "source's layer inputs on all nodes (label-free). Default merge: `gnnmerge++` "
+             "(closed form, equal per-model weighting, relative ridge 1e-4).", "",
+             "| dataset | backbone | " + " | ".join(
+                 ["gnnmerge++ (default)", "gffmerge (pooled)", "gnnmerge (gradient)",
+                  "regmean", "ties", "task_arithmetic", "average"]) + " |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    order = ["gnnmerge++", "gffmerge", "gnnmerge", "regmean", "ties", "task_arithmetic",
+             "average"]
+    for (dataset, backbone), r in results.items():
+        cells = []
+        for m in order:
+            v = r["methods"].get(m)
+            cells.append("–" if v is None else f"{v['normalized_accuracy']:.3f} ± "
+                                               f"{v['normalized_accuracy_std']:.3f}")
+        lines.append(f"| {dataset} | {backbone} | " + " | ".join(cells) + " |")
+    lines += ["", "Normalised accuracy (mean over the two label sets of merged / source "
+              "accuracy), mean ± std over seeds.", "", "## Times", "",
+              "| dataset | backbone | sources' training s | all-task model from scratch s | "
+              "gnnmerge++ measure + solve s | speed-up |", "|---|---|---|---|---|---|"]
+    for (dataset, backbone), r in results.items():
+        m = r["methods"]["gnnmerge++"]["seconds"]
+        lines.append(f"| {dataset} | {backbone} | {r['sources_training_seconds']:.1f} | "
+                     f"{r['all_tasks_training_seconds']:.1f} | {m:.2f} | "
+                     f"{r['all_tasks_training_seconds'] / m:.0f}× |")
+    lines += ["", "## Targets (default merge)", "", "| dataset | backbone | target | measured "
+              "| met |", "|---|---|---|---|---|"]
+    for (dataset, backbone), r in results.items():
+        for target, measured, met in targets(r):
+            lines.append(f"| {dataset} | {backbone} | {target} | {measured} | "
+                         f"{'yes' if met else '**no**'} |")
+    (RESULTS / "gnn_in_domain.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
