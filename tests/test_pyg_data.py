@@ -54,3 +54,5 @@ def test_sbm_graph_blocks_features_and_split():
     # same feature_seed: the same class means (one feature space)
     m2 = torch.stack([other.x[other.y == c].mean(0) for c in range(4)])
     assert (m2 - means).abs().max() < 0.2
+    small = sbm_graph(600, num_classes=6, seed=0)  # 480 non-training nodes for 500 + 1000
+    assert int(small.val_mask.sum()) == 160 and int(small.test_mask.sum()) == 320

@@ -56,6 +56,7 @@ def test_nc_lp_on_sbm_writes_results_in_the_issue_shape(tmp_path):
     assert saved["default_method"] == "gnnmerge++"
     entry = saved["methods"]["gnnmerge++"]
     assert set(entry) >= {"normalized_accuracy", "tasks", "seconds"}
+    assert 0.0 < entry["normalized_accuracy"] < 2.0
     assert set(entry["tasks"]) == {"node classification", "link prediction"}
     assert "auc" in entry["tasks"]["link prediction"]
     assert "accuracy" in entry["tasks"]["node classification"]
@@ -69,3 +70,16 @@ def test_cli_cross_domain_on_planetoid_is_a_one_line_error(tmp_path, capsys):
                  "--backbone", "gcn", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--dataset sbm" in err and len(err.splitlines()) == 1
+
+
+def test_cross_domain_sbm_merges_two_graphs_of_one_feature_space():
+    cfg = GnnExperimentConfig(dataset="sbm", setting="cross-domain", backbone="gcn", seeds=1,
+                              epochs=5, hidden=16, sbm_nodes=600, all_tasks=False,
+                              methods=("gnnmerge++", "gffmerge", "average"))
+    res = run_seed(cfg, seed=0)
+    assert list(res.sources) == ["graph A classes 0-2", "graph B classes 3-5"]
+    for name in cfg.methods:
+        assert set(res.methods[name]["tasks"]) == set(res.sources)
+        assert 0.0 <= res.methods[name]["normalized_accuracy"] <= 2.0
+    # equal-size graphs: equal per-model weighting and pooling give the same merge
+    assert res.methods["gnnmerge++"]["tasks"] == res.methods["gffmerge"]["tasks"]

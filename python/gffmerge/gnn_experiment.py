@@ -239,6 +239,8 @@ def evaluate(backbone: nn.Module, head: nn.Module | None, task: Task) -> float:
     if task.is_lp:
         return auc(_score(h, task.test_pos), _score(h, task.test_neg))
     nodes, labels = task.node_labels(task.graph.test_mask)
+    if len(nodes) == 0:
+        raise ValueError(f"task '{task.name}' has no test nodes; use a larger graph")
     return float((head(h[nodes]).argmax(-1) == labels).double().mean())
 
 

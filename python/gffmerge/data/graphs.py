@@ -60,7 +60,7 @@ def sbm_graph(num_nodes: int, *, num_classes: int = 6, avg_degree: float = 10.0,
     ``seed`` and the same ``feature_seed`` share one feature space (cross-domain merges).
     Memory is O(N·d + E): edges are drawn in chunks and stored once, in both directions.
     A Planetoid-like split: ``train_per_class`` training nodes per class, ``num_val`` and
-    ``num_test`` others.
+    ``num_test`` others (on a graph with fewer other nodes, all of them in that proportion).
     """
     _require_pyg()
     from torch_geometric.data import Data
@@ -101,6 +101,9 @@ def sbm_graph(num_nodes: int, *, num_classes: int = 6, avg_degree: float = 10.0,
     for c in range(num_classes):
         train[perm[y[perm] == c][:train_per_class]] = True
     rest = perm[~train[perm]]
+    if num_val + num_test > len(rest):  # small graphs: the rest, split in that proportion
+        num_val = len(rest) * num_val // (num_val + num_test)
+        num_test = len(rest) - num_val
     val = torch.zeros(num_nodes, dtype=torch.bool)
     test = torch.zeros(num_nodes, dtype=torch.bool)
     val[rest[:num_val]] = True
