@@ -65,6 +65,19 @@ def test_nc_lp_on_sbm_writes_results_in_the_issue_shape(tmp_path):
     assert results["methods"].keys() == saved["methods"].keys()
 
 
+def test_cli_runs_and_keeps_its_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["gnn-experiment", "--dataset", "sbm", "--setting", "in-domain", "--backbone",
+                 "gin", "--seeds", "1", "--epochs", "2", "--hidden", "8", "--sbm-nodes",
+                 "400", "--methods", "gnnmerge++,average", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert "## Targets" in capsys.readouterr().out
+    for name in ("results.json", "report.md", "normalized_accuracy.png"):
+        assert (out / name).is_file(), name
+    assert set(json.loads((out / "results.json").read_text())["methods"]) == {
+        "gnnmerge++", "average"}
+
+
 def test_cli_cross_domain_on_planetoid_is_a_one_line_error(tmp_path, capsys):
     code = main(["gnn-experiment", "--dataset", "cora", "--setting", "cross-domain",
                  "--backbone", "gcn", "--out", str(tmp_path)])

@@ -41,6 +41,7 @@ def cmd_gnn_experiment(args) -> int:
     from pathlib import Path
 
     from ..gnn_experiment import METHODS, GnnExperimentConfig, run
+    from ..gnn_experiment_report import render
     from .common import emit
 
     methods = tuple(METHODS)
@@ -51,7 +52,9 @@ def cmd_gnn_experiment(args) -> int:
                               hidden=args.hidden, sbm_nodes=args.sbm_nodes, methods=methods)
     quiet = args.quiet or args.json
     results = run(cfg, args.out, log=(lambda _msg: None) if quiet else print)
-    report = Path(args.out) / "report.md"
-    emit(args, results, report.read_text() + f"\nwrote {Path(args.out) / 'results.json'}, "
-                                             f"{report} and the chart")
+    # the files are renamed into place when the command succeeds (all or nothing), so the
+    # report is rendered again rather than read back
+    out = Path(args.out)
+    emit(args, results, render(results) + f"\nwrote {out / 'results.json'}, "
+                                          f"{out / 'report.md'} and the chart")
     return 0
