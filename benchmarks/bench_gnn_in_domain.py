@@ -35,12 +35,17 @@ def main() -> None:
     p.add_argument("--runs", required=True, help="folder of the runs (reused when present)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--existing", action="store_true",
+                   help="summarise only the runs already in RUNS (list the others as not run)")
     args = p.parse_args()
     load = os.getloadavg()
     runs = Path(args.runs)
-    results = {}
+    results, missing = {}, []
     for dataset, backbone in CONFIGS:
         out = runs / f"{dataset}-{backbone}"
+        if not (out / "results.json").is_file() and args.existing:
+            missing.append(f"{dataset}-{backbone}")
+            continue
         if not (out / "results.json").is_file():
             run(GnnExperimentConfig(dataset=dataset, setting="in-domain", backbone=backbone,
                                     seeds=args.seeds, epochs=args.epochs), out)
@@ -48,8 +53,9 @@ def main() -> None:
         keep = RESULTS / "gnn_in_domain" / f"{dataset}-{backbone}"
         keep.mkdir(parents=True, exist_ok=True)
         for name in ("report.md", "results.json", "normalized_accuracy.png"):
-            if (out / name).is_file():
-                shutil.copyfile(out / name, keep / name)
+            src = out / name
+            if src.is_file() and src.resolve() != (keep / name).resolve():
+                shutil.copyfile(src, keep / name)
     first = next(iter(results.values()))["config"]
     n_seeds = len(next(iter(results.values()))["seeds"])
     lines = ["# In-domain GNN merges: Cora and CiteSeer, GCN and SAGE", "",
@@ -82,6 +88,8 @@ def main() -> None:
             cells.append("–" if v is None else f"{v['normalized_accuracy']:.3f} ± "
                                                f"{v['normalized_accuracy_std']:.3f}")
         lines.append(f"| {dataset} | {backbone} | " + " | ".join(cells) + " |")
+    if missing:
+        lines += ["", f"Not run: {', '.join(missing)}."]
     lines += ["", "Normalised accuracy (mean over the two label sets of merged / source "
               "accuracy), mean ± std over seeds.", "", "## Times", "",
               "| dataset | backbone | sources' training s | all-task model from scratch s | "
