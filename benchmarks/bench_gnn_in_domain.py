@@ -43,6 +43,9 @@ NOTES = [
     "- **gnnmerge (gradient)** was not run on CiteSeer: 100 Adam steps on the 3704-dimensional "
     "first-layer Grams cost about 350 GFLOP per seed on one shared core (it took 3.5 min per "
     "seed on Cora SAGE). Every other method ran on every dataset.",
+    "- CiteSeer SAGE ran last, alone with the test suite, with 2 threads (OMP_NUM_THREADS=2) "
+    "at a load of about 3.5: its times are not comparable with the other rows, its ratio "
+    "of merge to training time is.",
     "- task_arithmetic and ties have no common pre-trained model here (different random "
     "initialisations): their base is the zero model, so task arithmetic is 0.6× the average "
     "(λ = 0.3) and TIES a trimmed, sign-elected average (d = 0.2, λ = 1).",
