@@ -6,6 +6,7 @@ import argparse
 
 from .common import Parser, add_data_options, add_global_flags
 from .experimenting import add_parser as add_experiment_parser
+from .gnn_experimenting import add_parser as add_gnn_experiment_parser
 from .measuring import cmd_measure
 from .merging import cmd_demo, cmd_merge, cmd_methods, cmd_solve
 from .repairing import add_parser as add_repair_parser
@@ -119,4 +120,5 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     add_experiment_parser(sub, parents=[common])
+    add_gnn_experiment_parser(sub, parents=[common])
     return parser

@@ -14,9 +14,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..architecture import linear_layers
 from ..atomic import after_commit
 from ..errors import EmptyDataError, NonFiniteActivationError, StatsMismatchError
+from ..models.groups import linear_units
 from ..stats import LayerStats, Stats
 from .batches import batch_entries, default_forward, move_to
 from .dedup import InputCache
@@ -89,11 +89,12 @@ def attach(model: nn.Module, layers: dict[str, LayerStats], *, dense: bool = Fal
     :meth:`Collector.end_forward` after each forward. ``derive_from_zero``: see
     :class:`~gffmerge.collect.hooks.LayerHook` (``measure`` starts from zero sums).
     """
+    units = linear_units(model)  # nn.Linear, and the linear groups of adapted libraries
     modules = dict(model.named_modules())
     cache = InputCache() if dedup else None
     hooks: list[LayerHook] = []
     for name, sums in layers.items():
-        module = modules[name]
+        module = units[name].view if name in units else modules[name]
         kind = StructuredHook if not dense and provider_of(module) else DenseHook
         hooks.append(kind(module, sums, backend=backend, cache=cache, chunk_rows=chunk_rows,
                           derive_from_zero=derive_from_zero))
@@ -172,7 +173,7 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions,
     """One process over all of ``data``; with ``partial``, the sums are kept there (and
     with ``resume`` continued from there), see :mod:`gffmerge.collect.partial`."""
     limit, cross, dense = opts.limit, opts.cross, opts.dense
-    infos = linear_layers(model, opts.layers)
+    infos = {n: u.info for n, u in linear_units(model, opts.layers).items()}
     if not infos:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layers to measure")
     if limit is not None and limit <= 0:
@@ -299,7 +300,7 @@ def _measure_sharded(model: nn.Module, data: Iterable[Any], opts: MeasureOptions
         empty = False
     where = None if opts.partial_path is None else rank_path(opts.partial_path, rank, world)
     if empty:
-        infos = linear_layers(model, opts.layers)
+        infos = {n: u.info for n, u in linear_units(model, opts.layers).items()}
         stats = Stats.empty(model, infos, cross=opts.cross, device=opts.device, label=label)
     if where is not None and opts.resume is not None:
         # every rank resumes or none does: a rank that raised alone would leave the others

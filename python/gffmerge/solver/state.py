@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ArchitectureMismatchError
+from ..models.groups import unit_keys
 
 
 def mean_state_dict(models: Sequence[nn.Module]) -> dict[str, Tensor]:
@@ -49,10 +50,13 @@ def param_keys(layer: str) -> tuple[str, str]:
 def layer_theta(state: Mapping[str, Tensor], layer: str,
                 device: torch.device | str | None = None) -> Tensor:
     """``Θ = [Wᵀ; bᵀ]`` of ``layer`` in float64, ``[in+1, out]`` (a zero row when the layer
-    has no bias): the layer as an affine map of the augmented input ``[x, 1]``."""
-    wkey, bkey = param_keys(layer)
-    w = state[wkey].detach().to(device=device, dtype=torch.float64)
-    bias = (state[bkey].detach().to(device=device, dtype=torch.float64) if bkey in state
+    has no bias): the layer as an affine map of the augmented input ``[x, 1]``. For a linear
+    group (:mod:`gffmerge.models.groups`) ``W`` is its members' weights side by side."""
+    wkeys, bkey = unit_keys(layer)
+    w = torch.cat([state[k].detach().to(device=device, dtype=torch.float64) for k in wkeys],
+                  dim=1)
+    bias = (state[bkey].detach().to(device=device, dtype=torch.float64)
+            if bkey is not None and bkey in state
             else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device))
     return torch.cat([w.T, bias[None]])
 
@@ -62,18 +66,23 @@ def write_layer(state: dict[str, Tensor], layer: str, theta: Tensor) -> list[str
 
     ``Θ`` is ``Wᵀ`` (``[in, out]``) or ``[Wᵀ; bᵀ]`` (``[in+1, out]``, a fitted intercept):
     the bias is written when the layer has one and dropped otherwise (the official
-    scripts' bias-free layers). Returns the keys written.
+    scripts' bias-free layers). A linear group's ``Wᵀ`` is split into its members by their
+    widths. Returns the keys written.
     """
-    wkey, bkey = param_keys(layer)
-    out, d_in = state[wkey].shape
+    wkeys, bkey = unit_keys(layer)
+    widths = [state[k].shape[1] for k in wkeys]
+    out, d_in = state[wkeys[0]].shape[0], sum(widths)
     if theta.shape not in ((d_in, out), (d_in + 1, out)):
         raise ValueError(f"Θ for layer '{layer}' must be [{d_in}, {out}] or [{d_in + 1}, "
                          f"{out}] (with intercept), got {list(theta.shape)}")
-    state[wkey] = theta[:d_in].T.to(state[wkey].dtype).to(state[wkey].device)
-    if theta.shape[0] == d_in + 1 and bkey in state:
+    col = 0
+    for key, width in zip(wkeys, widths):
+        state[key] = theta[col:col + width].T.to(state[key].dtype).to(state[key].device)
+        col += width
+    if theta.shape[0] == d_in + 1 and bkey is not None and bkey in state:
         state[bkey] = theta[d_in].to(state[bkey].dtype).to(state[bkey].device)
-        return [wkey, bkey]
-    return [wkey]
+        return [*wkeys, bkey]
+    return list(wkeys)
 
 
 def write_back(template: nn.Module, state: dict[str, Tensor],
