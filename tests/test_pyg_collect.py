@@ -210,3 +210,15 @@ def test_unsupported_sage_aggregation_is_a_one_line_error():
     with pytest.raises(ValueError, match="aggr='max'") as exc:
         linear_units(model)
     assert "\n" not in str(exc.value)
+
+
+def test_default_progressive_merge_names_what_to_use_on_pyg_groups():
+    """The layer-by-layer (progressive) merge does not order PyG's linear groups yet: it says
+    so and names the closed form that does, instead of failing obscurely."""
+    models = sources(lambda i, o: SAGEConv(i, o), relu=True)
+    data = [[graph(30, 80, s)] for s in range(2)]
+    with pytest.raises(ValueError, match=r"grouped or foreign units \(c1\[lin_l.weight"
+                                         r"\+lin_r.weight.*method='gffmerge'"):
+        gffmerge.merge(models, data, ridge=1e-2, beta=0.0, tangents="off")
+    merged = gffmerge.merge(models, data, method="gffmerge").model
+    assert all(torch.isfinite(p).all() for p in merged.parameters())

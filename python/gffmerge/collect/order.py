@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..architecture import LinearInfo, first_calls, linear_layers
+from ..models.groups import linear_units
 from ..models.parts import input_reader
 from .batches import default_forward
 
@@ -211,6 +212,14 @@ def layer_order(model: nn.Module, batch: Any, *, forward: Forward | None = None,
     forward = forward or default_forward
     order, calls = call_order(model, batch, forward=forward, layers=layers, norms=norms)
     if not order:
+        modules = dict(model.named_modules())
+        units = [n for n in linear_units(model, layers) if n not in modules]
+        if units:
+            raise ValueError(f"{type(model).__name__}'s linear layers are grouped or foreign "
+                             f"units ({', '.join(units[:3])}{', ...' if len(units) > 3 else ''}"
+                             "; e.g. PyG convolutions), which the layer-by-layer methods "
+                             "(progressive, regmean_pp) do not order yet: merge it with "
+                             "method='gffmerge' (or regmean, average, ties)")
         raise ValueError(f"the forward of {type(model).__name__} called none of its nn.Linear "
                          "layers on this batch; check the batch and the forward function")
     feeds = dependencies(model, batch, order, forward=forward, seed=seed)
