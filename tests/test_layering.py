@@ -59,7 +59,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("solver", ("solver", "report")),
     ("methods", ("methods",)),
     ("pipeline", ("pipeline", "distributed", "testing", "experiment", "experiment_config",
-                  "experiment_report", "gnn_experiment", "gnn_experiment_report")),
+                  "experiment_report", "gnn_experiment", "gnn_experiment_report",
+                  "gnn_tasks")),
     ("api", ("",)),
     ("cli", ("cli", "__main__", "demo")),
 ]
