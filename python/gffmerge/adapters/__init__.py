@@ -59,13 +59,15 @@ class Adapter(ABC):
     """How gffmerge loads, runs and writes back one package's foundation model.
 
     ``name`` is the ``--foundation`` name (``"chgnet"``, ``"sevenn-0"``), ``package`` the
-    import name of the package and ``extra`` the gffmerge extra that installs it.
+    import name of the package, ``extra`` the gffmerge extra that installs it and
+    ``default_variant`` the weights :meth:`foundation` loads by default.
     """
 
     name: ClassVar[str] = ""
     package: ClassVar[str] = ""
     extra: ClassVar[str] = ""
     model_class: ClassVar[type[Foreign]]
+    default_variant: ClassVar[str] = ""
 
     # -- availability
     def available(self) -> bool:
@@ -79,10 +81,12 @@ class Adapter(ABC):
                                     f"package: pip install 'gffmerge[{self.extra}]'")
 
     # -- the model
-    @abstractmethod
     def foundation(self, variant: str | None = None) -> Foreign:
         """The package's pre-trained model (offline, from the weights its wheel ships),
-        wrapped; energies equal the package's own (composition model included)."""
+        wrapped; energies equal the package's own (composition model included).
+        ``variant`` (default :attr:`default_variant`) names the package's weights."""
+        enable(self.name)
+        return self.model_class(variant or self.default_variant).eval()
 
     @abstractmethod
     def export(self, model: Foreign, path: str | Path) -> Path:

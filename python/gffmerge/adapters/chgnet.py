@@ -159,12 +159,7 @@ class ChgnetAdapter(Adapter):
     package = "chgnet"
     extra = "chgnet"
     model_class = ChgnetForceField
-
-    def foundation(self, variant: str | None = None) -> ChgnetForceField:
-        from . import enable
-
-        enable(self.name)
-        return ChgnetForceField(variant or "0.3.0").eval()
+    default_variant = "0.3.0"
 
     def native_dict(self, model: ChgnetForceField) -> dict[str, Any]:
         """``{"state_dict", "model_args"}`` of the CHGNet equal to ``model``: its network

@@ -143,12 +143,7 @@ class SevennAdapter(Adapter):
     package = "sevenn"
     extra = "sevenn"
     model_class = SevennForceField
-
-    def foundation(self, variant: str | None = None) -> SevennForceField:
-        from . import enable
-
-        enable(self.name)
-        return SevennForceField(variant or "7net-0").eval()
+    default_variant = "7net-0"
 
     def native_checkpoint(self, model: SevennForceField) -> dict[str, Any]:
         """The package's checkpoint dict of the SevenNet equal to ``model``."""
