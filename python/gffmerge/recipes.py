@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import write_text_atomically
 from .train import TrainConfig, train
 
 
@@ -100,7 +101,11 @@ def configs(recipe: DatasetRecipe, model: str, root: Path) -> list[tuple[str, Tr
 
 
 def write_readme(root: Path) -> Path:
-    """Regenerate ``root/README.md`` from the metadata stored in every checkpoint."""
+    """Regenerate ``root/README.md`` from the metadata stored in every checkpoint.
+
+    The generated part is the title, the table and the seed line; the hand-written sections
+    of an existing README (everything from its first ``## `` heading on) are kept after it.
+    """
     from .checkpoint import load_checkpoint
 
     lines = ["# Shipped checkpoints", "",
@@ -125,11 +130,18 @@ def write_readme(root: Path) -> Path:
             f"{meta.get('wall_seconds', 0) / 60:.1f} min | "
             f"{test.get('energy_mae_mev_per_atom', float('nan')):.1f} | "
             f"{test.get('force_mae_mev_per_a', float('nan')):.1f} | "
-            f"`{meta.get('command', '')}` |")
+            + (f"`{meta['command']}` |" if meta.get("command")
+               else "not recorded (see the sections below) |"))
     lines += ["", "Seeds: sampling, split and training seed 42 (`TrainConfig.seed`). "
               "Configs: see `python/gffmerge/recipes.py`.", ""]
     path = root / "README.md"
-    path.write_text("\n".join(lines))
+    text = "\n".join(lines)
+    if path.is_file():
+        old = path.read_text().splitlines()
+        tail = next((i for i, line in enumerate(old) if line.startswith("## ")), None)
+        if tail is not None:
+            text += "\n" + "\n".join(old[tail:]) + "\n"
+    write_text_atomically(path, text)
     return path
 
 
