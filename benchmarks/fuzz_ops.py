@@ -231,6 +231,20 @@ class Silent:
 SILENT: Silent | None = None
 
 
+def raised(e_ext, e_ref, tally, desc: str) -> bool:
+    """Count a case where a backend raised: a failure when only one did; True if either did
+    (nothing left to compare)."""
+    if (e_ext is None) != (e_ref is None):
+        tally.failures.append(f"{desc}: ext raised {e_ext!r}, reference raised {e_ref!r}")
+        tally.cases += 1
+        return True
+    if e_ext is not None:
+        tally.raised += 1
+        tally.add(0.0, desc)
+        return True
+    return False
+
+
 def both(fn_ext, fn_ref, tally: Tally, desc: str
          ) -> tuple[BaseException | None, BaseException | None]:
     """Run the compiled op (its output caught, see :class:`Silent`) and the reference."""
@@ -274,13 +288,7 @@ def case_gram(rng, gen, tallies) -> None:
                                                    backend="ext"),
                         lambda: gffmerge_ext.gram_(a_ref, x, index, weight, augment,
                                                    backend="torch"), tally, desc)
-    if (e_ext is None) != (e_ref is None):
-        tally.failures.append(f"{desc}: ext raised {e_ext!r}, reference raised {e_ref!r}")
-        tally.cases += 1
-        return
-    if e_ext is not None:
-        tally.raised += 1
-        tally.add(0.0, desc)
+    if raised(e_ext, e_ref, tally, desc):
         return
     diff = ((a_ext - acc0) - (a_ref - acc0)).abs().max().item() if D else 0.0
     err = diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
@@ -336,13 +344,7 @@ def case_cross(rng, gen, tallies) -> None:
                                                     backend="ext"),
                         lambda: gffmerge_ext.cross_(a_ref, x, y, ix, iy, weight, augment,
                                                     backend="torch"), tally, desc)
-    if (e_ext is None) != (e_ref is None):
-        tally.failures.append(f"{desc}: ext raised {e_ext!r}, reference raised {e_ref!r}")
-        tally.cases += 1
-        return
-    if e_ext is not None:
-        tally.raised += 1
-        tally.add(0.0, desc)
+    if raised(e_ext, e_ref, tally, desc):
         return
     diff = ((a_ext - acc0) - (a_ref - acc0)).abs().max().item() if acc0.numel() else 0.0
     err = diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
