@@ -193,15 +193,15 @@ def foundation_checkpoint(name: str, systems: list[str], folder: str | Path, *,
                                                                 shifts.items()}})
 
 
-def enable_for(path: str | Path) -> None:
+def enable_for(path: str | Path) -> bool:
     """Enable the adapter whose model a gffmerge checkpoint at ``path`` holds, if any (so
-    that :func:`gffmerge.checkpoint.load_checkpoint` can rebuild it)."""
+    that :func:`gffmerge.checkpoint.load_checkpoint` can rebuild it); False if none does."""
     try:
         payload = torch.load(path, map_location="meta", weights_only=True)
         model_name = payload.get("model_name") if isinstance(payload, dict) else None
     except Exception:  # not a checkpoint: load_checkpoint reports it
-        return
-    enable_model(model_name)
+        return False
+    return enable_model(model_name)
 
 
 def enable_model(model_name: Any) -> bool:

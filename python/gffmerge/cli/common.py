@@ -293,15 +293,21 @@ def method_options(method: str, pairs: list[str] | dict[str, Any]) -> dict[str, 
 
 
 def load_models(paths: list[str]):
-    """Checkpoints as models and metadata; a CHGNet or SevenNet checkpoint enables its
-    adapter first (:func:`gffmerge.adapters.enable_for`)."""
-    from ..adapters import enable_for
-    from ..checkpoint import load_checkpoint
+    """Checkpoints as models and metadata; a CHGNet or SevenNet checkpoint (a model class
+    not registered yet) enables its adapter and is loaded again
+    (:func:`gffmerge.adapters.enable_for`)."""
+    from ..checkpoint import CheckpointError, load_checkpoint
 
     models, metas = [], []
     for p in paths:
-        enable_for(p)
-        model, meta = load_checkpoint(p)
+        try:
+            model, meta = load_checkpoint(p)
+        except CheckpointError:
+            from ..adapters import enable_for
+
+            if not enable_for(p):
+                raise
+            model, meta = load_checkpoint(p)
         models.append(model)
         metas.append(meta)
     return models, metas
