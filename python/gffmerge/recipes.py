@@ -4,12 +4,18 @@ For each dataset a foundation model is pretrained on several systems, fine-tuned
 of two task systems (the merge sources), and fine-tuned on their union (the joint "gold
 standard"). ``python -m gffmerge.recipes`` regenerates ``checkpoints/<dataset>/<model>_
 <role>.pt`` and ``checkpoints/README.md`` (command, seed, wall time and metrics of each).
+
+A recipe with a :class:`PlateauRule` (rMD17) trains every model to a plateau: its ``epochs``
+are a ceiling, the learning rate is cut when the validation force MAE stalls, and the run
+stops once it has not improved for 20 % of that ceiling (:mod:`gffmerge.plateau`). A recipe
+without one (LiPS20) is the fixed cosine schedule its shipped checkpoints were made with.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +23,23 @@ from pathlib import Path
 
 from .atomic import write_text_atomically
 from .train import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class PlateauRule:
+    """Train to a plateau: up to the recipe's epochs, plateau schedule, early stopping on the
+    validation force MAE, and a wall-clock budget per role (minutes)."""
+
+    max_minutes: dict[str, float]
+    patience_fraction: float = 0.2  # patience = this share of the epoch ceiling
+    min_delta: float = 0.005  # an epoch improves when it beats the best by > 0.5 %
+    monitor: str = "val_force_mae"
+
+    def options(self, role: str, epochs: int) -> dict:
+        """TrainConfig fields for one role with an epoch ceiling of ``epochs``."""
+        return {"schedule": "plateau", "monitor": self.monitor, "min_delta": self.min_delta,
+                "patience": max(1, math.ceil(self.patience_fraction * epochs)),
+                "max_minutes": self.max_minutes[role]}
 
 
 @dataclass(frozen=True)
@@ -28,6 +51,7 @@ class DatasetRecipe:
     epochs: dict[str, int] = field(default_factory=dict)
     lr: dict[str, float] = field(default_factory=dict)
     batch_size: int = 8
+    plateau: PlateauRule | None = None  # None: the fixed cosine schedule of ``epochs``
 
 
 LIPS20 = DatasetRecipe(
@@ -46,8 +70,9 @@ RMD17 = DatasetRecipe(
                                             "paracetamol", "salicylic_acid")),
     tasks=("rmd17/ethanol", "rmd17/malonaldehyde"),
     foundation_frames=4000,
-    epochs={"foundation": 30, "finetune": 40, "joint": 40},
+    epochs={"foundation": 80, "finetune": 100, "joint": 100},  # ceilings (plateau rule)
     lr={"foundation": 2e-3, "finetune": 5e-4, "joint": 5e-4},
+    plateau=PlateauRule(max_minutes={"foundation": 20.0, "finetune": 8.0, "joint": 8.0}),
 )
 DATASETS = {d.name: d for d in (LIPS20, RMD17)}
 MODEL_CONFIGS = {
@@ -55,7 +80,9 @@ MODEL_CONFIGS = {
     "painn": {"n_features": 32, "n_interactions": 3, "cutoff": 5.0},
 }
 # PaiNN trains ~4-5x slower per frame on CPU (double backward through the vector
-# features): fewer epochs and frames keep `make checkpoints` near an hour on 2 cores.
+# features): fewer frames, and, under the cosine schedule, fewer epochs keep
+# `make checkpoints` near an hour on 2 cores (a plateau recipe's epochs are a ceiling that
+# the plateau rule stops short of, so there the epoch factor is not applied).
 BUDGET = {"gns": (1.0, None), "painn": (0.34, 400)}  # (epoch factor, max training frames)
 
 
@@ -81,22 +108,25 @@ def configs(recipe: DatasetRecipe, model: str, root: Path) -> list[tuple[str, Tr
     foundation_frames = (recipe.foundation_frames if frames is None
                          else min(recipe.foundation_frames, 4 * frames))
 
-    def epochs(role: str) -> int:
-        return max(3, round(recipe.epochs[role] * factor))
+    def run(role: str) -> dict:
+        if recipe.plateau is not None:
+            epochs = recipe.epochs[role]
+            return {"epochs": epochs, **recipe.plateau.options(role, epochs)}
+        return {"epochs": max(3, round(recipe.epochs[role] * factor))}
 
     out = [("foundation", TrainConfig(
         systems=list(recipe.foundation), role="foundation", model=model,
-        model_config=MODEL_CONFIGS[model], epochs=epochs("foundation"),
-        lr=recipe.lr["foundation"], train_frames=foundation_frames,
-        val_frames=200, batch_size=recipe.batch_size))]
+        model_config=MODEL_CONFIGS[model], lr=recipe.lr["foundation"],
+        train_frames=foundation_frames, val_frames=200, batch_size=recipe.batch_size,
+        **run("foundation")))]
     for system in recipe.tasks:
         out.append((system, TrainConfig(
-            systems=[system], role="finetune", init=str(base), epochs=epochs("finetune"),
-            lr=recipe.lr["finetune"], train_frames=frames, batch_size=recipe.batch_size)))
+            systems=[system], role="finetune", init=str(base), lr=recipe.lr["finetune"],
+            train_frames=frames, batch_size=recipe.batch_size, **run("finetune"))))
     out.append(("joint", TrainConfig(
-        systems=list(recipe.tasks), role="joint", init=str(base), epochs=epochs("joint"),
-        lr=recipe.lr["joint"], train_frames=2 * frames if frames else None,
-        batch_size=recipe.batch_size)))
+        systems=list(recipe.tasks), role="joint", init=str(base), lr=recipe.lr["joint"],
+        train_frames=2 * frames if frames else None, batch_size=recipe.batch_size,
+        **run("joint"))))
     return out
 
 
