@@ -11,14 +11,20 @@ whether it meets the plateau criterion (no best epoch in the last 20 % of the ep
 the second half, and, for the checkpoints that miss the criterion, the hours a plateau check
 would take: one run with 3x the recipe's epochs (patience stops it earlier if it plateaus).
 No training is run. Writes ``benchmarks/results/paper/plateau_budget.md`` (+ ``.csv``).
+With ``--before REV``, every checkpoint that differs from its version in git revision REV
+is also listed against that version (epochs and test errors before and after retraining).
 
     python benchmarks/paper/plateau_budget.py
+    python benchmarks/paper/plateau_budget.py --before f03ca1c
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,6 +41,9 @@ FACTOR = 3  # a plateau check: FACTOR x the recipe's epochs, with early stopping
 def main(argv: list[str] | None = None) -> int:
     p = pl.parser(__doc__.splitlines()[0])
     p.add_argument("--root", type=Path, default=None, help="checkpoints folder")
+    p.add_argument("--before", metavar="REV",
+                   help="also compare each changed checkpoint with its version in this git "
+                        "revision")
     args = pl.parse(p, argv)
     root = args.root or checkpoints_dir()
     rec = pl.Recorder(args, "plateau_budget", "Shipped checkpoints: trained to a plateau, or "
@@ -93,8 +102,60 @@ def main(argv: list[str] | None = None) -> int:
             "under-training. What does is the drop over the second half (every cosine row "
             f"still falls, by {min(drops):.0f}-{max(drops):.0f} %) and, for the wall-budget "
             "rows, a learning rate that never decayed.", ""]
+    if args.before:
+        body += compare(root, args.before)
     rec.write(body)
     return 0
+
+
+def _at_revision(path: Path, rev: str, tmp: Path) -> Path | None:
+    """``path`` as it was in git revision ``rev`` (a temporary copy), or None if absent or
+    identical to the working copy."""
+    top = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True,
+                              text=True, cwd=path.parent, check=True).stdout.strip())
+    rel = path.resolve().relative_to(top.resolve())
+    got = subprocess.run(["git", "show", f"{rev}:{rel.as_posix()}"], capture_output=True,
+                         cwd=top)
+    if got.returncode != 0 or got.stdout == path.read_bytes():
+        return None
+    out = tmp / path.name
+    out.write_bytes(got.stdout)
+    return out
+
+
+def compare(root: Path, rev: str) -> list[str]:
+    """Markdown: each checkpoint that changed since ``rev``, before and after."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in sorted(root.glob("*/*.pt")):
+            old_path = _at_revision(path, rev, Path(tmp))
+            if old_path is None:
+                continue
+            _, old = load_checkpoint(old_path)
+            _, new = load_checkpoint(path)
+            h, m = new["history"], new["metrics"]
+            k = max(1, math.ceil(0.2 * len(h)))
+            head = min(r["val_force_mae_mev_per_a"] for r in h[:-k])
+            tail = min(r["val_force_mae_mev_per_a"] for r in h[-k:])
+            ot, nt = old["metrics"]["test"]["all"], m["test"]["all"]
+            rows.append([
+                str(path.relative_to(root)),
+                f"{old['metrics']['epochs_run']} ({old['metrics']['best_epoch']})",
+                f"{ot['energy_mae_mev_per_atom']:.1f} / {ot['force_mae_mev_per_a']:.1f}",
+                f"{m['epochs_run']} ({m['best_epoch']}), {m.get('stopped_by', '?')}",
+                "yes" if plateau_reached(h, m["best_epoch"]) else "no",
+                f"{tail:.1f} vs {head:.1f} ({100 * (tail - head) / head:+.1f} %)",
+                f"{nt['energy_mae_mev_per_atom']:.1f} / {nt['force_mae_mev_per_a']:.1f}"])
+    if not rows:
+        return [f"No checkpoint differs from its version in `{rev}`.", ""]
+    return [f"## Retrained checkpoints against their versions in `{rev}`", "",
+            *pl.table(["checkpoint", "before: epochs (best)", "before: test E / F",
+                       "after: epochs (best), stopped by", "plateau",
+                       "val F MAE: best in the last 20 % vs best before",
+                       "after: test E / F"], rows), "",
+            "Test E: energy MAE (meV/atom); test F: force MAE (meV/Å); each on the "
+            "checkpoint's own systems' test split. A negative change in the val column means "
+            "the last 20 % of the epochs still improved the validation force MAE.", ""]
 
 
 if __name__ == "__main__":
