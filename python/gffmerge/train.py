@@ -36,7 +36,7 @@ from .models import ForceField, build_model, fit_reference_energies, fit_scale_s
 from .plateau import Plateau
 
 Role = Literal["foundation", "finetune", "joint", "repair"]
-MONITORS = {"val_loss": "val_loss", "val_force_mae": "val_force_mae_mev_per_a"}
+MONITORS = ("val_loss", "val_force_mae")  # what picks the best epoch
 
 
 @dataclass
