@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import write_text_atomically
+from .plateau import plateau_reached
 from .train import TrainConfig, train
 
 
@@ -214,8 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                     result = train(cfg, output=out, progress=not args.quiet,
                                    metadata={"command": cmd})
                     test = result.metrics.get("test", {}).get("all", {})
+                    reached = plateau_reached(result.history, result.metrics["best_epoch"])
                     print(json.dumps({"checkpoint": str(out), "minutes": result.seconds / 60,
-                                      "test": test}), flush=True)
+                                      "stopped_by": result.metrics["stopped_by"],
+                                      "plateau": reached, "test": test}), flush=True)
     print(f"wrote {write_readme(root)}")
     return 0
 
