@@ -435,6 +435,8 @@ def test_train_on_data_without_forces(env, work, capsys):
     (["--model", "gnss"], "unknown model 'gnss' (did you mean 'gns'?)"),
     (["--model", "schnet", "-M", "n_atom_basiss=4"], "did you mean 'n_atom_basis'"),
     (["--model", "schnet", "-M", "n_atom_basis"], "KEY=VALUE"),
+    (["--schedule", "plateau", "--min-delta", "1.5"], "min_delta is relative"),
+    (["--schedule", "plateau", "--lr-patience", "0"], "lr_patience must be >= 1"),
 ])
 def test_train_model_options(env, work, capsys, argv, message):
     _fails(["train", "--systems", env["a.npz"], *argv, "-o", work / "t.pt"], capsys, [work],

@@ -17,7 +17,8 @@ rank  layer      modules (a package name covers everything under it)
                  by every layer, import nothing of gffmerge but each other
 1     data       ``data/``
 2     models     ``models/``, and what builds, stores, runs or trains *one* model, with no
-                 merging: ``checkpoint``, ``calculator`` (ASE), ``evaluate``, ``train``,
+                 merging: ``checkpoint``, ``calculator`` (ASE), ``evaluate``, ``train`` and
+                 ``plateau`` (its early-stopping rule),
                  ``recipes``, ``lineage`` (which checkpoint a model was fine-tuned from),
                  ``adapters`` (third-party foundation models wrapped as force fields)
 3     stats      ``stats``: the sums-and-counts container and its file format
@@ -52,7 +53,7 @@ SRC = ROOT / "python"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("errors", "atomic", "architecture", "discover", "provenance")),
     ("data", ("data",)),
-    ("models", ("models", "checkpoint", "calculator", "evaluate", "train", "recipes",
+    ("models", ("models", "checkpoint", "calculator", "evaluate", "plateau", "train", "recipes",
                 "repair", "lineage", "adapters")),
     ("stats", ("stats",)),
     ("collect", ("collect",)),

@@ -1,22 +1,30 @@
-"""What retraining the shipped checkpoints to a plateau costs, read from their own history.
+"""Which shipped checkpoints are trained to a plateau, and what retraining the rest costs.
 
 Every shipped checkpoint records, per epoch, the wall time, the learning rate and the
-validation errors (``metadata["history"]``). This script lists, per checkpoint, the
-seconds per epoch (median over its epochs, on the shared machine it was trained on), the
-epochs run and the best one, whether it stopped at the end of its learning-rate schedule or
-was cut by a wall-clock budget (learning rate still above a tenth of its peak), how much
-the validation force MAE still fell over the second half, and the hours a plateau check
-would take: one run with 3x the recipe's epochs (patience stops it earlier if it
-plateaus). No training is run. Writes ``benchmarks/results/paper/plateau_budget.md``
-(+ ``.csv``).
+validation errors (``metadata["history"]``), and (since the plateau rule) why it stopped.
+This script lists, per checkpoint, the seconds per epoch (median over its epochs, on the
+shared machine it was trained on), the epochs run and the best one, what stopped it (the
+plateau rule's ``patience``, the last epoch of its schedule, or a wall-clock budget: read
+from the checkpoint, else inferred as a learning rate still above a tenth of its peak),
+whether it meets the plateau criterion (no best epoch in the last 20 % of the epochs run,
+:func:`gffmerge.plateau.plateau_reached`), how much the validation force MAE still fell over
+the second half, and, for the checkpoints that miss the criterion, the hours a plateau check
+would take: one run with 3x the recipe's epochs (patience stops it earlier if it plateaus).
+No training is run. Writes ``benchmarks/results/paper/plateau_budget.md`` (+ ``.csv``).
+With ``--before REV``, every checkpoint that differs from its version in git revision REV
+is also listed against that version (epochs and test errors before and after retraining).
 
     python benchmarks/paper/plateau_budget.py
+    python benchmarks/paper/plateau_budget.py --before f03ca1c
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -24,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paperlib as pl  # noqa: E402
 
 from gffmerge.checkpoint import load_checkpoint  # noqa: E402
+from gffmerge.plateau import plateau_reached  # noqa: E402
 from gffmerge.recipes import checkpoints_dir  # noqa: E402
 
 FACTOR = 3  # a plateau check: FACTOR x the recipe's epochs, with early stopping
@@ -32,10 +41,13 @@ FACTOR = 3  # a plateau check: FACTOR x the recipe's epochs, with early stopping
 def main(argv: list[str] | None = None) -> int:
     p = pl.parser(__doc__.splitlines()[0])
     p.add_argument("--root", type=Path, default=None, help="checkpoints folder")
+    p.add_argument("--before", metavar="REV",
+                   help="also compare each changed checkpoint with its version in this git "
+                        "revision")
     args = pl.parse(p, argv)
     root = args.root or checkpoints_dir()
-    rec = pl.Recorder(args, "plateau_budget", "Budget to retrain the shipped checkpoints "
-                                              "to a plateau", budget=False)
+    rec = pl.Recorder(args, "plateau_budget", "Shipped checkpoints: trained to a plateau, or "
+                                              "the budget to get there", budget=False)
     for path in sorted(root.glob("*/*.pt")):
         _, meta = load_checkpoint(path)
         h = meta.get("history") or []
@@ -44,41 +56,106 @@ def main(argv: list[str] | None = None) -> int:
         times = [b["seconds"] - a["seconds"] for a, b in zip(h, h[1:])]
         per_epoch = statistics.median([h[0]["seconds"], *times])
         peak = max(r["lr"] for r in h)
-        cut = h[-1]["lr"] > 0.1 * peak
+        metrics = meta.get("metrics", {})
+        stopped = metrics.get("stopped_by") or ("wall budget" if h[-1]["lr"] > 0.1 * peak
+                                                else "schedule end")
+        best = metrics.get("best_epoch")
+        reached = plateau_reached(h, best if best is not None else -1)
         mid, end = h[len(h) // 2]["val_force_mae_mev_per_a"], h[-1]["val_force_mae_mev_per_a"]
         rec.add(checkpoint=str(path.relative_to(root)), role=meta.get("role"),
-                train_frames=meta.get("train_frames"), epochs=len(h),
-                best_epoch=meta.get("metrics", {}).get("best_epoch"),
-                s_per_epoch=per_epoch, stopped_by="wall budget" if cut else "schedule end",
+                train_frames=meta.get("train_frames"), epochs=len(h), best_epoch=best,
+                schedule=meta.get("config", {}).get("schedule", "cosine"),
+                s_per_epoch=per_epoch, stopped_by=stopped, plateau=reached,
                 val_F_mid=mid, val_F_end=end, second_half_drop_pct=100 * (mid - end) / mid,
-                plateau_check_h=FACTOR * len(h) * per_epoch / 3600)
-    total = sum(r["plateau_check_h"] for r in rec.rows)
-    lines = [[r["checkpoint"], str(r["train_frames"]), f"{r['epochs']} ({r['best_epoch']})",
-              f"{r['s_per_epoch']:.1f}", r["stopped_by"],
+                cpu_min=meta.get("cpu_seconds", float("nan")) / 60,
+                plateau_check_h=0.0 if reached else FACTOR * len(h) * per_epoch / 3600)
+    todo = [r for r in rec.rows if not r["plateau"]]
+    done = [r for r in rec.rows if r["plateau"]]
+    total = sum(r["plateau_check_h"] for r in todo)
+    lines = [[r["checkpoint"], str(r["train_frames"]), r["schedule"],
+              f"{r['epochs']} ({r['best_epoch']})", f"{r['s_per_epoch']:.1f}", r["stopped_by"],
+              "yes" if r["plateau"] else "no",
               f"{r['val_F_mid']:.1f} → {r['val_F_end']:.1f} "
-              f"(−{r['second_half_drop_pct']:.0f} %)", f"{r['plateau_check_h']:.2f}"]
+              f"({-r['second_half_drop_pct']:+.0f} %)",
+              "" if r["cpu_min"] != r["cpu_min"] else f"{r['cpu_min']:.1f}",
+              "" if r["plateau"] else f"{r['plateau_check_h']:.2f}"]
              for r in rec.rows]
-    body = [*pl.table(["checkpoint", "train frames", "epochs (best, 0-based)", "s / epoch",
-                       "stopped by", "val F MAE mid → end", f"{FACTOR}× epochs (h)"],
-                      lines), "",
-            f"Total for one {FACTOR}× run of every checkpoint, one after another on this "
-            f"machine: **{total:.1f} h** (foundations first: the fine-tunes and joint models "
-            "start from them, so a retrained foundation means retraining everything after "
-            "it). Seconds per epoch include the validation pass and were measured while "
-            "the machine was shared, so they are upper bounds for an idle one.", "",
-            "Every recipe warms the learning rate up and then decays it to 1 % of its peak "
-            "by the last epoch (`gffmerge.train`), so the validation loss keeps creeping "
-            "down until the schedule ends: best epoch = last epoch is what such a schedule "
-            "gives, and on its own does not show under-training. What does is the drop "
-            f"over the second half (every row still falls, by "
-            f"{min(r['second_half_drop_pct'] for r in rec.rows):.0f}-"
-            f"{max(r['second_half_drop_pct'] for r in rec.rows):.0f} %) "
-            "and, for the wall-budget rows, a learning rate that never decayed. Hence the "
-            "check above: rerun with more epochs and keep the run whose best epoch comes "
-            "well before the end (patience), then compare its test error to the old one.",
-            ""]
+    drops = [r["second_half_drop_pct"] for r in todo] or [0.0]
+    body = [*pl.table(["checkpoint", "train frames", "schedule", "epochs (best, 0-based)",
+                       "s / epoch", "stopped by", "plateau", "val F MAE mid → end",
+                       "CPU min", f"{FACTOR}× epochs (h)"], lines), "",
+            "Plateau: no best validation epoch in the last 20 % of the epochs run "
+            "(`gffmerge.plateau.plateau_reached`); the plateau rule (schedule `plateau`: the "
+            "learning rate is halved after every third of `patience` epochs without a 0.5 % "
+            "gain in validation force MAE, the run stops after `patience` = 20 % of its "
+            "epoch ceiling) meets it whenever patience, not the ceiling or the wall budget, "
+            f"stops the run. {len(done)} of {len(rec.rows)} checkpoints meet it.", "",
+            f"Total for one {FACTOR}× run of every checkpoint that does not, one after another "
+            f"on this machine: **{total:.1f} h** (foundations first: the fine-tunes and joint "
+            "models start from them, so a retrained foundation means retraining everything "
+            "after it). Seconds per epoch include the validation pass and were measured while "
+            "the machine was shared, so they are upper bounds for an idle one; CPU minutes are "
+            "recorded only by checkpoints trained since the plateau rule.", "",
+            "A cosine schedule decays the learning rate to 1 % of its peak by the last epoch, "
+            "so the validation loss keeps creeping down until the schedule ends: best epoch = "
+            "last epoch is what such a schedule gives, and on its own does not show "
+            "under-training. What does is the drop over the second half (every cosine row "
+            f"still falls, by {min(drops):.0f}-{max(drops):.0f} %) and, for the wall-budget "
+            "rows, a learning rate that never decayed.", ""]
+    if args.before:
+        body += compare(root, args.before)
     rec.write(body)
     return 0
+
+
+def _at_revision(path: Path, rev: str, tmp: Path) -> Path | None:
+    """``path`` as it was in git revision ``rev`` (a temporary copy), or None if absent or
+    identical to the working copy."""
+    top = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True,
+                              text=True, cwd=path.parent, check=True).stdout.strip())
+    rel = path.resolve().relative_to(top.resolve())
+    got = subprocess.run(["git", "show", f"{rev}:{rel.as_posix()}"], capture_output=True,
+                         cwd=top)
+    if got.returncode != 0 or got.stdout == path.read_bytes():
+        return None
+    out = tmp / path.name
+    out.write_bytes(got.stdout)
+    return out
+
+
+def compare(root: Path, rev: str) -> list[str]:
+    """Markdown: each checkpoint that changed since ``rev``, before and after."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in sorted(root.glob("*/*.pt")):
+            old_path = _at_revision(path, rev, Path(tmp))
+            if old_path is None:
+                continue
+            _, old = load_checkpoint(old_path)
+            _, new = load_checkpoint(path)
+            h, m = new["history"], new["metrics"]
+            k = max(1, math.ceil(0.2 * len(h)))
+            head = min(r["val_force_mae_mev_per_a"] for r in h[:-k])
+            tail = min(r["val_force_mae_mev_per_a"] for r in h[-k:])
+            ot, nt = old["metrics"]["test"]["all"], m["test"]["all"]
+            rows.append([
+                str(path.relative_to(root)),
+                f"{old['metrics']['epochs_run']} ({old['metrics']['best_epoch']})",
+                f"{ot['energy_mae_mev_per_atom']:.1f} / {ot['force_mae_mev_per_a']:.1f}",
+                f"{m['epochs_run']} ({m['best_epoch']}), {m.get('stopped_by', '?')}",
+                "yes" if plateau_reached(h, m["best_epoch"]) else "no",
+                f"{tail:.1f} vs {head:.1f} ({100 * (tail - head) / head:+.1f} %)",
+                f"{nt['energy_mae_mev_per_atom']:.1f} / {nt['force_mae_mev_per_a']:.1f}"])
+    if not rows:
+        return [f"No checkpoint differs from its version in `{rev}`.", ""]
+    return [f"## Retrained checkpoints against their versions in `{rev}`", "",
+            *pl.table(["checkpoint", "before: epochs (best)", "before: test E / F",
+                       "after: epochs (best), stopped by", "plateau",
+                       "val F MAE: best in the last 20 % vs best before",
+                       "after: test E / F"], rows), "",
+            "Test E: energy MAE (meV/atom); test F: force MAE (meV/Å); each on the "
+            "checkpoint's own systems' test split. A negative change in the val column means "
+            "the last 20 % of the epochs still improved the validation force MAE.", ""]
 
 
 if __name__ == "__main__":

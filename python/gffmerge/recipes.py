@@ -4,19 +4,45 @@ For each dataset a foundation model is pretrained on several systems, fine-tuned
 of two task systems (the merge sources), and fine-tuned on their union (the joint "gold
 standard"). ``python -m gffmerge.recipes`` regenerates ``checkpoints/<dataset>/<model>_
 <role>.pt`` and ``checkpoints/README.md`` (command, seed, wall time and metrics of each).
+
+A recipe with a :class:`PlateauRule` (rMD17) trains the roles it names to a plateau: their
+``epochs`` are a ceiling, the learning rate is cut when the validation force MAE stalls, and
+the run stops once it has not improved for 20 % of that ceiling (:mod:`gffmerge.plateau`).
+Other roles (the rMD17 foundations) and recipes without a rule (LiPS20) keep the fixed cosine
+schedule their shipped checkpoints were made with.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import write_text_atomically
+from .plateau import plateau_reached
 from .train import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class PlateauRule:
+    """Train to a plateau: up to the recipe's epochs, plateau schedule, early stopping on the
+    validation force MAE, and a wall-clock budget (minutes) per role; the roles in
+    ``max_minutes`` are the ones the rule applies to."""
+
+    max_minutes: dict[str, float]
+    patience_fraction: float = 0.2  # patience = this share of the epoch ceiling
+    min_delta: float = 0.005  # an epoch improves when it beats the best by > 0.5 %
+    monitor: str = "val_force_mae"
+
+    def options(self, role: str, epochs: int) -> dict:
+        """TrainConfig fields for one role with an epoch ceiling of ``epochs``."""
+        return {"schedule": "plateau", "monitor": self.monitor, "min_delta": self.min_delta,
+                "patience": max(1, math.ceil(self.patience_fraction * epochs)),
+                "max_minutes": self.max_minutes[role]}
 
 
 @dataclass(frozen=True)
@@ -28,6 +54,7 @@ class DatasetRecipe:
     epochs: dict[str, int] = field(default_factory=dict)
     lr: dict[str, float] = field(default_factory=dict)
     batch_size: int = 8
+    plateau: PlateauRule | None = None  # None: the fixed cosine schedule of ``epochs``
 
 
 LIPS20 = DatasetRecipe(
@@ -46,8 +73,11 @@ RMD17 = DatasetRecipe(
                                             "paracetamol", "salicylic_acid")),
     tasks=("rmd17/ethanol", "rmd17/malonaldehyde"),
     foundation_frames=4000,
-    epochs={"foundation": 30, "finetune": 40, "joint": 40},
+    # fine-tune and joint epochs are ceilings of the plateau rule; the foundation keeps its
+    # 30-epoch cosine recipe (not retrained: checkpoints/README.md, "Trained to a plateau")
+    epochs={"foundation": 30, "finetune": 60, "joint": 60},
     lr={"foundation": 2e-3, "finetune": 5e-4, "joint": 5e-4},
+    plateau=PlateauRule(max_minutes={"finetune": 20.0, "joint": 30.0}),
 )
 DATASETS = {d.name: d for d in (LIPS20, RMD17)}
 MODEL_CONFIGS = {
@@ -55,7 +85,9 @@ MODEL_CONFIGS = {
     "painn": {"n_features": 32, "n_interactions": 3, "cutoff": 5.0},
 }
 # PaiNN trains ~4-5x slower per frame on CPU (double backward through the vector
-# features): fewer epochs and frames keep `make checkpoints` near an hour on 2 cores.
+# features): fewer frames, and, under the cosine schedule, fewer epochs keep
+# `make checkpoints` near an hour on 2 cores (a plateau recipe's epochs are a ceiling that
+# the plateau rule stops short of, so there the epoch factor is not applied).
 BUDGET = {"gns": (1.0, None), "painn": (0.34, 400)}  # (epoch factor, max training frames)
 
 
@@ -81,22 +113,25 @@ def configs(recipe: DatasetRecipe, model: str, root: Path) -> list[tuple[str, Tr
     foundation_frames = (recipe.foundation_frames if frames is None
                          else min(recipe.foundation_frames, 4 * frames))
 
-    def epochs(role: str) -> int:
-        return max(3, round(recipe.epochs[role] * factor))
+    def run(role: str) -> dict:
+        if recipe.plateau is not None and role in recipe.plateau.max_minutes:
+            epochs = recipe.epochs[role]
+            return {"epochs": epochs, **recipe.plateau.options(role, epochs)}
+        return {"epochs": max(3, round(recipe.epochs[role] * factor))}
 
     out = [("foundation", TrainConfig(
         systems=list(recipe.foundation), role="foundation", model=model,
-        model_config=MODEL_CONFIGS[model], epochs=epochs("foundation"),
-        lr=recipe.lr["foundation"], train_frames=foundation_frames,
-        val_frames=200, batch_size=recipe.batch_size))]
+        model_config=MODEL_CONFIGS[model], lr=recipe.lr["foundation"],
+        train_frames=foundation_frames, val_frames=200, batch_size=recipe.batch_size,
+        **run("foundation")))]
     for system in recipe.tasks:
         out.append((system, TrainConfig(
-            systems=[system], role="finetune", init=str(base), epochs=epochs("finetune"),
-            lr=recipe.lr["finetune"], train_frames=frames, batch_size=recipe.batch_size)))
+            systems=[system], role="finetune", init=str(base), lr=recipe.lr["finetune"],
+            train_frames=frames, batch_size=recipe.batch_size, **run("finetune"))))
     out.append(("joint", TrainConfig(
-        systems=list(recipe.tasks), role="joint", init=str(base), epochs=epochs("joint"),
-        lr=recipe.lr["joint"], train_frames=2 * frames if frames else None,
-        batch_size=recipe.batch_size)))
+        systems=list(recipe.tasks), role="joint", init=str(base), lr=recipe.lr["joint"],
+        train_frames=2 * frames if frames else None, batch_size=recipe.batch_size,
+        **run("joint"))))
     return out
 
 
@@ -112,10 +147,12 @@ def write_readme(root: Path) -> Path:
              "Generated by `make checkpoints` (`python -m gffmerge.recipes --all`); every "
              "number below is read back from the checkpoint's own metadata. Test metrics are "
              "on the checkpoint's own systems' test split (hash split 80/10/10, seed 42); "
-             "energy MAE per atom, force MAE over components.", "",
-             "| checkpoint | role | systems | train frames | epochs (best) | wall time | "
-             "test E MAE (meV/atom) | test F MAE (meV/Å) | command |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "energy MAE per atom, force MAE over components. Epochs: run (best, 0-based); "
+             "stopped by: `patience` (the plateau rule), `epochs` (the last epoch of the "
+             "schedule) or `wall budget`; CPU time is the training process's.", "",
+             "| checkpoint | role | systems | train frames | epochs (best) | stopped by | "
+             "wall time | CPU time | test E MAE (meV/atom) | test F MAE (meV/Å) | command |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(root.glob("*/*.pt")):
         _, meta = load_checkpoint(path)
         test = meta.get("metrics", {}).get("test", {}).get("all", {})
@@ -124,10 +161,13 @@ def write_readme(root: Path) -> Path:
         systems = ", ".join(s.split("/")[-1] for s in cfg.get("systems", []))
         if len(systems) > 60:
             systems = f"{len(cfg.get('systems', []))} systems"
+        cpu = (f"{meta['cpu_seconds'] / 60:.1f} min" if "cpu_seconds" in meta
+               else "not recorded")
         lines.append(
             f"| `{path.relative_to(root)}` | {meta.get('role')} | {systems} | "
             f"{meta.get('train_frames')} | {m.get('epochs_run')} ({m.get('best_epoch')}) | "
-            f"{meta.get('wall_seconds', 0) / 60:.1f} min | "
+            f"{m.get('stopped_by', 'not recorded')} | "
+            f"{meta.get('wall_seconds', 0) / 60:.1f} min | {cpu} | "
             f"{test.get('energy_mae_mev_per_atom', float('nan')):.1f} | "
             f"{test.get('force_mae_mev_per_a', float('nan')):.1f} | "
             + (f"`{meta['command']}` |" if meta.get("command")
@@ -175,8 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                     result = train(cfg, output=out, progress=not args.quiet,
                                    metadata={"command": cmd})
                     test = result.metrics.get("test", {}).get("all", {})
+                    reached = plateau_reached(result.history, result.metrics["best_epoch"])
                     print(json.dumps({"checkpoint": str(out), "minutes": result.seconds / 60,
-                                      "test": test}), flush=True)
+                                      "stopped_by": result.metrics["stopped_by"],
+                                      "plateau": reached, "test": test}), flush=True)
     print(f"wrote {write_readme(root)}")
     return 0
 

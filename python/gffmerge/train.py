@@ -1,8 +1,8 @@
 """Training force fields: pretraining a foundation, fine-tuning sources, the joint model.
 
 One recipe serves all three roles (AdamW, gradient clipping, energy + force loss, warm-up
-plus cosine learning-rate schedule, best-validation checkpoint, early stopping); only the
-data and the starting point differ:
+plus a cosine or plateau learning-rate schedule, best-validation checkpoint, early stopping;
+see :mod:`gffmerge.plateau`); only the data and the starting point differ:
 
 - ``foundation``: a fresh model on the union of several systems, with per-element
   reference energies and scale/shift fitted on its training split;
@@ -33,8 +33,10 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import AtomsDataset, load_dataset
 from .evaluate import evaluate
 from .models import ForceField, build_model, fit_reference_energies, fit_scale_shift
+from .plateau import Plateau
 
 Role = Literal["foundation", "finetune", "joint", "repair"]
+MONITORS = ("val_loss", "val_force_mae")  # what picks the best epoch
 
 
 @dataclass
@@ -56,6 +58,13 @@ class TrainConfig:
     energy_weight: float = 1.0  # on (eV/atom)²
     force_weight: float = 10.0  # on (eV/Å)²
     patience: int = 10  # epochs without validation improvement before stopping
+    # "cosine": decay to min_lr_ratio at the last epoch; "plateau": hold the peak and cut it
+    # by lr_factor after every lr_patience epochs without improvement (gffmerge.plateau)
+    schedule: Literal["cosine", "plateau"] = "cosine"
+    lr_patience: int | None = None  # plateau schedule; None: patience // 3
+    lr_factor: float = 0.5
+    monitor: Literal["val_loss", "val_force_mae"] = "val_loss"  # picks the best epoch
+    min_delta: float = 0.0  # relative improvement an epoch needs to count as better
     max_frames: int = 1250  # per system (protocol sampling)
     train_frames: int | None = None  # cap on training frames (random subset, seed)
     val_frames: int | None = None
@@ -77,6 +86,12 @@ class TrainConfig:
             raise ValueError("no training systems given")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if self.schedule not in ("cosine", "plateau"):
+            raise ValueError(f"schedule must be cosine or plateau, got {self.schedule!r}")
+        Plateau(self.patience, self.min_delta, self.lr_patience, self.lr_factor)  # checks
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor must be one of {', '.join(MONITORS)}, got "
+                             f"{self.monitor!r}")
 
 
 @dataclass
@@ -98,10 +113,12 @@ def _loss(model: ForceField, batch, cfg: TrainConfig) -> tuple[torch.Tensor, dic
     return loss, {"loss": loss.item(), "e_mse": e_mse.item(), "f_mse": f_mse.item()}
 
 
-def _lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+def _lr_factor(step: int, total: int, cfg: TrainConfig, scale: float = 1.0) -> float:
     warm = max(1, int(cfg.warmup_fraction * total))
     if step < warm:
-        return (step + 1) / warm
+        return scale * (step + 1) / warm
+    if cfg.schedule == "plateau":
+        return scale
     progress = min(1.0, (step - warm) / max(1, total - warm))
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -182,18 +199,23 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total_steps, cfg))
+    plateau = Plateau(cfg.patience, cfg.min_delta, lr_factor=cfg.lr_factor,
+                      min_lr_ratio=cfg.min_lr_ratio,
+                      lr_patience=(cfg.lr_patience or max(1, cfg.patience // 3))
+                      if cfg.schedule == "plateau" else None)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: _lr_factor(s, total_steps, cfg, plateau.lr_scale))
 
     best_state = copy.deepcopy(model.state_dict())
-    best_val, best_epoch, bad_epochs = math.inf, -1, 0
     start_val = None
     if cfg.validate_init:
-        start_val = _val_loss(evaluate(model, val_set, batch_size=cfg.batch_size,
-                                       progress=False)["all"], cfg)
-        best_val = start_val
+        start = evaluate(model, val_set, batch_size=cfg.batch_size, progress=False)["all"]
+        start_val = _monitored(start, cfg)
+        plateau.start(start_val)
     history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     interrupted = False
+    stopped_by = "epochs"
     epochs = tqdm(range(cfg.epochs), desc=f"train {cfg.role}", unit="epoch", disable=not progress)
     try:
         for epoch in epochs:
@@ -225,27 +247,27 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
                    "val_energy_mae_mev_per_atom": val["energy_mae_mev_per_atom"],
                    "val_force_mae_mev_per_a": val["force_mae_mev_per_a"]}
             history.append(row)
-            if val_loss < best_val:
-                best_val, best_epoch, bad_epochs = val_loss, epoch, 0
+            if plateau.step(epoch, _monitored(val, cfg)):
                 best_state = copy.deepcopy(model.state_dict())
-            else:
-                bad_epochs += 1
             epochs.set_postfix(train=f"{row['train_loss']:.4f}",
                                val_E=f"{row['val_energy_mae_mev_per_atom']:.1f}",
                                val_F=f"{row['val_force_mae_mev_per_a']:.0f}")
-            if bad_epochs >= cfg.patience:
+            if plateau.stop:
+                stopped_by = "patience"
                 break
             if cfg.max_minutes is not None and row["seconds"] > 60 * cfg.max_minutes:
+                stopped_by = "wall budget" if epoch + 1 < cfg.epochs else stopped_by
                 break
     except KeyboardInterrupt:
-        interrupted = True
-    seconds = time.perf_counter() - t0
+        interrupted, stopped_by = True, "interrupted"
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     model.load_state_dict(best_state)
     model.eval()
-    metrics: dict[str, Any] = {"best_epoch": best_epoch, "epochs_run": len(history)}
+    metrics: dict[str, Any] = {"best_epoch": plateau.best_epoch, "epochs_run": len(history),
+                               "stopped_by": stopped_by, "monitor": cfg.monitor}
     if start_val is not None:
         metrics["start_val_loss"] = start_val
-        metrics["best_val_loss"] = best_val
+        metrics["best_val_loss"] = plateau.best
     if history:
         test_set = _cap(data.split("test"), cfg.test_frames, cfg)
         test = evaluate(model, test_set, batch_size=cfg.batch_size, progress=False)
@@ -257,7 +279,8 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
         meta = {"role": cfg.role, "config": _plain(asdict(cfg)), "data": data.describe(),
                 "split": f"hash split 80/10/10 of 'system:frame', seed {cfg.seed}",
                 "seed": cfg.seed, "train_frames": len(train_set), "val_frames": len(val_set),
-                "wall_seconds": seconds, "metrics": _plain(metrics), "history": history,
+                "wall_seconds": seconds, "cpu_seconds": cpu_seconds,
+                "metrics": _plain(metrics), "history": history,
                 "interrupted": interrupted, "torch": str(torch.__version__), **_plain(prep),
                 **_plain(metadata or {})}
         save_checkpoint(output, model, meta)
@@ -278,6 +301,11 @@ def _check_labels(data: AtomsDataset) -> None:
                             f"energies and forces for every frame: use data with {what} "
                             "(e.g. extended XYZ with energy and forces, or DeePMD "
                             f"{'energy' if what == 'energy' else 'force'}.npy)")
+
+
+def _monitored(val: dict[str, float], cfg: TrainConfig) -> float:
+    """The value that picks the best epoch: the validation loss or force MAE."""
+    return _val_loss(val, cfg) if cfg.monitor == "val_loss" else val["force_mae_mev_per_a"]
 
 
 def _val_loss(val: dict[str, float], cfg: TrainConfig) -> float:

@@ -98,8 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("patience", int),
                       ("train-frames", int), ("val-frames", int), ("max-minutes", float),
                       ("seed", int), ("energy-weight", float), ("force-weight", float),
-                      ("threads", int), ("max-frames", int)):
+                      ("threads", int), ("max-frames", int), ("lr-patience", int),
+                      ("min-delta", float)):
         p.add_argument(f"--{name}", type=typ)
+    p.add_argument("--schedule", choices=["cosine", "plateau"],
+                   help="cosine: decay to the floor at the last epoch; plateau: cut the "
+                        "learning rate when validation stalls, stop after --patience epochs")
+    p.add_argument("--monitor", choices=["val_loss", "val_force_mae"],
+                   help="what picks the best epoch and counts as improvement")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_train)
 

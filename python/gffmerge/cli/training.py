@@ -53,7 +53,8 @@ def cmd_train(args) -> int:
         values.update(loaded)
     for key in ("systems", "role", "model", "init", "epochs", "batch_size", "lr", "patience",
                 "train_frames", "val_frames", "max_minutes", "seed", "energy_weight",
-                "force_weight", "threads", "max_frames"):
+                "force_weight", "threads", "max_frames", "schedule", "monitor", "lr_patience",
+                "min_delta"):
         v = getattr(args, key, None)
         if v is not None:
             values[key] = v
