@@ -56,6 +56,12 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _all_on(model: nn.Module, device: torch.device) -> bool:
+    """Whether every parameter and buffer of ``model`` is on ``device`` already."""
+    return all(t.device == device for t in model.parameters()) and all(
+        t.device == device for t in model.buffers())
+
+
 class Collector:
     """The hooks on a model's layers and the cache they share within one forward."""
 
@@ -234,7 +240,9 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions,
             f"{total if total is not None else '?'} batches; the sums so far are in "
             f"'{partial}': measure again with --resume (resume=) to continue")
 
-    model.to(device)
+    moved = not _all_on(model, device)
+    if moved:  # .to() walks every module even when nothing moves (~2 ms for GNS)
+        model.to(device)
     model.eval()
     collector = attach(model, sums, dense=dense, dedup=dedup, backend=opts.backend,
                        derive_from_zero=True)
@@ -282,7 +290,8 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions,
     finally:
         collector.remove()
         model.train(was_training)
-        model.to(home)
+        if moved:
+            model.to(home)
     if batches == 0 or graphs == 0:
         raise EmptyDataError(f"model '{label}' was measured on no data: the data iterable "
                              "yielded no batches; check the dataset path, split and filters")
