@@ -135,3 +135,19 @@ def test_shared_edge_part_and_in_place_index_change_keep_the_dense_stats():
         assert torch.equal(layer.cross, plain[name].cross), name
         assert rel(layer.gram, dense[name].gram) <= RTOL, name
         assert rel(layer.cross, dense[name].cross) <= RTOL, name
+
+
+def test_workspace_row_chunks_keep_the_sums(monkeypatch):
+    """With a workspace the row chunks are smaller (they outlive the call); several chunks
+    per scatter and pair product give the sums of one chunk."""
+    import gffmerge.collect.plan as plan
+
+    monkeypatch.setattr(plan, "WORKSPACE_CHUNK_BYTES", 8 * 6 * 17)  # 17 rows of 6 columns
+    gen = torch.Generator().manual_seed(6)
+    inp = edge_input(gen, 9, 100, torch.float32, True)
+    y = torch.randn(100, 2, generator=gen)
+    g_ws, c_ws = sums_of(inp, y, workspace=Workspace())
+    g, c = sums_of(inp, y)
+    g_ref, c_ref = reference(inp, y)
+    assert rel(g_ws, g) <= RTOL and rel(c_ws, c) <= RTOL
+    assert rel(g_ws, g_ref) <= RTOL and rel(c_ws, c_ref) <= RTOL

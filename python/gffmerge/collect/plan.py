@@ -26,13 +26,20 @@ def chunks(n: int, step: int) -> Iterator[tuple[int, int]]:
         yield s, min(n, s + step)
 
 
-def step_rows(width: int, chunk_rows: int | None, rows: int) -> int:
-    """Rows per chunk: ``CHUNK_BYTES`` of float64 at most, else all rows in one chunk (one
-    scatter per layer and batch: profiled on GNS/LiPS20, 16 chunks per call cost 6 080
-    ``scatter_add_`` calls where the forward makes 320)."""
+WORKSPACE_CHUNK_BYTES = 1 << 21
+"""Float64 bytes of a row chunk kept in a :class:`~gffmerge.collect.workspace.Workspace`
+(2 MiB): the buffer outlives the call (no fresh pages per call), so it is kept small to
+bound what it adds to the peak memory of a measurement."""
+
+
+def step_rows(width: int, chunk_rows: int | None, rows: int,
+              budget: int = CHUNK_BYTES) -> int:
+    """Rows per chunk: ``budget`` bytes of float64 at most, else all rows in one chunk (few
+    scatters per layer and batch: profiled on GNS/LiPS20, 16 chunks of a sixteenth of the
+    rows per call cost 6 080 ``scatter_add_`` calls where the forward makes 320)."""
     if chunk_rows is not None:
         return max(1, int(chunk_rows))
-    return max(1, min(CHUNK_BYTES // (8 * max(1, width)), rows))
+    return max(1, min(budget // (8 * max(1, width)), rows))
 
 
 # ---------------------------------------------------------------- block formulas
@@ -80,6 +87,7 @@ class Plan:
                  workspace: Workspace | None = None):
         self.rows = inp.rows
         self.ws = workspace
+        self.budget = CHUNK_BYTES if workspace is None else WORKSPACE_CHUNK_BYTES
         self.backend = backend
         self.chunk_rows = chunk_rows
         self.dense: list[Tensor] = []
@@ -238,7 +246,7 @@ class Plan:
         flip = self.is_sorted(iq) and not self.is_sorted(ip)
         (ha, ia), (hb, ib) = ((hq, iq), (hp, ip)) if flip else ((hp, ip), (hq, iq))
         m = self.zeros("pair", ha.shape[0], hb.shape[1])
-        step = step_rows(hb.shape[1], self.chunk_rows, self.rows)
+        step = step_rows(hb.shape[1], self.chunk_rows, self.rows, self.budget)
         # node level: gathering float64 rows saves a pass over the edges
         hb64 = self.buffer("node", hb.shape[0], hb.shape[1]).copy_(hb)
         rows64 = self.buffer("rows", min(step, self.rows), hb.shape[1])

@@ -142,7 +142,7 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
             for q in leaders} if width else {}
     if scat or y_sum is not None:
         # buffers reused across chunks (fresh pages for every chunk cost more than the copy)
-        step = step_rows(width, chunk_rows, plan.rows)
+        step = step_rows(width, chunk_rows, plan.rows, plan.budget)
         z_buf = plan.buffer("rows", min(step, plan.rows), width)
         gated = any(plan.gathered[q][2] is not None for q in scat)
         g_buf = plan.buffer("gated", z_buf.shape[0], width) if gated else None
