@@ -18,9 +18,12 @@ batch), in one process and interleaved round by round (best of ``--repeats``):
 Times are wall clock and CPU seconds of this process (one torch thread by default, so the
 CPU time is the work done, the wall time that plus waiting on a shared machine); the ratio
 columns are CPU-time ratios, the wall ratios are in the CSV. ``fraction of floor`` is
-floor / measure. Peak memory: glibc serves allocations of 64 KiB and more by mmap, the RSS
-high-water mark is reset before a run of each mode (``/proc/self/clear_refs``) and the peak
-is ``VmHWM - VmRSS`` (on CUDA: ``max_memory_allocated`` above the start).
+floor / measure. Timing runs under glibc's default allocator settings (what a user's
+process has). Peak memory is measured after all timing, in a second pass: glibc serves
+allocations of 64 KiB and more by mmap, the RSS high-water mark is reset before a run of
+each mode (``/proc/self/clear_refs``) and the peak is ``VmHWM - VmRSS`` (on CUDA:
+``max_memory_allocated`` above the start). (Until this change the timing ran under the
+mmap setting too, where every fresh buffer of 64 KiB or more faults its pages in.)
 
 Scaling: GNS on ethanol at 8-128 frames per batch, and GNS on a replicated LiPS20 cell
 (``--big``, 2 000+ atoms).
@@ -122,8 +125,8 @@ def floor_inputs(model, batches):
     return seen
 
 
-def runners(model, batches, name: str, device: str):
-    rows = floor_inputs(model, batches)
+def runners(model, batches, name: str, device: str, floor: bool = True):
+    rows = floor_inputs(model, batches) if floor else []
     infos = mergeable_layers(model)
     layer_names = list(infos)
 
@@ -177,6 +180,7 @@ def peak_mb(fn, device: str) -> float:
 
 def run_case(model_name, dataset, system, fpb, n_batches, repeats, device, modes,
              replicate=1) -> dict:
+    """Timing of one case (under the allocator's default settings)."""
     model = load_model(model_name, dataset).to(device)
     batches = make_batches(model, dataset, system, fpb, n_batches, device, replicate)
     fns = {m: f for m, f in runners(model, batches, model_name, device).items() if m in modes}
@@ -190,7 +194,6 @@ def run_case(model_name, dataset, system, fpb, n_batches, repeats, device, modes
             f()
             wall[m] = min(wall[m], time.perf_counter() - t0)
             cpu[m] = min(cpu[m], time.process_time() - c0)
-    peaks = {m: peak_mb(fns[m], device) for m in ("forward", "measure") if m in fns}
     b0 = batches[0]
     out = dict(model=model_name, data=f"{dataset}/{system}" + (f" x{replicate}" if
                                                                replicate > 1 else ""),
@@ -206,11 +209,23 @@ def run_case(model_name, dataset, system, fpb, n_batches, repeats, device, modes
         out[f"{m}_wall_x"] = round(wall[m] / wall["forward"], 3)
     if "floor" in fns and "measure" in fns:
         out["fraction_of_floor"] = round(cpu["floor"] / cpu["measure"], 3)
-    for m, v in peaks.items():
-        out[f"peak_{m}_mb"] = round(v, 1)
-    if "measure" in peaks and peaks.get("forward"):
-        out["peak_x"] = round(peaks["measure"] / max(peaks["forward"], 1e-9), 2)
     return out
+
+
+def peak_case(row: dict, model_name, dataset, system, fpb, n_batches, device,
+              replicate=1) -> None:
+    """Peak memory of the forward and of measure for a timed case, added to ``row``. Run
+    after all timing: on CPU it needs every allocation of 64 KiB or more served by mmap
+    (:func:`_mmap_small_allocations`), which makes each fresh buffer fault its pages in
+    and would slow both modes' timing in a way the default allocator does not."""
+    model = load_model(model_name, dataset).to(device)
+    batches = make_batches(model, dataset, system, fpb, n_batches, device, replicate)
+    fns = runners(model, batches, model_name, device, floor=False)
+    peaks = {m: peak_mb(fns[m], device) for m in ("forward", "measure")}
+    for m, v in peaks.items():
+        row[f"peak_{m}_mb"] = round(v, 1)
+    if peaks.get("forward"):
+        row["peak_x"] = round(peaks["measure"] / max(peaks["forward"], 1e-9), 2)
 
 
 def grid(quick: bool, big: bool):
@@ -241,8 +256,9 @@ def markdown(rows: list[dict], command: str, threads: int, device: str) -> str:
         "Ratios are CPU time of this process over the forward's CPU time in the same round "
         "(best of the rounds, modes interleaved); wall-clock ratios are in measure.csv. "
         "`floor` = the forward plus `gram_` alone on the distinct rows measure forms; "
-        "`of floor` = floor / measure. Peak = RSS high-water mark above the start of a run "
-        "(MiB).", "",
+        "`of floor` = floor / measure. Timing under glibc's default allocator settings; "
+        "peak = RSS high-water mark above the start of a run (MiB), measured after all "
+        "timing with every allocation of 64 KiB or more served by mmap.", "",
         "| model | data | frames/batch | atoms / edges per batch | forward s (CPU) | measure | "
         "dense | cross | force-aware | floor | of floor | peak fwd / measure MiB | load |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -302,15 +318,25 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/measure"))
+    p.add_argument("--models", default=None,
+                   help="comma-separated subset of gns,painn,schnet (default: all)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    _mmap_small_allocations()
     command = "python benchmarks/bench_measure.py " + " ".join(sys.argv[1:])
     rows = []
-    for (model, dataset, system, fpb, nb), modes, rep in grid(args.quick, args.big):
+    cases = grid(args.quick, args.big)
+    if args.models:
+        keep = set(args.models.split(","))
+        cases = [c for c in cases if c[0][0] in keep]
+    for (model, dataset, system, fpb, nb), modes, rep in cases:
         r = run_case(model, dataset, system, fpb, nb, args.repeats, args.device, modes, rep)
         print(r, flush=True)
         rows.append(r)
+    if not args.device.startswith("cuda"):
+        _mmap_small_allocations()  # from here on: peaks only, no timing
+    for row, ((model, dataset, system, fpb, nb), _, rep) in zip(rows, cases, strict=True):
+        peak_case(row, model, dataset, system, fpb, nb, args.device, rep)
+        print({k: v for k, v in row.items() if k.startswith("peak")}, flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in rows[0], k))

@@ -197,3 +197,36 @@ def test_a_failing_method_is_recorded_and_the_others_still_run(foundation, tmp_p
     assert list(res["methods"])[-2:] == ["average", "gffmerge"]
     assert res["failures"] == {"regmean": "ValueError: the Gram of layer(s) x is singular"}
     assert "`regmean`: ValueError: the Gram" in (out / "report.md").read_text()
+
+
+def test_statistics_passes_measure_the_same_frames_in_atom_budget_batches(foundation, tmp_path):
+    """Without --stats-batch-size the experiment's statistics pass measures the frames that
+    batches of batch_size up to merge_frames measure, in batches of ~1 024 atoms: the same
+    sums (1e-10); with it, the batches and limit of before."""
+    import torch
+
+    from gffmerge.collect import measure
+    from gffmerge.experiment import ExperimentConfig, _Experiment
+
+    model = load_checkpoint(foundation)[0].to(torch.float64)
+    cfg = ExperimentConfig(str(foundation), SYSTEMS, str(tmp_path / "out"), max_frames=30,
+                           merge_frames=10, batch_size=3)
+    run = _Experiment(cfg, progress=False)
+    auto = run.stats_loaders([model, model])
+    given = run.loaders("train", [model, model])
+    for a, g in zip(auto, given, strict=True):
+        assert a.batch_size > cfg.batch_size and len(a) == 1  # 12 ethanol frames, one batch
+        assert len(a.dataset) == 12  # ceil(10 / 3) batches of 3 frames
+        sa = measure(model, a, progress=False).models[0]
+        sg = measure(model, g, limit=cfg.merge_frames, progress=False).models[0]
+        assert sa.graphs == sg.graphs == 12
+        for name, la in sa.layers.items():
+            lg = sg.layers[name]
+            assert la.rows == lg.rows
+            err = float((la.gram - lg.gram).abs().max() / lg.gram.abs().max())
+            assert err <= 1e-10, (name, err)
+    explicit = ExperimentConfig(str(foundation), SYSTEMS, str(tmp_path / "out"),
+                                stats_batch_size=5)
+    assert "--stats-batch-size 5" in explicit.command()
+    with pytest.raises(ValueError, match="stats-batch-size"):
+        ExperimentConfig(str(foundation), SYSTEMS, str(tmp_path / "o2"), stats_batch_size=0)

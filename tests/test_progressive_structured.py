@@ -160,7 +160,8 @@ def test_progressive_merge_structured_equals_dense(dataset, systems, frames, bat
 
 def test_structured_sums_with_tangent_rows_on_shipped_gns():
     """With tangent rows on (positions dual along random directions), value sums of the
-    edge layers come from their primal parts and the tangent sums stay the dense ones."""
+    edge layers come from their primal parts, tangent sums from their tangent parts (no
+    [E, in] tangent tensor), both equal to the dense ones."""
     models, batches = _shipped("rmd17", ["rmd17/ethanol", "rmd17/malonaldehyde"], 2, 2)
     infos = mergeable_layers(models[0])
     names = list(infos)
@@ -171,7 +172,12 @@ def test_structured_sums_with_tangent_rows_on_shipped_gns():
                         u=sources[0].dirs[0][0], structured=True)
     edge = [n for n in names if n.endswith("edge_in")]
     assert edge and all(isinstance(rec[n][0][0], GramInput) for n in edge)
-    assert all(rec[n][0][1].shape == (rec[n][0][0].rows, infos[n].in_features) for n in edge)
+    for n in edge:  # tangent rows as parts too: [ė, ḣ[sender], ḣ[receiver]]
+        tangent = rec[n][0][1]
+        assert isinstance(tangent, GramInput) and tangent.width == infos[n].in_features
+        assert tangent.rows == rec[n][0][0].rows
+        dense_rows = tangent.materialize(torch.float64)
+        assert dense_rows.abs().max() > 0
     dense = stage_sums(merged, sources, names, infos, tangents=True, structured=False)
     fast = stage_sums(merged, sources, names, infos, tangents=True, structured=True)
     for d, f in zip(dense, fast):
@@ -181,3 +187,27 @@ def test_structured_sums_with_tangent_rows_on_shipped_gns():
                          (f[n].tgram, d[n].tgram), (f[n].tcross, d[n].tcross)):
                 assert _rel(a, b) <= TOL, (n, _rel(a, b))
         assert any(d[n].tgram.abs().max() > 0 for n in names)
+
+
+def test_structured_tangent_rows_equal_the_tangent_of_the_dense_input():
+    """``[ė, g·ḣ[s], g·ḣ[r]]`` is the tangent of the edge layer's input when no gate depends
+    on the positions; a gate with a tangent falls back to the dense tangent (None here)."""
+    import torch.autograd.forward_ad as fwad
+
+    from gffmerge.collect.recording import structured_tangent
+
+    gen = torch.Generator().manual_seed(8)
+    lin = EdgeConcatLinear(3, 2, 4, dtype=torch.float64)
+    f64 = dict(generator=gen, dtype=torch.float64)
+    e, de, h, dh = (torch.randn(*s, **f64) for s in ((7, 3), (7, 3), (5, 2), (5, 2)))
+    ei = torch.randint(0, 5, (2, 7), generator=gen)
+    g, dg = torch.rand(7, **f64), torch.randn(7, **f64)
+    with fwad.dual_level():
+        e_d, h_d = fwad.make_dual(e, de), fwad.make_dual(h, dh)
+        for kwargs in ({}, {"receiver_gate": g}):
+            t = structured_tangent(lin, (e_d, h_d, ei), kwargs)
+            ref = fwad.unpack_dual(lin.dense_input(e_d, h_d, ei, **kwargs)).tangent
+            assert isinstance(t, GramInput) and t.width == lin.in_features
+            assert torch.allclose(t.materialize(torch.float64), ref, rtol=0, atol=1e-14)
+        moving = fwad.make_dual(g, dg)
+        assert structured_tangent(lin, (e_d, h_d, ei), {"sender_gate": moving}) is None

@@ -343,8 +343,9 @@ def test_dedup_gives_the_same_stats_and_shares_gns_attention_inputs():
     collector = attach(model, sums, dedup=True)
     with torch.no_grad():
         model.measure_forward(data[0])
-    # per block: send_attn reuses receive_attn's Gram of e'; the force head reuses the last
-    assert collector.cache.hits == 2 + 1
+    # per block: send_attn reuses receive_attn's Gram of e'; the force head reuses the last;
+    # the second block's edge layer reuses the first block's Gram of e' for its edge part
+    assert collector.cache.hits == 2 + 1 + 1
     collector.remove()
 
 

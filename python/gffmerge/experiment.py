@@ -127,10 +127,27 @@ class _Experiment:
         return result.model, result.seconds, False
 
     # -- merging
-    def loaders(self, split: str, models) -> list:
+    def loaders(self, split: str, models, batch_size: int | None = None) -> list:
         part = self.data.split(split)
-        return [part.for_system(s).batches_for(m, self.cfg.batch_size)
+        return [part.for_system(s).batches_for(m, batch_size or self.cfg.batch_size)
                 for s, m in zip(self.names, models)]
+
+    def stats_loaders(self, models) -> list:
+        """Each system's training frames that batches of ``batch_size`` would measure up to
+        ``merge_frames`` (the limit is checked after each batch: the first
+        ``ceil(merge_frames / batch_size)`` batches), batched by an atom budget instead
+        (:func:`gffmerge.collect.budget.frames_per_batch`): the same frames in fewer,
+        larger batches, so the statistics are the same sums (summed in another order)."""
+        from .collect.budget import frames_per_batch
+
+        part = self.data.split("train")
+        b = self.cfg.batch_size
+        out = []
+        for s, m in zip(self.names, models):
+            ds = part.for_system(s)
+            ds = ds.subset(-(-self.cfg.merge_frames // b) * b)  # the first frames, in order
+            out.append(ds.batches_for(m, frames_per_batch(ds, b)))
+        return out
 
     def merge(self, method: str, sources, foundation_path: str):
         """(merged model, wall seconds, note) of one method."""
@@ -160,8 +177,10 @@ class _Experiment:
                            if k in known}
                 data = self.loaders("train", sources)
                 val_data = [val.for_system(s) for s in self.names]
-            elif needs.stats or needs.gradients:
-                data = self.loaders("train", sources)
+            elif needs.stats and not needs.gradients and self.cfg.stats_batch_size is None:
+                data = self.stats_loaders(sources)  # sums only: batched by atom budget
+            elif needs.stats or needs.gradients:  # Fisher sums per batch: batches as given
+                data = self.loaders("train", sources, self.cfg.stats_batch_size)
                 limit = self.cfg.merge_frames
             result = merge(sources, data, method=method, limit=limit, progress=self.progress,
                            labels=self.names, base=base, val_data=val_data, grid=grid,

@@ -34,6 +34,9 @@ class ExperimentConfig:
     grid_val_frames: int = 64  # validation frames per system scoring a grid point
     val_frames: int = 100  # validation frames per system during training (cap)
     batch_size: int = 8
+    # frames per batch of the statistics passes; None: batch_size's frames, in batches of
+    # about 1 024 atoms (collect.budget); given: those batches, up to merge_frames as before
+    stats_batch_size: int | None = None
     max_frames: int = 1250  # frames sampled per system (protocol)
     method_names: list[str] = field(init=False, default_factory=list)
 
@@ -54,6 +57,8 @@ class ExperimentConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got "
                                  f"{getattr(self, name)}")
+        if self.stats_batch_size is not None and self.stats_batch_size < 1:
+            raise ValueError(f"stats-batch-size must be >= 1, got {self.stats_batch_size}")
         known = methods.available()
         chosen = list(known) if self.methods is None else list(self.methods)
         unknown = [m for m in chosen if m not in known]
@@ -77,6 +82,8 @@ class ExperimentConfig:
                  str(self.seed), "--max-frames", str(self.max_frames)]
         if self.model_kind:
             parts += ["--model-kind", self.model_kind]
+        if self.stats_batch_size is not None:
+            parts += ["--stats-batch-size", str(self.stats_batch_size)]
         for flag in ("repair", "switch"):
             if getattr(self, flag):
                 parts.append(f"--{flag}")

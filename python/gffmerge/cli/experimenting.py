@@ -45,6 +45,10 @@ def add_parser(subparsers, *, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--max-frames", type=int, default=d["max_frames"].default,
                    help="frames sampled per system before the 80/10/10 split (protocol: "
                         f"{d['max_frames'].default})")
+    p.add_argument("--stats-batch-size", type=int, default=None, metavar="N",
+                   help="frames per batch of the statistics passes (default: batches of about "
+                        "1 024 atoms over the same frames; give N to measure in batches of N "
+                        "up to the merge frames, as before)")
     p.add_argument("--repair", action="store_true",
                    help="also repair the default merge with a short fine-tune")
     p.add_argument("--switch", action="store_true",
@@ -70,7 +74,7 @@ def cmd_experiment(args) -> int:
                            out=args.out, methods=names, train_frames=args.train_frames,
                            epochs=args.finetune_epochs, seed=args.seed, repair=args.repair,
                            max_frames=args.max_frames, model_kind=args.model_kind,
-                           switch=args.switch)
+                           switch=args.switch, stats_batch_size=args.stats_batch_size)
     payload = run(cfg, progress=not (args.quiet or args.json))
     report = Path(args.out) / "report.md"
     emit(args, payload, report.read_text() + f"\nwrote {Path(args.out) / 'results.json'}, "

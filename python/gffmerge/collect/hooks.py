@@ -9,12 +9,13 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..models.layers import ConcatLinear, EdgeConcatLinear
-from ..models.parts import GramInput, StructuredInput
+from ..models.parts import Dense, Gathered, GramInput, StructuredInput
 from ..stats import LayerStats
-from .providers import sums_of
+from .providers import layer_sums
 
 if TYPE_CHECKING:
     from .dedup import InputCache
+    from .workspace import Workspace
 
 
 AFFINE_LAYERS = (nn.Linear, EdgeConcatLinear, ConcatLinear)
@@ -61,8 +62,10 @@ class LayerHook:
 
     def __init__(self, module: nn.Module, sums: LayerStats, *, backend: str = "auto",
                  cache: InputCache | None = None, chunk_rows: int | None = None,
-                 measured_cross: bool = False, derive_from_zero: bool = False):
+                 measured_cross: bool = False, derive_from_zero: bool = False,
+                 workspace: Workspace | None = None):
         self.sums = sums
+        self.workspace = workspace
         self.backend = backend
         self.cache = cache
         self.chunk_rows = chunk_rows
@@ -80,14 +83,25 @@ class LayerHook:
 
     def _hook(self, module, args, kwargs, output):
         inp = self.describe(args, kwargs)
-        inp.check(self.in_features)
+        ws = self.workspace
+        inp.check(self.in_features, None if ws is None else lambda i: ws.fact(
+            "range", i, lambda: (int(i.min()), int(i.max()))))
         key = self.cache.key(inp) if self.cache is not None else None
         gram = self.cache.get(key) if key is not None else None
         y = None
         if self.sums.cross is not None and self._gram_before is None:
             y = output.detach().reshape(-1, self.out_features)
-        fresh, cross = sums_of(inp, y, gram=gram is None, backend=self.backend,
-                               chunk_rows=self.chunk_rows)
+        part_key = part_gram = None
+        if gram is None and key is not None:  # the dense part alone may be another's input
+            part = dense_part(inp)
+            if part is not None:
+                part_key = self.cache.key(GramInput((part,)))
+                part_gram = self.cache.get(part_key)
+        fresh, cross, fresh_part = layer_sums(
+            inp, y, gram=gram is None, backend=self.backend, chunk_rows=self.chunk_rows,
+            workspace=ws, dense_gram=part_gram)
+        if part_key is not None and part_gram is None and fresh_part is not None:
+            self.cache.put(part_key, fresh_part)
         if gram is None:
             gram = fresh
             if key is not None:
@@ -113,6 +127,15 @@ class LayerHook:
         self._handle.remove()
         self.flush()
         self._gram_before = None
+
+
+def dense_part(inp: GramInput) -> Dense | None:
+    """The one dense part of a structured input whose other parts are all gathered (its
+    Gram is then a block of the layer's Gram that another layer may share), else None."""
+    rest = [p for p in inp.parts if not isinstance(p, Gathered)]
+    if len(rest) == 1 and len(inp.parts) > 1 and isinstance(rest[0], Dense):
+        return rest[0]
+    return None
 
 
 def provider_of(module: nn.Module):

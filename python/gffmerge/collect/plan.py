@@ -13,6 +13,7 @@ import gffmerge_ext
 
 from ..models.parts import Dense, Gathered, GramInput, aggregate_rows
 from ..models.parts import gate_of as _gate
+from .workspace import Workspace
 
 CHUNK_BYTES = 1 << 23
 """Float64 bytes of one row-chunk buffer (8 MiB): bounds the extra memory."""
@@ -25,13 +26,20 @@ def chunks(n: int, step: int) -> Iterator[tuple[int, int]]:
         yield s, min(n, s + step)
 
 
-def step_rows(width: int, chunk_rows: int | None, rows: int) -> int:
-    """Rows per chunk: ``CHUNK_BYTES`` of float64 at most, else all rows in one chunk (one
-    scatter per layer and batch: profiled on GNS/LiPS20, 16 chunks per call cost 6 080
-    ``scatter_add_`` calls where the forward makes 320)."""
+WORKSPACE_CHUNK_BYTES = 1 << 21
+"""Float64 bytes of a row chunk kept in a :class:`~gffmerge.collect.workspace.Workspace`
+(2 MiB): the buffer outlives the call (no fresh pages per call), so it is kept small to
+bound what it adds to the peak memory of a measurement."""
+
+
+def step_rows(width: int, chunk_rows: int | None, rows: int,
+              budget: int = CHUNK_BYTES) -> int:
+    """Rows per chunk: ``budget`` bytes of float64 at most, else all rows in one chunk (few
+    scatters per layer and batch: profiled on GNS/LiPS20, 16 chunks of a sixteenth of the
+    rows per call cost 6 080 ``scatter_add_`` calls where the forward makes 320)."""
     if chunk_rows is not None:
         return max(1, int(chunk_rows))
-    return max(1, min(CHUNK_BYTES // (8 * max(1, width)), rows))
+    return max(1, min(budget // (8 * max(1, width)), rows))
 
 
 # ---------------------------------------------------------------- block formulas
@@ -75,8 +83,11 @@ class Plan:
     scatter sums (``group``).
     """
 
-    def __init__(self, inp: GramInput, *, backend: str, chunk_rows: int | None):
+    def __init__(self, inp: GramInput, *, backend: str, chunk_rows: int | None,
+                 workspace: Workspace | None = None):
         self.rows = inp.rows
+        self.ws = workspace
+        self.budget = CHUNK_BYTES if workspace is None else WORKSPACE_CHUNK_BYTES
         self.backend = backend
         self.chunk_rows = chunk_rows
         self.dense: list[Tensor] = []
@@ -115,6 +126,31 @@ class Plan:
         self.device = (self.dense[0] if self.dense else self.gathered[0][0]).device
 
     # -- helpers ---------------------------------------------------------------
+    def buffer(self, slot: str, rows: int, cols: int) -> Tensor:
+        """An uninitialised float64 ``[rows, cols]`` scratch buffer (the workspace's slot,
+        else fresh): valid until this plan asks for ``slot`` again."""
+        if self.ws is None:
+            return torch.empty(rows, cols, dtype=F64, device=self.device)
+        return self.ws.buffer(slot, rows, cols, self.device)
+
+    def zeros(self, slot: str, rows: int, cols: int) -> Tensor:
+        return self.buffer(slot, rows, cols).zero_()
+
+    def is_sorted(self, index: Tensor) -> bool:
+        if self.ws is None:
+            return is_sorted(index)
+        return self.ws.fact("sorted", index, lambda: is_sorted(index))
+
+    def count(self, index: Tensor, weights: Tensor | None, n: int) -> Tensor:
+        """:func:`bincount`; without weights, once per index and forward (read-only)."""
+        if weights is not None or self.ws is None:
+            return bincount(index, weights, n)
+        return self.ws.fact(f"count:{n}", index, lambda: bincount(index, None, n))
+
+    def scatter(self, acc: Tensor, index: Tensor, src: Tensor) -> None:
+        """:func:`scatter_rows` with the index's sortedness known per forward."""
+        scatter_rows(acc, index, src, self.is_sorted(index) if _long_cpu(acc, src) else None)
+
     def to_layout(self, m: Tensor, square: bool) -> Tensor:
         if self.layout is None:
             return m
@@ -207,26 +243,36 @@ class Plan:
         chunked over rows."""
         hp, ip, _ = self.gathered[p]
         hq, iq, _ = self.gathered[q]
-        flip = is_sorted(iq) and not is_sorted(ip)
+        flip = self.is_sorted(iq) and not self.is_sorted(ip)
         (ha, ia), (hb, ib) = ((hq, iq), (hp, ip)) if flip else ((hp, ip), (hq, iq))
-        m = torch.zeros(ha.shape[0], hb.shape[1], dtype=F64, device=self.device)
-        step = step_rows(hb.shape[1], self.chunk_rows, self.rows)
-        hb64 = hb.to(F64)  # node level: gathering float64 rows saves a pass over the edges
-        rows64 = torch.empty(min(step, self.rows), hb.shape[1], dtype=F64, device=self.device)
+        m = self.zeros("pair", ha.shape[0], hb.shape[1])
+        step = step_rows(hb.shape[1], self.chunk_rows, self.rows, self.budget)
+        # node level: gathering float64 rows saves a pass over the edges
+        hb64 = self.buffer("node", hb.shape[0], hb.shape[1]).copy_(hb)
+        rows64 = self.buffer("rows", min(step, self.rows), hb.shape[1])
         for s, e in chunks(self.rows, step):
             v = torch.index_select(hb64, 0, ib[s:e], out=rows64[:e - s])
             if gate is not None:
                 v.mul_(gate[s:e, None])
-            scatter_rows(m, ia[s:e], v)
+            if s == 0 and e == self.rows:
+                self.scatter(m, ia, v)
+            else:
+                scatter_rows(m, ia[s:e], v)
         blk = self.xty(ha, m)
         return blk.T if flip else blk
 
 
-def scatter_rows(acc: Tensor, index: Tensor, src: Tensor) -> None:
+def _long_cpu(acc: Tensor, src: Tensor) -> bool:
+    return acc.device.type == "cpu" and src.shape[0] > 16384
+
+
+def scatter_rows(acc: Tensor, index: Tensor, src: Tensor, sorted_: bool | None = None
+                 ) -> None:
     """``acc[index[r]] += src[r]`` for every row r (float64). ``index_add_`` on CPU measured
     1.9x slower than an accumulating ``index_put_`` for ~27 000 rows of 65 columns with an
-    unsorted index (3.6 against 2.0 ms), and faster for sorted or short ones."""
-    if acc.device.type == "cpu" and src.shape[0] > 16384 and not is_sorted(index):
+    unsorted index (3.6 against 2.0 ms), and faster for sorted or short ones. ``sorted_``:
+    whether ``index`` is sorted, when the caller knows."""
+    if _long_cpu(acc, src) and not (is_sorted(index) if sorted_ is None else sorted_):
         acc.index_put_((index,), src, accumulate=True)
     else:
         acc.index_add_(0, index, src)

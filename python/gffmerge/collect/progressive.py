@@ -28,8 +28,12 @@ as parts (:class:`~gffmerge.models.parts.StructuredInput`, e.g. the GNS edge lay
 from node-level products and scatter sums, and the cross sums of a gathered part as
 ``Σ_e g_e h[i_e] y_eᵀ = Σ_n h[n] (Σ_{e: i_e = n} g_e y_e)ᵀ`` (``y`` scattered to the nodes
 in float64, then one node-level product), the plain product for dense parts. Tangent rows
-stay dense (the layer's ``dense_input`` along the dual level). ``structured=False`` is
-the dense reference for every layer; layers without parts are always dense.
+are parts too where the tangent of each part is one part (``[ė, ḣ[sender], ḣ[receiver]]``
+for the GNS edge layer: no gate depending on the positions,
+:func:`~gffmerge.collect.recording.structured_tangent`), summed the same way with the
+ones row dropped (tangent rows have 0 in the bias column); else dense (the layer's
+``dense_input`` along the dual level). ``structured=False`` is the dense reference for
+every layer; layers without parts are always dense.
 """
 
 from __future__ import annotations
@@ -164,7 +168,14 @@ def _accumulate(sums: dict[str, LayerSums], names: Sequence[str], xs: dict, ys: 
                 if y is not None:
                     cross_(s.cross, x, y, augment_x=True, backend=backend)
                     s.ysq += y.double().square().sum().item()
-            if tangents:
+            if tangents and isinstance(dx, GramInput):  # structured tangent rows
+                w = dx.width  # tangent rows have 0 in the bias column: drop the ones row
+                tgram, tcross = sums_of(dx, dy, backend=backend)
+                s.tgram += tgram[:w, :w]
+                s.tcross += tcross[:w]
+                s.trows += dx.rows
+                s.tysq += dy.double().square().sum().item()
+            elif tangents:
                 gram_(s.tgram, dx, backend=backend)
                 cross_(s.tcross, dx, dy, backend=backend)
                 s.trows += dx.shape[0]

@@ -47,12 +47,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..models.parts import GramInput
+import gffmerge_ext
+
+from ..models.parts import Dense, Gathered, GramInput
 from .plan import (
     CHUNK_BYTES,
     F64,
     Plan,
-    bincount,
     chunks,
     copies_rows,
     gates_product,
@@ -60,30 +61,68 @@ from .plan import (
     scatter_rows,
     step_rows,
 )
+from .workspace import Workspace
 
 __all__ = ["CHUNK_BYTES", "cross_of", "gram_of", "sums_of"]
 
 
+def _output_rows(y: Tensor | None, rows: int) -> Tensor | None:
+    if y is None:
+        return None
+    y = y.detach()
+    y = y.reshape(-1, y.shape[-1]) if y.dim() != 2 else y
+    if y.shape[0] != rows:
+        raise ValueError(f"layer output has {y.shape[0]} rows but its GramInput {rows}")
+    return y
+
+
+def _one_dense(inp: GramInput, y: Tensor | None, gram: bool, backend: str
+               ) -> tuple[Tensor | None, Tensor | None]:
+    """The sums of one dense part (a plain ``nn.Linear``): one ``gram_`` and one ``cross_``
+    on the rows as they are, the same products as the general path makes for them."""
+    p = inp.parts[0]
+    x = p.x.detach().reshape(-1, p.width)
+    y = _output_rows(y, inp.rows)
+    g = c = None
+    if gram:
+        g = torch.zeros(p.width + 1, p.width + 1, dtype=F64, device=x.device)
+        gffmerge_ext.gram_(g, x, augment=True, backend=backend)
+    if y is not None:
+        c = torch.zeros(p.width + 1, y.shape[1], dtype=F64, device=x.device)
+        gffmerge_ext.cross_(c, x, y, augment_x=True, backend=backend)
+    return g, c
+
+
+def one_dense_part(inp: GramInput) -> bool:
+    return len(inp.parts) == 1 and isinstance(inp.parts[0], Dense)
+
+
 def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
-          chunk_rows: int | None) -> tuple[Tensor | None, Tensor | None]:
-    """One pass over the rows for the Gram (when ``gram``) and the cross sums with ``y``."""
-    plan = Plan(inp, backend=backend, chunk_rows=chunk_rows)
+          chunk_rows: int | None, workspace: Workspace | None = None,
+          dense_gram: Tensor | None = None
+          ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """One pass over the rows for the Gram (when ``gram``) and the cross sums with ``y``;
+    also returns the ``[D, 1]`` Gram of the dense group when it is one dense part (what
+    a plain layer on that part forms; ``dense_gram`` gives it instead of forming it)."""
+    if one_dense_part(inp) and chunk_rows is None and not copies_rows(backend, _device(inp)):
+        g, c = _one_dense(inp, y, gram, backend)
+        return g, c, g
+    plan = Plan(inp, backend=backend, chunk_rows=chunk_rows, workspace=workspace)
     dd = plan.d_dense
     dev = plan.device
     n = plan.width + 1
-    if y is not None:
-        y = y.detach()
-        y = y.reshape(-1, y.shape[-1]) if y.dim() != 2 else y
-        if y.shape[0] != plan.rows:
-            raise ValueError(f"layer output has {y.shape[0]} rows but its GramInput "
-                             f"{plan.rows}")
+    y = _output_rows(y, plan.rows)
     out = 0 if y is None else y.shape[1]
+    single = len(plan.dense) == 1 and isinstance(next(
+        p for p in inp.parts if not isinstance(p, Gathered)), Dense)
     leaders = [q for q in range(len(plan.gathered)) if plan.group[q] == q]
 
     # -- dense group: Gram and cross sums from the parts as they are --------------------
     # (gram_/cross_ convert rows to float64 block by block; in row chunks when the backend
     # would copy whole inputs to float64, i.e. the pure-torch reference)
-    acc_g = torch.zeros(dd + 1, dd + 1, dtype=F64, device=dev) if gram and dd else None
+    known = dense_gram is not None and gram and single
+    acc_g = torch.zeros(dd + 1, dd + 1, dtype=F64, device=dev) if (
+        gram and dd and not known) else None
     acc_c = torch.zeros(dd + 1, out, dtype=F64, device=dev) if y is not None and dd else None
     if acc_g is not None or acc_c is not None:
         chunked = chunk_rows is not None or copies_rows(backend, dev)
@@ -92,19 +131,21 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
         step = step_rows(dd + 1 + out, chunk_rows, plan.rows) if chunked else plan.rows
         for s, e in chunks(plan.rows, max(step, 1)):
             plan.dense_products(s, e, y, acc_g, acc_c)
+    if known:
+        acc_g = dense_gram
 
     # -- scatter sums per gathered index: one pass over float64 chunks Z = [D, 1, y] -----
     cols_p = dd + 1 if gram and dd else 0
     width = cols_p + out
     y_sum = torch.zeros(out, dtype=F64, device=dev) if y is not None and not dd else None
-    scat = {q: torch.zeros(plan.gathered[q][0].shape[0], width, dtype=F64, device=dev)
+    scat = {q: plan.zeros(f"scatter{q}", plan.gathered[q][0].shape[0], width)
             for q in leaders} if width else {}
     if scat or y_sum is not None:
         # buffers reused across chunks (fresh pages for every chunk cost more than the copy)
-        step = step_rows(width, chunk_rows, plan.rows)
-        z_buf = torch.empty(min(step, plan.rows), width, dtype=F64, device=dev)
+        step = step_rows(width, chunk_rows, plan.rows, plan.budget)
+        z_buf = plan.buffer("rows", min(step, plan.rows), width)
         gated = any(plan.gathered[q][2] is not None for q in scat)
-        g_buf = torch.empty_like(z_buf) if gated else None
+        g_buf = plan.buffer("gated", z_buf.shape[0], width) if gated else None
         for s, e in chunks(plan.rows, step):
             z = plan.rows_f64(s, e, y, bool(cols_p), z_buf)
             if y_sum is not None:
@@ -112,7 +153,10 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
             for q in scat:
                 _, index, gate = plan.gathered[q]
                 src = z if gate is None else torch.mul(z, gate[s:e, None], out=g_buf[:e - s])
-                scatter_rows(scat[q], index[s:e], src)
+                if s == 0 and e == plan.rows:
+                    plan.scatter(scat[q], index, src)
+                else:
+                    scatter_rows(scat[q], index[s:e], src)
     # column views (gram_/cross_ take any strides)
     scat_p = {q: t[:, :cols_p] for q, t in scat.items()} if cols_p else {}
     scat_y = {q: t[:, cols_p:] for q, t in scat.items()} if y is not None else {}
@@ -131,8 +175,8 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
         for q, (h, index, gate) in enumerate(plan.gathered):
             sq = slice(plan.offsets[q], plan.offsets[q] + h.shape[1])
             n_nodes = h.shape[0]
-            g_out[sq, sq] = plan.xtx(h, bincount(index, None if gate is None else gate * gate,
-                                                  n_nodes))
+            g_out[sq, sq] = plan.xtx(h, plan.count(index, None if gate is None else gate * gate,
+                                                    n_nodes))
             if dd:
                 # P = index_add_i(g · [D, 1]); PᵀH: dense × gathered and ones × gathered
                 blk = plan.xty(scat_p[plan.group[q]], h)
@@ -140,7 +184,7 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
                 g_out[sq, :dd] = blk[:dd].T
                 col_sum = blk[dd]
             else:
-                col_sum = plan.xty(h, bincount(index, gate, n_nodes).unsqueeze(1))[:, 0]
+                col_sum = plan.xty(h, plan.count(index, gate, n_nodes).unsqueeze(1))[:, 0]
             g_out[-1, sq] = col_sum
             g_out[sq, -1] = col_sum
             for p in range(q):
@@ -148,7 +192,7 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
                 s1 = slice(plan.offsets[p], plan.offsets[p] + h1.shape[1])
                 gg = gates_product(g1, gate)
                 if same_index(i1, index):
-                    blk = plan.xty(h1, h, weight=bincount(i1, gg, h1.shape[0]))
+                    blk = plan.xty(h1, h, weight=plan.count(i1, gg, h1.shape[0]))
                 else:
                     blk = plan.pair_product(p, q, gg)
                 g_out[s1, sq] = blk
@@ -167,7 +211,12 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
             off = plan.offsets[q]
             c_out[off:off + h.shape[1]] = plan.xty(h, scat_y[plan.group[q]])
         c_out = plan.to_layout(c_out, square=False)
-    return g_out, c_out
+    return g_out, c_out, acc_g if single else None
+
+
+def _device(inp: GramInput) -> torch.device:
+    p = inp.parts[0]
+    return (p.x if isinstance(p, Dense) else p.src).device
 
 
 def gram_of(inp: GramInput, *, backend: str = "auto", chunk_rows: int | None = None) -> Tensor:
@@ -187,8 +236,22 @@ def cross_of(inp: GramInput, y: Tensor, *, backend: str = "auto",
 
 
 def sums_of(inp: GramInput, y: Tensor | None = None, *, gram: bool = True,
-            backend: str = "auto", chunk_rows: int | None = None
-            ) -> tuple[Tensor | None, Tensor | None]:
+            backend: str = "auto", chunk_rows: int | None = None,
+            workspace: Workspace | None = None) -> tuple[Tensor | None, Tensor | None]:
     """``(gram_of(inp), cross_of(inp, y))`` in one pass over the rows; either may be
-    skipped (``gram=False``, ``y=None``) and is then None."""
-    return _sums(inp, y, gram=gram, backend=backend, chunk_rows=chunk_rows)
+    skipped (``gram=False``, ``y=None``) and is then None. ``workspace``: scratch buffers
+    and index facts shared across calls (:mod:`gffmerge.collect.workspace`)."""
+    return _sums(inp, y, gram=gram, backend=backend, chunk_rows=chunk_rows,
+                 workspace=workspace)[:2]
+
+
+def layer_sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
+               chunk_rows: int | None, workspace: Workspace | None,
+               dense_gram: Tensor | None) -> tuple[Tensor | None, Tensor | None,
+                                                   Tensor | None]:
+    """:func:`sums_of` for a layer hook: also returns the augmented Gram ``[D, 1]`` of the
+    input's dense part when there is exactly one (else None), and takes it as
+    ``dense_gram`` when another layer of the same forward formed it already (GNS: the
+    edge features ``e`` of an edge layer are the previous block's attention input)."""
+    return _sums(inp, y, gram=gram, backend=backend, chunk_rows=chunk_rows,
+                 workspace=workspace, dense_gram=dense_gram)

@@ -52,11 +52,45 @@ def structured_input(module: nn.Module, args: tuple, kwargs: dict, *,
     return inp
 
 
+def _tangent(t: Tensor | None) -> Tensor | None:
+    if t is None:
+        return None
+    primal, tangent = fwad.unpack_dual(t)
+    return torch.zeros_like(primal).detach() if tangent is None else tangent.detach()
+
+
+def structured_tangent(module: nn.Module, args: tuple, kwargs: dict) -> GramInput | None:
+    """The tangent rows of a structured layer's input as a :class:`GramInput` (inside a
+    forward-mode level), without the ``[R, width]`` tangent tensor: a dense part ``x``
+    gives ``ẋ``, a gathered part ``g · h[i]`` gives ``g · ḣ[i]`` (the same index and gate;
+    node-level tangents). None when that is not the tangent: a gate that depends on the
+    positions (its tangent adds a second gathered term ``ġ · h[i]``), aggregated parts, or
+    no gathered part (see :func:`structured_input`)."""
+    if not isinstance(module, StructuredInput) or is_affine_norm(module):
+        return None
+    inp = module.gram_parts(*args, **kwargs)
+    if not any(isinstance(p, Gathered) for p in inp.parts):
+        return None
+    parts = []
+    for p in inp.parts:
+        if isinstance(p, Dense):
+            parts.append(Dense(_tangent(p.x)))
+        elif isinstance(p, Gathered) and (
+                p.gate is None or fwad.unpack_dual(p.gate).tangent is None):
+            parts.append(Gathered(_tangent(p.src), p.index, _primal(p.gate)))
+        else:
+            return None
+    out = GramInput(tuple(parts), inp.rows)
+    out.check(module.in_features)
+    return out
+
+
 class _Recorder:
     """Hooks recording inputs (``what="input"``) or outputs of some layers of a model.
 
     With ``structured``, the input of a layer that describes its parts is recorded as its
-    :class:`GramInput` (tangent rows, when on, as the dense tangent of its input)."""
+    :class:`GramInput`, and so are its tangent rows when on (:func:`structured_tangent`;
+    the dense tangent of its input where that does not apply)."""
 
     def __init__(self, model: nn.Module, names: Iterable[str], what: str,
                  calls: dict[str, int] | None, tangents: bool, structured: bool = False):
@@ -74,8 +108,11 @@ class _Recorder:
                 parts = (structured_input(module, args, kwargs, dual=self.tangents)
                          if what == "input" and structured else None)
                 if parts is not None:
-                    tangent = (split_dual(layer_input(module, args, kwargs))[1]
-                               if self.tangents else None)
+                    tangent = None
+                    if self.tangents:
+                        tangent = structured_tangent(module, args, kwargs)
+                        if tangent is None:
+                            tangent = split_dual(layer_input(module, args, kwargs))[1]
                     self.seen[n].append((parts, tangent))
                     self._done()
                     return

@@ -35,6 +35,7 @@ from .partial import (
     skip_measured,
 )
 from .shards import all_reduce, shard
+from .workspace import Workspace
 
 
 def _describe(data: Any) -> str:
@@ -55,17 +56,27 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _all_on(model: nn.Module, device: torch.device) -> bool:
+    """Whether every parameter and buffer of ``model`` is on ``device`` already."""
+    return all(t.device == device for t in model.parameters()) and all(
+        t.device == device for t in model.buffers())
+
+
 class Collector:
     """The hooks on a model's layers and the cache they share within one forward."""
 
-    def __init__(self, hooks: list[LayerHook], cache: InputCache | None):
+    def __init__(self, hooks: list[LayerHook], cache: InputCache | None,
+                 workspace: Workspace | None = None):
         self.hooks = hooks
         self.cache = cache
+        self.workspace = workspace
 
     def end_forward(self) -> None:
         """Forget the inputs of the forward that just ran (call after every batch)."""
         if self.cache is not None:
             self.cache.clear()
+        if self.workspace is not None:
+            self.workspace.end_forward()
 
     def flush(self) -> None:
         """Bring every hook's sums up to date (derived cross sums) while attached."""
@@ -76,6 +87,8 @@ class Collector:
         self.end_forward()
         for h in self.hooks:
             h.remove()
+        if self.workspace is not None:
+            self.workspace.release()
 
 
 def attach(model: nn.Module, layers: dict[str, LayerStats], *, dense: bool = False,
@@ -92,13 +105,14 @@ def attach(model: nn.Module, layers: dict[str, LayerStats], *, dense: bool = Fal
     units = linear_units(model)  # nn.Linear, and the linear groups of adapted libraries
     modules = dict(model.named_modules())
     cache = InputCache() if dedup else None
+    workspace = Workspace()
     hooks: list[LayerHook] = []
     for name, sums in layers.items():
         module = units[name].view if name in units else modules[name]
         kind = StructuredHook if not dense and provider_of(module) else DenseHook
         hooks.append(kind(module, sums, backend=backend, cache=cache, chunk_rows=chunk_rows,
-                          derive_from_zero=derive_from_zero))
-    return Collector(hooks, cache)
+                          derive_from_zero=derive_from_zero, workspace=workspace))
+    return Collector(hooks, cache, workspace)
 
 
 def measure(model: nn.Module, data: Iterable[Any], *, options: MeasureOptions | None = None,
@@ -226,7 +240,9 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions,
             f"{total if total is not None else '?'} batches; the sums so far are in "
             f"'{partial}': measure again with --resume (resume=) to continue")
 
-    model.to(device)
+    moved = not _all_on(model, device)
+    if moved:  # .to() walks every module even when nothing moves (~2 ms for GNS)
+        model.to(device)
     model.eval()
     collector = attach(model, sums, dense=dense, dedup=dedup, backend=opts.backend,
                        derive_from_zero=True)
@@ -274,7 +290,8 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions,
     finally:
         collector.remove()
         model.train(was_training)
-        model.to(home)
+        if moved:
+            model.to(home)
     if batches == 0 or graphs == 0:
         raise EmptyDataError(f"model '{label}' was measured on no data: the data iterable "
                              "yielded no batches; check the dataset path, split and filters")

@@ -126,8 +126,12 @@ class GramInput:
     def width(self) -> int:
         return sum(p.width for p in self.parts)
 
-    def check(self, in_features: int | None = None) -> None:
-        """Raise ``ValueError`` unless the parts are consistent (shapes, dtypes, indices)."""
+    def check(self, in_features: int | None = None,
+              index_range: Callable[[Tensor], tuple[int, int]] | None = None) -> None:
+        """Raise ``ValueError`` unless the parts are consistent (shapes, dtypes, indices).
+
+        ``index_range(index)`` gives ``(min, max)`` of a non-empty index (default: computed
+        here; a caller checking many layers of one batch may remember it per index)."""
         if not self.parts:
             raise ValueError("GramInput has no parts")
         if in_features is not None and self.width != in_features:
@@ -165,9 +169,12 @@ class GramInput:
                 if n_idx != n_src:
                     raise ValueError(f"{where}: index has {n_idx} entries for {n_src} src rows")
                 bound, what = self.rows, "the layer's rows"
-            if n_idx and (int(idx.min()) < 0 or int(idx.max()) >= bound):
-                raise ValueError(f"{where}: index values lie in [{int(idx.min())}, "
-                                 f"{int(idx.max())}], outside {what} [0, {bound})")
+            if n_idx:
+                lo, hi = (int(idx.min()), int(idx.max())) if index_range is None \
+                    else index_range(idx)
+                if lo < 0 or hi >= bound:
+                    raise ValueError(f"{where}: index values lie in [{lo}, {hi}], outside "
+                                     f"{what} [0, {bound})")
             if p.gate is not None:
                 g = p.gate
                 if not g.is_floating_point() or g.numel() != n_idx or not (
