@@ -64,3 +64,29 @@ def batch_entries(batch: Any) -> int:
 
 
 Forward = Callable[[nn.Module, Any], Any]
+
+
+def describe(data: Any) -> str:
+    """A short description of a data source for the statistics' metadata."""
+    describe = getattr(data, "describe", None)
+    if callable(describe):
+        return str(describe())
+    try:
+        return f"{type(data).__name__} of {len(data)} batches"
+    except TypeError:
+        return type(data).__name__
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for an empty model)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def all_on(model: nn.Module, device: torch.device) -> bool:
+    """Whether every parameter and buffer of ``model`` is on ``device`` already."""
+    return all(t.device == device for t in model.parameters()) and all(
+        t.device == device for t in model.buffers())

@@ -18,7 +18,7 @@ from ..atomic import after_commit
 from ..errors import EmptyDataError, NonFiniteActivationError, StatsMismatchError
 from ..models.groups import linear_units
 from ..stats import LayerStats, Stats
-from .batches import batch_entries, default_forward, move_to
+from .batches import all_on, batch_entries, default_forward, describe, model_device, move_to
 from .dedup import InputCache
 from .dense import DenseHook
 from .hooks import LayerHook, StructuredHook, provider_of
@@ -36,30 +36,6 @@ from .partial import (
 )
 from .shards import all_reduce, shard
 from .workspace import Workspace
-
-
-def _describe(data: Any) -> str:
-    describe = getattr(data, "describe", None)
-    if callable(describe):
-        return str(describe())
-    try:
-        return f"{type(data).__name__} of {len(data)} batches"
-    except TypeError:
-        return type(data).__name__
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-def _all_on(model: nn.Module, device: torch.device) -> bool:
-    """Whether every parameter and buffer of ``model`` is on ``device`` already."""
-    return all(t.device == device for t in model.parameters()) and all(
-        t.device == device for t in model.buffers())
 
 
 class Collector:
@@ -195,7 +171,7 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions,
     forward = opts.forward or default_forward
     count = opts.batch_size_fn or batch_entries
     label = opts.label or type(model).__name__
-    home = _model_device(model)
+    home = model_device(model)
     device = torch.device(opts.device) if opts.device is not None else home
     was_training = model.training
     dedup = not dense if opts.dedup is None else opts.dedup
@@ -240,7 +216,7 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions,
             f"{total if total is not None else '?'} batches; the sums so far are in "
             f"'{partial}': measure again with --resume (resume=) to continue")
 
-    moved = not _all_on(model, device)
+    moved = not all_on(model, device)
     if moved:  # .to() walks every module even when nothing moves (~2 ms for GNS)
         model.to(device)
     model.eval()
@@ -298,7 +274,7 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions,
     ms = stats.models[0]
     ms.graphs = graphs
     ms.seconds = before_s + time.perf_counter() - t0
-    ms.data = [opts.description or _describe(data)]
+    ms.data = [opts.description or describe(data)]
     return stats
 
 
@@ -322,7 +298,7 @@ def _measure_sharded(model: nn.Module, data: Iterable[Any], opts: MeasureOptions
     if where is not None and opts.resume is not None:
         # every rank resumes or none does: a rank that raised alone would leave the others
         # waiting in the all-reduce
-        device = opts.device if opts.device is not None else _model_device(model)
+        device = opts.device if opts.device is not None else model_device(model)
         have = torch.tensor([float(empty or where.is_file())], device=device)
         dist.all_reduce(have, op=dist.ReduceOp.MIN)
         if not have.item() and where.is_file():
