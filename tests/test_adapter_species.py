@@ -111,3 +111,42 @@ def test_merge_solves_one_system_per_species_against_dense_lstsq():
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
     solved = {lr.name for lr in res.report.layers if lr.solved}
     assert "sc.species.0.blocks.0" in solved and "sc.species.3.blocks.0" not in solved
+
+
+def test_a_nequip_style_sevenn_self_connection_is_converted():
+    """SevenNet built with ``self_connection_type: nequip`` (its package default for new
+    models; the shipped checkpoints use ``linear``): the converter finds the tensor product
+    of its self-connection and computes the same map."""
+    pytest.importorskip("sevenn", reason="sevenn is not installed (pip install "
+                                         "'gffmerge[sevenn]')")
+    import warnings
+
+    from sevenn import _keys as KEY
+    from sevenn.model_build import build_E3_equivariant_model
+    from sevenn.util import load_checkpoint
+
+    from gffmerge.adapters import quiet
+    from gffmerge.adapters.species import write_species
+
+    with quiet(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = dict(load_checkpoint("7net-0").config)
+        cfg.update({KEY.SELF_CONNECTION_TYPE: "nequip", KEY.NUM_CONVOLUTION: 1,
+                    KEY.NODE_FEATURE_MULTIPLICITY: 8, KEY.IRREPS_MANUAL: False})
+        with torch.device("cpu"):
+            net = build_E3_equivariant_model(cfg)
+    converted = copy.deepcopy(net)
+    assert convert_species(converted) == {"0_self_connection_intro.fc_tensor_product":
+                                          "species"}
+    tp = net.get_submodule("0_self_connection_intro.fc_tensor_product")
+    sl = converted.get_submodule("0_self_connection_intro.fc_tensor_product")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(12, tp.irreps_in1.dim, generator=gen)
+    onehot = torch.nn.functional.one_hot(torch.randint(tp.irreps_in2.dim, (12,), generator=gen),
+                                         tp.irreps_in2.dim).float()
+    torch.testing.assert_close(sl(x, onehot), tp(x, onehot), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        for p in sl.parameters():
+            p.mul_(1.5)
+    write_species(converted, net)  # the export path: back into e3nn's raw layout
+    torch.testing.assert_close(tp(x, onehot), sl(x, onehot), rtol=1e-5, atol=1e-6)
