@@ -178,6 +178,11 @@ def main() -> None:
                                 method=method, progress=False, **extra, **opts)
         row(name, result.model, time.perf_counter() - t1)
         rows[name]["cpu_seconds"] = time.process_time() - c1
+        # the validation frames the default chooses on, per system (diagnostic only)
+        rows[name]["val_force_mae_mev_per_a"] = {
+            s: evaluate(result.model, v, batch_size=args.batch_size,
+                        progress=False)["all"]["force_mae_mev_per_a"]
+            for s, v in zip(systems, val_sets)}
         if "val_data" in extra:
             o = result.report.options
             searches[name] = {k: o[k] for k in ("chosen", "chosen_ridge", "chosen_beta",
@@ -208,6 +213,14 @@ def main() -> None:
         maes = " | ".join(f"{r['force_mae_mev_per_a'][s]:.1f}" for s in systems)
         label = f"{name}: {r['chosen']}" if "chosen" in r else name
         lines.append(f"| {label} | {maes} | {r['seconds']:.0f} |")
+    lines += [f"\nMerges on the {args.val_frames} validation frames per system the default "
+              "chooses on (force MAE, meV/Å; diagnostic, no choice is made here):\n",
+              f"| merge | {' | '.join(s + ' val' for s in systems)} |",
+              "|---|" + "---:|" * len(systems)]
+    for name, r in rows.items():
+        if "val_force_mae_mev_per_a" in r:
+            lines.append(f"| {name} | " + " | ".join(
+                f"{r['val_force_mae_mev_per_a'][s]:.1f}" for s in systems) + " |")
     for name, srch in searches.items():
         lines += [f"\nCandidates of *{name}*, scored on {args.val_frames} validation frames "
                   "per system (pooled force MAE, meV/Å; the lowest is chosen):\n",
