@@ -169,8 +169,9 @@ def main() -> None:
                     f"{t['merge_cpu'] / measure_cpu:.1f}× measure (targets "
                     f"{t['targets_cpu']:.1f} CPU s)")
             if len(o["grid"]) > 1:
-                note += (f"; picked ridge {o['chosen_ridge']:g}, β {o['chosen_beta']:g}; "
-                         f"search {t['search_cpu']:.1f} CPU s")
+                pick = ("the average" if o["chosen_ridge"] is None else
+                        f"{o['chosen']} ridge {o['chosen_ridge']:g}, β {o['chosen_beta']:g}")
+                note += f"; picked {pick}; search {t['search_cpu']:.1f} CPU s"
             row = record(name, label, res.model, seconds, note, cpu=cpu)
             row.update(stages=n_stages, merge_s=t["merge"], search_s=t["search"],
                        merge_cpu_s=t["merge_cpu"], targets_cpu_s=t["targets_cpu"],

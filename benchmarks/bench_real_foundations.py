@@ -14,11 +14,15 @@ different composition:
    fine-tunes together);
 3. merges of the two fine-tunes: ``average``, ``ties`` (base: the foundation, the
    package's default options), ``gffmerge`` with the robust settings (mean prior,
-   relative ridge 1e-3) and with the paper's (zero prior, absolute ridge 1e-6), and
-   ``progressive`` (the package default) at a fixed point (ridge 1e-3, tangent weight 1:
-   the automatic search multiplies its cost), each on ``--stats-frames`` training frames
-   per system;
-4. force MAE (meV/Å) of every model on ``--test-frames`` test frames per system.
+   relative ridge 1e-3) and with the paper's (zero prior, absolute ridge 1e-6), and the
+   package default (``progressive`` with its options as they are: ridge, β and tangents
+   chosen on ``--val-frames`` validation frames per system among the average, one-shot
+   closed forms and one staged merge; :mod:`gffmerge.methods._progressive_anchors`), each
+   on ``--stats-frames`` training frames per system (``--fixed-progressive`` adds the
+   staged merge at the old fixed point, ridge 1e-3 and β 1);
+4. force MAE (meV/Å) of every model on ``--test-frames`` test frames per system; the
+   validation score of every candidate the default tried is written too (the test frames
+   choose nothing).
 
 Fine-tunes and the joint model are kept in ``--out`` and reused by a rerun with the same
 settings. Writes ``benchmarks/results/real_foundations_<foundation>.json`` and appends the
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -56,9 +61,10 @@ MERGES = [
     ("gffmerge (paper: zero prior, ridge 1e-6)", {"method": "gffmerge"}),
     ("gffmerge (mean prior, relative ridge 1e-3)",
      {"method": "gffmerge", "prior": "mean", "ridge": 1e-3, "ridge_mode": "relative"}),
-    ("progressive (default; ridge 1e-3, beta 1)",
-     {"method": "progressive", "ridge": 1e-3, "beta": 1.0}),
+    ("default (progressive, validated)", {"method": "progressive"}),
 ]
+FIXED = ("progressive (fixed: ridge 1e-3, beta 1)",
+         {"method": "progressive", "ridge": 1e-3, "beta": 1.0})
 
 
 def parse() -> argparse.Namespace:
@@ -71,6 +77,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--stats-frames", type=int, default=32)
     p.add_argument("--test-frames", type=int, default=30)
+    p.add_argument("--val-frames", type=int, default=16,
+                   help="validation frames per system that choose the default's settings")
+    p.add_argument("--fixed-progressive", action="store_true",
+                   help="also merge progressively at the old fixed point (ridge 1e-3, β 1)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default=None, help="folder for checkpoints (default: "
                    "<tmp>/gffmerge_real_foundations_<foundation>)")
@@ -101,8 +111,15 @@ def finetune(args, base, data, systems, path: Path, label: str):
     return result.model, seconds
 
 
+def _chosen(o: dict) -> str:
+    if o["chosen"] == "average":
+        return "average"
+    return f"{o['chosen']}, ridge {o['chosen_ridge']:g}, β {o['chosen_beta']:g}"
+
+
 def main() -> None:
     args = parse()
+    load0 = os.getloadavg()[0]
     torch.manual_seed(args.seed)
     out = Path(args.out or Path(tempfile.gettempdir()) /
                f"gffmerge_real_foundations_{args.foundation}")
@@ -140,25 +157,51 @@ def main() -> None:
         row("joint fine-tune (same frames and epochs)", joint, sec)
     loaders = [train_split.for_system(s).subset(args.stats_frames, seed=1)
                for s in systems]
-    for name, opts in MERGES:
+    val = data.split("val")
+    val_sets = [val.for_system(s).subset(args.val_frames, seed=2) for s in systems]
+    searches: dict[str, dict] = {}
+    for name, opts in MERGES + ([FIXED] if args.fixed_progressive else []):
         opts = dict(opts)
         method = opts.pop("method", name)
         extra: dict = {}
         if method == "ties":
             extra["base"] = base
-        if method == "progressive":
+        if method == "progressive" and "ridge" in opts:  # a fixed point: nothing to choose
             opts.update(frames=args.stats_frames, val_frames=None)
+        elif method == "progressive":
+            opts.update(frames=args.stats_frames, search_frames=args.stats_frames,
+                        val_frames=args.val_frames)
+            extra["val_data"] = val_sets
         t1 = time.perf_counter()
+        c1 = time.process_time()
         result = gffmerge.merge(sources, [d.batches_for(base, args.batch_size) for d in loaders],
                                 method=method, progress=False, **extra, **opts)
         row(name, result.model, time.perf_counter() - t1)
+        rows[name]["cpu_seconds"] = time.process_time() - c1
+        # the validation frames the default chooses on, per system (diagnostic only)
+        rows[name]["val_force_mae_mev_per_a"] = {
+            s: evaluate(result.model, v, batch_size=args.batch_size,
+                        progress=False)["all"]["force_mae_mev_per_a"]
+            for s, v in zip(systems, val_sets)}
+        if "val_data" in extra:
+            o = result.report.options
+            searches[name] = {k: o[k] for k in ("chosen", "chosen_ridge", "chosen_beta",
+                                                 "staged_search", "anchors_tried", "grid",
+                                                 "fallback", "val_force_mae_mev_per_a")}
+            searches[name]["times"] = dict(result.report.times)
+            rows[name]["chosen"] = _chosen(o)
 
     payload = {"foundation": args.foundation, "systems": systems, "args": vars(args),
-               "rows": rows, "machine": f"{cpu_name()}, {torch.get_num_threads()} threads, "
-               f"torch {torch.__version__}, {platform.system()}", "commit": git_commit(),
+               "rows": rows, "searches": searches,
+               "machine": f"{cpu_name()}, {torch.get_num_threads()} threads, "
+               f"torch {torch.__version__}, {platform.system()}, load average "
+               f"{load0:.1f} at start, {os.getloadavg()[0]:.1f} at end", "commit": git_commit(),
                "command": " ".join(["python", *sys.argv])}
     res = HERE / "results"
-    (res / f"real_foundations_{args.foundation}.json").write_text(json.dumps(payload, indent=2))
+    tag = "" if systems == ["lips20/P2S5", "lips20/P4S3"] else "_" + "_".join(
+        s.rsplit("/", 1)[-1] for s in systems)
+    (res / f"real_foundations_{args.foundation}{tag}.json").write_text(
+        json.dumps(payload, indent=2))
     lines = [f"\n## {args.foundation}: {' + '.join(systems)}\n",
              f"`{payload['command']}` — {payload['machine']}, commit {payload['commit']}. "
              f"Fine-tunes: {args.train_frames} frames, {args.epochs} epochs, batch "
@@ -168,7 +211,30 @@ def main() -> None:
              "|---|" + "---:|" * (len(systems) + 1)]
     for name, r in rows.items():
         maes = " | ".join(f"{r['force_mae_mev_per_a'][s]:.1f}" for s in systems)
-        lines.append(f"| {name} | {maes} | {r['seconds']:.0f} |")
+        label = f"{name}: {r['chosen']}" if "chosen" in r else name
+        lines.append(f"| {label} | {maes} | {r['seconds']:.0f} |")
+    lines += [f"\nMerges on the {args.val_frames} validation frames per system the default "
+              "chooses on (force MAE, meV/Å; diagnostic, no choice is made here):\n",
+              f"| merge | {' | '.join(s + ' val' for s in systems)} |",
+              "|---|" + "---:|" * len(systems)]
+    for name, r in rows.items():
+        if "val_force_mae_mev_per_a" in r:
+            lines.append(f"| {name} | " + " | ".join(
+                f"{r['val_force_mae_mev_per_a'][s]:.1f}" for s in systems) + " |")
+    for name, srch in searches.items():
+        lines += [f"\nCandidates of *{name}*, scored on {args.val_frames} validation frames "
+                  "per system (pooled force MAE, meV/Å; the lowest is chosen):\n",
+                  "| candidate | ridge | β | validation force MAE | seconds |",
+                  "|---|---:|---:|---:|---:|"]
+        for a in srch["anchors_tried"]:
+            ridge = "∞" if a["ridge"] is None else f"{a['ridge']:g}"
+            lines.append(f"| {a['kind']} | {ridge} | {a['beta']:g} | "
+                         f"{a['val_force_mae_mev_per_a']:.1f} | {a['seconds']:.0f} |")
+        for p in srch["grid"]:
+            lines.append(f"| staged (progressive) | {p['ridge']:g} | {p['beta']:g} | "
+                         f"{p['val_force_mae_mev_per_a']:.1f} | {p['seconds']:.0f} |")
+        if srch["fallback"]:
+            lines.append(f"\nFallback: {srch['fallback']}")
     with open(res / "real_foundations.md", "a") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

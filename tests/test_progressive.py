@@ -233,3 +233,38 @@ def test_progressive_beats_average_on_a_real_pair(rmd17_gns):
     err = evaluate(result.model, check, progress=False)["all"]["force_mae_mev_per_a"]
     assert err < 0.8 * err_avg, (err, err_avg)
     assert all(lr.solved for lr in result.report.layers)
+
+
+class InPlaceResidual(nn.Module):
+    """A layer whose output is changed in place right after it (``h += x``), as CHGNet's
+    convolutions do after their ``mlp_out``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        h += x
+        return self.b(torch.tanh(h))
+
+
+def test_recorded_rows_are_not_changed_by_later_in_place_ops():
+    """The recorder copies what it sees: the target rows of ``a`` are ``a(x)``, not
+    ``a(x) + x``, so merging two identical copies gives them back."""
+    import copy
+
+    from gffmerge.collect.recording import run_recording
+
+    torch.manual_seed(0)
+    model = InPlaceResidual().double()
+    x = torch.randn(16, 4, dtype=torch.float64)
+    seen = run_recording(model, x, ["a"], "output")
+    torch.testing.assert_close(seen["a"][0][0], model.a(x).detach(), rtol=0, atol=1e-14)
+    res = progressive_merge([model, copy.deepcopy(model)], [[x], [x]],
+                            ProgressiveOptions(ridge=1e-6, frames=None), progress=False)
+    for name in ("a", "b"):
+        for p in ("weight", "bias"):
+            torch.testing.assert_close(getattr(getattr(res.model, name), p),
+                                       getattr(getattr(model, name), p), rtol=1e-8, atol=1e-10)

@@ -5,8 +5,12 @@ ships (``7net-0``), then replaces every e3nn ``o3.Linear`` by an
 :class:`~gffmerge.adapters.irreps.IrrepsLinear` (one ``nn.Linear`` per output irrep block,
 so the collector measures per-irrep Grams and the merge stays equivariant) and every radial
 ``FullyConnectedNet`` layer by a :class:`~gffmerge.adapters.irreps.ScaledDense`; both
-compute exactly the maps they replace. Graphs come from the package's own builder
-(``sevenn.train.dataload.unlabeled_atoms_to_graph``, cached per frame); edge vectors are
+compute exactly the maps they replace; a NequIP-style self-connection (a tensor product with
+the one-hot species, ``self_connection_type: nequip``) becomes a
+:class:`~gffmerge.adapters.species.SpeciesLinear`, solved per species (the shipped
+checkpoints use the ``linear`` self-connection, an ``o3.Linear``). Graphs come from the
+package's own builder (``sevenn.train.dataload.unlabeled_atoms_to_graph``, cached per
+frame); edge vectors are
 recomputed from gffmerge's positions, so forces ``−∂E/∂pos`` and forward-mode tangents flow
 through SevenNet's own layers. The energy is SevenNet's per-atom energy (after its
 species-wise rescale) plus ``atomic_energies`` (zero for the foundation).
@@ -29,6 +33,7 @@ from torch import Tensor
 from ..data.batch import AtomsBatch
 from . import Adapter, Foreign, quiet, register_adapter
 from .irreps import convert_e3nn, write_e3nn
+from .species import convert_species, write_species
 
 # modules of the package's sequential model that gffmerge replaces: edge vectors from
 # gffmerge's positions, forces by gffmerge's autograd, the total from the per-atom energies
@@ -100,6 +105,7 @@ class SevennForceField(Foreign):
             net, cp = build_native(variant)
             self.cutoff = float(cp.config[KEY.CUTOFF])
             self.replaced = convert_e3nn(net)
+            self.replaced.update(convert_species(net))  # NequIP-style self-connections
             for name in _SKIP:
                 if name in net._modules:
                     del net._modules[name]
@@ -157,6 +163,7 @@ class SevennAdapter(Adapter):
 
         native, cp = build_native(model.config["variant"])
         write_e3nn(model.net, native)
+        write_species(model.net, native)
         # per-element references (and the per-atom shift) into the species-wise shift
         refs = model.atomic_energies.detach().cpu() + float(model.shift)
         type_map = {int(k): int(v) for k, v in cp.config[KEY.TYPE_MAP].items()}

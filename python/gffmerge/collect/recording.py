@@ -2,7 +2,9 @@
 
 Used by the progressive merge (:mod:`gffmerge.collect.progressive`): a stage needs the
 inputs of its layers from the model merged so far and the outputs of the same layers from
-each source, with their tangent rows (forward mode) when force-aware.
+each source, with their tangent rows (forward mode) when force-aware. Rows are copied when
+recorded, so that a later in-place change of the same tensor by the model (a residual
+``h += x`` after a layer) does not reach them.
 """
 
 from __future__ import annotations
@@ -124,7 +126,11 @@ class _Recorder:
                     primal, tangent = split_dual(t)
                 else:
                     primal, tangent = t.detach(), None
-                self.seen[n].append((primal, tangent))
+                # copies: the model may change the tensor in place later in the same
+                # forward (CHGNet's ``h = mlp_out(h); h += residual``), which a view
+                # would see; the rows must be the values the layer saw or gave
+                self.seen[n].append((primal.clone(),
+                                     None if tangent is None else tangent.clone()))
                 self._done()
 
             self.handles.append(m.register_forward_hook(hook, with_kwargs=True))

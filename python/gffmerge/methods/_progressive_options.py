@@ -14,6 +14,8 @@ from ..collect.tangents import DIRECTIONS
 
 RIDGE_GRID = (1e-4, 1e-3, 1e-2)
 BETA_GRID = (1.0, 4.0)
+ANCHOR_RIDGES = (1e-1, 1.0)
+STAGED = ("auto", "grid", "one", "off")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,16 @@ class ProgressiveOptions:
     - ``norms``: also fit the scale and shift of affine LayerNorms, per feature, on the
       normalised merged inputs against the sources' LayerNorm outputs (else: the mean).
     - ``seed``: directions and validation subsets.
+    - ``anchors``: when searching, also score the sources' average and the one-shot
+      closed form at every ridge of ``ridge_grid`` and ``anchor_ridges`` and every β
+      (:mod:`gffmerge.methods._progressive_anchors`: one statistics pass for all), and
+      keep the best of everything on validation; the final model is never worse on the
+      validation frames than the average.
+    - ``staged``: which staged (progressive) points the search tries: ``"grid"`` (the
+      coordinate search over ``ridge_grid`` × β), ``"one"`` (one staged merge at the best
+      one-shot anchor's ridge and β), ``"off"`` (anchors only), ``"auto"`` (the model's
+      ``staged_search`` attribute, ``"one"`` for adapter models, whose forwards cost
+      10–100× a gffmerge model's; ``"grid"`` otherwise).
     """
 
     mode: Literal["progressive", "one-shot"] = "progressive"
@@ -65,6 +77,9 @@ class ProgressiveOptions:
     norms: bool = False
     seed: int = 0
     backend: str = "auto"
+    anchors: bool = True
+    anchor_ridges: tuple[float, ...] = ANCHOR_RIDGES
+    staged: Literal["auto", "grid", "one", "off"] = "auto"
 
     __option_help__ = {
         "mode": "progressive (inputs from the partly merged model) or one-shot",
@@ -86,12 +101,18 @@ class ProgressiveOptions:
         "norms": "also fit the scale and shift of affine LayerNorms",
         "seed": "directions and validation subsets",
         "backend": "Gram/cross accumulation: auto, ext (compiled) or torch",
+        "anchors": "when searching, also score the average and the one-shot closed form "
+                   "(ridge_grid + anchor_ridges, every β) and keep the best on validation",
+        "anchor_ridges": "extra (large) ridges of the one-shot anchors",
+        "staged": "staged points searched: grid, one (at the best anchor), off, or auto "
+                  "(one for adapter models, grid otherwise)",
     }
 
     def __post_init__(self):
         choices = {"mode": ("progressive", "one-shot"), "ridge_mode": ("relative", "absolute"),
                    "prior": ("mean", "zero"), "weighting": ("pooled", "per_model"),
-                   "tangents": ("auto", "on", "off"), "directions": DIRECTIONS}
+                   "tangents": ("auto", "on", "off"), "directions": DIRECTIONS,
+                   "staged": STAGED}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not valid; choose one of "
@@ -114,17 +135,28 @@ class ProgressiveOptions:
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive number of frames or None, "
                                  f"got {v!r}")
-        for name in ("ridge_grid", "beta_grid"):
+        if not isinstance(self.anchors, bool):
+            raise ValueError(f"anchors must be true or false, got {self.anchors!r}")
+        if self.staged == "off" and not self.anchors:
+            raise ValueError("staged='off' with anchors=false leaves nothing to merge; "
+                             "turn anchors on or choose staged='grid' or 'one'")
+        for name in ("ridge_grid", "beta_grid", "anchor_ridges"):
             raw = getattr(self, name)
             try:
                 grid = tuple(float(g) for g in ((raw,) if isinstance(raw, int | float | str)
                                                  else raw))
             except (TypeError, ValueError):
                 raise ValueError(f"{name} must be a list of numbers >= 0, got {raw!r}") from None
-            if not grid or any(not (g >= 0) for g in grid):
+            if (not grid and name != "anchor_ridges") or any(not (g >= 0) for g in grid):
                 raise ValueError(f"{name} must be a non-empty tuple of numbers >= 0, "
                                  f"got {grid!r}")
             object.__setattr__(self, name, grid)
+
+    def staged_points(self, model) -> str:
+        """``staged`` with ``"auto"`` resolved for ``model`` (see the class docstring)."""
+        if self.staged != "auto":
+            return self.staged
+        return getattr(model, "staged_search", "grid")
 
     def candidates(self, conservative: bool) -> list[tuple[float, float]]:
         """The (ridge, β) points to try; a single point means no search."""

@@ -26,7 +26,13 @@ conservative model with either of them automatic): points of the grid (``ridge_g
 tangent weights, ``0`` meaning no tangent rows) are merged on a reduced budget of
 ``search_frames`` frames per source and scored by the merged model's force MAE on the
 sources' own validation frames (``val_frames`` per source, pooled over force components);
-the best point is then merged with the full ``frames`` budget. When both the ridge and β
+the best point is then merged with the full ``frames`` budget. With ``anchors`` (the
+default) the search also scores the sources' average and the one-shot closed form at every
+ridge (plus the large ``anchor_ridges``) and β, from one shared statistics pass
+(:mod:`gffmerge.methods._progressive_anchors`), and keeps the best candidate of all; a
+final model that scores worse on validation than the average is replaced by the average
+(reported). ``staged`` sets how many staged points are tried (a grid, or one at the best
+anchor for adapter models, whose forwards are costly). When both the ridge and β
 are searched, the search is coordinate-wise (every β at the middle ridge, then every other
 ridge at the best β: ``|β| + |ridge| − 1`` merges instead of ``|β| · |ridge|``). Stage
 statistics depend on the earlier stages' solutions, so they cannot be shared between grid
@@ -38,7 +44,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 from torch import nn
@@ -50,31 +56,31 @@ from ..collect.order import LayerOrder, layer_order, mergeable_layers
 from ..collect.progressive import Source, prepare_sources, refit_reference_energies, stage_sums
 from ..collect.tangents import is_conservative
 from ..evaluate import pooled_errors
-from ..report import LayerReport, MergeReport, MergeResult
+from ..report import MergeReport, MergeResult
 from ..solver import build_model, mean_state_dict
 from ..solver.stage import solve_stage
+from ._progressive_anchors import (
+    Anchor,
+    Run,
+    average_run,
+    one_shot_run,
+    one_shot_sums,
+    score_anchors,
+)
 from ._progressive_options import BETA_GRID, RIDGE_GRID, GridPoint, ProgressiveOptions
 from .registry import Needs, register
 
 __all__ = ["BETA_GRID", "RIDGE_GRID", "GridPoint", "ProgressiveOptions", "progressive",
            "progressive_merge"]
 
-@dataclass
-class _Run:
-    model: nn.Module
-    layers: list[LayerReport] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    energy_shift: dict[int, float] = field(default_factory=dict)  # eV by atomic number
-
-
 def _merge_once(models: Sequence[nn.Module], sources: list[Source], order: LayerOrder,
                 infos: dict, opts: ProgressiveOptions, *, ridge: float, beta: float,
-                frames: int | None, forward, progress: bool, desc: str) -> _Run:
+                frames: int | None, forward, progress: bool, desc: str) -> Run:
     from tqdm.auto import tqdm
 
     merged = build_model(models[0], mean_state_dict(models))
     merged.eval()
-    run = _Run(merged)
+    run = Run(merged)
     tangents = beta > 0
     if opts.mode == "one-shot":
         stages = [tuple(order.order)]
@@ -160,7 +166,6 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     order_s = time.perf_counter() - t0 - targets_s
 
     points: list[GridPoint] = []
-    best = grid[0]
     val_sets = _val_sets(val_data, opts.val_frames, opts.seed) if val_data is not None else None
 
     def errors(model: nn.Module) -> tuple[float, float]:
@@ -168,26 +173,45 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
             return pooled_errors(model, val_sets)
         return agreement_error(model, models, holdout, forward), math.nan
     t_search, c_search = time.perf_counter(), time.process_time()
-    runs: dict[tuple[float, float], _Run] = {}
     reduced = opts.search_frames
     if opts.frames is not None and reduced is not None:
         reduced = min(reduced, opts.frames)
+    full = reduced is None or (opts.frames is not None and reduced >= opts.frames)
+    runs: dict[tuple, Run] = {}  # candidates merged on the full budget, by key
+
+    def keep(key: tuple, run: Run) -> None:
+        if full:
+            runs[key] = run
+
     def score(ridge: float, beta: float) -> GridPoint:
         t1 = time.perf_counter()
         run = _merge_once(models, sources, order, infos, opts, ridge=ridge, beta=beta,
                           frames=reduced, forward=forward, progress=progress,
                           desc=f"search ridge {ridge:g} beta {beta:g}")
         f, e = errors(run.model)
-        if reduced is None or (opts.frames is not None and reduced >= opts.frames):
-            runs[(ridge, beta)] = run
+        keep(("progressive", ridge, beta), run)
         point = GridPoint(ridge, beta, f, e, time.perf_counter() - t1)
         points.append(point)
         return point
 
+    anchors: list[Anchor] = []
+    best: tuple = ("progressive", *grid[0])
+    staged = opts.staged_points(models[0]) if search else "grid"
     if search:
         ridges = sorted({r for r, _ in grid})
         betas = sorted({b for _, b in grid})
-        if len(ridges) > 1 and len(betas) > 1:
+        if opts.anchors:
+            anchors = score_anchors(models, sources, order, infos, opts, ridges=ridges,
+                                    betas=betas, frames=reduced, forward=forward,
+                                    errors=errors, keep=keep)
+        if staged == "one":  # one staged merge, at the best one-shot point
+            shots = [a for a in anchors if a.kind == "one-shot" and a.ridge in ridges]
+            if shots:
+                a = min(shots, key=lambda a: a.val_force_mae_mev_per_a)
+                score(a.ridge, a.beta)
+            else:
+                score(*grid[len(grid) // 2])
+        elif staged == "grid" and len(ridges) > 1 and len(betas) > 1:
             # coordinate search: β (and tangents on/off) at the middle ridge, then the ridge
             mid = ridges[len(ridges) // 2]
             b_best = min((score(mid, b) for b in betas),
@@ -195,18 +219,41 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
             for r in ridges:
                 if r != mid:
                     score(r, b_best)
-        else:
+        elif staged == "grid":
             for ridge, beta in grid:
                 score(ridge, beta)
-        pick = min(points, key=lambda p: p.val_force_mae_mev_per_a)
-        best = (pick.ridge, pick.beta)
+        cands = [(("progressive", p.ridge, p.beta), p.val_force_mae_mev_per_a)
+                 for p in points]
+        cands += [(("average",) if a.kind == "average" else (a.kind, a.ridge, a.beta),
+                   a.val_force_mae_mev_per_a) for a in anchors]
+        best = min(cands, key=lambda c: c[1])[0]
     search_s, search_c = time.perf_counter() - t_search, time.process_time() - c_search
     t_final, c_final = time.perf_counter(), time.process_time()
-    run = runs.get(best) or _merge_once(models, sources, order, infos, opts, ridge=best[0],
-                                        beta=best[1], frames=opts.frames, forward=forward,
-                                        progress=progress, desc="merge")
-    final_s, final_c = time.perf_counter() - t_final, time.process_time() - c_final
+
+    def final(key: tuple) -> Run:
+        if key[0] == "average":
+            return average_run(models, sources, refit=opts.energy_refit, frames=opts.frames)
+        if key[0] == "one-shot":
+            sums = one_shot_sums(sources, order, infos, tangents=key[2] > 0,
+                                 frames=opts.frames, forward=forward, backend=opts.backend)
+            return one_shot_run(models, sources, order, infos, sums, opts, ridge=key[1],
+                                beta=key[2], frames=opts.frames)
+        return _merge_once(models, sources, order, infos, opts, ridge=key[1], beta=key[2],
+                           frames=opts.frames, forward=forward, progress=progress,
+                           desc="merge")
+    run = runs.get(best) or final(best)
     val = errors(run.model) if (val_sets is not None or holdout is not None) else None
+    fallback = None
+    average = next((a for a in anchors if a.kind == "average"), None)
+    if average is not None and best != ("average",) and val[0] > average.val_force_mae_mev_per_a:
+        fallback = (f"the pick {best} merged on the full budget scored "
+                    f"{val[0]:.4g} on validation, worse than the average's "
+                    f"{average.val_force_mae_mev_per_a:.4g}: the average is returned")
+        best = ("average",)
+        run = runs.get(best) or final(best)
+        run.warnings = [*run.warnings, fallback]
+        val = errors(run.model)
+    final_s, final_c = time.perf_counter() - t_final, time.process_time() - c_final
 
     report = MergeReport(method=f"progressive ({opts.mode})", options=asdict(opts),
                          num_models=len(models), layers=run.layers, warnings=run.warnings)
@@ -219,7 +266,10 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     report.averaged = [k for k in run.model.state_dict()
                        if k.rsplit(".", 1)[0] not in solved]
     report.options.update(
-        conservative=conservative, chosen_ridge=best[0], chosen_beta=best[1],
+        conservative=conservative, chosen=best[0],
+        chosen_ridge=best[1] if len(best) > 1 else None,
+        chosen_beta=best[2] if len(best) > 1 else 0.0, staged_search=staged,
+        anchors_tried=[asdict(a) for a in anchors], fallback=fallback,
         stages=[list(s) for s in (order.stages if opts.mode == "progressive"
                                   else (tuple(order.order),))],
         frames_used=[s.frames for s in sources],
