@@ -139,3 +139,16 @@ def test_staged_one_tries_one_point_at_the_best_anchor(drifting):
              and a["ridge"] in (1e-8, 0.1)]
     best = min(shots, key=lambda a: a["val_force_mae_mev_per_a"])
     assert (o["grid"][0]["ridge"], o["grid"][0]["beta"]) == (best["ridge"], best["beta"])
+
+
+def test_merge_keeps_the_methods_own_total_time(drifting):
+    """``merge`` adds its measuring time to a method's own end-to-end total (progressive
+    measures inside the method, so the total must not collapse to zero)."""
+    import gffmerge
+
+    sources, batches, vals = drifting
+    res = gffmerge.merge(sources, batches, method="progressive", val_data=vals,
+                         progress=False, ridge_grid=(1e-8,), beta_grid=(1.0,), frames=6,
+                         search_frames=6, val_frames=6)
+    t = res.report.times
+    assert t["total"] >= t["search"] + t["merge"] > 0
