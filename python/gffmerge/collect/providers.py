@@ -40,6 +40,8 @@ buffers), so no ``[E, d]`` float64 copy is made; the extra memory is ``O(N·d)``
 node-level sums plus one chunk. Gates are applied in float64 to the exact model values;
 for a float32 model this is *more* exact than a dense hook on ``g * H[i]`` materialised in
 float32 (which rounds each product).
+
+Sparse dense parts (bag-of-words rows) go to :mod:`gffmerge.collect.sparse` instead.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from .plan import (
     scatter_rows,
     step_rows,
 )
+from .sparse import has_sparse, sparse_sums
 
 __all__ = ["CHUNK_BYTES", "cross_of", "gram_of", "sums_of"]
 
@@ -67,6 +70,8 @@ __all__ = ["CHUNK_BYTES", "cross_of", "gram_of", "sums_of"]
 def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
           chunk_rows: int | None) -> tuple[Tensor | None, Tensor | None]:
     """One pass over the rows for the Gram (when ``gram``) and the cross sums with ``y``."""
+    if has_sparse(inp):
+        return sparse_sums(inp, y, gram=gram)
     plan = Plan(inp, backend=backend, chunk_rows=chunk_rows)
     dd = plan.d_dense
     dev = plan.device
