@@ -50,7 +50,9 @@ NOTES = [
     "initialisations): their base is the zero model, so task arithmetic is 0.6× the average "
     "(λ = 0.3) and TIES a trimmed, sign-elected average (d = 0.2, λ = 1).",
 ]
-CONFIGS = [(d, b) for d in ("cora", "citeseer") for b in ("gcn", "sage")]
+CONFIGS = [("cora", "gcn"), ("citeseer", "gcn"), ("cora", "sage"), ("citeseer", "sage")]
+ORDER = ["gnnmerge++", "gnnmerge++/all", "gnnmerge++/own", "gffmerge", "gnnmerge", "regmean",
+         "ties", "task_arithmetic", "average"]
 
 
 def main() -> None:
@@ -58,6 +60,8 @@ def main() -> None:
     p.add_argument("--runs", required=True, help="folder of the runs (reused when present)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--methods", default=",".join(m for m in ORDER if m != "gnnmerge"),
+                   help="methods (default: all but the gradient gnnmerge, minutes per seed)")
     p.add_argument("--existing", action="store_true",
                    help="summarise only the runs already in RUNS (list the others as not run)")
     args = p.parse_args()
@@ -71,7 +75,8 @@ def main() -> None:
             continue
         if not (out / "results.json").is_file():
             run(GnnExperimentConfig(dataset=dataset, setting="in-domain", backbone=backbone,
-                                    seeds=args.seeds, epochs=args.epochs), out)
+                                    seeds=args.seeds, epochs=args.epochs,
+                                    methods=tuple(args.methods.split(","))), out)
         results[(dataset, backbone)] = json.loads((out / "results.json").read_text())
         keep = RESULTS / "gnn_in_domain" / f"{dataset}-{backbone}"
         keep.mkdir(parents=True, exist_ok=True)
@@ -81,33 +86,35 @@ def main() -> None:
                 shutil.copyfile(src, keep / name)
     first = next(iter(results.values()))["config"]
     n_seeds = len(next(iter(results.values()))["seeds"])
+    shown = [m for m in ORDER if any(m in r["methods"] for r in results.values())]
     lines = ["# In-domain GNN merges: Cora and CiteSeer, GCN and SAGE", "",
              f"Commit {git_commit()}; machine: {cpu_name()}, {os.cpu_count()} cores shared with "
-             f"other jobs (load average about 9-11 during the runs; {load[0]:.1f} when this "
-             f"summary was written), torch "
-             f"{torch.__version__}, 1 thread per run. Runs: `OMP_NUM_THREADS=1 gffmerge "
-             f"gnn-experiment --dataset D --setting in-domain --backbone B --seeds "
-             f"{n_seeds} --epochs "
-             f"{first['epochs']}` (two runs at a time), summarised by "
-             "`benchmarks/bench_gnn_in_domain.py`; each run's report, results.json and chart "
-             "are in `gnn_in_domain/<dataset>-<backbone>/`.", "",
+             f"other jobs (load average {load[0]:.1f} when this summary was written), torch "
+             f"{torch.__version__}, 1 thread. Runs: `OMP_NUM_THREADS=1 nice python "
+             f"benchmarks/bench_gnn_in_domain.py --runs RUNS --epochs {first['epochs']} "
+             f"--seeds {n_seeds}` (the four cells one after another; the same as `gffmerge "
+             "gnn-experiment --setting in-domain --dataset D --backbone B --methods ...`); "
+             "each run's report, results.json and chart are in "
+             "`gnn_in_domain/<dataset>-<backbone>/`.", "",
              "Setting (GNNMerge §8.2): classes split into the first ⌈C/2⌉ and the rest, one "
              "source per half trained on the standard split's training nodes of its classes, "
              f"{first['epochs']} epochs of Adam (lr {first['lr']}, weight decay "
              f"{first['weight_decay']}; the paper trains 500), hidden {first['hidden']}, "
              "different random initialisations. The merged backbone is evaluated with each "
-             "source's own head on the test nodes of that source's classes. Statistics: each "
-             "source's layer inputs on all nodes (label-free). Default merge: `gnnmerge++` "
-             "(closed form, equal per-model weighting, relative ridge 1e-4).", "",
+             "source's own head on the test nodes of that source's classes.", "",
+             "Methods: `gnnmerge++` (default): closed form, equal per-model weighting, prior = "
+             "the sources' mean, with the rows (all nodes | each source's own labelled nodes | "
+             "own nodes + their neighbours) and the relative ridge (1e-4, 1e-2, 1) chosen "
+             "together on the validation nodes (standard split, each source's classes); "
+             "`gnnmerge++/all`: all nodes, ridge 1e-4, prior zero (the previous default); "
+             "`gnnmerge++/own`: each source's own labelled nodes (GNNMerge++'s code), ridge "
+             "1e-4, prior mean; `gffmerge`: pooled weighting, all nodes.", "",
              "| dataset | backbone | " + " | ".join(
-                 ["gnnmerge++ (default)", "gffmerge (pooled)", "gnnmerge (gradient)",
-                  "regmean", "ties", "task_arithmetic", "average"]) + " |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    order = ["gnnmerge++", "gffmerge", "gnnmerge", "regmean", "ties", "task_arithmetic",
-             "average"]
+                 f"{m} (default)" if m == "gnnmerge++" else m for m in shown) + " |",
+             "|---|---|" + "---|" * len(shown)]
     for (dataset, backbone), r in results.items():
         cells = []
-        for m in order:
+        for m in shown:
             v = r["methods"].get(m)
             cells.append("–" if v is None else f"{v['normalized_accuracy']:.3f} ± "
                                                f"{v['normalized_accuracy_std']:.3f}")
@@ -115,14 +122,26 @@ def main() -> None:
     if missing:
         lines += ["", f"Not run: {', '.join(missing)}."]
     lines += ["", "Normalised accuracy (mean over the two label sets of merged / source "
-              "accuracy), mean ± std over seeds.", "", "## Times", "",
-              "| dataset | backbone | sources' training s | all-task model from scratch s | "
-              "gnnmerge++ measure + solve s | speed-up |", "|---|---|---|---|---|---|"]
+              "accuracy), mean ± std over seeds.", "", "Rows and ridge chosen by the default "
+              "on the validation nodes, per seed:", ""]
     for (dataset, backbone), r in results.items():
-        m = r["methods"]["gnnmerge++"]["seconds"]
+        v = r["methods"].get("gnnmerge++", {})
+        picks = "; ".join(f"{c['rows']}, ridge {c['ridge']:g} (val {c['score']:.3f})"
+                          for c in v.get("chosen", []))
+        lines.append(f"- {dataset} {backbone}: {picks}")
+    lines += ["", "## Times (CPU seconds, one thread)", "",
+              "| dataset | backbone | sources' training | all-task model from scratch | "
+              "gnnmerge++ with its choice | chosen configuration alone (measure + solve) | "
+              "gnnmerge++/all (measure + solve) | speed-up: with choice / chosen alone / "
+              "all |", "|---|---|---|---|---|---|---|---|"]
+    for (dataset, backbone), r in results.items():
+        m = r["methods"]
+        full, one = m["gnnmerge++"]["seconds"], m["gnnmerge++"].get("chosen_seconds", 0.0)
+        plain = m.get("gnnmerge++/all", {}).get("seconds", float("nan"))
+        t = r["all_tasks_training_seconds"]
         lines.append(f"| {dataset} | {backbone} | {r['sources_training_seconds']:.1f} | "
-                     f"{r['all_tasks_training_seconds']:.1f} | {m:.2f} | "
-                     f"{r['all_tasks_training_seconds'] / m:.0f}× |")
+                     f"{t:.1f} | {full:.2f} | {one:.2f} | {plain:.2f} | "
+                     f"{t / full:.0f}× / {t / max(one, 1e-9):.0f}× / {t / plain:.0f}× |")
     lines += ["", "## Targets (default merge)", "", "| dataset | backbone | target | measured "
               "| met |", "|---|---|---|---|---|"]
     for (dataset, backbone), r in results.items():

@@ -101,7 +101,7 @@ def propagate(edge_index: Tensor, weight: Tensor | None, x: Tensor, n_dst: int, 
                                   check_invariants=False)
     if x.layout != torch.strided:
         with warnings.catch_warnings():  # torch's notice that invariant checks are off
-            warnings.filterwarnings("ignore", message=r"Sparse invariant")
+            warnings.filterwarnings("ignore", message=r"Sparse (CSR tensor support|invariant)")
             return torch.sparse.mm(adj, x).coalesce()
     return torch.sparse.mm(adj, x.contiguous())
 
