@@ -161,12 +161,10 @@ def write_results(rows: list[dict], args, load: tuple[float, float, float]) -> N
                     / torch.tensor(b["edges"] / a["edges"]).log()).item()
         lines += ["", f"From the smallest to the largest size, measure time grows as "
                   f"edges^{slope('measure_cpu_s'):.2f} and the model's own plain forward as "
-                  f"edges^{slope('forward_cpu_s'):.2f} in CPU time (1 = linear in edges): the "
-                  "statistics add a near-constant factor to the forward passes they hook "
-                  "(column measure / (2 × forward): two sources, one forward each), and the peak memory is that "
-                  "of PyG's own message passing. Growth above linear is shared by the plain "
-                  "forward (random gathers out of cache at larger sizes, and a load that "
-                  "varied during the run)."]
+                  f"edges^{slope('forward_cpu_s'):.2f} in CPU time (1 = linear in edges): "
+                  "the statistics add a near-constant factor to the forward passes they "
+                  "hook (column measure / (2 × forward): two sources, one forward each), and "
+                  "the peak memory is that of PyG's own message passing."]
     lines += ["", "This was run on a shared 2-core machine (other jobs running, see the load "
               "above), up to the size that took a few minutes there. The issue's goal (1e7 "
               "nodes, 1e8 edges within 24 GiB) is for CI-class machines: memory here is "
