@@ -65,9 +65,9 @@ NOTES = [
     "measured, solved and scored) 1-4×. Training time is linear in the epochs, so with the "
     "paper's 500 epochs these would be 5× larger (about 150× for Cora GCN's chosen merge, "
     "45-95× for the others), not measured here. CiteSeer SAGE's first layer is a "
-    "7407-dimensional joint group: its own-node choice is a Cholesky of that size. Times are CPU seconds "
-    "of the process (`time.process_time`, one thread): wall times on this shared machine "
-    "were 2-4× larger and varied with the load.",
+    "7407-dimensional joint group: its own-node choice is a Cholesky of that size. Times "
+    "are CPU seconds of the process (`time.process_time`, one thread): wall times on this "
+    "shared machine were 2-4× larger and varied with the load.",
     "- **Seeds and reuse.** Seed 0's sources of every cell were trained by a development "
     "script with the same code and seeds before these runs (their training seconds are wall "
     "time at a load of 6-8, the other seeds' CPU time); the all-task models and every merge "
