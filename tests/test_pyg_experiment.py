@@ -88,11 +88,11 @@ def test_cli_cross_domain_on_planetoid_is_a_one_line_error(tmp_path, capsys):
 def test_cross_domain_sbm_merges_two_graphs_of_one_feature_space():
     cfg = GnnExperimentConfig(dataset="sbm", setting="cross-domain", backbone="gcn", seeds=1,
                               epochs=5, hidden=16, sbm_nodes=600, all_tasks=False,
-                              methods=("gnnmerge++", "gffmerge", "average"))
+                              methods=("gnnmerge++/all", "gffmerge", "average"))
     res = run_seed(cfg, seed=0)
     assert list(res.sources) == ["graph A classes 0-2", "graph B classes 3-5"]
     for name in cfg.methods:
         assert set(res.methods[name]["tasks"]) == set(res.sources)
         assert 0.0 <= res.methods[name]["normalized_accuracy"] <= 2.0
     # equal-size graphs: equal per-model weighting and pooling give the same merge
-    assert res.methods["gnnmerge++"]["tasks"] == res.methods["gffmerge"]["tasks"]
+    assert res.methods["gnnmerge++/all"]["tasks"] == res.methods["gffmerge"]["tasks"]

@@ -19,7 +19,9 @@ Settings (``setting``):
 Each source's statistics are its backbone's layer inputs on *all* nodes of its graph (the
 task-agnostic, label-free alignment). ``normalized_accuracy`` is the mean over tasks of the
 merged score over the source's score (accuracy; AUC for link prediction). Also recorded:
-the sources' training time and that of one model trained on all tasks from scratch.
+the sources' training time and that of one model trained on all tasks from scratch. Times
+are CPU seconds of the process (``time.process_time``: with one thread, the work done,
+unlike wall time on a shared machine).
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ import torch
 from torch import Tensor, nn
 
 from .atomic import write_text_atomically
-from .collect import measure
 from .gnn_tasks import (  # noqa: F401  (re-exported)
     Backbone,
     Task,
+    TrainedCache,
     auc,
     evaluate,
     train_all_tasks,
@@ -51,20 +53,28 @@ from .stats import Stats
 DATASETS = ("cora", "citeseer", "sbm")
 SETTINGS = ("in-domain", "cross-domain", "nc-lp")
 BACKBONES = ("gcn", "sage", "gin", "gat")
-# name in the results -> (registered method, its options); "gnnmerge++" is the closed form
-# with equal per-model weighting, "gffmerge" the pooled (row-count weighted) one; a relative
-# ridge because bag-of-words inputs leave directions without data (singular Grams); no
-# cond₂ (an eigen-decomposition per layer would cost more than the solve).
-METHODS: dict[str, tuple[str, dict]] = {
-    "gnnmerge++": ("gffmerge", {"weighting": "per_model", "ridge": 1e-4,
-                                "ridge_mode": "relative", "condition": False}),
-    "gffmerge": ("gffmerge", {"weighting": "pooled", "ridge": 1e-4, "ridge_mode": "relative",
-                              "condition": False}),
-    "gnnmerge": ("gnnmerge", {}),
-    "average": ("average", {}),
-    "task_arithmetic": ("task_arithmetic", {}),
-    "ties": ("ties", {}),
-    "regmean": ("regmean", {"ridge": 1e-4, "ridge_mode": "relative", "condition": False}),
+# name in the results -> (registered method, its options, rows): "gnnmerge++" is the closed
+# form with equal per-model weighting whose rows and relative ridge are chosen on the
+# validation nodes (rows "val", :mod:`gffmerge.gnn_select`; prior "mean": directions without
+# data keep the average), "gnnmerge++/all" the same on all nodes with a fixed ridge (the
+# earlier default), "gnnmerge++/own" on each source's labelled nodes (GNNMerge++'s code),
+# "gffmerge" the pooled (row-count weighted) one; relative ridges because bag-of-words
+# inputs leave directions without data (singular Grams); no cond₂ (an eigen-decomposition
+# per layer would cost more than the solve).
+_CLOSED = {"ridge_mode": "relative", "condition": False}
+METHODS: dict[str, tuple[str, dict, str]] = {
+    "gnnmerge++": ("gffmerge", {"weighting": "per_model", "prior": "mean", **_CLOSED}, "val"),
+    "gnnmerge++/all": ("gffmerge", {"weighting": "per_model", "ridge": 1e-4, **_CLOSED},
+                       "all"),
+    "gnnmerge++/own": ("gffmerge", {"weighting": "per_model", "ridge": 1e-4, "prior": "mean",
+                                    **_CLOSED}, "own"),
+    "gffmerge": ("gffmerge", {"weighting": "pooled", "ridge": 1e-4, **_CLOSED}, "all"),
+    "gnnmerge": ("gnnmerge", {}, "all"),
+    "average": ("average", {}, "all"),
+    "task_arithmetic": ("task_arithmetic", {}, "all"),
+    "ties": ("ties", {}, "all"),
+    "regmean": ("regmean", {"ridge": 1e-4, "ridge_mode": "relative", "condition": False},
+                "all"),
 }
 DEFAULT_METHOD = "gnnmerge++"
 
@@ -158,26 +168,40 @@ def _zero_like(model: nn.Module) -> nn.Module:
     return zero
 
 
-def merge_all(backbones: Sequence[nn.Module], tasks: Sequence[Task],
-              methods: Sequence[str]) -> dict[str, tuple[nn.Module, float]]:
-    """Every method's merged backbone and its seconds (measure + solve for the methods on
-    statistics). Task arithmetic and TIES have no common pre-trained model here (the
-    sources start from different random initialisations): their base is the zero model."""
-    t0 = time.perf_counter()
-    stats = Stats.concat([measure(b, [(t.graph.x, t.edges)], progress=False,
-                                  label=t.name) for b, t in zip(backbones, tasks)])
-    measure_s = time.perf_counter() - t0
+def merge_all(backbones: Sequence[nn.Module], tasks: Sequence[Task], methods: Sequence[str],
+              heads: Sequence[nn.Module | None] | None = None
+              ) -> dict[str, tuple[nn.Module, float, dict | None]]:
+    """Every method's merged backbone, its seconds (measure + solve for the methods on
+    statistics; the whole validation choice for rows "val", which needs the sources'
+    ``heads``) and the choice made (None unless chosen). Task arithmetic and TIES have no
+    common pre-trained model here (the sources start from different random
+    initialisations): their base is the zero model."""
+    from .gnn_select import choose, measure_sources
+
+    measured: dict[str, tuple[Stats, float]] = {}  # rows -> statistics, measuring seconds
     out = {}
     for name in methods:
-        registered, options = METHODS[name]
+        registered, options, rows = METHODS[name]
         method = get_method(registered)
+        t1 = time.process_time()
+        if rows == "val":
+            if heads is None:
+                raise ValueError(f"method '{name}' chooses its rows on validation nodes and "
+                                 "needs the sources' heads")
+            model, chosen = choose(backbones, heads, tasks, registered, options)
+            out[name] = (model, time.process_time() - t1, chosen)
+            continue
         needs = method.needs_for(method.options(**options))
-        t1 = time.perf_counter()
-        result = method(list(backbones), stats if needs.stats else None,
+        if needs.stats and rows not in measured:
+            t0 = time.process_time()
+            stats = measure_sources(backbones, tasks, rows)
+            measured[rows] = (stats, time.process_time() - t0)
+        measure_s = measured[rows][1] if needs.stats else 0.0
+        t1 = time.process_time()
+        result = method(list(backbones), measured[rows][0] if needs.stats else None,
                         base=_zero_like(backbones[0]) if needs.base_model else None,
                         **options)
-        seconds = time.perf_counter() - t1 + (measure_s if needs.stats else 0.0)
-        out[name] = (result.model, seconds)
+        out[name] = (result.model, time.process_time() - t1 + measure_s, None)
     return out
 
 
@@ -190,21 +214,28 @@ class SeedResult:
     methods: dict[str, dict] = field(default_factory=dict)
 
 
-def run_seed(cfg: GnnExperimentConfig, seed: int) -> SeedResult:
+def run_seed(cfg: GnnExperimentConfig, seed: int, keep: str | Path | None = None
+             ) -> SeedResult:
+    """One seed: train (or, from ``keep``, reload) the sources, time the all-task model,
+    merge with every method and score the merges."""
     graphs = graphs_for(cfg, seed)
     tasks = tasks_for(cfg, graphs, seed)
     res = SeedResult(seed)
     backbones, heads = [], []
+    trained = TrainedCache(keep, {k: v for k, v in asdict(cfg).items()
+                                  if k not in ("seeds", "methods", "all_tasks")})
     for k, task in enumerate(tasks):
-        b, h, secs = train_source(task, cfg.backbone, cfg, seed=100 * seed + 10 * k + 1)
+        b, h, secs = trained.source(task, cfg.backbone, cfg, seed=100 * seed + 10 * k + 1)
         backbones.append(b)
         heads.append(h)
         score = evaluate(b, h, task)
         res.sources[task.name] = {"metric": "auc" if task.is_lp else "accuracy",
                                   "score": score, "seconds": secs}
     if cfg.all_tasks:
-        res.all_tasks_seconds = train_all_tasks(tasks, cfg.backbone, cfg, seed=100 * seed + 99)
-    for name, (merged, secs) in merge_all(backbones, tasks, cfg.methods).items():
+        res.all_tasks_seconds = trained.all_tasks(tasks, cfg.backbone, cfg,
+                                                  seed=100 * seed + 99)
+    for name, (merged, secs, chosen) in merge_all(backbones, tasks, cfg.methods,
+                                                  heads).items():
         per_task = {}
         ratios = []
         for task, head in zip(tasks, heads):
@@ -214,6 +245,8 @@ def run_seed(cfg: GnnExperimentConfig, seed: int) -> SeedResult:
             ratios.append(score / res.sources[task.name]["score"])
         res.methods[name] = {"normalized_accuracy": sum(ratios) / len(ratios),
                              "tasks": per_task, "seconds": secs}
+        if chosen is not None:
+            res.methods[name]["chosen"] = chosen
     return res
 
 
@@ -236,6 +269,11 @@ def summarize(cfg: GnnExperimentConfig, seeds: Sequence[SeedResult]) -> dict:
         methods[name] = {"normalized_accuracy": na, "normalized_accuracy_std": na_std,
                          "tasks": tasks,
                          "seconds": _mean_std([r["seconds"] for r in runs])[0]}
+        if all("chosen" in r for r in runs):  # rows and ridge chosen on validation nodes
+            methods[name]["chosen"] = [{k: r["chosen"][k] for k in ("rows", "ridge", "score")}
+                                       for r in runs]
+            methods[name]["chosen_seconds"] = _mean_std([r["chosen"]["seconds"]
+                                                         for r in runs])[0]
     sources = {}
     for task in seeds[0].sources:
         metric = seeds[0].sources[task]["metric"]
@@ -250,7 +288,9 @@ def summarize(cfg: GnnExperimentConfig, seeds: Sequence[SeedResult]) -> dict:
 
 def run(cfg: GnnExperimentConfig, out: str | Path, *, log=print) -> dict:
     """Run every seed, then write ``out/results.json``, ``out/report.md`` and
-    ``out/normalized_accuracy.png``; returns the results."""
+    ``out/normalized_accuracy.png``; returns the results. The trained sources and the
+    all-task training times are kept in ``out/sources`` (a rerun with the same settings
+    merges again without retraining)."""
     from .gnn_experiment_report import write_report
 
     out = Path(out)
@@ -258,7 +298,7 @@ def run(cfg: GnnExperimentConfig, out: str | Path, *, log=print) -> dict:
     seeds = []
     for seed in range(cfg.seeds):
         t0 = time.perf_counter()
-        seeds.append(run_seed(cfg, seed))
+        seeds.append(run_seed(cfg, seed, keep=out / "sources"))
         log(f"seed {seed}: done in {time.perf_counter() - t0:.1f} s")
     results = summarize(cfg, seeds)
     write_text_atomically(out / "results.json", json.dumps(results, indent=2) + "\n")

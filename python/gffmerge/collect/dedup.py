@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import weakref
 
+import torch
 from torch import Tensor
 
 from ..models.parts import Dense, GramInput
@@ -31,6 +32,8 @@ def _tensor_key(t: Tensor | None, refs: list) -> tuple | None:
     """Identity + geometry + version of ``t``; None when it cannot be proven unchanged."""
     if t is None:
         return ("none",)
+    if t.layout != torch.strided:  # sparse rows: no single storage to identify
+        return None
     try:
         version = t._version
     except RuntimeError:  # inference tensors do not track versions
@@ -42,7 +45,9 @@ def _tensor_key(t: Tensor | None, refs: list) -> tuple | None:
 
 
 class InputCache:
-    """Grams of the inputs seen so far in the current forward (see the module docstring)."""
+    """Grams of the inputs seen so far in the current forward (see the module docstring);
+    kept across models instead (``measure(shared=cache)``), it holds the Grams of inputs
+    that do not depend on the weights (:meth:`key_of`), with their row counts."""
 
     def __init__(self) -> None:
         self._entries: dict[tuple, tuple[list, Tensor]] = {}
@@ -59,6 +64,15 @@ class InputCache:
                 return None
             parts.append((type(p).__name__, p.width, keys))
         return (inp.rows, tuple(parts)), refs
+
+    def key_of(self, tag: tuple, tensors) -> tuple | None:
+        """A key for the rows a call forms from ``tensors`` (in order) under ``tag`` (the
+        settings that, with the tensors, determine them), or None (do not share)."""
+        refs: list = []
+        keys = tuple(_tensor_key(t, refs) for t in tensors)
+        if any(k is None for k in keys):
+            return None
+        return ("call", tag, keys), refs
 
     def get(self, key) -> Tensor | None:
         if key is None:

@@ -58,14 +58,22 @@ class LayerHook:
     With ``derive_from_zero`` the derived sums are formed from the whole Gram in ``sums``
     (a resumed measurement whose kept cross sums are the raw ones), else from what this
     hook adds.
+
+    ``shared`` (an :class:`~gffmerge.collect.dedup.InputCache` kept across models): a
+    layer whose view gives an ``input_key`` (rows that do not depend on the weights, e.g.
+    a graph convolution on the raw features) adds the Gram another model measured on the
+    same, unchanged tensors instead of forming it again (exact: the same rows). A view
+    with ``output_rows`` selects the output rows its input rows describe.
     """
 
     def __init__(self, module: nn.Module, sums: LayerStats, *, backend: str = "auto",
                  cache: InputCache | None = None, chunk_rows: int | None = None,
                  measured_cross: bool = False, derive_from_zero: bool = False,
-                 workspace: Workspace | None = None):
+                 workspace: Workspace | None = None,
+                 shared: InputCache | None = None):
         self.sums = sums
         self.workspace = workspace
+        self.shared = shared
         self.backend = backend
         self.cache = cache
         self.chunk_rows = chunk_rows
@@ -81,16 +89,37 @@ class LayerHook:
     def describe(self, args: tuple, kwargs: dict) -> GramInput:
         raise NotImplementedError
 
+    def _shared_key(self, args: tuple, kwargs: dict):
+        if self.shared is None or not hasattr(self._module, "input_key"):
+            return None
+        found = self._module.input_key(*args, **kwargs)
+        if found is None:
+            return None
+        tag, tensors = found
+        return self.shared.key_of((self.in_features, *tag), tensors)
+
     def _hook(self, module, args, kwargs, output):
+        need_y = self.sums.cross is not None and self._gram_before is None
+        skey = self._shared_key(args, kwargs)
+        hit = self.shared.get(skey) if skey is not None else None
+        if hit is not None and not need_y:  # rows another model measured: add its sums
+            gram, rows = hit
+            self.sums.gram.add_(gram.to(self.sums.gram.device))
+            self.sums.rows += rows
+            return
         inp = self.describe(args, kwargs)
         ws = self.workspace
         inp.check(self.in_features, None if ws is None else lambda i: ws.fact(
             "range", i, lambda: (int(i.min()), int(i.max()))))
         key = self.cache.key(inp) if self.cache is not None else None
-        gram = self.cache.get(key) if key is not None else None
+        gram = hit[0] if hit is not None else (self.cache.get(key) if key is not None
+                                               else None)
         y = None
-        if self.sums.cross is not None and self._gram_before is None:
-            y = output.detach().reshape(-1, self.out_features)
+        if need_y:
+            y = output.detach()
+            if hasattr(self._module, "output_rows"):
+                y = self._module.output_rows(y)
+            y = y.reshape(-1, self.out_features)
         part_key = part_gram = None
         if gram is None and key is not None:  # the dense part alone may be another's input
             part = dense_part(inp)
@@ -106,6 +135,8 @@ class LayerHook:
             gram = fresh
             if key is not None:
                 self.cache.put(key, gram)
+            if skey is not None:
+                self.shared.put(skey, (gram, inp.rows))
         self.sums.gram.add_(gram.to(self.sums.gram.device))
         if cross is not None:
             self.sums.cross.add_(cross.to(self.sums.cross.device))

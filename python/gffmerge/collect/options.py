@@ -27,7 +27,10 @@ class MeasureOptions:
     ``description``: names stored with the stats; ``backend``: ``"auto"``, ``"ext"`` or
     ``"torch"`` for the Gram ops; ``dense``: the dense hook on every layer; ``dedup``:
     share the Gram of an input reaching several layers (default: on unless ``dense``);
-    ``distributed``: measure this process's shard and sum over all processes.
+    ``distributed``: measure this process's shard and sum over all processes;
+    ``shared``: an :class:`~gffmerge.collect.InputCache` passed to the measurements of
+    several models, so that a layer whose input rows do not depend on the weights (a
+    graph convolution on the raw features of one graph) is measured once for all of them.
 
     Resuming (:mod:`gffmerge.collect.partial`): ``partial``: a file where the sums so far
     are kept while measuring (written every ``partial_every`` batches or
@@ -58,6 +61,7 @@ class MeasureOptions:
     resume: str | os.PathLike | None = None
     partial_every: int | None = 50
     partial_seconds: float | None = 60.0
+    shared: Any = None
 
     def __post_init__(self):
         # a generator of names would be used up by the first model measured

@@ -40,6 +40,8 @@ buffers), so no ``[E, d]`` float64 copy is made; the extra memory is ``O(N·d)``
 node-level sums plus one chunk. Gates are applied in float64 to the exact model values;
 for a float32 model this is *more* exact than a dense hook on ``g * H[i]`` materialised in
 float32 (which rounds each product).
+
+Sparse dense parts (bag-of-words rows) go to :mod:`gffmerge.collect.sparse` instead.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from .plan import (
     scatter_rows,
     step_rows,
 )
+from .sparse import has_sparse, sparse_sums
 from .workspace import Workspace
 
 __all__ = ["CHUNK_BYTES", "cross_of", "gram_of", "sums_of"]
@@ -104,6 +107,9 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
     """One pass over the rows for the Gram (when ``gram``) and the cross sums with ``y``;
     also returns the ``[D, 1]`` Gram of the dense group when it is one dense part (what
     a plain layer on that part forms; ``dense_gram`` gives it instead of forming it)."""
+    if has_sparse(inp):
+        g, c = sparse_sums(inp, y, gram=gram)
+        return g, c, None
     if one_dense_part(inp) and chunk_rows is None and not copies_rows(backend, _device(inp)):
         g, c = _one_dense(inp, y, gram, backend)
         return g, c, g

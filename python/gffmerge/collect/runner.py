@@ -69,14 +69,16 @@ class Collector:
 
 def attach(model: nn.Module, layers: dict[str, LayerStats], *, dense: bool = False,
            dedup: bool = True, backend: str = "auto",
-           chunk_rows: int | None = None, derive_from_zero: bool = False) -> Collector:
+           chunk_rows: int | None = None, derive_from_zero: bool = False,
+           shared: InputCache | None = None) -> Collector:
     """Hook each named layer of ``model``, accumulating into ``layers[name]``.
 
     A layer with ``gram_parts`` gets a :class:`StructuredHook` unless ``dense`` is set;
     every other layer a :class:`DenseHook`. With ``dedup``, layers that receive the same
     input in one forward share its Gram (:mod:`gffmerge.collect.dedup`); call
     :meth:`Collector.end_forward` after each forward. ``derive_from_zero``: see
-    :class:`~gffmerge.collect.hooks.LayerHook` (``measure`` starts from zero sums).
+    :class:`~gffmerge.collect.hooks.LayerHook` (``measure`` starts from zero sums);
+    ``shared``: a cache kept across models, see :class:`~gffmerge.collect.hooks.LayerHook`.
     """
     units = linear_units(model)  # nn.Linear, and the linear groups of adapted libraries
     modules = dict(model.named_modules())
@@ -87,7 +89,8 @@ def attach(model: nn.Module, layers: dict[str, LayerStats], *, dense: bool = Fal
         module = units[name].view if name in units else modules[name]
         kind = StructuredHook if not dense and provider_of(module) else DenseHook
         hooks.append(kind(module, sums, backend=backend, cache=cache, chunk_rows=chunk_rows,
-                          derive_from_zero=derive_from_zero, workspace=workspace))
+                          derive_from_zero=derive_from_zero, workspace=workspace,
+                          shared=shared))
     return Collector(hooks, cache, workspace)
 
 
@@ -221,7 +224,7 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions,
         model.to(device)
     model.eval()
     collector = attach(model, sums, dense=dense, dedup=dedup, backend=opts.backend,
-                       derive_from_zero=True)
+                       derive_from_zero=True, shared=opts.shared)
     clock = SaveClock(opts.partial_every, opts.partial_seconds, batches)
     try:
         from tqdm.auto import tqdm

@@ -80,18 +80,36 @@ class LinearView:
 class GroupView(LinearView):
     """A linear group: ``parts(*args, **kwargs)`` describes the joined input rows of one call
     of ``module`` (a :class:`~gffmerge.models.parts.StructuredInput` for the collector);
-    :meth:`dense_input` is the explicit ``[R, in_features]`` matrix (the dense reference)."""
+    :meth:`dense_input` is the explicit ``[R, in_features]`` matrix (the dense reference).
+
+    Optional: ``input_key(*args, **kwargs)`` returns ``(tag, tensors)`` such that two calls
+    with equal tags on the same, unchanged tensors have the same input rows whatever the
+    module's weights (e.g. a graph convolution on the raw features: the rows depend on the
+    features, the graph and the conv's settings only), or None; the collector may then
+    share one Gram between models (``measure(shared=...)``). ``output_rows(output)``
+    selects the output rows that match the input rows (when ``parts`` measures a subset).
+    """
 
     def __init__(self, module: nn.Module, in_features: int, out_features: int,
-                 parts: Callable[..., GramInput]):
+                 parts: Callable[..., GramInput], *,
+                 input_key: Callable[..., tuple | None] | None = None,
+                 output_rows: Callable[[Tensor], Tensor] | None = None):
         super().__init__(module, in_features, out_features)
         self._parts = parts
+        self._input_key = input_key
+        self._output_rows = output_rows
 
     def gram_parts(self, *args: Any, **kwargs: Any) -> GramInput:
         return self._parts(*args, **kwargs)
 
     def dense_input(self, *args: Any, **kwargs: Any) -> Tensor:
         return self._parts(*args, **kwargs).materialize()
+
+    def input_key(self, *args: Any, **kwargs: Any) -> tuple | None:
+        return None if self._input_key is None else self._input_key(*args, **kwargs)
+
+    def output_rows(self, output: Tensor) -> Tensor:
+        return output if self._output_rows is None else self._output_rows(output)
 
 
 @dataclass(frozen=True)

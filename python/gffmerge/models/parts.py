@@ -43,7 +43,11 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True, eq=False)
 class Dense:
-    """Explicit rows ``x [R, d]`` (or ``[..., d]``, flattened to rows like ``nn.Linear``)."""
+    """Explicit rows ``x [R, d]`` (or ``[..., d]``, flattened to rows like ``nn.Linear``).
+
+    ``x`` may also be a 2-D sparse COO/CSR tensor (bag-of-words features and their
+    propagations): the collector then forms the sums with sparse products
+    (:mod:`gffmerge.collect.sparse`), in float64."""
 
     x: Tensor
 
@@ -144,7 +148,11 @@ class GramInput:
                 raise TypeError(f"{where}: parts must be Dense, Gathered or Aggregated, got "
                                 f"{type(p).__name__}")
             t = p.x if isinstance(p, Dense) else p.src
-            if t.layout != torch.strided or not t.is_floating_point():
+            if isinstance(p, Dense) and is_sparse(t):
+                if t.dim() != 2 or not t.is_floating_point():
+                    raise ValueError(f"{where}: sparse rows must be a 2-D floating [R, d] "
+                                     f"tensor, got {t.dtype} {tuple(t.shape)}")
+            elif t.layout != torch.strided or not t.is_floating_point():
                 raise ValueError(f"{where}: features must be a dense floating tensor, got "
                                  f"{t.dtype} {t.layout}")
             if p.width <= 0:
@@ -192,7 +200,9 @@ class GramInput:
             dtype = _promote([p.x if isinstance(p, Dense) else p.src for p in self.parts])
         cols = []
         for p in self.parts:
-            if isinstance(p, Dense):
+            if isinstance(p, Dense) and is_sparse(p.x):
+                cols.append(p.x.detach().to(dtype).to_dense())
+            elif isinstance(p, Dense):
                 cols.append(p.x.detach().reshape(-1, p.width).to(dtype))
             elif isinstance(p, Gathered):
                 rows = p.src.detach().to(dtype).index_select(0, p.index.long())
@@ -200,6 +210,11 @@ class GramInput:
             else:
                 cols.append(aggregate_rows(p, self.rows).to(dtype))
         return torch.cat(cols, dim=1)
+
+
+def is_sparse(t: Tensor) -> bool:
+    """Whether ``t`` is a sparse (COO/CSR/CSC/BSR/BSC) tensor."""
+    return t.layout != torch.strided
 
 
 def _promote(tensors: Sequence[Tensor]) -> torch.dtype:

@@ -21,6 +21,10 @@ Every statistic is node-level (``[N, d]``): no ``[E, d]`` tensor is formed.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from contextvars import ContextVar
+
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GCNConv, SAGEConv
@@ -31,11 +35,51 @@ from ..architecture import LinearInfo
 from .groups import GroupView, LinearView, Unit, group_name, register_adapter
 from .parts import Dense, GramInput
 
+SPARSE_DENSITY = 0.1
+"""Inputs with at most this fraction of non-zeros (bag-of-words features: Cora 1.3 %,
+CiteSeer 0.9 %) are measured as sparse rows: the propagation and the Gram are sparse
+products in float64 (:mod:`gffmerge.collect.sparse`), exact and far cheaper than dense."""
+
+_ROWS: ContextVar[Tensor | None] = ContextVar("gffmerge_pyg_rows", default=None)
+
+
+@contextlib.contextmanager
+def node_rows(nodes: Tensor | None):
+    """Inside this context every GCNConv / SAGEConv is measured on the rows of ``nodes``
+    only (a 1-D index of destination nodes; ``None``: all nodes): GNNMerge's objective on
+    a source's own nodes. The propagation still uses the whole graph (degrees, neighbours);
+    only the rows of the regression are selected."""
+    index = None if nodes is None else torch.as_tensor(nodes).long().reshape(-1)
+    token = _ROWS.set(index)
+    try:
+        yield index
+    finally:
+        _ROWS.reset(token)
+
+
+def _rows_key(rows: Tensor | None) -> tuple:
+    """The selected rows as a hashable value (part of a shared input's key)."""
+    return ("all",) if rows is None else ("rows", tuple(rows.tolist()))
+
+
+def _sparse(x: Tensor) -> Tensor | None:
+    """``x`` as a float64 sparse COO tensor when it is sparse enough, else None."""
+    if x.dim() != 2 or x.numel() == 0:
+        return None
+    if x.layout != torch.strided:
+        return x.to_sparse_coo().to(torch.float64)
+    if int(torch.count_nonzero(x)) > SPARSE_DENSITY * x.numel():
+        return None
+    return x.detach().to_sparse().to(torch.float64)
+
 
 def propagate(edge_index: Tensor, weight: Tensor | None, x: Tensor, n_dst: int, *,
-              flow: str = "source_to_target", mean: bool = False) -> Tensor:
+              flow: str = "source_to_target", mean: bool = False,
+              rows: Tensor | None = None) -> Tensor:
     """``out[i] = Σ_{(j→i)} w_ji x_j`` (``mean``: divided by the in-degree, 0 for isolated
-    nodes) as one sparse product; ``edge_index [2, E]`` in PyG's convention."""
+    nodes) as one sparse product; ``edge_index [2, E]`` in PyG's convention. ``rows``: only
+    the destination nodes ``rows`` (in that order). A sparse ``x`` gives a sparse float64
+    result."""
     if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2:
         raise ValueError("the PyG adapter needs edge_index as a [2, E] integer tensor (not a "
                          "SparseTensor or adjacency); pass data.edge_index")
@@ -47,9 +91,40 @@ def propagate(edge_index: Tensor, weight: Tensor | None, x: Tensor, n_dst: int, 
     if mean:
         deg = torch.bincount(dst, minlength=n_dst).to(x.dtype)
         w = w / deg.clamp_min(1)[dst]
-    adj = torch.sparse_coo_tensor(torch.stack([dst, src]), w, (n_dst, x.shape[0]),
+    n_out = n_dst
+    if rows is not None:
+        where = torch.full((n_dst,), -1, dtype=torch.long, device=dst.device)
+        where[rows.to(dst.device)] = torch.arange(rows.shape[0], device=dst.device)
+        keep = where[dst] >= 0
+        src, dst, w, n_out = src[keep], where[dst[keep]], w[keep], rows.shape[0]
+    adj = torch.sparse_coo_tensor(torch.stack([dst, src]), w, (n_out, x.shape[0]),
                                   check_invariants=False)
+    if x.layout != torch.strided:
+        with warnings.catch_warnings():  # torch's notice that invariant checks are off
+            warnings.filterwarnings("ignore", message=r"Sparse (CSR tensor support|invariant)")
+            return torch.sparse.mm(adj, x).coalesce()
     return torch.sparse.mm(adj, x.contiguous())
+
+
+def _pick(x: Tensor, rows: Tensor | None) -> Tensor:
+    if rows is None:
+        return x
+    if x.layout != torch.strided:
+        return x.index_select(0, rows.to(x.device)).coalesce()
+    return x.index_select(0, rows.to(x.device))
+
+
+def _output_rows(out: Tensor) -> Tensor:
+    rows = _ROWS.get()
+    return out if rows is None else out.index_select(0, rows.to(out.device))
+
+
+def _key(tag: tuple, x, edge_index, edge_weight=None) -> tuple | None:
+    """What the rows of one call depend on besides the weights (see ``input_key``)."""
+    if not isinstance(x, Tensor) or not isinstance(edge_index, Tensor):
+        return None
+    tensors = (x, edge_index) if edge_weight is None else (x, edge_index, edge_weight)
+    return tag + _rows_key(_ROWS.get()), tensors
 
 
 def _gcn_parts(conv: GCNConv):
@@ -63,8 +138,15 @@ def _gcn_parts(conv: GCNConv):
                 propagate(edge_index, None, x, n)  # raises the one-line error
             edge_index, edge_weight = gcn_norm(edge_index, edge_weight, n, conv.improved,
                                                conv.add_self_loops, conv.flow, x.dtype)
-        return GramInput((Dense(propagate(edge_index, edge_weight, x, n, flow=conv.flow)),))
-    return parts
+        xs = _sparse(x)
+        src = x if xs is None else xs
+        return GramInput((Dense(propagate(edge_index, edge_weight, src, n, flow=conv.flow,
+                                          rows=_ROWS.get())),))
+
+    def key(x, edge_index, edge_weight=None):
+        return _key(("gcn", conv.normalize, conv.improved, conv.add_self_loops, conv.flow),
+                    x, edge_index, edge_weight)
+    return parts, key
 
 
 def _sage_parts(conv: SAGEConv):
@@ -78,12 +160,21 @@ def _sage_parts(conv: SAGEConv):
         if conv.project and hasattr(conv, "lin"):
             xs = conv.lin(xs).relu()
         n_dst = xr.shape[0] if xr is not None else (size[1] if size else xs.shape[0])
-        agg = propagate(edge_index, None, xs, n_dst, flow=conv.flow, mean=aggr == "mean")
+        rows = _ROWS.get()
+        sparse_s = _sparse(xs)
+        agg = propagate(edge_index, None, xs if sparse_s is None else sparse_s, n_dst,
+                        flow=conv.flow, mean=aggr == "mean", rows=rows)
         cols = [Dense(agg)]
         if conv.root_weight and xr is not None:
-            cols.append(Dense(xr))
+            sparse_r = sparse_s if xr is xs else _sparse(xr)
+            cols.append(Dense(_pick(xr if sparse_r is None else sparse_r, rows)))
         return GramInput(tuple(cols))
-    return parts
+
+    def key(x, edge_index, size=None):
+        if conv.project or not isinstance(x, Tensor) or size is not None:
+            return None  # the projection's weights enter the rows
+        return _key(("sage", aggr, conv.root_weight, conv.flow), x, edge_index)
+    return parts, key
 
 
 def _check_initialised(name: str, lin: PygLinear) -> None:
@@ -106,7 +197,9 @@ def _pyg_units(name: str, module: nn.Module) -> tuple[list[Unit], bool] | None:
         unit = group_name(name, ["lin.weight"], bias)
         d_in, d_out = module.lin.in_channels, module.lin.out_channels
         info = LinearInfo(unit, d_in, d_out, bias is not None)
-        return [Unit(info, GroupView(module, d_in, d_out, _gcn_parts(module)))], True
+        parts, key = _gcn_parts(module)
+        view = GroupView(module, d_in, d_out, parts, input_key=key, output_rows=_output_rows)
+        return [Unit(info, view)], True
     if isinstance(module, SAGEConv):
         units = []
         if module.project and hasattr(module, "lin"):
@@ -121,7 +214,9 @@ def _pyg_units(name: str, module: nn.Module) -> tuple[list[Unit], bool] | None:
         d_out = module.lin_l.out_channels
         unit = group_name(name, weights, bias)
         info = LinearInfo(unit, d_in, d_out, bias is not None)
-        units.append(Unit(info, GroupView(module, d_in, d_out, _sage_parts(module))))
+        parts, key = _sage_parts(module)
+        units.append(Unit(info, GroupView(module, d_in, d_out, parts, input_key=key,
+                                          output_rows=_output_rows)))
         return units, True
     return None
 

@@ -26,6 +26,11 @@ class LayerSystem:
     ``[dim, out]``, all float64 on one device; ``ridge`` is the absolute λ. Build one from
     your own sums (``LayerSystem(a, b, ridge=λ, prior=Θ̄)``) or from measured statistics
     with :func:`assemble`; solve with :func:`~gffmerge.solver.solve_systems`.
+
+    ``known``: the solution when it is known without a solve (:func:`assemble` sets it to
+    the sources' mean when every model has the same weighted Gram and ``prior="mean"``:
+    then ``(A + λI) Θ̄ = B + λ Θ̄`` exactly, e.g. a GNN's first layer measured on the same
+    graph and features for every source).
     """
 
     a: Tensor
@@ -33,6 +38,7 @@ class LayerSystem:
     ridge: float = 0.0
     prior: Tensor | None = None
     intercept: bool = False
+    known: Tensor | None = None
 
     def __post_init__(self):
         n = self.a.shape[0]
@@ -108,6 +114,8 @@ def assemble(models: Sequence[nn.Module], stats: Stats, *, weighting: Weighting 
         a = torch.zeros(dim, dim, dtype=torch.float64, device=device)
         b = torch.zeros(dim, info.out_features, dtype=torch.float64, device=device)
         thetas = [layer_theta(sd, name, device)[:dim] for sd in sources]
+        terms: list = []  # [c, G̃, Σ c_k Θ_k] per distinct Gram (target "weights")
+        coefs = []
         for k, (theta, ms) in enumerate(zip(thetas, stats.models)):
             ls = ms.layers[name]
             if ls.rows == 0:
@@ -116,14 +124,26 @@ def assemble(models: Sequence[nn.Module], stats: Stats, *, weighting: Weighting 
             c = c if coefficients is None else c * coefficients[k]
             g = shrink(ls.gram[:dim, :dim], alpha)
             a += c * g
+            coefs.append(c)
             if target == "weights":
-                b += c * (g @ theta)
-            else:
-                cr = ls.cross[:dim]
-                if info.has_bias and not aug:  # the measured outputs include the bias
-                    cr = cr - torch.outer(ls.gram[:d_in, d_in], layer_theta(sources[k], name,
-                                                                            device)[d_in])
-                b += c * cr
+                # models measured on the same rows share one product: G (Σ c_k Θ_k)
+                same = next((t for t in terms if torch.equal(t[1], g)), None)
+                if same is None:
+                    terms.append([c, g, c * theta])
+                else:
+                    same[2] += c * theta
+                continue
+            cr = ls.cross[:dim]
+            if info.has_bias and not aug:  # the measured outputs include the bias
+                cr = cr - torch.outer(ls.gram[:d_in, d_in], layer_theta(sources[k], name,
+                                                                        device)[d_in])
+            b += c * cr
+        for _, g, weighted in terms:
+            b += g @ weighted
         mean = torch.stack(thetas).mean(0) if prior == "mean" else None
-        systems[name] = LayerSystem(a, b, ridge_value(a, ridge, ridge_mode), mean, aug)
+        lam = ridge_value(a, ridge, ridge_mode)
+        # one Gram for every model, equal weights: (A + λI) Θ̄ = B + λ Θ̄ exactly
+        same = (mean is not None and target == "weights" and lam > 0 and len(terms) == 1
+                and len(set(coefs)) == 1 and len(coefs) == len(thetas))
+        systems[name] = LayerSystem(a, b, lam, mean, aug, known=mean if same else None)
     return systems

@@ -119,13 +119,18 @@ def solve_systems(systems: Mapping[str, LayerSystem], *, jitter: bool = True,
     layers and the fix (it has input directions without data). With ``jitter`` (and every
     system regularised), failed factorisations are rescued as :func:`solve_spd` describes;
     with ``condition``, cond₂ of every matrix is recorded (otherwise only of those without
-    ridge, which need it for the check above).
+    ridge, which need it for the check above). A system with a ``known`` solution is not
+    solved; one whose ``A`` has zero rows (directions without data, with a ridge) is
+    solved on the other directions only (exact: they decouple).
     """
     check_systems_finite(systems)  # NaN/Inf: one clear error, not a failed eigen-solver
-    matrices = {name: (s.matrix(), s.rhs()) for name, s in systems.items()}
+    known = {name: s.known for name, s in systems.items() if s.known is not None}
+    active = {name: _active(s) for name, s in systems.items() if name not in known}
+    matrices = {name: _reduce(s, active[name]) for name, s in systems.items()
+                if name not in known}
     unregularised = [name for name, s in systems.items() if s.ridge == 0.0]
     wanted = list(systems) if condition else unregularised
-    conds = condition_numbers({n: matrices[n][0] for n in wanted}) if wanted else {}
+    conds = condition_numbers({n: systems[n].matrix() for n in wanted}) if wanted else {}
     singular = [n for n in unregularised if conds[n] > SINGULAR_COND]
     if singular:
         raise SingularGramError(
@@ -136,4 +141,32 @@ def solve_systems(systems: Mapping[str, LayerSystem], *, jitter: bool = True,
     out = solve_spd(matrices, rescue=jitter and not unregularised, backend=backend)
     for name, sol in out.items():
         sol.cond = conds.get(name, math.nan)
+        sol.x = _expand(systems[name], active[name], sol.x)
+    for name, x in known.items():
+        out[name] = SpdSolution(x.clone(), cond=conds.get(name, math.nan))
     return {name: out[name] for name in systems}
+
+
+def _active(s: LayerSystem) -> Tensor | None:
+    """The directions that carry data when some do not (zero diagonal of ``A``, so zero
+    rows and columns: ``A`` is a sum of positive semi-definite Grams), else None. With a
+    ridge, those rows of the solution decouple: ``λ Θ_i = B_i + λ Θ₀_i`` (``B_i = 0``)."""
+    if s.ridge <= 0:
+        return None
+    keep = s.a.diagonal() != 0
+    return None if bool(keep.all()) else keep.nonzero().flatten()
+
+
+def _reduce(s: LayerSystem, idx: Tensor | None) -> tuple[Tensor, Tensor]:
+    m, r = s.matrix(), s.rhs()
+    if idx is None:
+        return m, r
+    return m[idx][:, idx], r[idx]
+
+
+def _expand(s: LayerSystem, idx: Tensor | None, x: Tensor) -> Tensor:
+    if idx is None:
+        return x
+    full = s.rhs() / s.ridge  # the decoupled rows; exact rows of the data directions below
+    full[idx] = x
+    return full

@@ -74,10 +74,22 @@ def drift_and_residual(theta: Tensor, sources: Sequence[Tensor],
     mean = torch.stack(list(sources)).mean(0)
     drift = ((theta - mean).norm() / mean.norm().clamp_min(1e-300)).item()
     num = den = 0.0
-    for g, th in zip(grams, sources):
-        delta = theta - th
-        num += torch.einsum("io,ij,jo->", delta, g, delta).item()
-        den += torch.einsum("io,ij,jo->", th, g, th).item()
+    # one product per distinct Gram (sources measured on the same rows share one): G [Θ, Θₖ…]
+    done = [False] * len(grams)
+    for k, g in enumerate(grams):
+        if done[k]:
+            continue
+        group = [j for j in range(k, len(grams)) if not done[j] and (
+            grams[j] is g or torch.equal(grams[j], g))]
+        cols = torch.cat([theta] + [sources[j] for j in group], dim=1)
+        prod = g @ cols
+        out = theta.shape[1]
+        g_theta = prod[:, :out]
+        for i, j in enumerate(group):
+            done[j] = True
+            g_src = prod[:, (i + 1) * out:(i + 2) * out]
+            num += ((g_theta - g_src) * (theta - sources[j])).sum().item()
+            den += (g_src * sources[j]).sum().item()
     return drift, (num / den if den > 0 else math.nan)
 
 
