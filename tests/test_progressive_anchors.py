@@ -108,8 +108,9 @@ def test_final_worse_than_the_average_falls_back_to_it(drifting, monkeypatch):
         return (100.0 if is_avg else 50.0 if len(calls) <= 9 else 200.0), 0.0
 
     monkeypatch.setattr(prog, "pooled_errors", fake)
-    res = progressive_merge(sources, batches, _opts(search_frames=3), val_data=vals,
-                            progress=False)
+    with pytest.warns(UserWarning, match="average is returned"):  # told, not only recorded
+        res = progressive_merge(sources, batches, _opts(search_frames=3), val_data=vals,
+                                progress=False)
     o = res.report.options
     assert o["chosen"] == "average" and o["fallback"] and "average" in o["fallback"]
     assert any("average is returned" in w for w in res.report.warnings)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -286,6 +287,8 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
                         total=time.perf_counter() - t_start, targets_cpu=targets_c,
                         search_cpu=search_c, merge_cpu=final_c,
                         total_cpu=time.process_time() - c_start)
+    for w in report.warnings:  # told, not only recorded (as the one-shot solves do)
+        warnings.warn(w, stacklevel=2)
     return MergeResult(run.model, report)
 
 
