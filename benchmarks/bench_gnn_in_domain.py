@@ -71,7 +71,7 @@ NOTES = [
     "- **Seeds and reuse.** Seed 0's sources of every cell were trained by a development "
     "script with the same code and seeds before these runs (their training seconds are wall "
     "time at a load of 6-8, the other seeds' CPU time); the all-task models and every merge "
-    "were timed in these runs. CiteSeer SAGE ran 2 seeds (time): its rows are means over 2.",
+    "were timed in these runs.",
     "- **gnnmerge (gradient)** was not rerun (minutes per seed on these Grams); the previous "
     "run's numbers (Cora GCN 0.997, Cora SAGE 0.988) are in this file's git history.",
     "- task_arithmetic and ties have no common pre-trained model here (different random "
@@ -176,7 +176,9 @@ def main() -> None:
         for target, measured, met in targets(r):
             lines.append(f"| {dataset} | {backbone} | {target} | {measured} | "
                          f"{'yes' if met else '**no**'} |")
-    lines += ["", "## Notes", "", *NOTES]
+    seeds = ", ".join(f"{d} {b} {len(r['seeds'])}" for (d, b), r in results.items())
+    lines += ["", "## Notes", "", f"- **Seeds per cell** (rows are means over them): {seeds}.",
+              *NOTES]
     (RESULTS / "gnn_in_domain.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
