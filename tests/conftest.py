@@ -67,3 +67,14 @@ def models_registry_restored():
     yield
     registry._REGISTRY.clear()
     registry._REGISTRY.update(saved)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures(...)``):
+    graphs of 9-64 atoms gain nothing from threads, and on a busy machine the thread
+    pool's contention makes each training step several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -50,14 +50,7 @@ NVE_MAX_DRIFT_EV_PER_ATOM = 1e-3
 NVE_MIN_SWING_EV_PER_ATOM = 5 * NVE_MAX_DRIFT_EV_PER_ATOM
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Graphs of 9-64 atoms gain nothing from intra-op threads, and on a busy machine the
-    thread pool's contention makes each step several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from gffmerge.data import load_dataset
 from gffmerge.evaluate import evaluate
@@ -23,12 +22,7 @@ def data():
     return load_dataset(["rmd17/ethanol"], max_frames=60)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**kw) -> TrainConfig:
