@@ -9,7 +9,7 @@ batch), in one process and interleaved round by round (best of ``--repeats``):
 * ``dense``: ``measure(dense=True)`` (every layer's input rows materialised);
 * ``cross``: ``measure(cross=True)`` (cross sums for ``target="cross"``, formed as ``G Θᵀ``);
 * ``tangent``: the force-aware one-shot sums (value and tangent rows along one random
-  direction per frame: the sources' cached dual pass plus the inputs' dual pass,
+  direction per frame: one dual pass per batch records inputs and targets,
   :mod:`gffmerge.collect.progressive`);
 * ``floor``: the forward plus ``gffmerge_ext.gram_`` alone on each distinct layer input
   measure forms (the dense rows; the edge part only for an edge layer with gathered parts),
@@ -145,7 +145,7 @@ def runners(model, batches, name: str, device: str, floor: bool = True):
 
     def tangent():
         srcs = prepare_sources([model], [batches], frames=None, names=layer_names,
-                               tangents=True, seed=0)
+                               tangents=True, seed=0, outputs=False)
         stage_sums(None, srcs, layer_names, infos, tangents=True)
         sync()
 

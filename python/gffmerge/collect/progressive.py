@@ -18,7 +18,9 @@ weight are choices made at solve time.
 Each source's targets are computed once (one forward per source, all layers) and kept
 when they fit in ``cache_bytes``; otherwise the source is re-run per stage on the stage's
 layers only. A pass stops as soon as every stage layer has been called as often as in
-one full forward, so early stages cost part of a forward.
+one full forward, so early stages cost part of a forward. One-shot sums (no merged
+model: each source gives its own inputs) record inputs and targets in one pass per batch
+and direction and never use the cache.
 
 **Structured rows** (``structured=True``, the default): a layer that describes its input
 as parts (:class:`~gffmerge.models.parts.StructuredInput`, e.g. the GNS edge layer on
@@ -108,7 +110,8 @@ def prepare_sources(models: Sequence[nn.Module], data: Sequence[Iterable[Any]], 
     batch), draw ``draws`` directions per batch (when ``tangents``; ``"force"`` directions
     give one draw) and cache the source's outputs of ``names`` when they fit in
     ``cache_bytes`` (not at all with ``outputs=False``: for :func:`stage_sums` with
-    ``targets=False``, which needs only the merged model's inputs)."""
+    ``targets=False``, which needs only the merged model's inputs, or one-shot sums, which
+    record their targets in their own pass)."""
     if draws < 1:
         raise ValueError(f"draws must be a positive number of directions per frame, got "
                          f"{draws}")
@@ -190,8 +193,9 @@ def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Seque
     """Per source, the :class:`LayerSums` of the named layers.
 
     Inputs come from ``merged`` (progressive) or, when ``merged`` is None, from each source
-    itself (one-shot). ``frames`` uses only the first batches of each source up to that many
-    graphs (a reduced budget for hyperparameter search). ``targets=False`` records the
+    itself (one-shot: inputs and targets from one pass, the cached targets unused).
+    ``frames`` uses only the first batches of each source up to that many graphs (a
+    reduced budget for hyperparameter search). ``targets=False`` records the
     inputs only (Grams and row counts; the cross sums stay zero) and never runs the
     sources: for solves whose right-hand side comes from the sources' weights.
     ``structured`` forms the value sums of layers that describe their parts without their
@@ -212,6 +216,12 @@ def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Seque
                 break
             graphs += batch_entries(batch)
             for d, u in enumerate(src.dirs[i] if tangents else [None]):
+                if merged is None and targets:  # one-shot: one pass gives inputs and targets
+                    xs, ys = run_recording(inp_model, batch, names, "both", u=u, calls=calls,
+                                           forward=forward, structured=structured)
+                    _accumulate(sums, names, xs, ys, values=d == 0, tangents=tangents,
+                                backend=backend, label=src.label)
+                    continue
                 xs = run_recording(inp_model, batch, names, "input", u=u, calls=calls,
                                    forward=forward, structured=structured)
                 if not targets:

@@ -88,7 +88,9 @@ def structured_tangent(module: nn.Module, args: tuple, kwargs: dict) -> GramInpu
 
 
 class _Recorder:
-    """Hooks recording inputs (``what="input"``) or outputs of some layers of a model.
+    """Hooks recording inputs (``what="input"``), outputs (``"output"``) or both
+    (``"both"``: one pass for the one-shot merge, where the model giving the inputs is
+    the source giving the targets) of some layers of a model.
 
     With ``structured``, the input of a layer that describes its parts is recorded as its
     :class:`GramInput`, and so are its tangent rows when on (:func:`structured_tangent`;
@@ -98,8 +100,9 @@ class _Recorder:
                  calls: dict[str, int] | None, tangents: bool, structured: bool = False):
         modules = dict(model.named_modules())
         self.names = list(names)
-        self.seen: dict[str, list[tuple[Tensor | GramInput, Tensor | None]]] = {
-            n: [] for n in self.names}
+        Seen = dict[str, list[tuple[Tensor | GramInput, Tensor | None]]]
+        self.seen: Seen = {n: [] for n in self.names}
+        self.outputs: Seen | None = {n: [] for n in self.names} if what == "both" else None
         self.calls = calls
         self.tangents = tangents
         self.handles = []
@@ -107,8 +110,10 @@ class _Recorder:
             m = modules[n]
 
             def hook(module, args, kwargs, output, n=n):
+                if self.outputs is not None:
+                    self.outputs[n].append(self._rows(output.reshape(-1, layer_width(module))))
                 parts = (structured_input(module, args, kwargs, dual=self.tangents)
-                         if what == "input" and structured else None)
+                         if what != "output" and structured else None)
                 if parts is not None:
                     tangent = None
                     if self.tangents:
@@ -116,24 +121,22 @@ class _Recorder:
                         if tangent is None:
                             tangent = split_dual(layer_input(module, args, kwargs))[1]
                     self.seen[n].append((parts, tangent))
-                    self._done()
-                    return
-                if what == "input":
-                    t = layer_input(module, args, kwargs)
+                elif what == "output":
+                    self.seen[n].append(self._rows(output.reshape(-1, layer_width(module))))
                 else:
-                    t = output.reshape(-1, layer_width(module))
-                if self.tangents:
-                    primal, tangent = split_dual(t)
-                else:
-                    primal, tangent = t.detach(), None
-                # copies: the model may change the tensor in place later in the same
-                # forward (CHGNet's ``h = mlp_out(h); h += residual``), which a view
-                # would see; the rows must be the values the layer saw or gave
-                self.seen[n].append((primal.clone(),
-                                     None if tangent is None else tangent.clone()))
+                    self.seen[n].append(self._rows(layer_input(module, args, kwargs)))
                 self._done()
 
             self.handles.append(m.register_forward_hook(hook, with_kwargs=True))
+
+    def _rows(self, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(primal, tangent or None)`` copies of ``t``: the model may change the tensor in
+        place later in the same forward (CHGNet's ``h = mlp_out(h); h += residual``), which
+        a view would see; the rows must be the values the layer saw or gave."""
+        if self.tangents:
+            primal, tangent = split_dual(t)
+            return primal.clone(), tangent.clone()
+        return t.detach().clone(), None
 
     def _done(self) -> None:
         if self.calls is not None and all(
@@ -148,14 +151,17 @@ class _Recorder:
 def run_recording(model: nn.Module, batch: Any, names: Iterable[str], what: str, *,
                   u: Tensor | None = None, calls: dict[str, int] | None = None,
                   forward=default_forward, structured: bool = False
-                  ) -> dict[str, list[tuple[Tensor | GramInput, Tensor | None]]]:
+                  ) -> Any:
     """Run ``model`` on ``batch`` (eval, no grad) and return, per named layer and call, its
-    ``(input or output rows, tangent rows or None)``. With ``u`` the energy path runs with
+    ``(input or output rows, tangent rows or None)``; ``what="both"`` returns ``(inputs,
+    outputs)``, two such dicts from the one pass. With ``u`` the energy path runs with
     positions dual along ``u`` (tangents); with ``calls`` the pass stops once every named
-    layer has been called that often; with ``structured`` (inputs only) a layer that
+    layer has been called that often; with ``structured`` (inputs) a layer that
     describes its parts gives its :class:`GramInput` instead of input rows."""
+    if what not in ("input", "output", "both"):
+        raise ValueError(f"what must be 'input', 'output' or 'both', got {what!r}")
     rec = _Recorder(model, names, what, calls, tangents=u is not None,
-                    structured=structured and what == "input")
+                    structured=structured and what != "output")
     try:
         with torch.no_grad():
             if u is None:
@@ -167,4 +173,4 @@ def run_recording(model: nn.Module, batch: Any, names: Iterable[str], what: str,
         pass
     finally:
         rec.remove()
-    return rec.seen
+    return rec.seen if rec.outputs is None else (rec.seen, rec.outputs)

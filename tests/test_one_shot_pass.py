@@ -1,0 +1,74 @@
+"""One-shot stage sums take one pass per batch and direction: the inputs and the targets
+come from the same recording of the source, and the sums equal the two-pass ones (inputs
+from the model, targets from the source's cached pass) exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gffmerge.collect.order import mergeable_layers
+from gffmerge.collect.progressive import prepare_sources, stage_sums
+from gffmerge.collect.recording import run_recording
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shipped_gns(frames: int = 4, batch: int = 2):
+    from gffmerge.checkpoint import load_checkpoint
+    from gffmerge.data import load_dataset
+
+    model = load_checkpoint(ROOT / "checkpoints" / "rmd17" / "gns_ethanol.pt")[0].double()
+    train = load_dataset(["rmd17/ethanol"]).split("train")
+    return model.eval(), list(train.subset(frames, seed=0).batches_for(model, batch))
+
+
+def _counting(passes: list):
+    from gffmerge.collect.batches import default_forward
+
+    def forward(model, batch):
+        passes.append(1)
+        return default_forward(model, batch)
+    return forward
+
+
+def test_one_shot_sums_take_one_pass_and_equal_the_two_pass_sums():
+    model, batches = _shipped_gns()
+    infos = mergeable_layers(model)
+    names = list(infos)
+    cached = prepare_sources([model], [batches], frames=None, names=names, tangents=True,
+                             draws=2, seed=3)
+    assert cached[0].targets is not None
+    # reference: inputs from the model as a "merged" model, targets from the cached pass
+    ref = stage_sums(model, cached, names, infos, tangents=True)[0]
+    passes: list = []
+    bare = prepare_sources([model], [batches], frames=None, names=names, tangents=True,
+                           draws=2, seed=3, outputs=False, forward=_counting(passes))
+    assert bare[0].targets is None and not passes  # no pass before the sums
+    fast = stage_sums(None, bare, names, infos, tangents=True, forward=_counting(passes))[0]
+    assert len(passes) == len(batches) * 2  # one pass per batch and direction
+    for n in names:
+        a, b = fast[n], ref[n]
+        assert (a.rows, a.trows) == (b.rows, b.trows), n
+        for x, y in ((a.gram, b.gram), (a.cross, b.cross), (a.tgram, b.tgram),
+                     (a.tcross, b.tcross)):
+            assert torch.equal(x, y), n
+        assert (a.ysq, a.tysq) == (b.ysq, b.tysq), n
+    assert all(ref[n].cross.abs().max() > 0 for n in names)
+    assert sum(bool(ref[n].tgram.abs().max() > 0) for n in names) > len(names) // 2
+
+
+def test_recording_both_equals_separate_inputs_and_outputs():
+    model, batches = _shipped_gns(2, 2)
+    names = list(mergeable_layers(model))
+    u = prepare_sources([model], [batches], frames=None, names=names, tangents=True,
+                        outputs=False)[0].dirs[0][0]
+    xs, ys = run_recording(model, batches[0], names, "both", u=u)
+    x_ref = run_recording(model, batches[0], names, "input", u=u)
+    y_ref = run_recording(model, batches[0], names, "output", u=u)
+    for n in names:
+        for got, want in ((xs[n], x_ref[n]), (ys[n], y_ref[n])):
+            assert len(got) == len(want) > 0
+            for (p, t), (pr, tr) in zip(got, want):
+                assert torch.equal(p, pr) and torch.equal(t, tr), n
