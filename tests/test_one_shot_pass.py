@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from gffmerge.collect.order import mergeable_layers
@@ -72,3 +73,22 @@ def test_recording_both_equals_separate_inputs_and_outputs():
             assert len(got) == len(want) > 0
             for (p, t), (pr, tr) in zip(got, want):
                 assert torch.equal(p, pr) and torch.equal(t, tr), n
+
+
+def test_one_shot_sums_in_the_hooks_see_the_rows_before_in_place_changes():
+    """The one-shot sums are formed inside the hooks on the layer's own tensors (no
+    copies): a residual added in place to ``a``'s output afterwards does not reach them."""
+    from test_progressive import InPlaceResidual
+
+    torch.manual_seed(0)
+    model = InPlaceResidual().double().eval()
+    x = torch.randn(16, 4, dtype=torch.float64)
+    infos = mergeable_layers(model)
+    sources = prepare_sources([model], [[x]], frames=None, names=list(infos),
+                              tangents=False, outputs=False)
+    (sums,) = stage_sums(None, sources, list(infos), infos)
+    xa = torch.cat([x, torch.ones(16, 1, dtype=torch.float64)], 1)
+    ya = model.a(x).detach()
+    torch.testing.assert_close(sums["a"].gram, xa.T @ xa, rtol=1e-12, atol=0)
+    torch.testing.assert_close(sums["a"].cross, xa.T @ ya, rtol=1e-12, atol=0)
+    assert sums["a"].ysq == pytest.approx(float(ya.square().sum()), rel=1e-12)

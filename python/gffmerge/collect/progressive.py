@@ -20,7 +20,8 @@ when they fit in ``cache_bytes``; otherwise the source is re-run per stage on th
 layers only. A pass stops as soon as every stage layer has been called as often as in
 one full forward, so early stages cost part of a forward. One-shot sums (no merged
 model: each source gives its own inputs) record inputs and targets in one pass per batch
-and direction and never use the cache.
+and direction and never use the cache: the sums are formed inside the hooks, on the layer's own
+tensors, so no row is copied or kept.
 
 **Structured rows** (``structured=True``, the default): a layer that describes its input
 as parts (:class:`~gffmerge.models.parts.StructuredInput`, e.g. the GNS edge layer on
@@ -149,40 +150,46 @@ def prepare_sources(models: Sequence[nn.Module], data: Sequence[Iterable[Any]], 
     return sources
 
 
+def _add_call(s: LayerSums, x, dx, y, dy, *, values: bool, tangents: bool,
+              backend: str) -> None:
+    """Add one layer call's value rows (when ``values``) and tangent rows to ``s``."""
+    if values and isinstance(x, GramInput):
+        gram, cross = sums_of(x, y, backend=backend)
+        s.gram += gram
+        s.rows += x.rows
+        if cross is not None:
+            s.cross += cross
+            s.ysq += y.double().square().sum().item()
+    elif values:
+        gram_(s.gram, x, augment=True, backend=backend)
+        s.rows += x.shape[0]
+        if y is not None:
+            cross_(s.cross, x, y, augment_x=True, backend=backend)
+            s.ysq += y.double().square().sum().item()
+    if tangents and isinstance(dx, GramInput):  # structured tangent rows
+        w = dx.width  # tangent rows have 0 in the bias column: drop the ones row
+        tgram, tcross = sums_of(dx, dy, backend=backend)
+        s.tgram += tgram[:w, :w]
+        s.tcross += tcross[:w]
+        s.trows += dx.rows
+        s.tysq += dy.double().square().sum().item()
+    elif tangents:
+        gram_(s.tgram, dx, backend=backend)
+        cross_(s.tcross, dx, dy, backend=backend)
+        s.trows += dx.shape[0]
+        s.tysq += dy.double().square().sum().item()
+
+
 def _accumulate(sums: dict[str, LayerSums], names: Sequence[str], xs: dict, ys: dict, *,
                 values: bool, tangents: bool, backend: str, label: str) -> None:
     for n in names:
-        s = sums[n]
         if len(xs[n]) != len(ys[n]):
             raise RuntimeError(f"layer '{n}' was called {len(xs[n])} times by the merged "
                                f"model but {len(ys[n])} times by {label} on the same batch; "
                                "the models must share one forward")
         for (x, dx), (y, dy) in zip(xs[n], ys[n]):
-            if values and isinstance(x, GramInput):
-                gram, cross = sums_of(x, y, backend=backend)
-                s.gram += gram
-                s.rows += x.rows
-                if cross is not None:
-                    s.cross += cross
-                    s.ysq += y.double().square().sum().item()
-            elif values:
-                gram_(s.gram, x, augment=True, backend=backend)
-                s.rows += x.shape[0]
-                if y is not None:
-                    cross_(s.cross, x, y, augment_x=True, backend=backend)
-                    s.ysq += y.double().square().sum().item()
-            if tangents and isinstance(dx, GramInput):  # structured tangent rows
-                w = dx.width  # tangent rows have 0 in the bias column: drop the ones row
-                tgram, tcross = sums_of(dx, dy, backend=backend)
-                s.tgram += tgram[:w, :w]
-                s.tcross += tcross[:w]
-                s.trows += dx.rows
-                s.tysq += dy.double().square().sum().item()
-            elif tangents:
-                gram_(s.tgram, dx, backend=backend)
-                cross_(s.tcross, dx, dy, backend=backend)
-                s.trows += dx.shape[0]
-                s.tysq += dy.double().square().sum().item()
+            _add_call(sums[n], x, dx, y, dy, values=values, tangents=tangents,
+                      backend=backend)
 
 
 def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Sequence[str],
@@ -216,11 +223,13 @@ def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Seque
                 break
             graphs += batch_entries(batch)
             for d, u in enumerate(src.dirs[i] if tangents else [None]):
-                if merged is None and targets:  # one-shot: one pass gives inputs and targets
-                    xs, ys = run_recording(inp_model, batch, names, "both", u=u, calls=calls,
-                                           forward=forward, structured=structured)
-                    _accumulate(sums, names, xs, ys, values=d == 0, tangents=tangents,
-                                backend=backend, label=src.label)
+                if merged is None and targets:
+                    # one-shot: one pass gives inputs and targets, summed in the hooks
+                    def sink(n, x, y, values=d == 0, sums=sums):
+                        _add_call(sums[n], *x, *y, values=values, tangents=tangents,
+                                  backend=backend)
+                    run_recording(inp_model, batch, names, "both", u=u, calls=calls,
+                                  forward=forward, structured=structured, sink=sink)
                     continue
                 xs = run_recording(inp_model, batch, names, "input", u=u, calls=calls,
                                    forward=forward, structured=structured)

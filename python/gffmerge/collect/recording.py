@@ -9,7 +9,7 @@ recorded, so that a later in-place change of the same tensor by the model (a res
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -97,21 +97,28 @@ class _Recorder:
     the dense tangent of its input where that does not apply)."""
 
     def __init__(self, model: nn.Module, names: Iterable[str], what: str,
-                 calls: dict[str, int] | None, tangents: bool, structured: bool = False):
+                 calls: dict[str, int] | None, tangents: bool, structured: bool = False,
+                 sink: Callable | None = None):
         modules = dict(model.named_modules())
         self.names = list(names)
         Seen = dict[str, list[tuple[Tensor | GramInput, Tensor | None]]]
         self.seen: Seen = {n: [] for n in self.names}
         self.outputs: Seen | None = {n: [] for n in self.names} if what == "both" else None
+        self.count = dict.fromkeys(self.names, 0)
         self.calls = calls
         self.tangents = tangents
+        self.sink = sink
         self.handles = []
         for n in self.names:
             m = modules[n]
 
             def hook(module, args, kwargs, output, n=n):
-                if self.outputs is not None:
-                    self.outputs[n].append(self._rows(output.reshape(-1, layer_width(module))))
+                # copies only when kept past the hook (module docstring); a sink uses them
+                # before the model can change them
+                keep = sink is None
+                y = None
+                if what != "input":
+                    y = self._rows(output.reshape(-1, layer_width(module)), keep)
                 parts = (structured_input(module, args, kwargs, dual=self.tangents)
                          if what != "output" and structured else None)
                 if parts is not None:
@@ -120,27 +127,35 @@ class _Recorder:
                         tangent = structured_tangent(module, args, kwargs)
                         if tangent is None:
                             tangent = split_dual(layer_input(module, args, kwargs))[1]
-                    self.seen[n].append((parts, tangent))
+                    x = (parts, tangent)
+                elif what != "output":
+                    x = self._rows(layer_input(module, args, kwargs), keep)
+                self.count[n] += 1
+                if sink is not None:
+                    sink(n, x, y)
                 elif what == "output":
-                    self.seen[n].append(self._rows(output.reshape(-1, layer_width(module))))
+                    self.seen[n].append(y)
                 else:
-                    self.seen[n].append(self._rows(layer_input(module, args, kwargs)))
+                    self.seen[n].append(x)
+                    if self.outputs is not None:
+                        self.outputs[n].append(y)
                 self._done()
 
             self.handles.append(m.register_forward_hook(hook, with_kwargs=True))
 
-    def _rows(self, t: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``(primal, tangent or None)`` copies of ``t``: the model may change the tensor in
-        place later in the same forward (CHGNet's ``h = mlp_out(h); h += residual``), which
-        a view would see; the rows must be the values the layer saw or gave."""
+    def _rows(self, t: Tensor, copy: bool) -> tuple[Tensor, Tensor | None]:
+        """``(primal, tangent or None)`` of ``t``, copied when ``copy``: the model may change
+        the tensor in place later in the same forward (CHGNet's ``h = mlp_out(h);
+        h += residual``), which a view would see; kept rows must be the values the layer
+        saw or gave."""
         if self.tangents:
             primal, tangent = split_dual(t)
-            return primal.clone(), tangent.clone()
-        return t.detach().clone(), None
+            return (primal.clone(), tangent.clone()) if copy else (primal, tangent)
+        return (t.detach().clone() if copy else t.detach()), None
 
     def _done(self) -> None:
         if self.calls is not None and all(
-                len(self.seen[x]) >= self.calls.get(x, 1) for x in self.names):
+                self.count[x] >= self.calls.get(x, 1) for x in self.names):
             raise _StageDone
 
     def remove(self) -> None:
@@ -150,18 +165,22 @@ class _Recorder:
 
 def run_recording(model: nn.Module, batch: Any, names: Iterable[str], what: str, *,
                   u: Tensor | None = None, calls: dict[str, int] | None = None,
-                  forward=default_forward, structured: bool = False
-                  ) -> Any:
+                  forward=default_forward, structured: bool = False,
+                  sink: Callable | None = None) -> Any:
     """Run ``model`` on ``batch`` (eval, no grad) and return, per named layer and call, its
     ``(input or output rows, tangent rows or None)``; ``what="both"`` returns ``(inputs,
     outputs)``, two such dicts from the one pass. With ``u`` the energy path runs with
     positions dual along ``u`` (tangents); with ``calls`` the pass stops once every named
     layer has been called that often; with ``structured`` (inputs) a layer that
-    describes its parts gives its :class:`GramInput` instead of input rows."""
+    describes its parts gives its :class:`GramInput` instead of input rows. With ``sink``
+    (``what="both"``), each call's rows go to ``sink(name, (x, ẋ), (y, ẏ))`` inside the
+    hook, as views (no copies, nothing kept), and the returned dicts stay empty."""
+    if sink is not None and what != "both":
+        raise ValueError("a sink takes inputs and outputs together: use what='both'")
     if what not in ("input", "output", "both"):
         raise ValueError(f"what must be 'input', 'output' or 'both', got {what!r}")
     rec = _Recorder(model, names, what, calls, tangents=u is not None,
-                    structured=structured and what != "output")
+                    structured=structured and what != "output", sink=sink)
     try:
         with torch.no_grad():
             if u is None:
