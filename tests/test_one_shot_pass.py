@@ -92,3 +92,41 @@ def test_one_shot_sums_in_the_hooks_see_the_rows_before_in_place_changes():
     torch.testing.assert_close(sums["a"].gram, xa.T @ xa, rtol=1e-12, atol=0)
     torch.testing.assert_close(sums["a"].cross, xa.T @ ya, rtol=1e-12, atol=0)
     assert sums["a"].ysq == pytest.approx(float(ya.square().sum()), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["gns", "painn"])
+def test_linear_tangent_rule_equals_autograd_bit_for_bit(name, monkeypatch):
+    """``ẋ Wᵀ`` taken directly (:class:`~gffmerge.collect.tangents._LinearTangent`) gives
+    the values and tangents of autograd's rule exactly, on the shipped float32 models."""
+    import contextlib
+
+    from gffmerge.checkpoint import load_checkpoint
+    from gffmerge.collect import tangents
+    from gffmerge.data import load_dataset
+
+    model = load_checkpoint(ROOT / "checkpoints" / "rmd17" / f"{name}_ethanol.pt")[0].eval()
+    train = load_dataset(["rmd17/ethanol"]).split("train")
+    batch = next(iter(train.subset(4, seed=0).batches_for(model, 4)))
+    names = list(mergeable_layers(model))
+    u = tangents.directions(batch, seed=2)
+    used: list = []
+    rule = tangents._LinearTangent.jvp
+    monkeypatch.setattr(tangents._LinearTangent, "jvp",
+                        staticmethod(lambda ctx, *t: (used.append(1), rule(ctx, *t))[1]))
+    fast = run_recording(model, batch, names, "both", u=u, structured=True)
+    assert len(used) >= len(names) // 2  # the rule was taken
+    monkeypatch.setattr(tangents, "_TangentLinear", contextlib.nullcontext)
+    ref = run_recording(model, batch, names, "both", u=u, structured=True)
+    tangent_rows = 0
+    for got, want in zip(fast, ref):
+        for n in names:
+            for (p, t), (pr, tr) in zip(got[n], want[n]):
+                if isinstance(p, torch.Tensor):
+                    assert torch.equal(p, pr) and torch.equal(t, tr), n
+                    tangent_rows += int(t.abs().max() > 0)
+                else:  # structured parts: compare their rows
+                    assert torch.equal(p.materialize(torch.float64),
+                                       pr.materialize(torch.float64)), n
+                    assert torch.equal(t.materialize(torch.float64),
+                                       tr.materialize(torch.float64)), n
+    assert tangent_rows > 0
