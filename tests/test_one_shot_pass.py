@@ -130,3 +130,13 @@ def test_linear_tangent_rule_equals_autograd_bit_for_bit(name, monkeypatch):
                     assert torch.equal(t.materialize(torch.float64),
                                        tr.materialize(torch.float64)), n
     assert tangent_rows > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sum_of_squares_is_the_old_expression_and_leaves_the_rows(dtype):
+    from gffmerge.collect.progressive import _sq
+
+    y = torch.randn(300, 7, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    before = y.clone()
+    assert _sq(y) == y.double().square().sum().item()
+    assert torch.equal(y, before)  # float64 rows are squared in a copy, not in place

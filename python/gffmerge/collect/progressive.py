@@ -150,6 +150,13 @@ def prepare_sources(models: Sequence[nn.Module], data: Sequence[Iterable[Any]], 
     return sources
 
 
+def _sq(y: Tensor) -> float:
+    """``Σ y²`` in float64: the same products and sum as ``y.double().square().sum()``,
+    squared in place in one float64 copy (a fresh buffer per temporary costs more than
+    the arithmetic)."""
+    return y.to(torch.float64, copy=True).square_().sum().item()
+
+
 def _add_call(s: LayerSums, x, dx, y, dy, *, values: bool, tangents: bool,
               backend: str) -> None:
     """Add one layer call's value rows (when ``values``) and tangent rows to ``s``."""
@@ -159,25 +166,25 @@ def _add_call(s: LayerSums, x, dx, y, dy, *, values: bool, tangents: bool,
         s.rows += x.rows
         if cross is not None:
             s.cross += cross
-            s.ysq += y.double().square().sum().item()
+            s.ysq += _sq(y)
     elif values:
         gram_(s.gram, x, augment=True, backend=backend)
         s.rows += x.shape[0]
         if y is not None:
             cross_(s.cross, x, y, augment_x=True, backend=backend)
-            s.ysq += y.double().square().sum().item()
+            s.ysq += _sq(y)
     if tangents and isinstance(dx, GramInput):  # structured tangent rows
         w = dx.width  # tangent rows have 0 in the bias column: drop the ones row
         tgram, tcross = sums_of(dx, dy, backend=backend)
         s.tgram += tgram[:w, :w]
         s.tcross += tcross[:w]
         s.trows += dx.rows
-        s.tysq += dy.double().square().sum().item()
+        s.tysq += _sq(dy)
     elif tangents:
         gram_(s.tgram, dx, backend=backend)
         cross_(s.tcross, dx, dy, backend=backend)
         s.trows += dx.shape[0]
-        s.tysq += dy.double().square().sum().item()
+        s.tysq += _sq(dy)
 
 
 def _accumulate(sums: dict[str, LayerSums], names: Sequence[str], xs: dict, ys: dict, *,
