@@ -140,3 +140,65 @@ def test_sum_of_squares_is_the_old_expression_and_leaves_the_rows(dtype):
     before = y.clone()
     assert _sq(y) == y.double().square().sum().item()
     assert torch.equal(y, before)  # float64 rows are squared in a copy, not in place
+
+
+def test_stage_pass_sums_in_the_hooks_equal_recorded_rows_summed_after():
+    """Progressive stage passes also sum inside the hooks, each call paired with the
+    source's cached target of the same call: the same sums, to the bit, as recording the
+    merged model's rows (copies) and summing them after the pass, with tangents, two
+    directions and an early-stopped pass."""
+    from gffmerge.collect.progressive import LayerSums, _add_call
+    from gffmerge.solver import build_model, mean_state_dict
+    from gffmerge.testing import fine_tunes
+
+    model, batches = _shipped_gns(4, 2)
+    models = fine_tunes(model, 2, scale=0.05, seed=4)
+    infos = mergeable_layers(model)
+    names = list(infos)
+    sources = prepare_sources(models, [batches, batches], frames=None, names=names,
+                              tangents=True, draws=2, seed=1)
+    merged = build_model(models[0], mean_state_dict(models)).eval()
+    for stage, calls in ((names, None), (names[:3], dict.fromkeys(names, 1))):
+        got = stage_sums(merged, sources, stage, infos, tangents=True, calls=calls)
+        for src, sums in zip(sources, got):
+            ref = {n: LayerSums.empty(infos[n].in_features, infos[n].out_features, True,
+                                      None) for n in stage}
+            for i, batch in enumerate(src.batches):
+                for d, u in enumerate(src.dirs[i]):
+                    xs = run_recording(merged, batch, stage, "input", u=u, calls=calls,
+                                       structured=True)
+                    for n in stage:
+                        assert len(xs[n]) == len(src.targets[i][d][n])
+                        for x, y in zip(xs[n], src.targets[i][d][n]):
+                            _add_call(ref[n], *x, *y, values=d == 0, tangents=True,
+                                      backend="auto")
+            for n in stage:
+                for a, b in ((sums[n].gram, ref[n].gram), (sums[n].cross, ref[n].cross),
+                             (sums[n].tgram, ref[n].tgram), (sums[n].tcross, ref[n].tcross)):
+                    assert torch.equal(a, b), n
+                assert (sums[n].ysq, sums[n].tysq, sums[n].rows) == (
+                    ref[n].ysq, ref[n].tysq, ref[n].rows), n
+
+
+class _Repeat(torch.nn.Module):
+    def __init__(self, times: int):
+        super().__init__()
+        self.times = times
+        self.lin = torch.nn.Linear(3, 3)
+
+    def forward(self, x):
+        for _ in range(self.times):
+            x = torch.tanh(self.lin(x))
+        return x
+
+
+@pytest.mark.parametrize("merged_times", [1, 3])
+def test_stage_pass_with_other_call_counts_than_the_source_is_refused(merged_times):
+    source = _Repeat(2).double()
+    merged = _Repeat(merged_times).double()
+    merged.load_state_dict(source.state_dict())
+    infos = mergeable_layers(source)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    sources = prepare_sources([source], [[x]], frames=None, names=["lin"], tangents=False)
+    with pytest.raises(RuntimeError, match="must share one forward"):
+        stage_sums(merged, sources, ["lin"], infos)

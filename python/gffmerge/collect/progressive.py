@@ -187,16 +187,44 @@ def _add_call(s: LayerSums, x, dx, y, dy, *, values: bool, tangents: bool,
         s.tysq += _sq(dy)
 
 
-def _accumulate(sums: dict[str, LayerSums], names: Sequence[str], xs: dict, ys: dict, *,
-                values: bool, tangents: bool, backend: str, label: str) -> None:
+def _mismatch(n: str, merged_calls: str, src_calls: int, label: str) -> RuntimeError:
+    return RuntimeError(f"layer '{n}' was called {merged_calls} times by the merged model "
+                        f"but {src_calls} times by {label} on the same batch; the models "
+                        "must share one forward")
+
+
+def _pass_sums(sums: dict[str, LayerSums], model: nn.Module, src: Source, i: int, d: int,
+               u: Tensor | None, names: Sequence[str], *, one_shot: bool, targets: bool,
+               tangents: bool, calls, forward, structured: bool, backend: str) -> None:
+    """Add one pass of ``model`` over ``src``'s batch ``i`` (direction ``d``) to ``sums``:
+    formed inside the hooks on the layer's own tensors (no copies kept), each call paired
+    with the source's target of the same call (one-shot: from the same pass)."""
+    batch, values = src.batches[i], d == 0
+    if one_shot:
+        def both(n, x, y):
+            _add_call(sums[n], *x, *y, values=values, tangents=tangents, backend=backend)
+        run_recording(model, batch, names, "both", u=u, calls=calls, forward=forward,
+                      structured=structured, sink=both)
+        return
+    ys = None
+    if targets:
+        ys = (src.targets[i][d] if src.targets is not None else
+              run_recording(src.model, batch, names, "output", u=u, calls=calls,
+                            forward=forward))
+    seen = dict.fromkeys(names, 0)
+
+    def inputs(n, x, _):
+        k = seen[n]
+        seen[n] += 1
+        if ys is not None and k >= len(ys[n]):
+            raise _mismatch(n, f"more than {len(ys[n])}", len(ys[n]), src.label)
+        y = (None, None) if ys is None else ys[n][k]
+        _add_call(sums[n], *x, *y, values=values, tangents=tangents, backend=backend)
+    run_recording(model, batch, names, "input", u=u, calls=calls, forward=forward,
+                  structured=structured, sink=inputs)
     for n in names:
-        if len(xs[n]) != len(ys[n]):
-            raise RuntimeError(f"layer '{n}' was called {len(xs[n])} times by the merged "
-                               f"model but {len(ys[n])} times by {label} on the same batch; "
-                               "the models must share one forward")
-        for (x, dx), (y, dy) in zip(xs[n], ys[n]):
-            _add_call(sums[n], x, dx, y, dy, values=values, tangents=tangents,
-                      backend=backend)
+        if ys is not None and seen[n] != len(ys[n]):
+            raise _mismatch(n, str(seen[n]), len(ys[n]), src.label)
 
 
 def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Sequence[str],
@@ -230,25 +258,9 @@ def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Seque
                 break
             graphs += batch_entries(batch)
             for d, u in enumerate(src.dirs[i] if tangents else [None]):
-                if merged is None and targets:
-                    # one-shot: one pass gives inputs and targets, summed in the hooks
-                    def sink(n, x, y, values=d == 0, sums=sums):
-                        _add_call(sums[n], *x, *y, values=values, tangents=tangents,
-                                  backend=backend)
-                    run_recording(inp_model, batch, names, "both", u=u, calls=calls,
-                                  forward=forward, structured=structured, sink=sink)
-                    continue
-                xs = run_recording(inp_model, batch, names, "input", u=u, calls=calls,
-                                   forward=forward, structured=structured)
-                if not targets:
-                    ys = {n: [(None, None)] * len(xs[n]) for n in names}
-                elif src.targets is not None:
-                    ys = src.targets[i][d]
-                else:
-                    ys = run_recording(src.model, batch, names, "output", u=u, calls=calls,
-                                       forward=forward)
-                _accumulate(sums, names, xs, ys, values=d == 0, tangents=tangents,
-                            backend=backend, label=src.label)
+                _pass_sums(sums, inp_model, src, i, d, u, names, one_shot=merged is None and
+                           targets, targets=targets, tangents=tangents, calls=calls,
+                           forward=forward, structured=structured, backend=backend)
         for n in names:
             g = sums[n].gram.diagonal().sum()
             t = sums[n].tgram.diagonal().sum() if tangents else g.new_zeros(())

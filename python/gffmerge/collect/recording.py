@@ -173,10 +173,10 @@ def run_recording(model: nn.Module, batch: Any, names: Iterable[str], what: str,
     positions dual along ``u`` (tangents); with ``calls`` the pass stops once every named
     layer has been called that often; with ``structured`` (inputs) a layer that
     describes its parts gives its :class:`GramInput` instead of input rows. With ``sink``
-    (``what="both"``), each call's rows go to ``sink(name, (x, ẋ), (y, ẏ))`` inside the
+    (inputs), each call's rows go to ``sink(name, (x, ẋ), (y, ẏ) or None)`` inside the
     hook, as views (no copies, nothing kept), and the returned dicts stay empty."""
-    if sink is not None and what != "both":
-        raise ValueError("a sink takes inputs and outputs together: use what='both'")
+    if sink is not None and what == "output":
+        raise ValueError("a sink takes a layer's inputs: use what='input' or 'both'")
     if what not in ("input", "output", "both"):
         raise ValueError(f"what must be 'input', 'output' or 'both', got {what!r}")
     rec = _Recorder(model, names, what, calls, tangents=u is not None,
