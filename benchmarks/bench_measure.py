@@ -283,6 +283,15 @@ def markdown(rows: list[dict], command: str, threads: int, device: str) -> str:
         verdict = "met" if ok else f"missed by {r['measure_x'] - target:.2f}×"
         lines.append(f"- {r['model']} on {r['data']} at {r['frames_per_batch']} frames: "
                      f"measure {r['measure_x']:.2f}× (target ≤ {target}×): {verdict}")
+    for r in rows:  # one random direction per frame: the ratio is per tangent direction
+        if r.get("tangent_x") is None:
+            continue
+        target = TARGETS["tangent"]
+        verdict = ("met" if r["tangent_x"] <= target else
+                   f"missed by {r['tangent_x'] - target:.2f}×")
+        lines.append(f"- {r['model']} on {r['data']} at {r['frames_per_batch']} frames: "
+                     f"force-aware {r['tangent_x']:.2f}× (target ≤ {target}× per tangent "
+                     f"direction): {verdict}")
     return "\n".join(lines) + "\n"
 
 
