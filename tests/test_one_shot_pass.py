@@ -202,3 +202,30 @@ def test_stage_pass_with_other_call_counts_than_the_source_is_refused(merged_tim
     sources = prepare_sources([source], [[x]], frames=None, names=["lin"], tangents=False)
     with pytest.raises(RuntimeError, match="must share one forward"):
         stage_sums(merged, sources, ["lin"], infos)
+
+
+@pytest.mark.parametrize("name", ["gns", "painn"])
+def test_dependency_probe_compared_in_the_hooks_equals_the_recorded_difference(name):
+    """The layer-order probe compares each perturbed pass with the base inside the hooks:
+    the same ``max |x - base|`` per layer, to the bit, as recording every input in float64
+    and subtracting after the pass, for every perturbed layer of the shipped models."""
+    from gffmerge.checkpoint import load_checkpoint
+    from gffmerge.collect.batches import default_forward
+    from gffmerge.collect.order import _inputs, _moved, call_order
+    from gffmerge.data import load_dataset
+
+    model = load_checkpoint(ROOT / "checkpoints" / "rmd17" / f"{name}_ethanol.pt")[0].eval()
+    train = load_dataset(["rmd17/ethanol"]).split("train")
+    batch = next(iter(train.subset(4, seed=0).batches_for(model, 4)))
+    names, _ = call_order(model, batch)
+    base = _inputs(model, batch, names, default_forward)
+    fed = 0
+    for a in names:
+        got = _moved(model, batch, names, default_forward, base, a,
+                     torch.Generator().manual_seed(5))
+        ref = _inputs(model, batch, names, default_forward, perturb=a,
+                      gen=torch.Generator().manual_seed(5))
+        for b in names:
+            assert got[b] == (ref[b] - base[b]).abs().max().item(), (a, b)
+            fed += got[b] > 1e-3
+    assert fed > len(names)  # perturbations do reach later layers
