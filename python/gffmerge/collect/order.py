@@ -126,6 +126,16 @@ def call_order(model: nn.Module, batch: Any, *, forward: Forward | None = None,
     return first_calls(model, names, lambda: forward(model, batch))
 
 
+def _disturb(module: nn.Module, gen: torch.Generator | None):
+    """A hook adding Gaussian noise of :data:`PERTURBATION` × the output's std to
+    ``module``'s output (drawn from ``gen``); returns its handle."""
+    def disturb(module, args, output):
+        scale = output.detach().std().clamp_min(1e-6) if output.numel() > 1 else 1.0
+        noise = torch.randn(output.shape, generator=gen, dtype=torch.float64)
+        return output + (PERTURBATION * scale * noise).to(output.dtype).to(output.device)
+    return module.register_forward_hook(disturb)
+
+
 def _inputs(model: nn.Module, batch: Any, names: list[str], forward: Forward,
             perturb: str | None = None, gen: torch.Generator | None = None
             ) -> dict[str, Tensor]:
@@ -140,11 +150,7 @@ def _inputs(model: nn.Module, batch: Any, names: list[str], forward: Forward,
                            .flatten())
         handles.append(modules[n].register_forward_hook(hook, with_kwargs=True))
     if perturb is not None:
-        def disturb(module, args, output):
-            scale = output.detach().std().clamp_min(1e-6) if output.numel() > 1 else 1.0
-            noise = torch.randn(output.shape, generator=gen, dtype=torch.float64)
-            return output + (PERTURBATION * scale * noise).to(output.dtype).to(output.device)
-        handles.append(modules[perturb].register_forward_hook(disturb))
+        handles.append(_disturb(modules[perturb], gen))
     try:
         with torch.no_grad():
             forward(model, batch)
@@ -155,12 +161,44 @@ def _inputs(model: nn.Module, batch: Any, names: list[str], forward: Forward,
             for n, v in seen.items()}
 
 
+def _moved(model: nn.Module, batch: Any, names: list[str], forward: Forward,
+           base: dict[str, Tensor], perturb: str, gen: torch.Generator
+           ) -> dict[str, float | None]:
+    """With ``perturb``'s output disturbed, how far each named layer's inputs moved from
+    ``base`` (:func:`_inputs` unperturbed): ``max |x - base|`` in float64, compared call by
+    call inside the hooks (no copies kept), or None when the layer saw another number of
+    input entries. The same number as ``(_inputs(...) - base).abs().max()``."""
+    modules = dict(model.named_modules())
+    end = dict.fromkeys(names, 0)
+    moved: dict[str, float | None] = dict.fromkeys(names, 0.0)
+    handles = []
+    for n in names:
+        def hook(module, args, kwargs, output, n=n):
+            x = layer_input(module, args, kwargs).detach().flatten()
+            s, end[n] = end[n], end[n] + x.numel()
+            if moved[n] is None or end[n] > base[n].numel():
+                moved[n] = None
+            elif x.numel():  # promoted to float64 before the difference, as in _inputs
+                moved[n] = max(moved[n], torch.sub(x, base[n][s:end[n]]).abs_().max().item())
+        handles.append(modules[n].register_forward_hook(hook, with_kwargs=True))
+
+    handles.append(_disturb(modules[perturb], gen))
+    try:
+        with torch.no_grad():
+            forward(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: None if end[n] != base[n].numel() else v for n, v in moved.items()}
+
+
 def dependencies(model: nn.Module, batch: Any, names: list[str], *,
                  forward: Forward | None = None, seed: int = 0) -> dict[str, frozenset[str]]:
     """For each named layer, the layers whose inputs change when its output is perturbed.
 
     ``len(names) + 2`` forward passes on ``batch`` (two unperturbed to measure the noise
-    floor of non-deterministic kernels).
+    floor of non-deterministic kernels); the perturbed passes compare with the first one
+    inside their hooks (:func:`_moved`) instead of keeping float64 copies of every input.
     """
     forward = forward or default_forward
     gen = torch.Generator().manual_seed(seed)
@@ -174,10 +212,9 @@ def dependencies(model: nn.Module, batch: Any, names: list[str], *,
                for n in names}
         feeds: dict[str, frozenset[str]] = {}
         for a in names:
-            moved = _inputs(model, batch, names, forward, perturb=a, gen=gen)
-            feeds[a] = frozenset(
-                b for b in names if b != a and moved[b].shape == base[b].shape
-                and (moved[b] - base[b]).abs().max().item() > tol[b])
+            moved = _moved(model, batch, names, forward, base, a, gen)
+            feeds[a] = frozenset(b for b in names if b != a and moved[b] is not None
+                                 and moved[b] > tol[b])
     finally:
         model.train(was_training)
     return feeds

@@ -18,7 +18,10 @@ weight are choices made at solve time.
 Each source's targets are computed once (one forward per source, all layers) and kept
 when they fit in ``cache_bytes``; otherwise the source is re-run per stage on the stage's
 layers only. A pass stops as soon as every stage layer has been called as often as in
-one full forward, so early stages cost part of a forward.
+one full forward, so early stages cost part of a forward. One-shot sums (no merged
+model: each source gives its own inputs) record inputs and targets in one pass per batch
+and direction and never use the cache: the sums are formed inside the hooks, on the layer's own
+tensors, so no row is copied or kept.
 
 **Structured rows** (``structured=True``, the default): a layer that describes its input
 as parts (:class:`~gffmerge.models.parts.StructuredInput`, e.g. the GNS edge layer on
@@ -108,7 +111,8 @@ def prepare_sources(models: Sequence[nn.Module], data: Sequence[Iterable[Any]], 
     batch), draw ``draws`` directions per batch (when ``tangents``; ``"force"`` directions
     give one draw) and cache the source's outputs of ``names`` when they fit in
     ``cache_bytes`` (not at all with ``outputs=False``: for :func:`stage_sums` with
-    ``targets=False``, which needs only the merged model's inputs)."""
+    ``targets=False``, which needs only the merged model's inputs, or one-shot sums, which
+    record their targets in their own pass)."""
     if draws < 1:
         raise ValueError(f"draws must be a positive number of directions per frame, got "
                          f"{draws}")
@@ -146,40 +150,81 @@ def prepare_sources(models: Sequence[nn.Module], data: Sequence[Iterable[Any]], 
     return sources
 
 
-def _accumulate(sums: dict[str, LayerSums], names: Sequence[str], xs: dict, ys: dict, *,
-                values: bool, tangents: bool, backend: str, label: str) -> None:
+def _sq(y: Tensor) -> float:
+    """``Σ y²`` in float64: the same products and sum as ``y.double().square().sum()``,
+    squared in place in one float64 copy (a fresh buffer per temporary costs more than
+    the arithmetic)."""
+    return y.to(torch.float64, copy=True).square_().sum().item()
+
+
+def _add_call(s: LayerSums, x, dx, y, dy, *, values: bool, tangents: bool,
+              backend: str) -> None:
+    """Add one layer call's value rows (when ``values``) and tangent rows to ``s``."""
+    if values and isinstance(x, GramInput):
+        gram, cross = sums_of(x, y, backend=backend)
+        s.gram += gram
+        s.rows += x.rows
+        if cross is not None:
+            s.cross += cross
+            s.ysq += _sq(y)
+    elif values:
+        gram_(s.gram, x, augment=True, backend=backend)
+        s.rows += x.shape[0]
+        if y is not None:
+            cross_(s.cross, x, y, augment_x=True, backend=backend)
+            s.ysq += _sq(y)
+    if tangents and isinstance(dx, GramInput):  # structured tangent rows
+        w = dx.width  # tangent rows have 0 in the bias column: drop the ones row
+        tgram, tcross = sums_of(dx, dy, backend=backend)
+        s.tgram += tgram[:w, :w]
+        s.tcross += tcross[:w]
+        s.trows += dx.rows
+        s.tysq += _sq(dy)
+    elif tangents:
+        gram_(s.tgram, dx, backend=backend)
+        cross_(s.tcross, dx, dy, backend=backend)
+        s.trows += dx.shape[0]
+        s.tysq += _sq(dy)
+
+
+def _mismatch(n: str, merged_calls: str, src_calls: int, label: str) -> RuntimeError:
+    return RuntimeError(f"layer '{n}' was called {merged_calls} times by the merged model "
+                        f"but {src_calls} times by {label} on the same batch; the models "
+                        "must share one forward")
+
+
+def _pass_sums(sums: dict[str, LayerSums], model: nn.Module, src: Source, i: int, d: int,
+               u: Tensor | None, names: Sequence[str], *, one_shot: bool, targets: bool,
+               tangents: bool, calls, forward, structured: bool, backend: str) -> None:
+    """Add one pass of ``model`` over ``src``'s batch ``i`` (direction ``d``) to ``sums``:
+    formed inside the hooks on the layer's own tensors (no copies kept), each call paired
+    with the source's target of the same call (one-shot: from the same pass)."""
+    batch, values = src.batches[i], d == 0
+    if one_shot:
+        def both(n, x, y):
+            _add_call(sums[n], *x, *y, values=values, tangents=tangents, backend=backend)
+        run_recording(model, batch, names, "both", u=u, calls=calls, forward=forward,
+                      structured=structured, sink=both)
+        return
+    ys = None
+    if targets:
+        ys = (src.targets[i][d] if src.targets is not None else
+              run_recording(src.model, batch, names, "output", u=u, calls=calls,
+                            forward=forward))
+    seen = dict.fromkeys(names, 0)
+
+    def inputs(n, x, _):
+        k = seen[n]
+        seen[n] += 1
+        if ys is not None and k >= len(ys[n]):
+            raise _mismatch(n, f"more than {len(ys[n])}", len(ys[n]), src.label)
+        y = (None, None) if ys is None else ys[n][k]
+        _add_call(sums[n], *x, *y, values=values, tangents=tangents, backend=backend)
+    run_recording(model, batch, names, "input", u=u, calls=calls, forward=forward,
+                  structured=structured, sink=inputs)
     for n in names:
-        s = sums[n]
-        if len(xs[n]) != len(ys[n]):
-            raise RuntimeError(f"layer '{n}' was called {len(xs[n])} times by the merged "
-                               f"model but {len(ys[n])} times by {label} on the same batch; "
-                               "the models must share one forward")
-        for (x, dx), (y, dy) in zip(xs[n], ys[n]):
-            if values and isinstance(x, GramInput):
-                gram, cross = sums_of(x, y, backend=backend)
-                s.gram += gram
-                s.rows += x.rows
-                if cross is not None:
-                    s.cross += cross
-                    s.ysq += y.double().square().sum().item()
-            elif values:
-                gram_(s.gram, x, augment=True, backend=backend)
-                s.rows += x.shape[0]
-                if y is not None:
-                    cross_(s.cross, x, y, augment_x=True, backend=backend)
-                    s.ysq += y.double().square().sum().item()
-            if tangents and isinstance(dx, GramInput):  # structured tangent rows
-                w = dx.width  # tangent rows have 0 in the bias column: drop the ones row
-                tgram, tcross = sums_of(dx, dy, backend=backend)
-                s.tgram += tgram[:w, :w]
-                s.tcross += tcross[:w]
-                s.trows += dx.rows
-                s.tysq += dy.double().square().sum().item()
-            elif tangents:
-                gram_(s.tgram, dx, backend=backend)
-                cross_(s.tcross, dx, dy, backend=backend)
-                s.trows += dx.shape[0]
-                s.tysq += dy.double().square().sum().item()
+        if ys is not None and seen[n] != len(ys[n]):
+            raise _mismatch(n, str(seen[n]), len(ys[n]), src.label)
 
 
 def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Sequence[str],
@@ -190,8 +235,9 @@ def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Seque
     """Per source, the :class:`LayerSums` of the named layers.
 
     Inputs come from ``merged`` (progressive) or, when ``merged`` is None, from each source
-    itself (one-shot). ``frames`` uses only the first batches of each source up to that many
-    graphs (a reduced budget for hyperparameter search). ``targets=False`` records the
+    itself (one-shot: inputs and targets from one pass, the cached targets unused).
+    ``frames`` uses only the first batches of each source up to that many graphs (a
+    reduced budget for hyperparameter search). ``targets=False`` records the
     inputs only (Grams and row counts; the cross sums stay zero) and never runs the
     sources: for solves whose right-hand side comes from the sources' weights.
     ``structured`` forms the value sums of layers that describe their parts without their
@@ -212,17 +258,9 @@ def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Seque
                 break
             graphs += batch_entries(batch)
             for d, u in enumerate(src.dirs[i] if tangents else [None]):
-                xs = run_recording(inp_model, batch, names, "input", u=u, calls=calls,
-                                   forward=forward, structured=structured)
-                if not targets:
-                    ys = {n: [(None, None)] * len(xs[n]) for n in names}
-                elif src.targets is not None:
-                    ys = src.targets[i][d]
-                else:
-                    ys = run_recording(src.model, batch, names, "output", u=u, calls=calls,
-                                       forward=forward)
-                _accumulate(sums, names, xs, ys, values=d == 0, tangents=tangents,
-                            backend=backend, label=src.label)
+                _pass_sums(sums, inp_model, src, i, d, u, names, one_shot=merged is None and
+                           targets, targets=targets, tangents=tangents, calls=calls,
+                           forward=forward, structured=structured, backend=backend)
         for n in names:
             g = sums[n].gram.diagonal().sum()
             t = sums[n].tgram.diagonal().sum() if tangents else g.new_zeros(())

@@ -9,7 +9,7 @@ recorded, so that a later in-place change of the same tensor by the model (a res
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -88,56 +88,74 @@ def structured_tangent(module: nn.Module, args: tuple, kwargs: dict) -> GramInpu
 
 
 class _Recorder:
-    """Hooks recording inputs (``what="input"``) or outputs of some layers of a model.
+    """Hooks recording inputs (``what="input"``), outputs (``"output"``) or both
+    (``"both"``: one pass for the one-shot merge, where the model giving the inputs is
+    the source giving the targets) of some layers of a model.
 
     With ``structured``, the input of a layer that describes its parts is recorded as its
     :class:`GramInput`, and so are its tangent rows when on (:func:`structured_tangent`;
     the dense tangent of its input where that does not apply)."""
 
     def __init__(self, model: nn.Module, names: Iterable[str], what: str,
-                 calls: dict[str, int] | None, tangents: bool, structured: bool = False):
+                 calls: dict[str, int] | None, tangents: bool, structured: bool = False,
+                 sink: Callable | None = None):
         modules = dict(model.named_modules())
         self.names = list(names)
-        self.seen: dict[str, list[tuple[Tensor | GramInput, Tensor | None]]] = {
-            n: [] for n in self.names}
+        Seen = dict[str, list[tuple[Tensor | GramInput, Tensor | None]]]
+        self.seen: Seen = {n: [] for n in self.names}
+        self.outputs: Seen | None = {n: [] for n in self.names} if what == "both" else None
+        self.count = dict.fromkeys(self.names, 0)
         self.calls = calls
         self.tangents = tangents
+        self.sink = sink
         self.handles = []
         for n in self.names:
             m = modules[n]
 
             def hook(module, args, kwargs, output, n=n):
+                # copies only when kept past the hook (module docstring); a sink uses them
+                # before the model can change them
+                keep = sink is None
+                y = None
+                if what != "input":
+                    y = self._rows(output.reshape(-1, layer_width(module)), keep)
                 parts = (structured_input(module, args, kwargs, dual=self.tangents)
-                         if what == "input" and structured else None)
+                         if what != "output" and structured else None)
                 if parts is not None:
                     tangent = None
                     if self.tangents:
                         tangent = structured_tangent(module, args, kwargs)
                         if tangent is None:
                             tangent = split_dual(layer_input(module, args, kwargs))[1]
-                    self.seen[n].append((parts, tangent))
-                    self._done()
-                    return
-                if what == "input":
-                    t = layer_input(module, args, kwargs)
+                    x = (parts, tangent)
+                elif what != "output":
+                    x = self._rows(layer_input(module, args, kwargs), keep)
+                self.count[n] += 1
+                if sink is not None:
+                    sink(n, x, y)
+                elif what == "output":
+                    self.seen[n].append(y)
                 else:
-                    t = output.reshape(-1, layer_width(module))
-                if self.tangents:
-                    primal, tangent = split_dual(t)
-                else:
-                    primal, tangent = t.detach(), None
-                # copies: the model may change the tensor in place later in the same
-                # forward (CHGNet's ``h = mlp_out(h); h += residual``), which a view
-                # would see; the rows must be the values the layer saw or gave
-                self.seen[n].append((primal.clone(),
-                                     None if tangent is None else tangent.clone()))
+                    self.seen[n].append(x)
+                    if self.outputs is not None:
+                        self.outputs[n].append(y)
                 self._done()
 
             self.handles.append(m.register_forward_hook(hook, with_kwargs=True))
 
+    def _rows(self, t: Tensor, copy: bool) -> tuple[Tensor, Tensor | None]:
+        """``(primal, tangent or None)`` of ``t``, copied when ``copy``: the model may change
+        the tensor in place later in the same forward (CHGNet's ``h = mlp_out(h);
+        h += residual``), which a view would see; kept rows must be the values the layer
+        saw or gave."""
+        if self.tangents:
+            primal, tangent = split_dual(t)
+            return (primal.clone(), tangent.clone()) if copy else (primal, tangent)
+        return (t.detach().clone() if copy else t.detach()), None
+
     def _done(self) -> None:
         if self.calls is not None and all(
-                len(self.seen[x]) >= self.calls.get(x, 1) for x in self.names):
+                self.count[x] >= self.calls.get(x, 1) for x in self.names):
             raise _StageDone
 
     def remove(self) -> None:
@@ -147,15 +165,22 @@ class _Recorder:
 
 def run_recording(model: nn.Module, batch: Any, names: Iterable[str], what: str, *,
                   u: Tensor | None = None, calls: dict[str, int] | None = None,
-                  forward=default_forward, structured: bool = False
-                  ) -> dict[str, list[tuple[Tensor | GramInput, Tensor | None]]]:
+                  forward=default_forward, structured: bool = False,
+                  sink: Callable | None = None) -> Any:
     """Run ``model`` on ``batch`` (eval, no grad) and return, per named layer and call, its
-    ``(input or output rows, tangent rows or None)``. With ``u`` the energy path runs with
+    ``(input or output rows, tangent rows or None)``; ``what="both"`` returns ``(inputs,
+    outputs)``, two such dicts from the one pass. With ``u`` the energy path runs with
     positions dual along ``u`` (tangents); with ``calls`` the pass stops once every named
-    layer has been called that often; with ``structured`` (inputs only) a layer that
-    describes its parts gives its :class:`GramInput` instead of input rows."""
+    layer has been called that often; with ``structured`` (inputs) a layer that
+    describes its parts gives its :class:`GramInput` instead of input rows. With ``sink``
+    (inputs), each call's rows go to ``sink(name, (x, ẋ), (y, ẏ) or None)`` inside the
+    hook, as views (no copies, nothing kept), and the returned dicts stay empty."""
+    if sink is not None and what == "output":
+        raise ValueError("a sink takes a layer's inputs: use what='input' or 'both'")
+    if what not in ("input", "output", "both"):
+        raise ValueError(f"what must be 'input', 'output' or 'both', got {what!r}")
     rec = _Recorder(model, names, what, calls, tangents=u is not None,
-                    structured=structured and what == "input")
+                    structured=structured and what != "output", sink=sink)
     try:
         with torch.no_grad():
             if u is None:
@@ -167,4 +192,4 @@ def run_recording(model: nn.Module, batch: Any, names: Iterable[str], what: str,
         pass
     finally:
         rec.remove()
-    return rec.seen
+    return rec.seen if rec.outputs is None else (rec.seen, rec.outputs)

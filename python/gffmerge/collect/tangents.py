@@ -19,7 +19,9 @@ from dataclasses import replace
 
 import torch
 import torch.autograd.forward_ad as fwad
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from .batches import default_forward
 
@@ -64,16 +66,55 @@ def energy_forward(model: nn.Module, batch) -> Tensor:
     return model(batch, compute_forces=False)["energy"]
 
 
+class _LinearTangent(torch.autograd.Function):
+    """``F.linear(x, W, b)`` whose tangent is ``ẋ Wᵀ`` alone. Autograd's rule for a dual
+    ``x`` and plain ``W, b`` also forms the zero tangents of ``W`` and ``b`` (a product
+    with zeros and a broadcast bias copy), ~2.5× the primal's time instead of ~1×; this
+    one makes the same ``ẋ Wᵀ`` product, so the tangent is the same to the bit (test)."""
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.weight = inputs[1]
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor, weight_t, bias_t) -> Tensor:
+        return x_t.matmul(ctx.weight.t())
+
+
+def _plain(t) -> bool:
+    return t is None or fwad.unpack_dual(t).tangent is None
+
+
+class _TangentLinear(TorchFunctionMode):
+    """Routes ``F.linear`` with a dual input and plain weights (no grad mode) through
+    :class:`_LinearTangent`; every other call runs as it is."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear and not torch.is_grad_enabled():
+            x, weight, *rest = args
+            bias = rest[0] if rest else kwargs.get("bias")
+            if not _plain(x) and _plain(weight) and _plain(bias):
+                return _LinearTangent.apply(x, weight, bias)
+        return func(*args, **kwargs)
+
+
 def run_with_tangent(model: nn.Module, batch, u: Tensor, forward=None) -> None:
     """Run ``forward(model, batch)`` with positions dual along ``u`` (default: the
     measuring forward, i.e. the energy path of a conservative model, the full forward with
     the direct force head otherwise).
 
     Hooks on the model's layers see dual tensors; :func:`split_dual` takes them apart.
-    Must be called inside ``torch.autograd.forward_ad.dual_level()``.
+    Must be called inside ``torch.autograd.forward_ad.dual_level()``. Linear maps take
+    the tangent ``ẋ Wᵀ`` directly (:class:`_LinearTangent`, the same values).
     """
     pos = fwad.make_dual(batch.pos.detach(), u.to(batch.pos.dtype))
-    (forward or default_forward)(model, replace(batch, pos=pos))
+    with _TangentLinear():
+        (forward or default_forward)(model, replace(batch, pos=pos))
 
 
 def split_dual(t: Tensor) -> tuple[Tensor, Tensor]:

@@ -159,7 +159,9 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
                               tangents=need_tangents, direction=opts.directions,
                               draws=opts.draws,
                               seed=opts.seed, labels=labels, forward=forward,
-                              device=next(models[0].parameters()).device)
+                              device=next(models[0].parameters()).device,
+                              # one-shot sums record the targets in their own pass
+                              outputs=opts.mode == "progressive")
     targets_s, targets_c = time.perf_counter() - t0, time.process_time() - c0
     probe = build_model(models[0], mean_state_dict(models))
     order = layer_order(probe, sources[0].batches[0], forward=forward, layers=layers,
