@@ -178,3 +178,25 @@ def test_other_backbones_take_the_per_candidate_route_and_say_why():
     _, chosen = choose(backbones, heads, tasks, "gffmerge", OPTIONS, ridges=(1e-2,))
     assert chosen["route"] == "per candidate"
     assert "GCNConv / SAGEConv" in chosen["route_reason"]
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage"])
+def test_sparse_feature_input_is_the_same_model(kind):
+    from gffmerge.gnn_tasks import Backbone, model_input
+
+    tasks = bow_tasks()
+    g = tasks[0].graph
+    edges = g.edge_index[:, g.edge_index[0] != 5]  # node 5 receives no messages
+    edges = edges[:, edges[1] != 5]
+    torch.manual_seed(0)
+    model = Backbone(kind, g.num_features, 8)
+    xs = model_input(g.x, kind)
+    assert xs.layout == torch.sparse_csr
+    assert model_input(g.x, "gin") is g.x
+    dense = model(g.x, edges)
+    grads = torch.autograd.grad(dense.square().sum(), list(model.parameters()))
+    sparse = model(xs, edges)
+    grads_s = torch.autograd.grad(sparse.square().sum(), list(model.parameters()))
+    assert torch.allclose(sparse, dense, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_s, grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
