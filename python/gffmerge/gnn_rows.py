@@ -30,6 +30,28 @@ from .solver.state import layer_theta
 
 F64 = torch.float64
 
+ROWS = ("all", "own", "own+nbr")
+"""Row options (see :mod:`gffmerge.gnn_select`): every node, the source's labelled
+training nodes, those and their neighbours."""
+
+
+def row_nodes(task, rows: str) -> Tensor | None:
+    """The destination nodes measured for ``task``'s source (None: all nodes)."""
+    if rows not in ROWS:
+        raise ValueError(f"rows={rows!r} is not valid; choose one of {', '.join(ROWS)}")
+    if rows == "all" or task.is_lp:
+        return None
+    own = task.node_labels(task.graph.train_mask)[0]
+    if rows == "own":
+        return own
+    mark = torch.zeros(task.graph.num_nodes, dtype=torch.bool)
+    mark[own] = True
+    src, dst = task.edges[0], task.edges[1]
+    near = mark.clone()
+    near[dst[mark[src]]] = True
+    near[src[mark[dst]]] = True
+    return near.nonzero().flatten()
+
 
 @dataclass
 class UnitRows:

@@ -23,34 +23,16 @@ import time
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .collect import InputCache, measure
+from .gnn_rows import ROWS, row_nodes  # noqa: F401  (re-exported)
 from .gnn_tasks import Task
 from .methods import get as get_method
 from .stats import Stats
 
-ROWS = ("all", "own", "own+nbr")
 CHOICE_RIDGES = (1e-4, 1e-2, 1.0)
 """Relative ridges the validation choice tries with every row option."""
-
-
-def row_nodes(task: Task, rows: str) -> Tensor | None:
-    """The destination nodes measured for ``task``'s source (None: all nodes)."""
-    if rows not in ROWS:
-        raise ValueError(f"rows={rows!r} is not valid; choose one of {', '.join(ROWS)}")
-    if rows == "all" or task.is_lp:
-        return None
-    own = task.node_labels(task.graph.train_mask)[0]
-    if rows == "own":
-        return own
-    mark = torch.zeros(task.graph.num_nodes, dtype=torch.bool)
-    mark[own] = True
-    src, dst = task.edges[0], task.edges[1]
-    near = mark.clone()
-    near[dst[mark[src]]] = True
-    near[src[mark[dst]]] = True
-    return near.nonzero().flatten()
 
 
 def measure_sources(backbones: Sequence[nn.Module], tasks: Sequence[Task], rows: str
@@ -174,104 +156,6 @@ def choose(backbones: Sequence[nn.Module], heads: Sequence[nn.Module | None],
                                              rows=rows, ridges=ridges)
         chosen["route_reason"] = why
         return model, chosen
-    return _choose_one_pass(backbones, heads, tasks, options, rows, ridges)
+    from .gnn_one_pass import choose_one_pass
 
-
-def _choose_one_pass(backbones, heads, tasks, options, rows, ridges):
-    from .gnn_rows import nested_grams, source_rows
-    from .solver.state import layer_theta, mean_state_dict, write_back
-
-    opts = get_method("gffmerge").options(**{**options, "ridge_mode": "relative"})
-    t_all = time.process_time()
-    shared: dict = {}
-    passes = [source_rows(b, t.graph.x, t.edges, shared) for b, t in zip(backbones, tasks)]
-    nodes = [{r: row_nodes(t, r) for r in rows} for t in tasks]
-    order = sorted(rows, key=ROWS.index)  # own ⊂ own+nbr ⊂ all
-    order = [r for r in ("own", "own+nbr", "all") if r in order]
-    cache: dict = {}
-
-    def grams_of(k: int, r: str):
-        def get(name: str) -> Tensor:
-            unit = passes[k][name]
-            sets = [nodes[k][o] for o in order]
-            key = (id(unit), name, tuple(None if s is None else tuple(s.tolist())
-                                         for s in sets))
-            if key not in cache:
-                cache[key] = (unit, dict(zip(order, nested_grams(unit, sets))))
-            return cache[key][1][r]
-        return get
-
-    measure_s = time.process_time() - t_all
-    t1 = time.process_time()
-    paths = {r: _path(r, backbones, passes, nodes, grams_of, ridges, opts) for r in rows}
-    solve_s = time.process_time() - t1
-    t2 = time.process_time()
-    units = list(passes[0])
-    own = [{n: layer_theta(b.state_dict(), n)[:passes[0][n].x.shape[1]] for n in units}
-           for b in backbones]
-    reference = [None if t.is_lp else fast_accuracy(own[k], passes[k], backbones[0], heads[k],
-                                                    t)
-                 for k, t in enumerate(tasks)]
-    best, candidates = None, []
-    for r in rows:
-        for j, ridge in enumerate(ridges):
-            thetas = {n: paths[r][n][j] for n in units}
-            ratios = [fast_accuracy(thetas, passes[k], backbones[0], heads[k], t)
-                      / max(reference[k], 1e-12) for k, t in enumerate(tasks) if not t.is_lp]
-            score = sum(ratios) / len(ratios)
-            candidates.append({"rows": r, "ridge": ridge, "score": score})
-            if best is None or score > best[1]["score"]:
-                best = (thetas, {"rows": r, "ridge": ridge, "score": score})
-    score_s = time.process_time() - t2
-    thetas, chosen = best
-    model, _ = write_back(backbones[0], mean_state_dict(backbones), thetas)
-    chosen.update(candidates=candidates, route="one pass", measure_seconds=measure_s,
-                  solve_seconds=solve_s, score_seconds=score_s,
-                  seconds=measure_s + solve_s / (len(rows) * len(ridges)),
-                  selection_seconds=time.process_time() - t_all,
-                  scored_on=[t.name for t in tasks if not t.is_lp])
-    return model.eval(), chosen
-
-
-def _path(r, backbones, passes, nodes, grams_of, ridges, opts):
-    from .gnn_rows import Source, option_path
-
-    sources = [Source(b, passes[k], nodes[k][r], grams_of(k, r))
-               for k, b in enumerate(backbones)]
-    return option_path(sources, ridges, weighting=opts.weighting, prior=opts.prior)
-
-
-@torch.no_grad()
-def fast_accuracy(thetas: dict[str, Tensor], rows: dict, backbone: nn.Module,
-                  head: nn.Module, task: Task) -> float:
-    """Validation accuracy of the backbone with unit weights ``thetas`` (``[in+1, out]``)
-    and ``head``, in float64 from the first unit's measured rows (``rows``, which do not
-    depend on the weights) on the validation nodes only: the last convolution's rows are
-    formed for those nodes alone. Equals :func:`validation_accuracy` of the written model
-    up to float rounding."""
-    from .gnn_rows import _augmented, check_units
-    from .models.pyg import node_rows
-
-    nodes, labels = task.node_labels(task.graph.val_mask)
-    if len(nodes) == 0:
-        raise ValueError(f"task '{task.name}' has no validation nodes of its classes; the "
-                         "validation choice needs some (use a graph with a val_mask)")
-    views = check_units(backbone)
-    names = list(views)
-    first = rows[names[0]]
-    if first.key is None:
-        raise ValueError("the first unit's rows depend on the weights; use "
-                         "choose_per_candidate")
-    x = first.take(nodes) if len(names) == 1 else first.x
-    h = (torch.sparse.mm(x, thetas[names[0]]) if first.sparse else x @ thetas[names[0]])
-    h = h.relu()
-    for i, name in enumerate(names[1:], start=1):
-        last = i == len(names) - 1
-        with node_rows(nodes if last else None):
-            inp = views[name].gram_parts(h, task.edges)
-        x = _augmented(inp, thetas[name].shape[0] == views[name].in_features + 1)
-        h = (torch.sparse.mm(x, thetas[name]) if x.layout != torch.strided
-             else x @ thetas[name]).relu()
-    w = head.weight.detach().to(torch.float64)
-    logits = h @ w.T + (0.0 if head.bias is None else head.bias.detach().to(torch.float64))
-    return float((logits.argmax(-1) == labels).double().mean())
+    return choose_one_pass(backbones, heads, tasks, options, rows, ridges)
