@@ -118,8 +118,9 @@ def test_ridge_path_equals_separate_cholesky_solves(sparse, with_prior):
     refs = [separate(a, b, prior, lam) for lam in lams]
     zin = z.to_sparse() if sparse else z
     for route, got in (("dual", dual_path(zin, y, prior, lams)),
+                       ("dual eigen", dual_path(zin, y, prior, lams, route="eigen")),
                        ("eigen", primal_path(a, b, prior, lams, route="eigen")),
-                       ("cholesky", primal_path(a, b, prior, lams, route="cholesky"))):
+                       ("cholesky", primal_path(a, b, prior, lams))):
         for lam, x, ref in zip(lams, got, refs):
             assert rel(x, ref) < 1e-10, (route, lam)
         if prior is not None:  # no data in direction 4: the prior there

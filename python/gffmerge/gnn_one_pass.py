@@ -46,6 +46,7 @@ class OnePass:
         self.nodes = [{r: row_nodes(t, r) for r in rows} for t in tasks]
         self.order = [r for r in ("own", "own+nbr", "all") if r in rows]  # nested
         self._grams: dict = {}
+        self._first: dict = {}  # first-layer products of the scoring
 
     def grams_of(self, k: int, r: str):
         """``grams(unit)`` of source ``k`` on row option ``r`` (see :class:`Source`)."""
@@ -76,7 +77,8 @@ class OnePass:
         """Per task, the accuracy of the backbone with unit weights ``thetas`` and the
         task's head on ``mask``'s nodes of its classes (None: link prediction)."""
         return [None if t.is_lp else fast_accuracy(thetas, self.passes[k],
-                                                   self.backbones[0], heads[k], t, mask)
+                                                   self.backbones[0], heads[k], t, mask,
+                                                   self._first)
                 for k, t in enumerate(self.tasks)]
 
     def scores(self, thetas: dict[str, Tensor], heads, reference, mask: str = "val_mask"
@@ -127,13 +129,15 @@ def choose_one_pass(backbones, heads, tasks, options: dict, rows: Sequence[str],
 
 @torch.no_grad()
 def fast_accuracy(thetas: dict[str, Tensor], rows: dict, backbone: nn.Module,
-                  head: nn.Module, task: Task, mask: str = "val_mask") -> float:
+                  head: nn.Module, task: Task, mask: str = "val_mask",
+                  cache: dict | None = None) -> float:
     """Accuracy on the ``mask`` nodes (of ``task``'s classes; default: validation) of the
     backbone with unit weights ``thetas`` (``[in+1, out]``) and ``head``, in float64 from
     the first unit's measured rows (``rows``, which do not depend on the weights): the
     last convolution's rows are formed for those nodes alone. Equals
     :func:`~gffmerge.gnn_select.validation_accuracy` of the written model up to float
-    rounding."""
+    rounding. ``cache``: first-layer products kept across calls (the same rows and
+    weights give the same product)."""
     from .models.pyg import node_rows
 
     nodes, labels = task.node_labels(getattr(task.graph, mask))
@@ -146,8 +150,17 @@ def fast_accuracy(thetas: dict[str, Tensor], rows: dict, backbone: nn.Module,
     if first.key is None:
         raise ValueError("the first unit's rows depend on the weights; use "
                          "choose_per_candidate")
-    x = first.take(nodes) if len(names) == 1 else first.x
-    h = (torch.sparse.mm(x, thetas[names[0]]) if first.sparse else x @ thetas[names[0]])
+    if len(names) == 1:
+        x = first.take(nodes)
+        h = (torch.sparse.mm(x, thetas[names[0]]) if first.sparse else x @ thetas[names[0]])
+    else:
+        key = (id(first), id(thetas[names[0]]))
+        if cache is not None and key in cache:
+            h = cache[key][0]
+        else:
+            h = first.matmul(thetas[names[0]])
+            if cache is not None:  # Θ kept alive with the entry: its id stays unique
+                cache[key] = (h, thetas[names[0]])
     h = h.relu()
     for i, name in enumerate(names[1:], start=1):
         last = i == len(names) - 1

@@ -66,6 +66,15 @@ class UnitRows:
     def sparse(self) -> bool:
         return self.x.layout != torch.strided
 
+    def matmul(self, theta: Tensor) -> Tensor:
+        """``X̃ Θ`` on all rows (a CSR product for sparse rows, converted once)."""
+        if not self.sparse:
+            return self.x @ theta
+        if getattr(self, "_csr", None) is None:
+            with quiet_sparse():
+                self._csr = self.x.to_sparse_csr()
+        return torch.sparse.mm(self._csr, theta)
+
     def take(self, nodes: Tensor | None) -> Tensor:
         """The rows of ``nodes`` (None: all)."""
         if nodes is None:
@@ -212,7 +221,7 @@ def option_path(sources: Sequence[Source], ridges: Sequence[float], *,
         mean = torch.stack(thetas).mean(0) if prior == "mean" else None
         if (mean is not None and len(set(coefs)) == 1
                 and all(_same_rows(sources[0], s, name) for s in sources[1:])):
-            out[name] = [mean.clone() for _ in ridges]  # (A + λI) Θ̄ = B + λ Θ̄ exactly
+            out[name] = [mean] * len(ridges)  # (A + λI) Θ̄ = B + λ Θ̄ exactly (one object)
             continue
         if sum(counts) < dim:
             blocks = [s.rows[name].take(s.nodes) * c ** 0.5 for s, c in zip(sources, coefs)]
