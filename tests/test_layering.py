@@ -61,7 +61,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("methods", ("methods",)),
     ("pipeline", ("pipeline", "distributed", "testing", "experiment", "experiment_config",
                   "experiment_report", "gnn_experiment", "gnn_experiment_report",
-                  "gnn_select", "gnn_tasks")),
+                  "gnn_one_pass", "gnn_rows", "gnn_select", "gnn_tasks")),
     ("api", ("",)),
     ("cli", ("cli", "__main__", "demo")),
 ]

@@ -274,6 +274,12 @@ def summarize(cfg: GnnExperimentConfig, seeds: Sequence[SeedResult]) -> dict:
                                        for r in runs]
             methods[name]["chosen_seconds"] = _mean_std([r["chosen"]["seconds"]
                                                          for r in runs])[0]
+            methods[name]["route"] = sorted({r["chosen"].get("route", "") for r in runs})
+            parts = ("measure_seconds", "solve_seconds", "score_seconds")
+            if all(p in r["chosen"] for r in runs for p in parts):  # the one-pass choice
+                methods[name]["choice_seconds"] = {
+                    p.split("_")[0]: _mean_std([r["chosen"][p] for r in runs])[0]
+                    for p in parts}
     sources = {}
     for task in seeds[0].sources:
         metric = seeds[0].sources[task]["metric"]

@@ -23,34 +23,16 @@ import time
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .collect import InputCache, measure
+from .gnn_rows import ROWS, row_nodes  # noqa: F401  (re-exported)
 from .gnn_tasks import Task
 from .methods import get as get_method
 from .stats import Stats
 
-ROWS = ("all", "own", "own+nbr")
 CHOICE_RIDGES = (1e-4, 1e-2, 1.0)
 """Relative ridges the validation choice tries with every row option."""
-
-
-def row_nodes(task: Task, rows: str) -> Tensor | None:
-    """The destination nodes measured for ``task``'s source (None: all nodes)."""
-    if rows not in ROWS:
-        raise ValueError(f"rows={rows!r} is not valid; choose one of {', '.join(ROWS)}")
-    if rows == "all" or task.is_lp:
-        return None
-    own = task.node_labels(task.graph.train_mask)[0]
-    if rows == "own":
-        return own
-    mark = torch.zeros(task.graph.num_nodes, dtype=torch.bool)
-    mark[own] = True
-    src, dst = task.edges[0], task.edges[1]
-    near = mark.clone()
-    near[dst[mark[src]]] = True
-    near[src[mark[dst]]] = True
-    return near.nonzero().flatten()
 
 
 def measure_sources(backbones: Sequence[nn.Module], tasks: Sequence[Task], rows: str
@@ -93,15 +75,13 @@ def validation_score(backbone: nn.Module, heads: Sequence[nn.Module | None],
     return sum(ratios) / len(ratios)
 
 
-def choose(backbones: Sequence[nn.Module], heads: Sequence[nn.Module | None],
+def choose_per_candidate(backbones: Sequence[nn.Module], heads: Sequence[nn.Module | None],
            tasks: Sequence[Task], registered: str, options: dict, *,
            rows: Sequence[str] = ROWS, ridges: Sequence[float] = CHOICE_RIDGES
            ) -> tuple[nn.Module, dict]:
-    """The merge (``registered`` method with ``options``, the relative ridge replaced)
-    whose rows and ridge score best on the validation nodes; ties keep the earlier
-    candidate (``rows`` order, then ``ridges`` order). Returns the merged backbone and the
-    choice: ``rows``, ``ridge``, ``score``, every candidate's score, the chosen one's
-    measure + solve seconds and the seconds of the whole choice."""
+    """:func:`choose` by measuring, solving and scoring every candidate separately (the
+    reference, and the route for backbones or methods the one-pass choice does not
+    cover)."""
     if not any(not t.is_lp for t in tasks):
         raise ValueError("choosing rows and ridge on validation nodes needs a node-"
                          "classification task; give rows= and ridge= instead")
@@ -128,4 +108,54 @@ def choose(backbones: Sequence[nn.Module], heads: Sequence[nn.Module | None],
     chosen["candidates"] = candidates
     chosen["selection_seconds"] = time.process_time() - t_all
     chosen["scored_on"] = [t.name for t in tasks if not t.is_lp]
+    chosen["route"] = "per candidate"
     return model, chosen
+
+
+def _one_pass_ok(backbones: Sequence[nn.Module], registered: str, options: dict) -> str:
+    """Why the one-pass choice does not cover this merge ('' when it does)."""
+    from .gnn_rows import check_units
+    from .gnn_tasks import Backbone
+
+    if registered != "gffmerge":
+        return f"method '{registered}' (the one-pass choice solves gffmerge's closed form)"
+    opts = get_method(registered).options(**{**options, "ridge_mode": "relative"})
+    if opts.target != "weights" or opts.alpha != 1.0 or opts.fit_intercept != "auto":
+        return "target, alpha or intercept other than the defaults"
+    if not all(isinstance(b, Backbone) for b in backbones):
+        return "a backbone that is not gffmerge.gnn_tasks.Backbone"
+    try:
+        check_units(backbones[0])
+    except ValueError as err:
+        return str(err)
+    return ""
+
+
+def choose(backbones: Sequence[nn.Module], heads: Sequence[nn.Module | None],
+           tasks: Sequence[Task], registered: str, options: dict, *,
+           rows: Sequence[str] = ROWS, ridges: Sequence[float] = CHOICE_RIDGES
+           ) -> tuple[nn.Module, dict]:
+    """The merge (``registered`` method with ``options``, the relative ridge replaced)
+    whose rows and ridge score best on the validation nodes; ties keep the earlier
+    candidate (``rows`` order, then ``ridges`` order). Returns the merged backbone and the
+    choice: ``rows``, ``ridge``, ``score``, every candidate's score, the seconds of its
+    parts and of the whole choice, and the ``route``.
+
+    GCN / SAGE backbones (:class:`~gffmerge.gnn_tasks.Backbone`) merged by gffmerge's
+    closed form take the one-pass route (:mod:`gffmerge.gnn_rows`): one forward per
+    source gives every row option's statistics, one factorisation per system every
+    ridge, and the candidates are scored from their weights on the validation nodes only;
+    the candidates, scores and result are those of :func:`choose_per_candidate` (up to
+    float rounding). Other merges take that route (recorded)."""
+    if not any(not t.is_lp for t in tasks):
+        raise ValueError("choosing rows and ridge on validation nodes needs a node-"
+                         "classification task; give rows= and ridge= instead")
+    why = _one_pass_ok(backbones, registered, options)
+    if why:
+        model, chosen = choose_per_candidate(backbones, heads, tasks, registered, options,
+                                             rows=rows, ridges=ridges)
+        chosen["route_reason"] = why
+        return model, chosen
+    from .gnn_one_pass import choose_one_pass
+
+    return choose_one_pass(backbones, heads, tasks, options, rows, ridges)

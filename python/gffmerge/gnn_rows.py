@@ -1,0 +1,244 @@
+"""Every row option of a GNN merge from one forward per source, and its ridge path.
+
+The row options of :mod:`gffmerge.gnn_select` (all nodes | own labelled nodes | own nodes
+and their neighbours) select rows of the *same* forward: a unit's input rows on all nodes
+are formed once per source (:func:`source_rows`; a first layer on the raw features, whose
+rows do not depend on the weights, once for every source on the same graph), and each
+option's statistics are row subsets of them. The options are nested (own ⊂ own+nbr ⊂
+all), so their Grams are cumulative sums over disjoint blocks (:func:`nested_grams`): one
+full Gram's work for all of them, sparse products where the rows are sparse.
+
+:func:`option_path` solves one option's systems for every ridge with one factorisation per
+distinct system (:mod:`gffmerge.solver.ridge_path`): the sources' mean where every source
+has the same rows (equal weights, mean prior: exact), the dual kernel route where the
+option has fewer rows than columns (a first layer on the own nodes), else the Gram route.
+The systems are those of ``method="gffmerge"`` with ``ridge_mode="relative"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .collect.sparse import dense_of, has_sparse, joined_rows, quiet_sparse
+from .models.groups import GroupView, linear_units
+from .solver.ridge_path import dual_path, primal_path, trace_of
+from .solver.state import layer_theta
+
+F64 = torch.float64
+
+ROWS = ("all", "own", "own+nbr")
+"""Row options (see :mod:`gffmerge.gnn_select`): every node, the source's labelled
+training nodes, those and their neighbours."""
+
+
+def row_nodes(task, rows: str) -> Tensor | None:
+    """The destination nodes measured for ``task``'s source (None: all nodes)."""
+    if rows not in ROWS:
+        raise ValueError(f"rows={rows!r} is not valid; choose one of {', '.join(ROWS)}")
+    if rows == "all" or task.is_lp:
+        return None
+    own = task.node_labels(task.graph.train_mask)[0]
+    if rows == "own":
+        return own
+    mark = torch.zeros(task.graph.num_nodes, dtype=torch.bool)
+    mark[own] = True
+    src, dst = task.edges[0], task.edges[1]
+    near = mark.clone()
+    near[dst[mark[src]]] = True
+    near[src[mark[dst]]] = True
+    return near.nonzero().flatten()
+
+
+@dataclass
+class UnitRows:
+    """One unit's augmented input rows ``[x, 1]`` on every node of one source's graph
+    (float64; sparse COO when the input is sparse), and the identity of rows that do not
+    depend on the weights (``key``; None: they do)."""
+
+    x: Tensor
+    key: tuple | None
+
+    @property
+    def sparse(self) -> bool:
+        return self.x.layout != torch.strided
+
+    def matmul(self, theta: Tensor) -> Tensor:
+        """``X̃ Θ`` on all rows (a CSR product for sparse rows, converted once)."""
+        if not self.sparse:
+            return self.x @ theta
+        if getattr(self, "_csr", None) is None:
+            with quiet_sparse():
+                self._csr = self.x.to_sparse_csr()
+        return torch.sparse.mm(self._csr, theta)
+
+    def take(self, nodes: Tensor | None) -> Tensor:
+        """The rows of ``nodes`` (None: all)."""
+        if nodes is None:
+            return self.x
+        if self.sparse:
+            return self.x.index_select(0, nodes).coalesce()
+        return self.x.index_select(0, nodes)
+
+
+def check_units(backbone: nn.Module) -> dict[str, GroupView]:
+    """The backbone's units when every one is a linear group measured from its module's
+    arguments (PyG's GCNConv / SAGEConv), else ``ValueError`` saying which is not."""
+    units = linear_units(backbone)
+    views = {}
+    for name, unit in units.items():
+        if not isinstance(unit.view, GroupView):
+            raise ValueError(f"unit '{name}' is no graph convolution group; the one-pass "
+                             "choice covers GCNConv / SAGEConv backbones")
+        views[name] = unit.view
+    return views
+
+
+def _augmented(inp, bias: bool) -> Tensor:
+    if has_sparse(inp):
+        with quiet_sparse():
+            x = joined_rows(inp).to_sparse_coo()
+            if bias:
+                ones = torch.ones(x.shape[0], 1, dtype=F64).to_sparse()
+                x = torch.cat([x, ones], dim=1)
+            return x.coalesce()
+    x = inp.materialize().to(F64)
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=F64)], 1) if bias else x
+
+
+@torch.no_grad()
+def source_rows(backbone: nn.Module, x: Tensor, edges: Tensor,
+                shared: dict | None = None) -> dict[str, UnitRows]:
+    """Every unit's input rows on all nodes from one forward of ``backbone`` on ``(x,
+    edges)``; ``shared`` (a dict kept across sources) holds rows that do not depend on the
+    weights, so another source on the same tensors reuses them."""
+    views = check_units(backbone)
+    infos = {n: u.info for n, u in linear_units(backbone).items()}
+    found: dict[str, UnitRows] = {}
+    shared = {} if shared is None else shared
+    handles = []
+
+    def hook_for(name: str, view: GroupView):
+        def hook(module, args, kwargs, output):
+            key = view.input_key(*args, **kwargs)
+            if key is not None:
+                tag, tensors = key
+                key = (name, tag, tuple(id(t) for t in tensors))
+                if key in shared:
+                    found[name] = shared[key][0]
+                    return
+            rows = UnitRows(_augmented(view.gram_parts(*args, **kwargs),
+                                       infos[name].has_bias), key)
+            found[name] = rows
+            if key is not None:  # the tensors are kept alive with the entry
+                shared[key] = (rows, tensors)
+        return hook
+
+    was = backbone.training
+    backbone.eval()
+    try:
+        for name, view in views.items():
+            handles.append(view.module.register_forward_hook(hook_for(name, view),
+                                                             with_kwargs=True))
+        backbone(x, edges)
+    finally:
+        for h in handles:
+            h.remove()
+        backbone.train(was)
+    return {n: found[n] for n in views}
+
+
+def gram(block: Tensor) -> Tensor:
+    """``XᵀX`` of rows ``X`` (dense float64; a sparse product for sparse rows)."""
+    if block.layout == torch.strided:
+        return block.T @ block
+    with quiet_sparse():
+        csr = block.to_sparse_csr()
+        prod = csr.t().to_sparse_csr() @ csr
+        return dense_of(prod) if prod.layout == torch.sparse_csr else prod.to_dense()
+
+
+def nested_grams(rows: UnitRows, sets: Sequence[Tensor | None]) -> list[Tensor]:
+    """The Gram of each node set of ``sets`` (None: all nodes), each set a subset of the
+    next: disjoint blocks, cumulative sums."""
+    n = rows.x.shape[0]
+    out, done, acc = [], torch.zeros(n, dtype=torch.bool), None
+    for s in sets:
+        mark = torch.ones(n, dtype=torch.bool) if s is None else torch.zeros(n, dtype=torch.bool)
+        if s is not None:
+            mark[s] = True
+        if bool((done & ~mark).any()):
+            raise ValueError("nested_grams needs each node set to contain the previous one")
+        new = (mark & ~done).nonzero().flatten()
+        block = gram(rows.take(new)) if len(new) else None
+        acc = block if acc is None else (acc if block is None else acc + block)
+        if acc is None:
+            acc = torch.zeros(rows.x.shape[1], rows.x.shape[1], dtype=F64)
+        out.append(acc.clone())
+        done = mark
+    return out
+
+
+@dataclass
+class Source:
+    """One source for :func:`option_path`: its model, its units' rows, the nodes of the
+    option (None: all) and, optionally, ``grams(unit)``: the option's Gram of a unit (a
+    cache that returns the same object for sources with the same rows and nodes)."""
+
+    model: nn.Module
+    rows: dict[str, UnitRows]
+    nodes: Tensor | None
+    grams: Callable[[str], Tensor] | None = None
+
+
+def _same_rows(a: Source, b: Source, name: str) -> bool:
+    ra, rb = a.rows[name], b.rows[name]
+    if ra.key is None or ra.key != rb.key:
+        return False
+    if a.nodes is None or b.nodes is None:
+        return a.nodes is None and b.nodes is None
+    return torch.equal(a.nodes, b.nodes)
+
+
+def option_path(sources: Sequence[Source], ridges: Sequence[float], *,
+                weighting: str = "per_model", prior: str = "mean") -> dict[str, list[Tensor]]:
+    """Per unit, ``Θ`` (``[in+1, out]``, biased units) for every relative ridge of
+    ``ridges``: the closed form of ``method="gffmerge"`` (``ridge_mode="relative"``,
+    ``target="weights"``, ``alpha=1``) on the option's rows, one factorisation per system."""
+    if weighting not in ("per_model", "pooled") or prior not in ("mean", "zero"):
+        raise ValueError("weighting must be per_model or pooled and prior mean or zero")
+    states = [s.model.state_dict() for s in sources]
+    out = {}
+    for name in sources[0].rows:
+        dim = sources[0].rows[name].x.shape[1]
+        thetas = [layer_theta(sd, name)[:dim] for sd in states]
+        counts = [s.rows[name].x.shape[0] if s.nodes is None else len(s.nodes)
+                  for s in sources]
+        coefs = [1.0 / max(n, 1) if weighting == "per_model" else 1.0 for n in counts]
+        mean = torch.stack(thetas).mean(0) if prior == "mean" else None
+        if (mean is not None and len(set(coefs)) == 1
+                and all(_same_rows(sources[0], s, name) for s in sources[1:])):
+            out[name] = [mean] * len(ridges)  # (A + λI) Θ̄ = B + λ Θ̄ exactly (one object)
+            continue
+        if sum(counts) < dim:
+            blocks = [s.rows[name].take(s.nodes) * c ** 0.5 for s, c in zip(sources, coefs)]
+            z = torch.cat(blocks, 0).coalesce() if blocks[0].layout != torch.strided else \
+                torch.cat(blocks, 0)
+            y = torch.cat([(torch.sparse.mm(b, th) if b.layout != torch.strided else b @ th)
+                           for b, th in zip(blocks, thetas)], 0)
+            scale = trace_of(z) / dim
+            out[name] = dual_path(z, y, mean, [r * scale for r in ridges])
+            continue
+        grams = [s.grams(name) if s.grams is not None else gram(s.rows[name].take(s.nodes))
+                 for s in sources]
+        a = sum(c * g for c, g in zip(coefs, grams))
+        b = torch.zeros_like(thetas[0])
+        for k, g in enumerate(grams):
+            if not any(grams[j] is g for j in range(k)):  # one product per distinct Gram
+                b += g @ sum(cj * tj for cj, gj, tj in zip(coefs, grams, thetas) if gj is g)
+        scale = a.trace().item() / dim
+        out[name] = primal_path(a, b, mean, [r * scale for r in ridges])
+    return out

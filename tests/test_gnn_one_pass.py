@@ -1,0 +1,203 @@
+"""The one-pass validation choice of GNN merges: every row option's Grams from one forward
+per source against separate measurements, the ridge path against separate Cholesky solves
+(float64), and the whole choice against the per-candidate reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+pytest.importorskip("torch_geometric")
+from torch_geometric.data import Data  # noqa: E402
+
+from gffmerge.gnn_rows import Source, nested_grams, option_path, source_rows  # noqa: E402
+from gffmerge.gnn_select import (  # noqa: E402
+    ROWS,
+    choose,
+    choose_per_candidate,
+    measure_sources,
+    row_nodes,
+)
+from gffmerge.methods import get as get_method  # noqa: E402
+from gffmerge.solver.ridge_path import dual_path, primal_path  # noqa: E402
+from gffmerge.solver.state import layer_theta  # noqa: E402
+
+F64 = torch.float64
+OPTIONS = {"weighting": "per_model", "prior": "mean", "condition": False}
+
+
+@dataclass
+class Cfg:
+    epochs: int = 12
+    hidden: int = 8
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+
+
+def bow_tasks(n=120, d=60, seed=0):
+    """Two label sets of a random graph with bag-of-words features (~6 % non-zero): few
+    labelled nodes, so a first layer on the own nodes has fewer rows than columns."""
+    from gffmerge.gnn_experiment import GnnExperimentConfig, tasks_for
+
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(n, d, generator=g) < 0.06).float()
+    ei = torch.randint(0, n, (2, 3 * n), generator=g)
+    ei = ei[:, ei[0] != ei[1]]
+    y = torch.randint(0, 4, (n,), generator=g)
+    perm = torch.randperm(n, generator=g)
+    masks = [torch.zeros(n, dtype=torch.bool) for _ in range(3)]
+    for m, part in zip(masks, (perm[:24], perm[24:74], perm[74:])):
+        m[part] = True
+    graph = Data(x=x, edge_index=torch.cat([ei, ei.flip(0)], 1), y=y, train_mask=masks[0],
+                 val_mask=masks[1], test_mask=masks[2])
+    cfg = GnnExperimentConfig(dataset="sbm", setting="in-domain", backbone="gcn", seeds=1)
+    return tasks_for(cfg, [graph], 0)
+
+
+def sources(kind, tasks):
+    from gffmerge.gnn_tasks import train_source
+
+    trained = [train_source(t, kind, Cfg(), seed=7 + k) for k, t in enumerate(tasks)]
+    return [b for b, _, _ in trained], [h for _, h, _ in trained]
+
+
+def rel(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage"])
+def test_one_pass_grams_equal_separate_measurements(kind):
+    tasks = bow_tasks()
+    backbones, _ = sources(kind, tasks)
+    shared: dict = {}
+    passes = [source_rows(b, t.graph.x, t.edges, shared) for b, t in zip(backbones, tasks)]
+    first = next(iter(passes[0]))
+    assert passes[0][first] is passes[1][first]  # raw features, one graph: formed once
+    assert passes[0][first].sparse
+    order = ["own", "own+nbr", "all"]
+    for r in ROWS:
+        stats = measure_sources(backbones, tasks, r)
+        for k, t in enumerate(tasks):
+            sets = [row_nodes(t, o) for o in order]
+            for name, unit in passes[k].items():
+                mine = nested_grams(unit, sets)[order.index(r)]
+                ref = stats.models[k].layers[name].gram
+                assert rel(mine, ref) < 1e-10, (r, k, name)
+                assert stats.models[k].layers[name].rows == (
+                    unit.x.shape[0] if sets[order.index(r)] is None
+                    else len(sets[order.index(r)]))
+
+
+def test_nested_grams_need_nested_sets():
+    tasks = bow_tasks()
+    backbones, _ = sources("gcn", tasks)
+    unit = next(iter(source_rows(backbones[0], tasks[0].graph.x, tasks[0].edges).values()))
+    with pytest.raises(ValueError, match="contain the previous one"):
+        nested_grams(unit, [torch.tensor([0, 1]), torch.tensor([2, 3])])
+
+
+def separate(a, b, prior, lam):
+    eye = torch.eye(a.shape[0], dtype=F64)
+    rhs = b if prior is None else b + lam * prior
+    return torch.cholesky_solve(rhs, torch.linalg.cholesky(a + lam * eye))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_ridge_path_equals_separate_cholesky_solves(sparse, with_prior):
+    g = torch.Generator().manual_seed(3)
+    r, dim, out = 12, 30, 5
+    z = torch.randn(r, dim, generator=g, dtype=F64) * (torch.rand(r, dim, generator=g) < 0.3)
+    z[:, 4] = 0.0  # a direction without data
+    y = torch.randn(r, out, generator=g, dtype=F64)
+    prior = torch.randn(dim, out, generator=g, dtype=F64) if with_prior else None
+    a, b = z.T @ z, z.T @ y
+    lams = [1e-4, 1e-2, 1.0]
+    refs = [separate(a, b, prior, lam) for lam in lams]
+    zin = z.to_sparse() if sparse else z
+    for route, got in (("dual", dual_path(zin, y, prior, lams)),
+                       ("dual eigen", dual_path(zin, y, prior, lams, route="eigen")),
+                       ("eigen", primal_path(a, b, prior, lams, route="eigen")),
+                       ("cholesky", primal_path(a, b, prior, lams))):
+        for lam, x, ref in zip(lams, got, refs):
+            assert rel(x, ref) < 1e-10, (route, lam)
+        if prior is not None:  # no data in direction 4: the prior there
+            assert torch.allclose(got[0][4], prior[4], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="every ridge > 0"):
+        dual_path(zin, y, prior, [0.0])
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage"])
+def test_option_path_equals_the_gffmerge_solve_of_each_option(kind):
+    tasks = bow_tasks()
+    backbones, _ = sources(kind, tasks)
+    shared: dict = {}
+    passes = [source_rows(b, t.graph.x, t.edges, shared) for b, t in zip(backbones, tasks)]
+    ridges = (1e-4, 1e-2, 1.0)
+    method = get_method("gffmerge")
+    routes = set()
+    for r in ROWS:
+        srcs = [Source(b, passes[k], row_nodes(t, r)) for k, (b, t) in
+                enumerate(zip(backbones, tasks))]
+        path = option_path(srcs, ridges)
+        stats = measure_sources(backbones, tasks, r)
+        for name in passes[0]:
+            rows = sum(len(s.nodes) if s.nodes is not None else s.rows[name].x.shape[0]
+                       for s in srcs)
+            routes.add("dual" if rows < passes[0][name].x.shape[1] else "primal")
+        for j, ridge in enumerate(ridges):
+            merged = method(backbones, stats, **OPTIONS, ridge=ridge,
+                            ridge_mode="relative").model
+            sd = merged.state_dict()
+            for name, thetas in path.items():
+                assert rel(thetas[j], layer_theta(sd, name)) < 1e-5  # float32 weights
+    assert routes == {"dual", "primal"}
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage"])
+def test_one_pass_choice_equals_the_per_candidate_choice(kind):
+    tasks = bow_tasks()
+    backbones, heads = sources(kind, tasks)
+    model, chosen = choose(backbones, heads, tasks, "gffmerge", OPTIONS)
+    ref_model, ref = choose_per_candidate(backbones, heads, tasks, "gffmerge", OPTIONS)
+    assert chosen["route"] == "one pass" and ref["route"] == "per candidate"
+    assert [(c["rows"], c["ridge"]) for c in chosen["candidates"]] == [
+        (c["rows"], c["ridge"]) for c in ref["candidates"]]
+    for mine, theirs in zip(chosen["candidates"], ref["candidates"]):
+        assert mine["score"] == pytest.approx(theirs["score"], abs=1e-12)
+    assert (chosen["rows"], chosen["ridge"]) == (ref["rows"], ref["ridge"])
+    sd, sd_ref = model.state_dict(), ref_model.state_dict()
+    for key in sd_ref:
+        assert rel(sd[key].double(), sd_ref[key].double()) < 1e-5, key
+
+
+def test_other_backbones_take_the_per_candidate_route_and_say_why():
+    tasks = bow_tasks()
+    backbones, heads = sources("gin", tasks)
+    _, chosen = choose(backbones, heads, tasks, "gffmerge", OPTIONS, ridges=(1e-2,))
+    assert chosen["route"] == "per candidate"
+    assert "GCNConv / SAGEConv" in chosen["route_reason"]
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage"])
+def test_sparse_feature_input_is_the_same_model(kind):
+    from gffmerge.gnn_tasks import Backbone, model_input
+
+    tasks = bow_tasks()
+    g = tasks[0].graph
+    edges = g.edge_index[:, g.edge_index[0] != 5]  # node 5 receives no messages
+    edges = edges[:, edges[1] != 5]
+    torch.manual_seed(0)
+    model = Backbone(kind, g.num_features, 8)
+    xs = model_input(g.x, kind)
+    assert xs.layout == torch.sparse_csr
+    assert model_input(g.x, "gin") is g.x
+    dense = model(g.x, edges)
+    grads = torch.autograd.grad(dense.square().sum(), list(model.parameters()))
+    sparse = model(xs, edges)
+    grads_s = torch.autograd.grad(sparse.square().sum(), list(model.parameters()))
+    assert torch.allclose(sparse, dense, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_s, grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
