@@ -7,7 +7,9 @@ standard"). ``python -m gffmerge.recipes`` regenerates ``checkpoints/<dataset>/<
 
 A recipe with a :class:`PlateauRule` (rMD17) trains the roles it names to a plateau: their
 ``epochs`` are a ceiling, the learning rate is cut when the validation force MAE stalls, and
-the run stops once it has not improved for 20 % of that ceiling (:mod:`gffmerge.plateau`).
+the run stops once it has not improved for 20 % of that ceiling (:mod:`gffmerge.plateau`);
+a :class:`SecondPhase` then continues each of those checkpoints (:mod:`gffmerge.continuation`;
+``--continue`` runs only that phase on the existing checkpoints).
 Other roles (the rMD17 foundations) and recipes without a rule (LiPS20) keep the fixed cosine
 schedule their shipped checkpoints were made with.
 """
