@@ -18,7 +18,7 @@ rank  layer      modules (a package name covers everything under it)
 1     data       ``data/``
 2     models     ``models/``, and what builds, stores, runs or trains *one* model, with no
                  merging: ``checkpoint``, ``calculator`` (ASE), ``evaluate``, ``train`` and
-                 ``plateau`` (its early-stopping rule),
+                 ``plateau`` (its early-stopping rule), ``continuation`` (a second phase),
                  ``recipes``, ``lineage`` (which checkpoint a model was fine-tuned from),
                  ``adapters`` (third-party foundation models wrapped as force fields)
 3     stats      ``stats``: the sums-and-counts container and its file format
@@ -53,8 +53,8 @@ SRC = ROOT / "python"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("errors", "atomic", "architecture", "discover", "provenance")),
     ("data", ("data",)),
-    ("models", ("models", "checkpoint", "calculator", "evaluate", "plateau", "train", "recipes",
-                "repair", "lineage", "adapters")),
+    ("models", ("models", "checkpoint", "calculator", "evaluate", "plateau", "train",
+                "continuation", "recipes", "repair", "lineage", "adapters")),
     ("stats", ("stats",)),
     ("collect", ("collect",)),
     ("solver", ("solver", "report")),

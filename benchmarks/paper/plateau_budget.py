@@ -68,12 +68,14 @@ def main(argv: list[str] | None = None) -> int:
                 s_per_epoch=per_epoch, stopped_by=stopped, plateau=reached,
                 val_F_mid=mid, val_F_end=end, second_half_drop_pct=100 * (mid - end) / mid,
                 cpu_min=meta.get("cpu_seconds", float("nan")) / 60,
+                phases=" + ".join(str(ph["epochs_run"]) for ph in meta.get("phases", [])),
                 plateau_check_h=0.0 if reached else FACTOR * len(h) * per_epoch / 3600)
     todo = [r for r in rec.rows if not r["plateau"]]
     done = [r for r in rec.rows if r["plateau"]]
     total = sum(r["plateau_check_h"] for r in todo)
     lines = [[r["checkpoint"], str(r["train_frames"]), r["schedule"],
-              f"{r['epochs']} ({r['best_epoch']})", f"{r['s_per_epoch']:.1f}", r["stopped_by"],
+              f"{r['epochs']} ({r['best_epoch']})", r["phases"] or "1",
+              f"{r['s_per_epoch']:.1f}", r["stopped_by"],
               "yes" if r["plateau"] else "no",
               f"{r['val_F_mid']:.1f} → {r['val_F_end']:.1f} "
               f"({-r['second_half_drop_pct']:+.0f} %)",
@@ -82,14 +84,18 @@ def main(argv: list[str] | None = None) -> int:
              for r in rec.rows]
     drops = [r["second_half_drop_pct"] for r in todo] or [0.0]
     body = [*pl.table(["checkpoint", "train frames", "schedule", "epochs (best, 0-based)",
-                       "s / epoch", "stopped by", "plateau", "val F MAE mid → end",
-                       "CPU min", f"{FACTOR}× epochs (h)"], lines), "",
+                       "phases (epochs)", "s / epoch", "stopped by", "plateau",
+                       "val F MAE mid → end", "CPU min", f"{FACTOR}× epochs (h)"], lines), "",
             "Plateau: no best validation epoch in the last 20 % of the epochs run "
             "(`gffmerge.plateau.plateau_reached`); the plateau rule (schedule `plateau`: the "
             "learning rate is halved after every third of `patience` epochs without a 0.5 % "
             "gain in validation force MAE, the run stops after `patience` = 20 % of its "
             "epoch ceiling) meets it whenever patience, not the ceiling or the wall budget, "
-            f"stops the run. {len(done)} of {len(rec.rows)} checkpoints meet it.", "",
+            f"stops the run. {len(done)} of {len(rec.rows)} checkpoints meet it. A checkpoint "
+            "continued from its first run (`gffmerge.continuation`, `python -m "
+            "gffmerge.recipes --continue`) lists the epochs of each phase; its epochs, best "
+            "epoch, CPU minutes and stop reason (the last phase's) count over all phases, and "
+            "its s / epoch is the median over both.", "",
             f"Total for one {FACTOR}× run of every checkpoint that does not, one after another "
             f"on this machine: **{total:.1f} h** (foundations first: the fine-tunes and joint "
             "models start from them, so a retrained foundation means retraining everything "

@@ -7,7 +7,9 @@ standard"). ``python -m gffmerge.recipes`` regenerates ``checkpoints/<dataset>/<
 
 A recipe with a :class:`PlateauRule` (rMD17) trains the roles it names to a plateau: their
 ``epochs`` are a ceiling, the learning rate is cut when the validation force MAE stalls, and
-the run stops once it has not improved for 20 % of that ceiling (:mod:`gffmerge.plateau`).
+the run stops once it has not improved for 20 % of that ceiling (:mod:`gffmerge.plateau`);
+a :class:`SecondPhase` then continues each of those checkpoints (:mod:`gffmerge.continuation`;
+``--continue`` runs only that phase on the existing checkpoints).
 Other roles (the rMD17 foundations) and recipes without a rule (LiPS20) keep the fixed cosine
 schedule their shipped checkpoints were made with.
 """
@@ -28,6 +30,25 @@ from .train import TrainConfig, train
 
 
 @dataclass(frozen=True)
+class SecondPhase:
+    """A second phase of a plateau recipe (:mod:`gffmerge.continuation`): each role's
+    checkpoint trained on for up to ``epochs`` more epochs from the learning rate its first
+    phase ended with, plateau rule with ``patience``, wall budget ``max_minutes[role]``.
+    ``patience`` >= 20 % of (first-phase ceiling + ``epochs``) makes every run that patience
+    stops meet the plateau criterion over both phases."""
+
+    epochs: int
+    patience: int
+    max_minutes: dict[str, float]
+
+    def run(self, path: Path, role: str, command: str, progress: bool):
+        from .continuation import continue_training
+        return continue_training(path, epochs=self.epochs, patience=self.patience,
+                                 max_minutes=self.max_minutes[role], progress=progress,
+                                 metadata={"command": command})
+
+
+@dataclass(frozen=True)
 class PlateauRule:
     """Train to a plateau: up to the recipe's epochs, plateau schedule, early stopping on the
     validation force MAE, and a wall-clock budget (minutes) per role; the roles in
@@ -37,6 +58,7 @@ class PlateauRule:
     patience_fraction: float = 0.2  # patience = this share of the epoch ceiling
     min_delta: float = 0.005  # an epoch improves when it beats the best by > 0.5 %
     monitor: str = "val_force_mae"
+    second: SecondPhase | None = None  # continue each role's checkpoint afterwards
 
     def options(self, role: str, epochs: int) -> dict:
         """TrainConfig fields for one role with an epoch ceiling of ``epochs``."""
@@ -77,7 +99,10 @@ RMD17 = DatasetRecipe(
     # 30-epoch cosine recipe (not retrained: checkpoints/README.md, "Trained to a plateau")
     epochs={"foundation": 30, "finetune": 60, "joint": 60},
     lr={"foundation": 2e-3, "finetune": 5e-4, "joint": 5e-4},
-    plateau=PlateauRule(max_minutes={"finetune": 20.0, "joint": 30.0}),
+    # phase 2 (stop 2 of issue 10): 140 more epochs from the last learning rate, patience 40
+    # = 20 % of the 200 epochs of both phases; wall budgets sum to about 70 min for all six
+    plateau=PlateauRule(max_minutes={"finetune": 20.0, "joint": 30.0},
+                        second=SecondPhase(140, 40, {"finetune": 9.0, "joint": 16.0})),
 )
 DATASETS = {d.name: d for d in (LIPS20, RMD17)}
 MODEL_CONFIGS = {
@@ -196,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-existing", action="store_true")
     p.add_argument("--all", action="store_true", help="every dataset and model (default)")
     p.add_argument("--readme-only", action="store_true")
+    p.add_argument("--continue", dest="continue_", action="store_true",
+                   help="only the second phase: continue the existing checkpoints of the "
+                        "roles whose recipe has one")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
     root = Path(args.root)
@@ -211,9 +239,18 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     cmd = (f"python -m gffmerge.recipes --dataset {dataset} --model {model} "
                            f"--roles {role.split('/')[-1]}")
+                    rule = DATASETS[dataset].plateau
+                    second = (rule.second if rule is not None and rule.second is not None
+                              and cfg.role in rule.second.max_minutes else None)
+                    if args.continue_ and second is None:
+                        continue
                     print(f"== {out} ({cmd})", flush=True)
-                    result = train(cfg, output=out, progress=not args.quiet,
-                                   metadata={"command": cmd})
+                    if not args.continue_:
+                        result = train(cfg, output=out, progress=not args.quiet,
+                                       metadata={"command": cmd})
+                    if second is not None:
+                        result = second.run(out, cfg.role, cmd + " --continue",
+                                            progress=not args.quiet)
                     test = result.metrics.get("test", {}).get("all", {})
                     reached = plateau_reached(result.history, result.metrics["best_epoch"])
                     print(json.dumps({"checkpoint": str(out), "minutes": result.seconds / 60,

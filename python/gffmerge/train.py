@@ -101,6 +101,7 @@ class TrainResult:
     metrics: dict[str, Any]  # best validation and test metrics
     seconds: float
     interrupted: bool = False
+    cpu_seconds: float = 0.0  # the training process's CPU time over the epochs
 
 
 def _loss(model: ForceField, batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
@@ -274,7 +275,7 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
         metrics["val"] = evaluate(model, val_set, batch_size=cfg.batch_size,
                                   progress=False)["all"]
         metrics["test"] = test
-    result = TrainResult(model, history, metrics, seconds, interrupted)
+    result = TrainResult(model, history, metrics, seconds, interrupted, cpu_seconds)
     if output is not None:
         meta = {"role": cfg.role, "config": _plain(asdict(cfg)), "data": data.describe(),
                 "split": f"hash split 80/10/10 of 'system:frame', seed {cfg.seed}",

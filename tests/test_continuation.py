@@ -1,0 +1,132 @@
+"""Continuing a training run from its checkpoint (gffmerge.continuation): zero more epochs
+change nothing, epochs and CPU/wall time add up over the phases, the best epoch counts on
+from phase 1, a second phase that never improves keeps phase 1's weights bit for bit, and
+the rMD17 recipe's second phase meets the plateau criterion whenever patience stops it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from gffmerge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from gffmerge.continuation import continue_training
+from gffmerge.plateau import plateau_reached
+from gffmerge.recipes import RMD17, configs
+from gffmerge.train import TrainConfig, train
+
+TINY = dict(latent_dim=8, hidden_dim=12, n_layers=2, n_rbf=6, cutoff=4.0)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    """A 3-epoch plateau run of a tiny GNS, saved: (path, metadata, state_dict)."""
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("cont") / "phase1.pt"
+    cfg = TrainConfig(systems=["rmd17/ethanol"], model="gns", model_config=TINY,
+                      batch_size=8, schedule="plateau", monitor="val_force_mae", seed=0,
+                      max_frames=60, epochs=3, lr=1e-3, patience=5, min_delta=0.0)
+    train(cfg, output=path, progress=False)
+    model, meta = load_checkpoint(path)
+    return path, meta, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_zero_more_epochs_returns_the_same_weights_and_totals(first, tmp_path):
+    path, meta, state = first
+    out = tmp_path / "zero.pt"
+    continue_training(path, epochs=0, patience=2, output=out, progress=False)
+    model, new = load_checkpoint(out)
+    assert _same(model.state_dict(), state)
+    assert new["metrics"]["epochs_run"] == meta["metrics"]["epochs_run"] == 3
+    assert new["metrics"]["best_epoch"] == meta["metrics"]["best_epoch"]
+    assert new["cpu_seconds"] == meta["cpu_seconds"]
+    assert new["wall_seconds"] == meta["wall_seconds"]
+    assert new["history"] == meta["history"]
+    assert [p["epochs_run"] for p in new["phases"]] == [3, 0]
+
+
+def test_epochs_and_times_add_up_over_the_phases(first, tmp_path):
+    path, meta, _ = first
+    out = tmp_path / "more.pt"
+    result = continue_training(path, epochs=4, patience=10, output=out, progress=False)
+    _, new = load_checkpoint(out)
+    one, two = new["phases"]
+    assert two["epochs_run"] == 4 and new["metrics"]["epochs_run"] == 3 + 4
+    assert new["cpu_seconds"] == pytest.approx(meta["cpu_seconds"] + two["cpu_seconds"])
+    assert new["wall_seconds"] == pytest.approx(meta["wall_seconds"] + two["wall_seconds"])
+    assert two["cpu_seconds"] > 0 and one["cpu_seconds"] == meta["cpu_seconds"]
+    h = new["history"]
+    assert [r["epoch"] for r in h] == list(range(7))
+    assert all(b["seconds"] > a["seconds"] for a, b in zip(h, h[1:]))
+    assert h[:3] == meta["history"]
+    # phase 2 starts at the learning rate phase 1 ended with, without a warm-up
+    assert h[3]["lr"] == pytest.approx(meta["history"][-1]["lr"])
+    # the best epoch counts from phase 1's first epoch and is the best monitored value
+    vals = [r["val_force_mae_mev_per_a"] for r in h]
+    local = two["best_epoch"]
+    expected = 3 + local if local >= 0 else meta["metrics"]["best_epoch"]
+    assert new["metrics"]["best_epoch"] == expected
+    if local >= 0:
+        assert vals[expected] == min(vals[3:]) and vals[expected] < min(vals[:3])
+    # the first phase's config (and so its data, split and init) is kept
+    assert new["config"] == meta["config"] and two["config"]["validate_init"] is True
+    assert result.metrics["epochs_run"] == 7 and len(result.history) == 7
+
+
+def test_a_second_phase_that_never_improves_keeps_phase_one(first, tmp_path):
+    path, meta, state = first
+    out = tmp_path / "stale.pt"
+    # min_delta 0.9: no epoch can beat the starting model by 90 %
+    continue_training(path, epochs=5, patience=2, min_delta=0.9, output=out, progress=False)
+    model, new = load_checkpoint(out)
+    assert _same(model.state_dict(), state)
+    assert new["metrics"]["stopped_by"] == "patience" and new["metrics"]["epochs_run"] == 5
+    assert new["metrics"]["best_epoch"] == meta["metrics"]["best_epoch"]
+    assert new["metrics"]["test"] == meta["metrics"]["test"]
+
+
+def test_continuing_in_place_and_twice_appends_phases(first, tmp_path):
+    path, meta, _ = first
+    work = tmp_path / "inplace.pt"
+    work.write_bytes(Path(path).read_bytes())
+    continue_training(work, epochs=1, patience=3, progress=False)
+    continue_training(work, epochs=1, patience=3, progress=False)
+    _, new = load_checkpoint(work)
+    assert [p["epochs_run"] for p in new["phases"]] == [3, 1, 1]
+    assert [p["start_epoch"] for p in new["phases"][1:]] == [3, 4]
+    assert new["metrics"]["epochs_run"] == 5 and len(new["history"]) == 5
+    assert new["cpu_seconds"] == pytest.approx(sum(p["cpu_seconds"] for p in new["phases"]))
+
+
+def test_a_checkpoint_without_history_is_refused_in_one_line(first, tmp_path):
+    path, _, _ = first
+    model, _ = load_checkpoint(path)
+    bare = tmp_path / "bare.pt"
+    save_checkpoint(bare, model, {"role": "finetune"})
+    before = bare.read_bytes()
+    with pytest.raises(CheckpointError, match="cannot be continued") as err:
+        continue_training(bare, epochs=2, patience=2, progress=False)
+    assert "\n" not in str(err.value) and bare.read_bytes() == before
+    with pytest.raises(ValueError, match="epochs must be >= 0"):
+        continue_training(path, epochs=-1, patience=2, progress=False)
+
+
+def test_rmd17_second_phase_meets_the_criterion_whenever_patience_stops_it():
+    second = RMD17.plateau.second
+    for model in ("gns", "painn"):
+        for role, cfg in configs(RMD17, model, Path("ck"))[1:]:
+            assert cfg.role in second.max_minutes, role
+            # worst case: phase 1 ran its whole ceiling and phase 2 ran up to its own
+            for n2 in range(second.patience + 1, second.epochs + 1):
+                total = cfg.epochs + n2
+                history = [{}] * total
+                assert plateau_reached(history, total - 1 - second.patience), (role, n2)
+    assert second.patience >= math.ceil(0.2 * (60 + second.epochs))
