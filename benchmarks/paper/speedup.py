@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="time merges of the shipped fine-tunes against the shipped joint "
                         "model's recorded training time (checkpoints/README.md recipes)")
     args = pl.parse(p, argv)
-    rec = pl.Recorder(args, args.name or ("speedup_shipped" if args.shipped else "speedup"),
+    if not args.name and args.shipped:
+        args.name = "speedup_shipped"
+    rec = pl.Recorder(args, "speedup",
                       "Speed-up of merging over joint training"
                       + (" (shipped checkpoints)" if args.shipped else ""))
     default = methods.DEFAULT_METHOD
