@@ -65,6 +65,8 @@ MERGES = [
 ]
 FIXED = ("progressive (fixed: ridge 1e-3, beta 1)",
          {"method": "progressive", "ridge": 1e-3, "beta": 1.0})
+POOLED = ("default, pooled score (val_score=pooled)",
+          {"method": "progressive", "val_score": "pooled"})
 
 
 def parse() -> argparse.Namespace:
@@ -79,12 +81,18 @@ def parse() -> argparse.Namespace:
     p.add_argument("--test-frames", type=int, default=30)
     p.add_argument("--val-frames", type=int, default=16,
                    help="validation frames per system that choose the default's settings")
+    p.add_argument("--val-score", default="per_system", choices=["per_system", "pooled"],
+                   help="how the default's search combines the systems' validation errors")
+    p.add_argument("--pooled-too", action="store_true",
+                   help="also run the default's search with the pooled validation score")
     p.add_argument("--fixed-progressive", action="store_true",
                    help="also merge progressively at the old fixed point (ridge 1e-3, β 1)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default=None, help="folder for checkpoints (default: "
                    "<tmp>/gffmerge_real_foundations_<foundation>)")
     p.add_argument("--no-joint", action="store_true", help="skip the joint fine-tune")
+    p.add_argument("--finetune-only", action="store_true",
+                   help="stop after the fine-tunes (kept in --out for a later run)")
     return p.parse_args()
 
 
@@ -155,12 +163,15 @@ def main() -> None:
     if not args.no_joint:
         joint, sec = finetune(args, base, data, systems, out / "joint.pt", "joint")
         row("joint fine-tune (same frames and epochs)", joint, sec)
+    if args.finetune_only:
+        return
     loaders = [train_split.for_system(s).subset(args.stats_frames, seed=1)
                for s in systems]
     val = data.split("val")
     val_sets = [val.for_system(s).subset(args.val_frames, seed=2) for s in systems]
     searches: dict[str, dict] = {}
-    for name, opts in MERGES + ([FIXED] if args.fixed_progressive else []):
+    for name, opts in (MERGES + ([POOLED] if args.pooled_too else [])
+                       + ([FIXED] if args.fixed_progressive else [])):
         opts = dict(opts)
         method = opts.pop("method", name)
         extra: dict = {}
@@ -171,6 +182,7 @@ def main() -> None:
         elif method == "progressive":
             opts.update(frames=args.stats_frames, search_frames=args.stats_frames,
                         val_frames=args.val_frames)
+            opts.setdefault("val_score", args.val_score)
             extra["val_data"] = val_sets
         t1 = time.perf_counter()
         c1 = time.process_time()
@@ -185,9 +197,11 @@ def main() -> None:
             for s, v in zip(systems, val_sets)}
         if "val_data" in extra:
             o = result.report.options
-            searches[name] = {k: o[k] for k in ("chosen", "chosen_ridge", "chosen_beta",
-                                                 "staged_search", "anchors_tried", "grid",
-                                                 "fallback", "val_force_mae_mev_per_a")}
+            searches[name] = {k: o.get(k) for k in ("chosen", "chosen_ridge", "chosen_beta",
+                                                     "staged_search", "anchors_tried", "grid",
+                                                     "fallback", "val_score",
+                                                     "val_force_mae_mev_per_a",
+                                                     "val_force_mae_per_system")}
             searches[name]["times"] = dict(result.report.times)
             rows[name]["chosen"] = _chosen(o)
 
@@ -222,17 +236,22 @@ def main() -> None:
             lines.append(f"| {name} | " + " | ".join(
                 f"{r['val_force_mae_mev_per_a'][s]:.1f}" for s in systems) + " |")
     for name, srch in searches.items():
+        how = srch.get("val_score") or "pooled"
+        what = ("mean over systems of each system's force MAE" if how == "per_system"
+                else "force MAE pooled over all force components")
         lines += [f"\nCandidates of *{name}*, scored on {args.val_frames} validation frames "
-                  "per system (pooled force MAE, meV/Å; the lowest is chosen):\n",
-                  "| candidate | ridge | β | validation force MAE | seconds |",
-                  "|---|---:|---:|---:|---:|"]
-        for a in srch["anchors_tried"]:
-            ridge = "∞" if a["ridge"] is None else f"{a['ridge']:g}"
-            lines.append(f"| {a['kind']} | {ridge} | {a['beta']:g} | "
-                         f"{a['val_force_mae_mev_per_a']:.1f} | {a['seconds']:.0f} |")
-        for p in srch["grid"]:
-            lines.append(f"| staged (progressive) | {p['ridge']:g} | {p['beta']:g} | "
-                         f"{p['val_force_mae_mev_per_a']:.1f} | {p['seconds']:.0f} |")
+                  f"per system (score: {how}, the {what}, meV/Å; the lowest is chosen):\n",
+                  f"| candidate | ridge | β | {' | '.join(s + ' val' for s in systems)} "
+                  "| score | seconds |",
+                  "|---|---:|---:|" + "---:|" * (len(systems) + 2)]
+        tried = [(a["kind"], "∞" if a["ridge"] is None else f"{a['ridge']:g}", a)
+                 for a in srch["anchors_tried"]]
+        tried += [("staged (progressive)", f"{p['ridge']:g}", p) for p in srch["grid"]]
+        for kind, ridge, a in tried:
+            per = a.get("val_force_mae_per_system") or [float("nan")] * len(systems)
+            lines.append(f"| {kind} | {ridge} | {a['beta']:g} | "
+                         + " | ".join(f"{v:.1f}" for v in per)
+                         + f" | {a['val_force_mae_mev_per_a']:.1f} | {a['seconds']:.0f} |")
         if srch["fallback"]:
             lines.append(f"\nFallback: {srch['fallback']}")
     with open(res / "real_foundations.md", "a") as f:

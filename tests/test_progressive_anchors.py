@@ -105,9 +105,11 @@ def test_final_worse_than_the_average_falls_back_to_it(drifting, monkeypatch):
         calls.append(model)
         is_avg = all(torch.equal(v, mean[k]) for k, v in model.state_dict().items()
                      if k != "atomic_energies")
-        return (100.0 if is_avg else 50.0 if len(calls) <= 9 else 200.0), 0.0
+        f = 100.0 if is_avg else 50.0 if len(calls) <= 9 else 200.0
+        return [{"force_mae_mev_per_a": f, "energy_mae_mev_per_atom": 0.0, "atoms": 9,
+                 "frames": 1}] * len(val_sets)
 
-    monkeypatch.setattr(prog, "pooled_errors", fake)
+    monkeypatch.setattr(prog, "system_errors", fake)
     with pytest.warns(UserWarning, match="average is returned"):  # told, not only recorded
         res = progressive_merge(sources, batches, _opts(search_frames=3), val_data=vals,
                                 progress=False)

@@ -80,14 +80,39 @@ def evaluate(model: ForceField, dataset: AtomsDataset, *, batch_size: int = 8,
     return {k: s.result() for k, s in sorted(sums.items(), key=lambda kv: kv[0] != "all")}
 
 
+VAL_SCORES = ("per_system", "pooled")
+
+
+def system_errors(model: ForceField, val_sets: Sequence[AtomsDataset]) -> list[dict[str, float]]:
+    """:func:`evaluate`'s ``"all"`` entry of ``model`` on each validation set (one per
+    source: its system's frames)."""
+    return [evaluate(model, ds, progress=False)["all"] for ds in val_sets]
+
+
+def combine_errors(rows: Sequence[dict[str, float]], how: str = "per_system"
+                   ) -> tuple[float, float]:
+    """One (force MAE meV/Å, energy MAE meV/atom) from per-system ``rows``.
+
+    ``"per_system"``: the mean over systems of each system's MAE, so every system counts
+    once whatever its cell size or number of frames (the merge should serve each system);
+    ``"pooled"``: force errors pooled over all force components, energy errors over all
+    frames, so a system with more atoms (or frames) weighs more.
+    """
+    if how not in VAL_SCORES:
+        raise ValueError(f"unknown validation score {how!r}; choose one of "
+                         f"{', '.join(map(repr, VAL_SCORES))}")
+    if not rows:
+        raise ValueError("no validation sets to score on; pass one per source")
+    if how == "per_system":
+        return (sum(r["force_mae_mev_per_a"] for r in rows) / len(rows),
+                sum(r["energy_mae_mev_per_atom"] for r in rows) / len(rows))
+    atoms = sum(r["atoms"] for r in rows)
+    frames = sum(r["frames"] for r in rows)
+    return (sum(r["force_mae_mev_per_a"] * r["atoms"] for r in rows) / max(atoms, 1),
+            sum(r["energy_mae_mev_per_atom"] * r["frames"] for r in rows) / max(frames, 1))
+
+
 def pooled_errors(model: ForceField, val_sets: Sequence[AtomsDataset]) -> tuple[float, float]:
     """Force MAE (meV/Å, pooled over the force components of all sets) and energy MAE
     (meV/atom, pooled over frames) of ``model`` on each source's validation frames."""
-    f_sum = e_sum = atoms = frames = 0.0
-    for ds in val_sets:
-        r = evaluate(model, ds, progress=False)["all"]
-        f_sum += r["force_mae_mev_per_a"] * r["atoms"]
-        e_sum += r["energy_mae_mev_per_atom"] * r["frames"]
-        atoms += r["atoms"]
-        frames += r["frames"]
-    return f_sum / max(atoms, 1), e_sum / max(frames, 1)
+    return combine_errors(system_errors(model, val_sets), "pooled")

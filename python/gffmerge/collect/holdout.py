@@ -42,18 +42,29 @@ def hold_out(data: Iterable[Any], frames: int | None, val_frames: int | None
 
 
 def agreement_error(model: nn.Module, sources: Sequence[nn.Module],
-                    held_out: Sequence[Sequence[Any]], forward=None) -> float:
+                    held_out: Sequence[Sequence[Any]], forward=None, *,
+                    how: str = "pooled") -> float:
     """Mean absolute difference between ``model`` and source k on source k's held-out
-    batches, pooled over all entries: forces for force fields (their derivatives for
-    conservative ones), the forward's outputs otherwise. Label-free validation."""
-    total = count = 0.0
+    batches: forces for force fields (their derivatives for conservative ones), the
+    forward's outputs otherwise. Label-free validation. ``how="pooled"`` pools all
+    entries; ``"per_system"`` is the mean over sources of each source's own mean, so
+    every source counts once whatever its number of atoms."""
+    if how not in ("pooled", "per_system"):
+        raise ValueError(f"unknown validation score {how!r}; choose 'per_system' or 'pooled'")
+    per = []
     for src, batches in zip(sources, held_out):
+        total = count = 0.0
         for batch in batches:
             a, b = _outputs(model, batch, forward), _outputs(src, batch, forward)
             for x, y in zip(a, b):
                 total += (x.detach().double() - y.detach().double()).abs().sum().item()
                 count += x.numel()
-    return 1000.0 * total / max(count, 1) if _is_force_field(model) else total / max(count, 1)
+        per.append((total, count))
+    if how == "pooled":
+        err = sum(t for t, _ in per) / max(sum(c for _, c in per), 1)
+    else:
+        err = sum(t / max(c, 1) for t, c in per) / max(len(per), 1)
+    return 1000.0 * err if _is_force_field(model) else err
 
 
 def _is_force_field(model: nn.Module) -> bool:

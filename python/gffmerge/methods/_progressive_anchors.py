@@ -54,6 +54,7 @@ class Anchor:
     val_force_mae_mev_per_a: float
     val_energy_mae_mev_per_atom: float
     seconds: float
+    val_force_mae_per_system: list[float] = field(default_factory=list)  # meV/Å, by source
 
 
 def average_run(models: Sequence[nn.Module], sources: list[Source], *, refit: bool,
@@ -89,16 +90,18 @@ def one_shot_run(models: Sequence[nn.Module], sources: list[Source], order: Laye
 
 def score_anchors(models: Sequence[nn.Module], sources: list[Source], order: LayerOrder,
                   infos: dict, opts, *, betas: Sequence[float], frames: int | None, forward,
-                  ridges: Sequence[float], errors: Callable[[nn.Module], tuple[float, float]],
+                  ridges: Sequence[float],
+                  errors: Callable[[nn.Module], tuple[float, float, list[float]]],
                   keep: Callable[[tuple, Run], None]) -> list[Anchor]:
     """Score the average and every one-shot (ridge, β) anchor on ``errors`` (the
-    search's validation score); ``keep(key, run)`` receives each run (key ``("average",)``
+    search's validation score: force and energy score, force MAE by source);
+    ``keep(key, run)`` receives each run (key ``("average",)``
     or ``("one-shot", ridge, β)``) so the caller can reuse it as the final merge."""
     out = []
     t0 = time.perf_counter()
     run = average_run(models, sources, refit=opts.energy_refit, frames=frames)
-    f, e = errors(run.model)
-    out.append(Anchor("average", None, 0.0, f, e, time.perf_counter() - t0))
+    f, e, per = errors(run.model)
+    out.append(Anchor("average", None, 0.0, f, e, time.perf_counter() - t0, per))
     keep(("average",), run)
     sums = one_shot_sums(sources, order, infos, tangents=any(b > 0 for b in betas),
                          frames=frames, forward=forward, backend=opts.backend)
@@ -108,7 +111,7 @@ def score_anchors(models: Sequence[nn.Module], sources: list[Source], order: Lay
             t1 = time.perf_counter()
             run = one_shot_run(models, sources, order, infos, sums, opts, ridge=ridge,
                                beta=beta, frames=frames)
-            f, e = errors(run.model)
-            out.append(Anchor("one-shot", ridge, beta, f, e, time.perf_counter() - t1))
+            f, e, per = errors(run.model)
+            out.append(Anchor("one-shot", ridge, beta, f, e, time.perf_counter() - t1, per))
             keep(("one-shot", ridge, beta), run)
     return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from ..collect.tangents import DIRECTIONS
@@ -16,6 +16,7 @@ RIDGE_GRID = (1e-4, 1e-3, 1e-2)
 BETA_GRID = (1.0, 4.0)
 ANCHOR_RIDGES = (1e-1, 1.0)
 STAGED = ("auto", "grid", "one", "off")
+VAL_SCORES = ("per_system", "pooled")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,13 @@ class ProgressiveOptions:
       one-shot anchor's ridge and β), ``"off"`` (anchors only), ``"auto"`` (the model's
       ``staged_search`` attribute, ``"one"`` for adapter models, whose forwards cost
       10–100× a gffmerge model's; ``"grid"`` otherwise).
+    - ``val_score``: how the sources' validation errors make the one score every
+      candidate is ranked by: ``"per_system"`` (the default: the mean over sources of each
+      source's force MAE, so each system counts once) or ``"pooled"`` (over all force
+      components of all sources, so a system with more atoms per cell or more frames
+      weighs more). The merge is asked for one model good on every system, and a cell's
+      size says nothing about how much its system matters; with ``"pooled"`` a pair with
+      28- and 56-atom cells ranks candidates mostly by the larger one.
     """
 
     mode: Literal["progressive", "one-shot"] = "progressive"
@@ -80,6 +88,7 @@ class ProgressiveOptions:
     anchors: bool = True
     anchor_ridges: tuple[float, ...] = ANCHOR_RIDGES
     staged: Literal["auto", "grid", "one", "off"] = "auto"
+    val_score: Literal["per_system", "pooled"] = "per_system"
 
     __option_help__ = {
         "mode": "progressive (inputs from the partly merged model) or one-shot",
@@ -106,13 +115,15 @@ class ProgressiveOptions:
         "anchor_ridges": "extra (large) ridges of the one-shot anchors",
         "staged": "staged points searched: grid, one (at the best anchor), off, or auto "
                   "(one for adapter models, grid otherwise)",
+        "val_score": "per_system (mean over systems of each one's validation force MAE) or "
+                     "pooled (over all force components: larger cells weigh more)",
     }
 
     def __post_init__(self):
         choices = {"mode": ("progressive", "one-shot"), "ridge_mode": ("relative", "absolute"),
                    "prior": ("mean", "zero"), "weighting": ("pooled", "per_model"),
                    "tangents": ("auto", "on", "off"), "directions": DIRECTIONS,
-                   "staged": STAGED}
+                   "staged": STAGED, "val_score": VAL_SCORES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not valid; choose one of "
@@ -182,3 +193,4 @@ class GridPoint:
     val_force_mae_mev_per_a: float
     val_energy_mae_mev_per_atom: float
     seconds: float
+    val_force_mae_per_system: list[float] = field(default_factory=list)  # meV/Å, by source

@@ -25,18 +25,20 @@ Hyperparameters from data (``ridge="auto"``, ``beta="auto"``, ``tangents="auto"`
 conservative model with either of them automatic): points of the grid (``ridge_grid`` ×
 tangent weights, ``0`` meaning no tangent rows) are merged on a reduced budget of
 ``search_frames`` frames per source and scored by the merged model's force MAE on the
-sources' own validation frames (``val_frames`` per source, pooled over force components);
-the best point is then merged with the full ``frames`` budget. With ``anchors`` (the
-default) the search also scores the sources' average and the one-shot closed form at every
-ridge (plus the large ``anchor_ridges``) and β, from one shared statistics pass
-(:mod:`gffmerge.methods._progressive_anchors`), and keeps the best candidate of all; a
-final model that scores worse on validation than the average is replaced by the average
-(reported). ``staged`` sets how many staged points are tried (a grid, or one at the best
-anchor for adapter models, whose forwards are costly). When both the ridge and β
-are searched, the search is coordinate-wise (every β at the middle ridge, then every other
-ridge at the best β: ``|β| + |ridge| − 1`` merges instead of ``|β| · |ridge|``). Stage
-statistics depend on the earlier stages' solutions, so they cannot be shared between grid
-points; the reduced budget is what keeps the search cheap. Test data is never used.
+sources' own validation frames (``val_frames`` per source; ``val_score``: by default the
+mean over sources of each source's force MAE, so every system counts once; or pooled
+over force components); the best point is then merged with the full ``frames`` budget.
+With ``anchors`` (the default) the search also scores the sources' average and the
+one-shot closed form at every ridge (plus the large ``anchor_ridges``) and β, from one
+shared statistics pass (:mod:`gffmerge.methods._progressive_anchors`), and keeps the best
+candidate of all; a final model that scores worse on validation than the average is
+replaced by the average (reported). ``staged`` sets how many staged points are tried (a
+grid, or one at the best anchor for adapter models, whose forwards are costly). When both
+the ridge and β are searched, the search is coordinate-wise (every β at the middle ridge,
+then every other ridge at the best β: ``|β| + |ridge| − 1`` merges instead of ``|β| ·
+|ridge|``). Stage statistics depend on the earlier stages' solutions, so they cannot be
+shared between grid points; the reduced budget is what keeps the search cheap.
+Test data is never used.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from ..collect.holdout import agreement_error, graphs, hold_out
 from ..collect.order import LayerOrder, layer_order, mergeable_layers
 from ..collect.progressive import Source, prepare_sources, refit_reference_energies, stage_sums
 from ..collect.tangents import is_conservative
-from ..evaluate import pooled_errors
+from ..evaluate import combine_errors, system_errors
 from ..report import MergeReport, MergeResult
 from ..solver import build_model, mean_state_dict
 from ..solver.stage import solve_stage
@@ -171,10 +173,14 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     points: list[GridPoint] = []
     val_sets = _val_sets(val_data, opts.val_frames, opts.seed) if val_data is not None else None
 
-    def errors(model: nn.Module) -> tuple[float, float]:
+    def errors(model: nn.Module) -> tuple[float, float, list[float]]:
+        """(force score, energy score, force MAE by source) under ``opts.val_score``."""
         if val_sets is not None:
-            return pooled_errors(model, val_sets)
-        return agreement_error(model, models, holdout, forward), math.nan
+            rows = system_errors(model, val_sets)
+            return (*combine_errors(rows, opts.val_score),
+                    [r["force_mae_mev_per_a"] for r in rows])
+        return (agreement_error(model, models, holdout, forward, how=opts.val_score),
+                math.nan, [])
     t_search, c_search = time.perf_counter(), time.process_time()
     reduced = opts.search_frames
     if opts.frames is not None and reduced is not None:
@@ -191,9 +197,9 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
         run = _merge_once(models, sources, order, infos, opts, ridge=ridge, beta=beta,
                           frames=reduced, forward=forward, progress=progress,
                           desc=f"search ridge {ridge:g} beta {beta:g}")
-        f, e = errors(run.model)
+        f, e, per = errors(run.model)
         keep(("progressive", ridge, beta), run)
-        point = GridPoint(ridge, beta, f, e, time.perf_counter() - t1)
+        point = GridPoint(ridge, beta, f, e, time.perf_counter() - t1, per)
         points.append(point)
         return point
 
@@ -250,7 +256,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     average = next((a for a in anchors if a.kind == "average"), None)
     if average is not None and best != ("average",) and val[0] > average.val_force_mae_mev_per_a:
         fallback = (f"the pick {best} merged on the full budget scored "
-                    f"{val[0]:.4g} on validation, worse than the average's "
+                    f"{val[0]:.4g} on validation ({opts.val_score}), worse than the average's "
                     f"{average.val_force_mae_mev_per_a:.4g}: the average is returned")
         best = ("average",)
         run = runs.get(best) or final(best)
@@ -283,8 +289,10 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
                     f"disagreement with each source on {[graphs(h) for h in holdout]} "
                     "held-out frames of its own data (no val_data given)"
                     if holdout is not None else "none (nothing to choose)"),
+        val_score=opts.val_score,
         val_force_mae_mev_per_a=val[0] if val else None,
-        val_energy_mae_mev_per_atom=val[1] if val else None)
+        val_energy_mae_mev_per_atom=val[1] if val else None,
+        val_force_mae_per_system=val[2] if val else None)
     report.times.update(targets=targets_s, order=order_s, search=search_s, merge=final_s,
                         total=time.perf_counter() - t_start, targets_cpu=targets_c,
                         search_cpu=search_c, merge_cpu=final_c,
