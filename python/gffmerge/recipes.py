@@ -108,11 +108,14 @@ RMD17 = DatasetRecipe(
     lr={"foundation": 2e-3, "finetune": 5e-4, "joint": 5e-4},
     # phase 2 (stop 2 of issue 10): 140 more epochs from the last learning rate, patience 40
     # = 20 % of the 200 epochs of both phases; wall budgets sum to about 70 min for all six.
-    # phase 3 (stop 3): only the checkpoints still short of the plateau criterion, up to
-    # 200 more epochs, patience 80 = 20 % of the 400 epochs of all three phases.
+    # phases 3 and 4 (stop 3): only the checkpoints still short of the plateau criterion,
+    # up to 200 more epochs each, patience 80 and 120 = 20 % of the 400 and 600 epochs of
+    # all phases so far.
     plateau=PlateauRule(max_minutes={"finetune": 20.0, "joint": 30.0},
                         then=(ContinuePhase(140, 40, {"finetune": 9.0, "joint": 16.0}),
                               ContinuePhase(200, 80, {"finetune": 6.0, "joint": 12.0},
+                                            only_below_plateau=True),
+                              ContinuePhase(200, 120, {"finetune": 6.0, "joint": 12.0},
                                             only_below_plateau=True))),
 )
 DATASETS = {d.name: d for d in (LIPS20, RMD17)}
