@@ -52,9 +52,6 @@ class ContinuePhase:
                                  metadata={"command": command})
 
 
-SecondPhase = ContinuePhase  # the name of stop 2 of issue 10
-
-
 @dataclass(frozen=True)
 class PlateauRule:
     """Train to a plateau: up to the recipe's epochs, plateau schedule, early stopping on the
