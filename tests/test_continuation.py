@@ -1,7 +1,8 @@
 """Continuing a training run from its checkpoint (gffmerge.continuation): zero more epochs
 change nothing, epochs and CPU/wall time add up over the phases, the best epoch counts on
 from phase 1, a second phase that never improves keeps phase 1's weights bit for bit, and
-the rMD17 recipe's second phase meets the plateau criterion whenever patience stops it."""
+every later phase of the rMD17 recipe meets the plateau criterion whenever patience stops
+it, and the recipe runs each later phase once and none on a checkpoint at its plateau."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from gffmerge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from gffmerge.continuation import continue_training
 from gffmerge.plateau import plateau_reached
-from gffmerge.recipes import RMD17, configs
+from gffmerge.recipes import RMD17, ContinuePhase, PlateauRule, configs, next_phase
 from gffmerge.train import TrainConfig, train
 
 TINY = dict(latent_dim=8, hidden_dim=12, n_layers=2, n_rbf=6, cutoff=4.0)
@@ -119,14 +120,44 @@ def test_a_checkpoint_without_history_is_refused_in_one_line(first, tmp_path):
         continue_training(path, epochs=-1, patience=2, progress=False)
 
 
-def test_rmd17_second_phase_meets_the_criterion_whenever_patience_stops_it():
-    second = RMD17.plateau.second
+def test_rmd17_later_phases_meet_the_criterion_whenever_patience_stops_them():
+    phases = RMD17.plateau.then
     for model in ("gns", "painn"):
         for role, cfg in configs(RMD17, model, Path("ck"))[1:]:
-            assert cfg.role in second.max_minutes, role
-            # worst case: phase 1 ran its whole ceiling and phase 2 ran up to its own
-            for n2 in range(second.patience + 1, second.epochs + 1):
-                total = cfg.epochs + n2
-                history = [{}] * total
-                assert plateau_reached(history, total - 1 - second.patience), (role, n2)
-    assert second.patience >= math.ceil(0.2 * (60 + second.epochs))
+            before = cfg.epochs  # worst case: every earlier phase ran its whole ceiling
+            for phase in phases:
+                assert cfg.role in phase.max_minutes, role
+                for n in range(phase.patience + 1, phase.epochs + 1):
+                    total = before + n
+                    history = [{}] * total
+                    assert plateau_reached(history, total - 1 - phase.patience), (role, n)
+                assert phase.patience >= math.ceil(0.2 * (before + phase.epochs))
+                before += phase.epochs
+
+
+def _meta(n_phases: int, epochs: int, best: int) -> dict:
+    phases = [{"epochs_run": epochs}] * n_phases if n_phases > 1 else None
+    return {"history": [{}] * epochs, "metrics": {"best_epoch": best}, "phases": phases}
+
+
+def test_next_phase_runs_each_phase_once_and_stops_a_checkpoint_at_its_plateau():
+    rule = PlateauRule(max_minutes={"finetune": 1.0},
+                       then=(ContinuePhase(10, 4, {"finetune": 1.0, "joint": 2.0}),
+                             ContinuePhase(20, 8, {"finetune": 1.0, "joint": 2.0},
+                                           only_below_plateau=True),
+                             ContinuePhase(30, 9, {"joint": 2.0})))
+    # a phase-1 checkpoint gets phase 2 even at a plateau (phase 2 is unconditional)
+    number, phase = next_phase(rule, "finetune", _meta(1, 10, 2))
+    assert number == 2 and phase is rule.then[0]
+    # after phase 2: phase 3 only while the criterion is not met (best 19 of 20: not met)
+    number, phase = next_phase(rule, "finetune", _meta(2, 20, 19))
+    assert number == 3 and phase is rule.then[1]
+    assert next_phase(rule, "finetune", _meta(2, 20, 10)) is None  # at a plateau: done
+    # a plateau ends the recipe, also before a later phase that would apply to the role
+    assert next_phase(rule, "joint", _meta(2, 20, 10)) is None
+    number, _ = next_phase(rule, "joint", _meta(3, 40, 39))
+    assert number == 4
+    # every phase run: nothing left; a phase whose budget does not name the role is passed
+    assert next_phase(rule, "joint", _meta(4, 70, 69)) is None
+    assert next_phase(rule, "finetune", _meta(3, 40, 39)) is None
+    assert next_phase(None, "finetune", _meta(1, 10, 9)) is None

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             "continued from its first run (`gffmerge.continuation`, `python -m "
             "gffmerge.recipes --continue`) lists the epochs of each phase; its epochs, best "
             "epoch, CPU minutes and stop reason (the last phase's) count over all phases, and "
-            "its s / epoch is the median over both.", "",
+            "its s / epoch is the median over all phases.", "",
             f"Total for one {FACTOR}× run of every checkpoint that does not, one after another "
             f"on this machine: **{total:.1f} h** (foundations first: the fine-tunes and joint "
             "models start from them, so a retrained foundation means retraining everything "

@@ -8,8 +8,9 @@ standard"). ``python -m gffmerge.recipes`` regenerates ``checkpoints/<dataset>/<
 A recipe with a :class:`PlateauRule` (rMD17) trains the roles it names to a plateau: their
 ``epochs`` are a ceiling, the learning rate is cut when the validation force MAE stalls, and
 the run stops once it has not improved for 20 % of that ceiling (:mod:`gffmerge.plateau`);
-a :class:`SecondPhase` then continues each of those checkpoints (:mod:`gffmerge.continuation`;
-``--continue`` runs only that phase on the existing checkpoints).
+later phases (:class:`ContinuePhase`, ``PlateauRule.then``) then continue each of those
+checkpoints (:mod:`gffmerge.continuation`; ``--continue`` runs, on the existing checkpoints,
+only the phases they have not had yet).
 Other roles (the rMD17 foundations) and recipes without a rule (LiPS20) keep the fixed cosine
 schedule their shipped checkpoints were made with.
 """
@@ -25,21 +26,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import write_text_atomically
+from .checkpoint import load_checkpoint
 from .plateau import plateau_reached
 from .train import TrainConfig, train
 
 
 @dataclass(frozen=True)
-class SecondPhase:
-    """A second phase of a plateau recipe (:mod:`gffmerge.continuation`): each role's
-    checkpoint trained on for up to ``epochs`` more epochs from the learning rate its first
-    phase ended with, plateau rule with ``patience``, wall budget ``max_minutes[role]``.
-    ``patience`` >= 20 % of (first-phase ceiling + ``epochs``) makes every run that patience
-    stops meet the plateau criterion over both phases."""
+class ContinuePhase:
+    """A later phase of a plateau recipe (:mod:`gffmerge.continuation`): each role's
+    checkpoint trained on for up to ``epochs`` more epochs from the learning rate the phase
+    before ended with, plateau rule with ``patience``, wall budget ``max_minutes[role]``.
+    ``patience`` >= 20 % of (all earlier ceilings + ``epochs``) makes every run that patience
+    stops meet the plateau criterion over all phases. ``only_below_plateau``: skip (and end
+    the recipe for) a checkpoint that already meets the criterion."""
 
     epochs: int
     patience: int
     max_minutes: dict[str, float]
+    only_below_plateau: bool = False
 
     def run(self, path: Path, role: str, command: str, progress: bool):
         from .continuation import continue_training
@@ -58,7 +62,7 @@ class PlateauRule:
     patience_fraction: float = 0.2  # patience = this share of the epoch ceiling
     min_delta: float = 0.005  # an epoch improves when it beats the best by > 0.5 %
     monitor: str = "val_force_mae"
-    second: SecondPhase | None = None  # continue each role's checkpoint afterwards
+    then: tuple[ContinuePhase, ...] = ()  # phases 2, 3, ...: continue each checkpoint
 
     def options(self, role: str, epochs: int) -> dict:
         """TrainConfig fields for one role with an epoch ceiling of ``epochs``."""
@@ -100,9 +104,16 @@ RMD17 = DatasetRecipe(
     epochs={"foundation": 30, "finetune": 60, "joint": 60},
     lr={"foundation": 2e-3, "finetune": 5e-4, "joint": 5e-4},
     # phase 2 (stop 2 of issue 10): 140 more epochs from the last learning rate, patience 40
-    # = 20 % of the 200 epochs of both phases; wall budgets sum to about 70 min for all six
+    # = 20 % of the 200 epochs of both phases; wall budgets sum to about 70 min for all six.
+    # phases 3 and 4 (stop 3): only the checkpoints still short of the plateau criterion,
+    # up to 200 more epochs each, patience 80 and 120 = 20 % of the 400 and 600 epochs of
+    # all phases so far.
     plateau=PlateauRule(max_minutes={"finetune": 20.0, "joint": 30.0},
-                        second=SecondPhase(140, 40, {"finetune": 9.0, "joint": 16.0})),
+                        then=(ContinuePhase(140, 40, {"finetune": 9.0, "joint": 16.0}),
+                              ContinuePhase(200, 80, {"finetune": 6.0, "joint": 12.0},
+                                            only_below_plateau=True),
+                              ContinuePhase(200, 120, {"finetune": 6.0, "joint": 12.0},
+                                            only_below_plateau=True))),
 )
 DATASETS = {d.name: d for d in (LIPS20, RMD17)}
 MODEL_CONFIGS = {
@@ -114,6 +125,26 @@ MODEL_CONFIGS = {
 # `make checkpoints` near an hour on 2 cores (a plateau recipe's epochs are a ceiling that
 # the plateau rule stops short of, so there the epoch factor is not applied).
 BUDGET = {"gns": (1.0, None), "painn": (0.34, 400)}  # (epoch factor, max training frames)
+
+
+def next_phase(rule: PlateauRule | None, role: str,
+               meta: dict) -> tuple[int, ContinuePhase] | None:
+    """The next phase (number from 2, phase) to run on a checkpoint of ``role`` with
+    metadata ``meta``, or None: phases already recorded in ``meta["phases"]`` are done (a
+    checkpoint without that record has run phase 1 only), phases whose budget does not name
+    the role are passed over, and an ``only_below_plateau`` phase on a checkpoint that meets
+    the plateau criterion ends the recipe."""
+    if rule is None:
+        return None
+    done = len(meta.get("phases") or ()) or 1
+    for number, phase in enumerate(rule.then, start=2):
+        if number <= done or role not in phase.max_minutes:
+            continue
+        if phase.only_below_plateau and plateau_reached(
+                meta.get("history") or [], (meta.get("metrics") or {}).get("best_epoch", -1)):
+            return None
+        return number, phase
+    return None
 
 
 def checkpoint_path(root: Path, dataset: str, model: str, role: str) -> Path:
@@ -166,8 +197,6 @@ def write_readme(root: Path) -> Path:
     The generated part is the title, the table and the seed line; the hand-written sections
     of an existing README (everything from its first ``## `` heading on) are kept after it.
     """
-    from .checkpoint import load_checkpoint
-
     lines = ["# Shipped checkpoints", "",
              "Generated by `make checkpoints` (`python -m gffmerge.recipes --all`); every "
              "number below is read back from the checkpoint's own metadata. Test metrics are "
@@ -240,22 +269,27 @@ def main(argv: list[str] | None = None) -> int:
                     cmd = (f"python -m gffmerge.recipes --dataset {dataset} --model {model} "
                            f"--roles {role.split('/')[-1]}")
                     rule = DATASETS[dataset].plateau
-                    second = (rule.second if rule is not None and rule.second is not None
-                              and cfg.role in rule.second.max_minutes else None)
-                    if args.continue_ and second is None:
+                    later = rule is not None and any(cfg.role in ph.max_minutes
+                                                     for ph in rule.then)
+                    if args.continue_ and not later:
                         continue
                     print(f"== {out} ({cmd})", flush=True)
                     if not args.continue_:
-                        result = train(cfg, output=out, progress=not args.quiet,
-                                       metadata={"command": cmd})
-                    if second is not None:
-                        result = second.run(out, cfg.role, cmd + " --continue",
-                                            progress=not args.quiet)
-                    test = result.metrics.get("test", {}).get("all", {})
-                    reached = plateau_reached(result.history, result.metrics["best_epoch"])
-                    print(json.dumps({"checkpoint": str(out), "minutes": result.seconds / 60,
-                                      "stopped_by": result.metrics["stopped_by"],
-                                      "plateau": reached, "test": test}), flush=True)
+                        train(cfg, output=out, progress=not args.quiet,
+                              metadata={"command": cmd})
+                    _, meta = load_checkpoint(out)
+                    while (step := next_phase(rule, cfg.role, meta)) is not None:
+                        number, phase = step
+                        print(f"-- phase {number}", flush=True)
+                        phase.run(out, cfg.role, cmd + " --continue", progress=not args.quiet)
+                        _, meta = load_checkpoint(out)
+                    m = meta["metrics"]
+                    print(json.dumps({
+                        "checkpoint": str(out), "phases": len(meta.get("phases") or ()) or 1,
+                        "minutes": meta.get("wall_seconds", 0.0) / 60,
+                        "stopped_by": m.get("stopped_by"),
+                        "plateau": plateau_reached(meta["history"], m["best_epoch"]),
+                        "test": m.get("test", {}).get("all", {})}), flush=True)
     print(f"wrote {write_readme(root)}")
     return 0
 
