@@ -69,7 +69,7 @@ class OnePass:
 
     def own_thetas(self) -> list[dict[str, Tensor]]:
         """Each source's own unit weights."""
-        return [{n: layer_theta(b.state_dict(), n)[:u.x.shape[1]]
+        return [{n: layer_theta(b.state_dict(), n)[:u.dim]
                  for n, u in self.passes[0].items()} for b in self.backbones]
 
     def accuracies(self, thetas: dict[str, Tensor], heads, mask: str = "val_mask"

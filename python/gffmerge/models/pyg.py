@@ -127,6 +127,27 @@ def _key(tag: tuple, x, edge_index, edge_weight=None) -> tuple | None:
     return tag + _rows_key(_ROWS.get()), tensors
 
 
+_NORM: list = []  # the last normalisation: [(edge_index, version, settings), result]
+
+
+def _normalised(edge_index: Tensor, edge_weight: Tensor | None, n: int, conv: GCNConv,
+                dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``gcn_norm`` of the graph, kept for the next call on the same, unchanged
+    ``edge_index`` (no edge weights) and settings: a merge measures, multiplies and scores
+    on one graph many times (one entry; an in-place change of the edges is noticed by the
+    tensor's version counter)."""
+    settings = (n, conv.improved, conv.add_self_loops, conv.flow, dtype)
+    if edge_weight is None and _NORM:
+        (ei, version, kept), result = _NORM[0]
+        if ei is edge_index and version == edge_index._version and kept == settings:
+            return result
+    result = gcn_norm(edge_index, edge_weight, n, conv.improved, conv.add_self_loops,
+                      conv.flow, dtype)
+    if edge_weight is None:
+        _NORM[:] = [((edge_index, edge_index._version, settings), result)]
+    return result
+
+
 def _gcn_parts(conv: GCNConv):
     def parts(x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> GramInput:
         if isinstance(x, tuple | list):
@@ -136,8 +157,7 @@ def _gcn_parts(conv: GCNConv):
         if conv.normalize:
             if not isinstance(edge_index, Tensor):
                 propagate(edge_index, None, x, n)  # raises the one-line error
-            edge_index, edge_weight = gcn_norm(edge_index, edge_weight, n, conv.improved,
-                                               conv.add_self_loops, conv.flow, x.dtype)
+            edge_index, edge_weight = _normalised(edge_index, edge_weight, n, conv, x.dtype)
         xs = _sparse(x)
         src = x if xs is None else xs
         return GramInput((Dense(propagate(edge_index, edge_weight, src, n, flow=conv.flow,
