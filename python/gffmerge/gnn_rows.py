@@ -67,7 +67,8 @@ class UnitRows:
     def __init__(self, x: Tensor | None, key: tuple | None):
         self._x, self.key = x, key
         self._src: tuple | None = None
-        self._csr = self._inp_csr = None
+        self._csr = None
+        self._inputs: dict = {}
 
     @classmethod
     def formed(cls, view: GroupView, inp: Tensor, edges: Tensor, bias: bool,
@@ -106,10 +107,16 @@ class UnitRows:
         with node_rows(nodes):
             return _augmented(view.gram_parts(inp, edges), bias)
 
-    def matmul(self, theta: Tensor) -> Tensor:
-        """``X̃ Θ`` on all rows (dense; a CSR product for sparse rows, converted once)."""
+    def matmul(self, theta: Tensor, nodes: Tensor | None = None,
+               support: Tensor | None = None) -> Tensor:
+        """``X̃ Θ`` on all rows (dense; a CSR product for sparse rows, converted once). Rows
+        formed on demand also give it on ``nodes`` alone, with the input's products formed
+        on the input rows of ``support`` alone (a boolean mask that must hold every input
+        row those nodes' rows read: for one propagation, the nodes and their neighbours)."""
         if self._src is not None:
-            return self._linear(theta)
+            return self._linear(theta, nodes, support)
+        if nodes is not None or support is not None:
+            raise ValueError("rows given as a matrix are multiplied on all nodes")
         if not self.sparse:
             return self.x @ theta
         if self._csr is None:
@@ -117,7 +124,29 @@ class UnitRows:
                 self._csr = self.x.to_sparse_csr()
         return torch.sparse.mm(self._csr, theta)
 
-    def _linear(self, theta: Tensor) -> Tensor:
+    def _input_on(self, support: Tensor | None) -> Tensor:
+        """The unit's input (CSR when sparse), rows outside ``support`` zero (kept)."""
+        inp = self._src[1]
+        key = None if support is None else id(support)
+        if key not in self._inputs:
+            if support is None:
+                sub = inp
+            elif inp.layout == torch.strided:
+                sub = inp * support[:, None]
+            else:
+                idx, vals = inp.indices(), inp.values()
+                keep = support[idx[0]]
+                sub = torch.sparse_coo_tensor(idx[:, keep], vals[keep], inp.shape,
+                                              check_invariants=False).coalesce()
+            with quiet_sparse():
+                sub = sub.to_sparse_csr() if sub.layout != torch.strided else sub
+            self._inputs[key] = (sub, support)  # the mask kept alive with the entry
+        return self._inputs[key][0]
+
+    def _linear(self, theta: Tensor, nodes: Tensor | None, support: Tensor | None
+                ) -> Tensor:
+        from .models.pyg import node_rows
+
         view, inp, edges, bias = self._src
         d, out = inp.shape[1], theta.shape[1]
         n_parts = (theta.shape[0] - int(bias)) // d
@@ -125,11 +154,10 @@ class UnitRows:
             raise ValueError(f"Θ has {theta.shape[0]} rows; the unit's rows have "
                              f"{self.dim} ({d} per part)")
         m = torch.cat([theta[i * d:(i + 1) * d] for i in range(n_parts)], 1)
-        if self._inp_csr is None:
-            with quiet_sparse():
-                self._inp_csr = inp.to_sparse_csr() if inp.layout != torch.strided else inp
-        xm = torch.sparse.mm(self._inp_csr, m) if inp.layout != torch.strided else inp @ m
-        parts = view.gram_parts(xm, edges).parts
+        x = self._input_on(support)
+        xm = torch.sparse.mm(x, m) if x.layout != torch.strided else x @ m
+        with node_rows(nodes):
+            parts = view.gram_parts(xm, edges).parts
         if len(parts) != n_parts:
             raise ValueError(f"the unit's input has {len(parts)} parts, Θ {n_parts}")
         h = 0.0
@@ -181,21 +209,27 @@ def _input64(x: Tensor) -> Tensor:
 
     if x.layout != torch.strided:
         return x.to_sparse_coo().to(F64).coalesce()
-    if x.dim() == 2 and int(torch.count_nonzero(x)) <= SPARSE_DENSITY * x.numel():
-        return x.to_sparse().to(F64).coalesce()
+    if x.dim() == 2:
+        xs = x.to_sparse()  # one pass over the matrix
+        if xs._nnz() <= SPARSE_DENSITY * x.numel():
+            return xs.to(F64).coalesce()
     return x.to(F64)
 
 
 @torch.no_grad()
 def source_rows(backbone: nn.Module, x: Tensor, edges: Tensor,
-                shared: dict | None = None) -> dict[str, UnitRows]:
+                shared: dict | None = None, thetas: dict[str, Tensor] | None = None,
+                products: dict | None = None) -> dict[str, UnitRows]:
     """Every unit's input rows on all nodes of ``backbone`` on ``(x, edges)``, formed layer
     by layer in float64 (the :class:`~gffmerge.gnn_tasks.Backbone` forward: every unit
     followed by a ReLU); ``shared`` (a dict kept across sources) holds the rows that do not
     depend on the weights (the first unit's, on the raw features), so another source on
     the same tensors reuses them. The first unit's rows are formed only where they are
     used (:meth:`UnitRows.formed`); its output is ``Σᵢ Lᵢ(X Θᵢ) + θ_b`` from the sparse
-    features (no dense first layer, no float32 rounding)."""
+    features (no dense first layer, no float32 rounding). ``thetas``: the unit weights
+    (default: the backbone's); ``products``: a dict that receives the first unit's output
+    under ``(id(rows), id(Θ), None)`` (the scoring cache of
+    :func:`gffmerge.gnn_one_pass.fast_accuracy`)."""
     from .solver.state import layer_theta
 
     views = check_units(backbone)
@@ -217,7 +251,11 @@ def source_rows(backbone: nn.Module, x: Tensor, edges: Tensor,
             rows = UnitRows(_augmented(view.gram_parts(h, edges), bias), None)
         found[name] = rows
         if i < len(views) - 1:
-            h = rows.matmul(layer_theta(state, name)[:rows.dim]).relu()
+            theta = thetas[name] if thetas is not None else layer_theta(state, name)[:rows.dim]
+            h = rows.matmul(theta)
+            if i == 0 and products is not None and rows.key is not None:
+                products[(id(rows), id(theta), None)] = (h, theta)  # Θ kept: its id unique
+            h = h.relu()
     return found
 
 
@@ -256,12 +294,14 @@ def nested_grams(rows: UnitRows, sets: Sequence[Tensor | None]) -> list[Tensor]:
 class Source:
     """One source for :func:`option_path`: its model, its units' rows, the nodes of the
     option (None: all) and, optionally, ``grams(unit)``: the option's Gram of a unit (a
-    cache that returns the same object for sources with the same rows and nodes)."""
+    cache that returns the same object for sources with the same rows and nodes) and
+    ``thetas``: its unit weights (default: from its state dict)."""
 
     model: nn.Module
     rows: dict[str, UnitRows]
     nodes: Tensor | None
     grams: Callable[[str], Tensor] | None = None
+    thetas: dict[str, Tensor] | None = None
 
 
 def _same_rows(a: Source, b: Source, name: str) -> bool:
@@ -280,11 +320,12 @@ def option_path(sources: Sequence[Source], ridges: Sequence[float], *,
     ``target="weights"``, ``alpha=1``) on the option's rows, one factorisation per system."""
     if weighting not in ("per_model", "pooled") or prior not in ("mean", "zero"):
         raise ValueError("weighting must be per_model or pooled and prior mean or zero")
-    states = [s.model.state_dict() for s in sources]
+    states = [s.model.state_dict() if s.thetas is None else None for s in sources]
     out = {}
     for name in sources[0].rows:
         dim = sources[0].rows[name].dim
-        thetas = [layer_theta(sd, name)[:dim] for sd in states]
+        thetas = [layer_theta(sd, name)[:dim] if s.thetas is None else s.thetas[name]
+                  for s, sd in zip(sources, states)]
         counts = [s.rows[name].num_rows if s.nodes is None else len(s.nodes)
                   for s in sources]
         coefs = [1.0 / max(n, 1) if weighting == "per_model" else 1.0 for n in counts]
