@@ -50,6 +50,7 @@ class OnePass:
                                    self._first)
                        for k, (b, t) in enumerate(zip(backbones, tasks))]
         self._support: dict = {}
+        self._labelled: dict = {}
         self.nodes = [{r: row_nodes(t, r) for r in rows} for t in tasks]
         self.order = [r for r in ("own", "own+nbr", "all") if r in rows]  # nested
         self._grams: dict = {}
@@ -106,8 +107,17 @@ class OnePass:
         task's head on ``mask``'s nodes of its classes (None: link prediction)."""
         return [None if t.is_lp else fast_accuracy(thetas, self.passes[k],
                                                    self.backbones[0], heads[k], t, mask,
-                                                   self._first, self.support(k, mask))
+                                                   self._first, self.support(k, mask),
+                                                   self.labelled(k, mask))
                 for k, t in enumerate(self.tasks)]
+
+    def labelled(self, k: int, mask: str) -> tuple[Tensor, Tensor]:
+        """Task ``k``'s nodes of ``mask`` in its classes and their labels (one object,
+        so that the propagation onto them is formed once)."""
+        if (k, mask) not in self._labelled:
+            self._labelled[(k, mask)] = self.tasks[k].node_labels(getattr(self.tasks[k].graph,
+                                                                          mask))
+        return self._labelled[(k, mask)]
 
     def scores(self, thetas: dict[str, Tensor], heads, reference, mask: str = "val_mask"
                ) -> float:
@@ -158,7 +168,8 @@ def choose_one_pass(backbones, heads, tasks, options: dict, rows: Sequence[str],
 @torch.no_grad()
 def fast_accuracy(thetas: dict[str, Tensor], rows: dict, backbone: nn.Module,
                   head: nn.Module, task: Task, mask: str = "val_mask",
-                  cache: dict | None = None, support: tuple | None = None) -> float:
+                  cache: dict | None = None, support: tuple | None = None,
+                  labelled: tuple | None = None) -> float:
     """Accuracy on the ``mask`` nodes (of ``task``'s classes; default: validation) of the
     backbone with unit weights ``thetas`` (``[in+1, out]``) and ``head``, in float64 from
     the first unit's measured rows (``rows``, which do not depend on the weights): the
@@ -167,10 +178,12 @@ def fast_accuracy(thetas: dict[str, Tensor], rows: dict, backbone: nn.Module,
     rounding. ``cache``: first-layer products kept across calls (the same rows and
     weights give the same product). ``support`` (two units, first rows formed on demand):
     ``(nodes, input rows)`` of :meth:`OnePass.support`, where the first unit's output is
-    formed (exact on the ``mask`` nodes' neighbours; zero elsewhere, never read)."""
+    formed (exact on the ``mask`` nodes' neighbours; zero elsewhere, never read).
+    ``labelled``: the task's ``mask`` nodes and labels (default: formed here)."""
     from .models.pyg import node_rows
 
-    nodes, labels = task.node_labels(getattr(task.graph, mask))
+    nodes, labels = (task.node_labels(getattr(task.graph, mask)) if labelled is None
+                     else labelled)
     if len(nodes) == 0:
         raise ValueError(f"task '{task.name}' has no {mask} nodes of its classes; the "
                          "validation choice needs some (use a graph with a val_mask)")
