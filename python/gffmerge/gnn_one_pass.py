@@ -1,13 +1,14 @@
 """The one-pass validation choice of :func:`gffmerge.gnn_select.choose`.
 
-One forward per source gives every row option's statistics (:class:`OnePass`,
-:mod:`gffmerge.gnn_rows`), one factorisation per system every ridge, and each candidate is
-scored from its unit weights on the validation nodes only (:func:`fast_accuracy`: no model
-is built until the choice is made). Profiled before (seed 0, CPU s, one thread): Cora GCN
-2.9 s, CiteSeer SAGE 70 s, spent on measuring each option separately (three forwards per
-source with a dense first layer), assembling and solving nine systems (dense 7 408-wide
-Grams: products, Choleskys, NaN checks, report residuals) and nine full-graph forwards
-for the scores; now 0.6 s and 1.5 s.
+One pass per source gives every row option's statistics (:class:`OnePass`,
+:mod:`gffmerge.gnn_rows`: the first unit's output from the sparse features, the later
+units' rows in float64), one factorisation per system every ridge, and each candidate is
+scored from its unit weights on the validation nodes only (:func:`fast_accuracy`: the
+first unit's products on the validation nodes' two-hop support; no model is built until
+the choice is made). Profiled (`benchmarks/results/gnn_choice_profile.md`, CPU s per
+seed, one thread, 500-epoch sources): Cora GCN 0.27 s → 0.19 s, CiteSeer SAGE 0.78 s →
+0.37 s; what remains is mostly the own + neighbour kernels' Choleskys and products and
+the scoring's first-layer products (one per distinct first-layer weight).
 """
 
 from __future__ import annotations
