@@ -234,3 +234,26 @@ def test_sparse_feature_input_is_the_same_model(kind):
     assert torch.allclose(sparse, dense, rtol=1e-5, atol=1e-6)
     for a, b in zip(grads_s, grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_kept_propagations_follow_in_place_changes_of_the_edges():
+    from torch_geometric.nn import GCNConv
+
+    from gffmerge.models.groups import linear_units
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 3, generator=g, dtype=F64)
+    edges = torch.tensor([[0, 1, 2, 3, 4], [1, 2, 3, 4, 5]])
+    view = next(iter(linear_units(GCNConv(3, 2).double()).values())).view
+
+    def rows():
+        return view.gram_parts(x, edges).parts[0].x.clone()
+
+    first = rows()
+    assert torch.equal(rows(), first)  # kept normalisation and matrix: same result
+    edges[1, 4] = 0  # the last edge now points at node 0
+    changed = rows()
+    view2 = next(iter(linear_units(GCNConv(3, 2).double()).values())).view
+    fresh = view2.gram_parts(x, edges.clone()).parts[0].x  # new tensors: nothing kept
+    assert not torch.allclose(changed, first)
+    assert torch.allclose(changed, fresh, rtol=0, atol=1e-14)
