@@ -67,6 +67,16 @@ def rel(a, b):
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
+def float64_copies(backbones):
+    """The sources and tasks in float64: the independent reference of the one-pass rows
+    (formed in float64 from the sparse features)."""
+    import copy
+
+    tasks = bow_tasks()
+    tasks[0].graph.x = tasks[0].graph.x.double()  # one graph shared by both tasks
+    return [copy.deepcopy(b).double() for b in backbones], tasks
+
+
 @pytest.mark.parametrize("kind", ["gcn", "sage"])
 def test_one_pass_grams_equal_separate_measurements(kind):
     tasks = bow_tasks()
@@ -76,18 +86,41 @@ def test_one_pass_grams_equal_separate_measurements(kind):
     first = next(iter(passes[0]))
     assert passes[0][first] is passes[1][first]  # raw features, one graph: formed once
     assert passes[0][first].sparse
+    b64, t64 = float64_copies(backbones)
     order = ["own", "own+nbr", "all"]
     for r in ROWS:
-        stats = measure_sources(backbones, tasks, r)
+        stats = measure_sources(b64, t64, r)  # float64 forwards with hooks
+        stats32 = measure_sources(backbones, tasks, r)  # the float32 forwards
         for k, t in enumerate(tasks):
             sets = [row_nodes(t, o) for o in order]
             for name, unit in passes[k].items():
                 mine = nested_grams(unit, sets)[order.index(r)]
                 ref = stats.models[k].layers[name].gram
                 assert rel(mine, ref) < 1e-10, (r, k, name)
+                # the float32 route rounds the hidden features and GCN's edge weights
+                assert rel(mine, stats32.models[k].layers[name].gram) < 1e-5, (r, k, name)
                 assert stats.models[k].layers[name].rows == (
-                    unit.x.shape[0] if sets[order.index(r)] is None
+                    unit.num_rows if sets[order.index(r)] is None
                     else len(sets[order.index(r)]))
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage"])
+def test_rows_formed_on_demand_equal_the_whole_matrix(kind):
+    tasks = bow_tasks()
+    backbones, _ = sources(kind, tasks)
+    passes = source_rows(backbones[0], tasks[0].graph.x, tasks[0].edges)
+    first = next(iter(passes))
+    unit = passes[first]
+    theta = layer_theta(backbones[0].state_dict(), first)[:unit.dim]
+    lazy = unit.matmul(theta)  # Σᵢ Lᵢ(X Θᵢ) + θ_b, no rows formed
+    nodes = row_nodes(tasks[0], "own+nbr")
+    part = unit.take(nodes).to_dense()
+    whole = unit.x.to_dense()  # now formed
+    assert part.shape[1] == unit.dim and whole.shape == (unit.num_rows, unit.dim)
+    assert rel(part, whole[nodes]) < 1e-12
+    assert rel(lazy, whole @ theta) < 1e-12
+    with pytest.raises(ValueError, match="rows"):
+        unit.matmul(theta[1:])
 
 
 def test_nested_grams_need_nested_sets():
@@ -144,9 +177,9 @@ def test_option_path_equals_the_gffmerge_solve_of_each_option(kind):
         path = option_path(srcs, ridges)
         stats = measure_sources(backbones, tasks, r)
         for name in passes[0]:
-            rows = sum(len(s.nodes) if s.nodes is not None else s.rows[name].x.shape[0]
+            rows = sum(len(s.nodes) if s.nodes is not None else s.rows[name].num_rows
                        for s in srcs)
-            routes.add("dual" if rows < passes[0][name].x.shape[1] else "primal")
+            routes.add("dual" if rows < passes[0][name].dim else "primal")
         for j, ridge in enumerate(ridges):
             merged = method(backbones, stats, **OPTIONS, ridge=ridge,
                             ridge_mode="relative").model
@@ -201,3 +234,26 @@ def test_sparse_feature_input_is_the_same_model(kind):
     assert torch.allclose(sparse, dense, rtol=1e-5, atol=1e-6)
     for a, b in zip(grads_s, grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_kept_propagations_follow_in_place_changes_of_the_edges():
+    from torch_geometric.nn import GCNConv
+
+    from gffmerge.models.groups import linear_units
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 3, generator=g, dtype=F64)
+    edges = torch.tensor([[0, 1, 2, 3, 4], [1, 2, 3, 4, 5]])
+    view = next(iter(linear_units(GCNConv(3, 2).double()).values())).view
+
+    def rows():
+        return view.gram_parts(x, edges).parts[0].x.clone()
+
+    first = rows()
+    assert torch.equal(rows(), first)  # kept normalisation and matrix: same result
+    edges[1, 4] = 0  # the last edge now points at node 0
+    changed = rows()
+    view2 = next(iter(linear_units(GCNConv(3, 2).double()).values())).view
+    fresh = view2.gram_parts(x, edges.clone()).parts[0].x  # new tensors: nothing kept
+    assert not torch.allclose(changed, first)
+    assert torch.allclose(changed, fresh, rtol=0, atol=1e-14)

@@ -1,13 +1,14 @@
 """The one-pass validation choice of :func:`gffmerge.gnn_select.choose`.
 
-One forward per source gives every row option's statistics (:class:`OnePass`,
-:mod:`gffmerge.gnn_rows`), one factorisation per system every ridge, and each candidate is
-scored from its unit weights on the validation nodes only (:func:`fast_accuracy`: no model
-is built until the choice is made). Profiled before (seed 0, CPU s, one thread): Cora GCN
-2.9 s, CiteSeer SAGE 70 s, spent on measuring each option separately (three forwards per
-source with a dense first layer), assembling and solving nine systems (dense 7 408-wide
-Grams: products, Choleskys, NaN checks, report residuals) and nine full-graph forwards
-for the scores; now 0.6 s and 1.5 s.
+One pass per source gives every row option's statistics (:class:`OnePass`,
+:mod:`gffmerge.gnn_rows`: the first unit's output from the sparse features, the later
+units' rows in float64), one factorisation per system every ridge, and each candidate is
+scored from its unit weights on the validation nodes only (:func:`fast_accuracy`: the
+first unit's products on the validation nodes' two-hop support; no model is built until
+the choice is made). Profiled (`benchmarks/results/gnn_choice_profile.md`, CPU s per
+seed, one thread, 500-epoch sources): Cora GCN 0.27 s → 0.19 s, CiteSeer SAGE 0.78 s →
+0.37 s; what remains is mostly the own + neighbour kernels' Choleskys and products and
+the scoring's first-layer products (one per distinct first-layer weight).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .gnn_rows import (
 )
 from .gnn_tasks import Task
 from .methods import get as get_method
+from .models.groups import linear_units
 from .solver.state import layer_theta, mean_state_dict, write_back
 
 
@@ -41,12 +43,18 @@ class OnePass:
                  rows: Sequence[str] = ROWS):
         shared: dict = {}
         self.backbones, self.tasks = list(backbones), list(tasks)
-        self.passes = [source_rows(b, t.graph.x, t.edges, shared)
-                       for b, t in zip(backbones, tasks)]
+        self._first: dict = {}  # first-layer products of the scoring
+        infos = {n: u.info for n, u in linear_units(self.backbones[0]).items()}
+        self.thetas = [{n: layer_theta(b.state_dict(), n)[:i.in_features + int(i.has_bias)]
+                        for n, i in infos.items()} for b in self.backbones]
+        self.passes = [source_rows(b, t.graph.x, t.edges, shared, self.thetas[k],
+                                   self._first)
+                       for k, (b, t) in enumerate(zip(backbones, tasks))]
+        self._support: dict = {}
+        self._labelled: dict = {}
         self.nodes = [{r: row_nodes(t, r) for r in rows} for t in tasks]
         self.order = [r for r in ("own", "own+nbr", "all") if r in rows]  # nested
         self._grams: dict = {}
-        self._first: dict = {}  # first-layer products of the scoring
 
     def grams_of(self, k: int, r: str):
         """``grams(unit)`` of source ``k`` on row option ``r`` (see :class:`Source`)."""
@@ -63,14 +71,36 @@ class OnePass:
     def path(self, r: str, ridges: Sequence[float], *, weighting: str = "per_model",
              prior: str = "mean") -> dict[str, list[Tensor]]:
         """Row option ``r``'s unit weights for every relative ridge of ``ridges``."""
-        sources = [Source(b, self.passes[k], self.nodes[k][r], self.grams_of(k, r))
-                   for k, b in enumerate(self.backbones)]
+        sources = [Source(b, self.passes[k], self.nodes[k][r], self.grams_of(k, r),
+                          self.thetas[k]) for k, b in enumerate(self.backbones)]
         return option_path(sources, ridges, weighting=weighting, prior=prior)
 
     def own_thetas(self) -> list[dict[str, Tensor]]:
-        """Each source's own unit weights."""
-        return [{n: layer_theta(b.state_dict(), n)[:u.x.shape[1]]
-                 for n, u in self.passes[0].items()} for b in self.backbones]
+        """Each source's own unit weights (the objects its rows were formed with)."""
+        return self.thetas
+
+    def support(self, k: int, mask: str):
+        """Where the scoring on ``mask`` needs the first unit of source ``k``: the nodes
+        of ``mask`` of every classification task on the same first rows, with their
+        neighbours (the first unit's output rows) and the neighbours of those (the input
+        rows its products read): ``(nodes, mask)``, one object per first rows."""
+        first = next(iter(self.passes[k].values()))
+        key = (id(first), mask)
+        if key not in self._support:
+            nodes = [t.node_labels(getattr(t.graph, mask))[0]
+                     for j, t in enumerate(self.tasks)
+                     if not t.is_lp and next(iter(self.passes[j].values())) is first]
+            src, dst = self.tasks[k].edges[0], self.tasks[k].edges[1]
+            near = torch.zeros(first.num_rows, dtype=torch.bool)
+            near[torch.cat(nodes)] = True
+            hops = []
+            for _ in range(2):
+                near = near.clone()
+                near[dst[near[src]]] = True
+                near[src[near[dst]]] = True
+                hops.append(near)
+            self._support[key] = (hops[0].nonzero().flatten(), hops[1], first)
+        return self._support[key][:2]
 
     def accuracies(self, thetas: dict[str, Tensor], heads, mask: str = "val_mask"
                    ) -> list[float | None]:
@@ -78,8 +108,17 @@ class OnePass:
         task's head on ``mask``'s nodes of its classes (None: link prediction)."""
         return [None if t.is_lp else fast_accuracy(thetas, self.passes[k],
                                                    self.backbones[0], heads[k], t, mask,
-                                                   self._first)
+                                                   self._first, self.support(k, mask),
+                                                   self.labelled(k, mask))
                 for k, t in enumerate(self.tasks)]
+
+    def labelled(self, k: int, mask: str) -> tuple[Tensor, Tensor]:
+        """Task ``k``'s nodes of ``mask`` in its classes and their labels (one object,
+        so that the propagation onto them is formed once)."""
+        if (k, mask) not in self._labelled:
+            self._labelled[(k, mask)] = self.tasks[k].node_labels(getattr(self.tasks[k].graph,
+                                                                          mask))
+        return self._labelled[(k, mask)]
 
     def scores(self, thetas: dict[str, Tensor], heads, reference, mask: str = "val_mask"
                ) -> float:
@@ -130,17 +169,22 @@ def choose_one_pass(backbones, heads, tasks, options: dict, rows: Sequence[str],
 @torch.no_grad()
 def fast_accuracy(thetas: dict[str, Tensor], rows: dict, backbone: nn.Module,
                   head: nn.Module, task: Task, mask: str = "val_mask",
-                  cache: dict | None = None) -> float:
+                  cache: dict | None = None, support: tuple | None = None,
+                  labelled: tuple | None = None) -> float:
     """Accuracy on the ``mask`` nodes (of ``task``'s classes; default: validation) of the
     backbone with unit weights ``thetas`` (``[in+1, out]``) and ``head``, in float64 from
     the first unit's measured rows (``rows``, which do not depend on the weights): the
     last convolution's rows are formed for those nodes alone. Equals
     :func:`~gffmerge.gnn_select.validation_accuracy` of the written model up to float
     rounding. ``cache``: first-layer products kept across calls (the same rows and
-    weights give the same product)."""
+    weights give the same product). ``support`` (two units, first rows formed on demand):
+    ``(nodes, input rows)`` of :meth:`OnePass.support`, where the first unit's output is
+    formed (exact on the ``mask`` nodes' neighbours; zero elsewhere, never read).
+    ``labelled``: the task's ``mask`` nodes and labels (default: formed here)."""
     from .models.pyg import node_rows
 
-    nodes, labels = task.node_labels(getattr(task.graph, mask))
+    nodes, labels = (task.node_labels(getattr(task.graph, mask)) if labelled is None
+                     else labelled)
     if len(nodes) == 0:
         raise ValueError(f"task '{task.name}' has no {mask} nodes of its classes; the "
                          "validation choice needs some (use a graph with a val_mask)")
@@ -154,13 +198,21 @@ def fast_accuracy(thetas: dict[str, Tensor], rows: dict, backbone: nn.Module,
         x = first.take(nodes)
         h = (torch.sparse.mm(x, thetas[names[0]]) if first.sparse else x @ thetas[names[0]])
     else:
-        key = (id(first), id(thetas[names[0]]))
-        if cache is not None and key in cache:
-            h = cache[key][0]
-        else:
-            h = first.matmul(thetas[names[0]])
+        theta = thetas[names[0]]
+        if len(names) != 2 or first._src is None:
+            support = None
+        full, key = (id(first), id(theta), None), (id(first), id(theta), mask)
+        if cache is not None and (full in cache or key in cache):
+            h = cache[full if full in cache else key][0]
+        elif support is None:
+            h = first.matmul(theta)
             if cache is not None:  # Θ kept alive with the entry: its id stays unique
-                cache[key] = (h, thetas[names[0]])
+                cache[full] = (h, theta)
+        else:
+            h = theta.new_zeros(first.num_rows, theta.shape[1])
+            h[support[0]] = first.matmul(theta, support[0], support[1])
+            if cache is not None:
+                cache[key] = (h, theta)
     h = h.relu()
     for i, name in enumerate(names[1:], start=1):
         last = i == len(names) - 1

@@ -53,35 +53,128 @@ def row_nodes(task, rows: str) -> Tensor | None:
     return near.nonzero().flatten()
 
 
-@dataclass
 class UnitRows:
     """One unit's augmented input rows ``[x, 1]`` on every node of one source's graph
     (float64; sparse COO when the input is sparse), and the identity of rows that do not
-    depend on the weights (``key``; None: they do)."""
+    depend on the weights (``key``; None: they do).
 
-    x: Tensor
-    key: tuple | None
+    Given as the matrix ``x``, or (:meth:`formed`, a unit on fixed inputs such as the raw
+    features) by the unit's view and input: then the rows of the nodes asked for are formed
+    on demand (:meth:`take`), the whole matrix only when it is used (:attr:`x`), and
+    :meth:`matmul` multiplies without forming the rows at all (the parts are linear in the
+    input: ``[L₁X, …, LₚX, 1] Θ = Σᵢ Lᵢ(X Θᵢ) + θ_b``, exact)."""
+
+    def __init__(self, x: Tensor | None, key: tuple | None):
+        self._x, self.key = x, key
+        self._src: tuple | None = None
+        self._csr = None
+        self._inputs: dict = {}
+
+    @classmethod
+    def formed(cls, view: GroupView, inp: Tensor, edges: Tensor, bias: bool,
+               key: tuple) -> UnitRows:
+        """Rows of ``view``'s unit on the fixed input ``inp`` (float64, sparse or dense)."""
+        rows = cls(None, key)
+        rows._src = (view, inp, edges, bias)
+        return rows
+
+    @property
+    def x(self) -> Tensor:
+        if self._x is None:
+            self._x = self._form(None)
+        return self._x
+
+    @property
+    def num_rows(self) -> int:
+        return int(self._x.shape[0] if self._src is None else self._src[1].shape[0])
+
+    @property
+    def dim(self) -> int:
+        if self._src is None:
+            return int(self._x.shape[1])
+        return self._src[0].in_features + int(self._src[3])
 
     @property
     def sparse(self) -> bool:
-        return self.x.layout != torch.strided
+        if self._src is not None:
+            return self._src[1].layout != torch.strided
+        return self._x.layout != torch.strided
 
-    def matmul(self, theta: Tensor) -> Tensor:
-        """``X̃ Θ`` on all rows (a CSR product for sparse rows, converted once)."""
+    def _form(self, nodes: Tensor | None) -> Tensor:
+        from .models.pyg import node_rows
+
+        view, inp, edges, bias = self._src
+        with node_rows(nodes):
+            return _augmented(view.gram_parts(inp, edges), bias)
+
+    def matmul(self, theta: Tensor, nodes: Tensor | None = None,
+               support: Tensor | None = None) -> Tensor:
+        """``X̃ Θ`` on all rows (dense; a CSR product for sparse rows, converted once). Rows
+        formed on demand also give it on ``nodes`` alone, with the input's products formed
+        on the input rows of ``support`` alone (a boolean mask that must hold every input
+        row those nodes' rows read: for one propagation, the nodes and their neighbours)."""
+        if self._src is not None:
+            return self._linear(theta, nodes, support)
+        if nodes is not None or support is not None:
+            raise ValueError("rows given as a matrix are multiplied on all nodes")
         if not self.sparse:
             return self.x @ theta
-        if getattr(self, "_csr", None) is None:
+        if self._csr is None:
             with quiet_sparse():
                 self._csr = self.x.to_sparse_csr()
         return torch.sparse.mm(self._csr, theta)
+
+    def _input_on(self, support: Tensor | None) -> Tensor:
+        """The unit's input (CSR when sparse), rows outside ``support`` zero (kept)."""
+        inp = self._src[1]
+        key = None if support is None else id(support)
+        if key not in self._inputs:
+            if support is None:
+                sub = inp
+            elif inp.layout == torch.strided:
+                sub = inp * support[:, None]
+            else:
+                idx, vals = inp.indices(), inp.values()
+                keep = support[idx[0]]
+                sub = torch.sparse_coo_tensor(idx[:, keep], vals[keep], inp.shape,
+                                              check_invariants=False).coalesce()
+            with quiet_sparse():
+                sub = sub.to_sparse_csr() if sub.layout != torch.strided else sub
+            self._inputs[key] = (sub, support)  # the mask kept alive with the entry
+        return self._inputs[key][0]
+
+    def _linear(self, theta: Tensor, nodes: Tensor | None, support: Tensor | None
+                ) -> Tensor:
+        from .models.pyg import node_rows
+
+        view, inp, edges, bias = self._src
+        d, out = inp.shape[1], theta.shape[1]
+        n_parts = (theta.shape[0] - int(bias)) // d
+        if n_parts * d + int(bias) != theta.shape[0]:
+            raise ValueError(f"Θ has {theta.shape[0]} rows; the unit's rows have "
+                             f"{self.dim} ({d} per part)")
+        m = torch.cat([theta[i * d:(i + 1) * d] for i in range(n_parts)], 1)
+        x = self._input_on(support)
+        xm = torch.sparse.mm(x, m) if x.layout != torch.strided else x @ m
+        with node_rows(nodes):
+            parts = view.gram_parts(xm, edges).parts
+        if len(parts) != n_parts:
+            raise ValueError(f"the unit's input has {len(parts)} parts, Θ {n_parts}")
+        h = 0.0
+        for i, p in enumerate(parts):
+            blk = p.x if p.x.layout == torch.strided else p.x.to_dense()
+            h = h + blk.reshape(-1, n_parts * out)[:, i * out:(i + 1) * out]
+        return h + theta[-1] if bias else h
 
     def take(self, nodes: Tensor | None) -> Tensor:
         """The rows of ``nodes`` (None: all)."""
         if nodes is None:
             return self.x
+        if self._x is None:
+            return self._form(nodes)
         if self.sparse:
-            return self.x.index_select(0, nodes).coalesce()
-        return self.x.index_select(0, nodes)
+            return self._x.index_select(0, nodes).coalesce()
+        return self._x.index_select(0, nodes)
 
 
 def check_units(backbone: nn.Module) -> dict[str, GroupView]:
@@ -109,46 +202,61 @@ def _augmented(inp, bias: bool) -> Tensor:
     return torch.cat([x, torch.ones(x.shape[0], 1, dtype=F64)], 1) if bias else x
 
 
+def _input64(x: Tensor) -> Tensor:
+    """``x`` in float64, as a coalesced sparse COO tensor when it is sparse enough (the
+    threshold of :data:`gffmerge.models.pyg.SPARSE_DENSITY`)."""
+    from .models.pyg import SPARSE_DENSITY
+
+    if x.layout != torch.strided:
+        return x.to_sparse_coo().to(F64).coalesce()
+    if x.dim() == 2:
+        xs = x.to_sparse()  # one pass over the matrix
+        if xs._nnz() <= SPARSE_DENSITY * x.numel():
+            return xs.to(F64).coalesce()
+    return x.to(F64)
+
+
 @torch.no_grad()
 def source_rows(backbone: nn.Module, x: Tensor, edges: Tensor,
-                shared: dict | None = None) -> dict[str, UnitRows]:
-    """Every unit's input rows on all nodes from one forward of ``backbone`` on ``(x,
-    edges)``; ``shared`` (a dict kept across sources) holds rows that do not depend on the
-    weights, so another source on the same tensors reuses them."""
+                shared: dict | None = None, thetas: dict[str, Tensor] | None = None,
+                products: dict | None = None) -> dict[str, UnitRows]:
+    """Every unit's input rows on all nodes of ``backbone`` on ``(x, edges)``, formed layer
+    by layer in float64 (the :class:`~gffmerge.gnn_tasks.Backbone` forward: every unit
+    followed by a ReLU); ``shared`` (a dict kept across sources) holds the rows that do not
+    depend on the weights (the first unit's, on the raw features), so another source on
+    the same tensors reuses them. The first unit's rows are formed only where they are
+    used (:meth:`UnitRows.formed`); its output is ``Σᵢ Lᵢ(X Θᵢ) + θ_b`` from the sparse
+    features (no dense first layer, no float32 rounding). ``thetas``: the unit weights
+    (default: the backbone's); ``products``: a dict that receives the first unit's output
+    under ``(id(rows), id(Θ), None)`` (the scoring cache of
+    :func:`gffmerge.gnn_one_pass.fast_accuracy`)."""
+    from .solver.state import layer_theta
+
     views = check_units(backbone)
     infos = {n: u.info for n, u in linear_units(backbone).items()}
-    found: dict[str, UnitRows] = {}
+    state = backbone.state_dict()
     shared = {} if shared is None else shared
-    handles = []
-
-    def hook_for(name: str, view: GroupView):
-        def hook(module, args, kwargs, output):
-            key = view.input_key(*args, **kwargs)
-            if key is not None:
-                tag, tensors = key
-                key = (name, tag, tuple(id(t) for t in tensors))
-                if key in shared:
-                    found[name] = shared[key][0]
-                    return
-            rows = UnitRows(_augmented(view.gram_parts(*args, **kwargs),
-                                       infos[name].has_bias), key)
-            found[name] = rows
-            if key is not None:  # the tensors are kept alive with the entry
-                shared[key] = (rows, tensors)
-        return hook
-
-    was = backbone.training
-    backbone.eval()
-    try:
-        for name, view in views.items():
-            handles.append(view.module.register_forward_hook(hook_for(name, view),
-                                                             with_kwargs=True))
-        backbone(x, edges)
-    finally:
-        for h in handles:
-            h.remove()
-        backbone.train(was)
-    return {n: found[n] for n in views}
+    found: dict[str, UnitRows] = {}
+    h = x
+    for i, (name, view) in enumerate(views.items()):
+        bias = infos[name].has_bias
+        key = view.input_key(h, edges) if i == 0 else None
+        if key is not None:
+            tag, tensors = key
+            key = (name, tag, tuple(id(t) for t in tensors))
+            if key not in shared:  # the tensors are kept alive with the entry
+                shared[key] = (UnitRows.formed(view, _input64(h), edges, bias, key), tensors)
+            rows = shared[key][0]
+        else:
+            rows = UnitRows(_augmented(view.gram_parts(h, edges), bias), None)
+        found[name] = rows
+        if i < len(views) - 1:
+            theta = thetas[name] if thetas is not None else layer_theta(state, name)[:rows.dim]
+            h = rows.matmul(theta)
+            if i == 0 and products is not None and rows.key is not None:
+                products[(id(rows), id(theta), None)] = (h, theta)  # Θ kept: its id unique
+            h = h.relu()
+    return found
 
 
 def gram(block: Tensor) -> Tensor:
@@ -164,7 +272,7 @@ def gram(block: Tensor) -> Tensor:
 def nested_grams(rows: UnitRows, sets: Sequence[Tensor | None]) -> list[Tensor]:
     """The Gram of each node set of ``sets`` (None: all nodes), each set a subset of the
     next: disjoint blocks, cumulative sums."""
-    n = rows.x.shape[0]
+    n = rows.num_rows
     out, done, acc = [], torch.zeros(n, dtype=torch.bool), None
     for s in sets:
         mark = torch.ones(n, dtype=torch.bool) if s is None else torch.zeros(n, dtype=torch.bool)
@@ -176,7 +284,7 @@ def nested_grams(rows: UnitRows, sets: Sequence[Tensor | None]) -> list[Tensor]:
         block = gram(rows.take(new)) if len(new) else None
         acc = block if acc is None else (acc if block is None else acc + block)
         if acc is None:
-            acc = torch.zeros(rows.x.shape[1], rows.x.shape[1], dtype=F64)
+            acc = torch.zeros(rows.dim, rows.dim, dtype=F64)
         out.append(acc.clone())
         done = mark
     return out
@@ -186,12 +294,14 @@ def nested_grams(rows: UnitRows, sets: Sequence[Tensor | None]) -> list[Tensor]:
 class Source:
     """One source for :func:`option_path`: its model, its units' rows, the nodes of the
     option (None: all) and, optionally, ``grams(unit)``: the option's Gram of a unit (a
-    cache that returns the same object for sources with the same rows and nodes)."""
+    cache that returns the same object for sources with the same rows and nodes) and
+    ``thetas``: its unit weights (default: from its state dict)."""
 
     model: nn.Module
     rows: dict[str, UnitRows]
     nodes: Tensor | None
     grams: Callable[[str], Tensor] | None = None
+    thetas: dict[str, Tensor] | None = None
 
 
 def _same_rows(a: Source, b: Source, name: str) -> bool:
@@ -210,12 +320,13 @@ def option_path(sources: Sequence[Source], ridges: Sequence[float], *,
     ``target="weights"``, ``alpha=1``) on the option's rows, one factorisation per system."""
     if weighting not in ("per_model", "pooled") or prior not in ("mean", "zero"):
         raise ValueError("weighting must be per_model or pooled and prior mean or zero")
-    states = [s.model.state_dict() for s in sources]
+    states = [s.model.state_dict() if s.thetas is None else None for s in sources]
     out = {}
     for name in sources[0].rows:
-        dim = sources[0].rows[name].x.shape[1]
-        thetas = [layer_theta(sd, name)[:dim] for sd in states]
-        counts = [s.rows[name].x.shape[0] if s.nodes is None else len(s.nodes)
+        dim = sources[0].rows[name].dim
+        thetas = [layer_theta(sd, name)[:dim] if s.thetas is None else s.thetas[name]
+                  for s, sd in zip(sources, states)]
+        counts = [s.rows[name].num_rows if s.nodes is None else len(s.nodes)
                   for s in sources]
         coefs = [1.0 / max(n, 1) if weighting == "per_model" else 1.0 for n in counts]
         mean = torch.stack(thetas).mean(0) if prior == "mean" else None

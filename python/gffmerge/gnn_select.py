@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .collect import InputCache, measure
+from .gnn_one_pass import choose_one_pass
 from .gnn_rows import ROWS, row_nodes  # noqa: F401  (re-exported)
 from .gnn_tasks import Task
 from .methods import get as get_method
@@ -156,6 +157,4 @@ def choose(backbones: Sequence[nn.Module], heads: Sequence[nn.Module | None],
                                              rows=rows, ridges=ridges)
         chosen["route_reason"] = why
         return model, chosen
-    from .gnn_one_pass import choose_one_pass
-
     return choose_one_pass(backbones, heads, tasks, options, rows, ridges)

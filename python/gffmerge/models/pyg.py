@@ -49,7 +49,9 @@ def node_rows(nodes: Tensor | None):
     only (a 1-D index of destination nodes; ``None``: all nodes): GNNMerge's objective on
     a source's own nodes. The propagation still uses the whole graph (degrees, neighbours);
     only the rows of the regression are selected."""
-    index = None if nodes is None else torch.as_tensor(nodes).long().reshape(-1)
+    index = None if nodes is None else torch.as_tensor(nodes).long()
+    if index is not None and index.dim() != 1:  # a 1-D index stays the same object
+        index = index.reshape(-1)
     token = _ROWS.set(index)
     try:
         yield index
@@ -83,13 +85,37 @@ def propagate(edge_index: Tensor, weight: Tensor | None, x: Tensor, n_dst: int, 
     if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.shape[0] != 2:
         raise ValueError("the PyG adapter needs edge_index as a [2, E] integer tensor (not a "
                          "SparseTensor or adjacency); pass data.edge_index")
+    adj = _adjacency(edge_index, weight, n_dst, x.shape[0], flow, mean, rows, x.dtype,
+                     x.device)
+    if x.layout != torch.strided:
+        with warnings.catch_warnings():  # torch's notice that invariant checks are off
+            warnings.filterwarnings("ignore", message=r"Sparse (CSR tensor support|invariant)")
+            return torch.sparse.mm(adj[0], x).coalesce()
+    return torch.sparse.mm(adj[1], x.contiguous())
+
+
+_ADJ: dict = {}  # recent propagation matrices (a merge propagates on one graph many times)
+_ADJ_KEEP = 16
+
+
+def _adjacency(edge_index: Tensor, weight: Tensor | None, n_dst: int, n_src: int, flow: str,
+               mean: bool, rows: Tensor | None, dtype, device) -> tuple[Tensor, Tensor]:
+    """The propagation matrix ``[len(rows) or n_dst, n_src]`` as coalesced COO and CSR,
+    kept for later calls on the same, unchanged tensors (identity and version counters;
+    not for weights that require gradients)."""
+    parts = (edge_index, weight, rows)
+    key = (tuple((id(t), t._version) if t is not None else None for t in parts),
+           n_dst, n_src, flow, mean, dtype, device)
+    hit = _ADJ.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[1], parts)):
+        return hit[0]
     src, dst = (edge_index[0], edge_index[1]) if flow == "source_to_target" else (
         edge_index[1], edge_index[0])
     src, dst = src.long(), dst.long()
-    w = (torch.ones(src.shape[0], dtype=x.dtype, device=x.device) if weight is None
-         else weight.to(x.dtype))
+    w = (torch.ones(src.shape[0], dtype=dtype, device=device) if weight is None
+         else weight.to(dtype))
     if mean:
-        deg = torch.bincount(dst, minlength=n_dst).to(x.dtype)
+        deg = torch.bincount(dst, minlength=n_dst).to(dtype)
         w = w / deg.clamp_min(1)[dst]
     n_out = n_dst
     if rows is not None:
@@ -97,13 +123,16 @@ def propagate(edge_index: Tensor, weight: Tensor | None, x: Tensor, n_dst: int, 
         where[rows.to(dst.device)] = torch.arange(rows.shape[0], device=dst.device)
         keep = where[dst] >= 0
         src, dst, w, n_out = src[keep], where[dst[keep]], w[keep], rows.shape[0]
-    adj = torch.sparse_coo_tensor(torch.stack([dst, src]), w, (n_out, x.shape[0]),
-                                  check_invariants=False)
-    if x.layout != torch.strided:
-        with warnings.catch_warnings():  # torch's notice that invariant checks are off
-            warnings.filterwarnings("ignore", message=r"Sparse (CSR tensor support|invariant)")
-            return torch.sparse.mm(adj, x).coalesce()
-    return torch.sparse.mm(adj, x.contiguous())
+    with warnings.catch_warnings():  # torch's notice that sparse CSR support is beta
+        warnings.filterwarnings("ignore", message=r"Sparse (CSR tensor support|invariant)")
+        coo = torch.sparse_coo_tensor(torch.stack([dst, src]), w, (n_out, n_src),
+                                      check_invariants=False).coalesce()
+        out = (coo, coo.to_sparse_csr())
+    if weight is None or not weight.requires_grad:
+        if len(_ADJ) >= _ADJ_KEEP:
+            _ADJ.pop(next(iter(_ADJ)))
+        _ADJ[key] = (out, parts)
+    return out
 
 
 def _pick(x: Tensor, rows: Tensor | None) -> Tensor:
@@ -127,6 +156,27 @@ def _key(tag: tuple, x, edge_index, edge_weight=None) -> tuple | None:
     return tag + _rows_key(_ROWS.get()), tensors
 
 
+_NORM: list = []  # the last normalisation: [(edge_index, version, settings), result]
+
+
+def _normalised(edge_index: Tensor, edge_weight: Tensor | None, n: int, conv: GCNConv,
+                dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``gcn_norm`` of the graph, kept for the next call on the same, unchanged
+    ``edge_index`` (no edge weights) and settings: a merge measures, multiplies and scores
+    on one graph many times (one entry; an in-place change of the edges is noticed by the
+    tensor's version counter)."""
+    settings = (n, conv.improved, conv.add_self_loops, conv.flow, dtype)
+    if edge_weight is None and _NORM:
+        (ei, version, kept), result = _NORM[0]
+        if ei is edge_index and version == edge_index._version and kept == settings:
+            return result
+    result = gcn_norm(edge_index, edge_weight, n, conv.improved, conv.add_self_loops,
+                      conv.flow, dtype)
+    if edge_weight is None:
+        _NORM[:] = [((edge_index, edge_index._version, settings), result)]
+    return result
+
+
 def _gcn_parts(conv: GCNConv):
     def parts(x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> GramInput:
         if isinstance(x, tuple | list):
@@ -136,8 +186,7 @@ def _gcn_parts(conv: GCNConv):
         if conv.normalize:
             if not isinstance(edge_index, Tensor):
                 propagate(edge_index, None, x, n)  # raises the one-line error
-            edge_index, edge_weight = gcn_norm(edge_index, edge_weight, n, conv.improved,
-                                               conv.add_self_loops, conv.flow, x.dtype)
+            edge_index, edge_weight = _normalised(edge_index, edge_weight, n, conv, x.dtype)
         xs = _sparse(x)
         src = x if xs is None else xs
         return GramInput((Dense(propagate(edge_index, edge_weight, src, n, flow=conv.flow,

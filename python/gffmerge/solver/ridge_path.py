@@ -94,7 +94,8 @@ def dual_path(z: Tensor, y: Tensor, prior: Tensor | None, lams: Sequence[float],
         zc, zt = z, z.T
     resid = y if prior is None else y - _mm(zc, prior)
     coefs = _spd_path(kernel(zc), resid, None, lams, route)
-    return [_mm(zt, c) if prior is None else prior + _mm(zt, c) for c in coefs]
+    steps = _mm(zt, torch.cat(coefs, 1)).split(y.shape[1], 1)  # one product for all λ
+    return [s if prior is None else prior + s for s in steps]
 
 
 def primal_path(a: Tensor, b: Tensor, prior: Tensor | None, lams: Sequence[float], *,
