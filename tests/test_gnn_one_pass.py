@@ -239,6 +239,7 @@ def test_sparse_feature_input_is_the_same_model(kind):
 def test_kept_propagations_follow_in_place_changes_of_the_edges():
     from torch_geometric.nn import GCNConv
 
+    from gffmerge.models import pyg
     from gffmerge.models.groups import linear_units
 
     g = torch.Generator().manual_seed(5)
@@ -249,10 +250,14 @@ def test_kept_propagations_follow_in_place_changes_of_the_edges():
     def rows():
         return view.gram_parts(x, edges).parts[0].x.clone()
 
-    first = rows()
-    assert torch.equal(rows(), first)  # kept normalisation and matrix: same result
-    edges[1, 4] = 0  # the last edge now points at node 0
-    changed = rows()
+    with pyg.kept_propagations():
+        first = rows()
+        assert len(pyg._KEPT.get()["adj"]) == 1 and pyg._KEPT.get()["norm"]
+        assert torch.equal(rows(), first)  # kept normalisation and matrix: same result
+        assert len(pyg._KEPT.get()["adj"]) == 1
+        edges[1, 4] = 0  # the last edge now points at node 0
+        changed = rows()
+    assert pyg._KEPT.get() is None  # nothing kept after the block
     view2 = next(iter(linear_units(GCNConv(3, 2).double()).values())).view
     fresh = view2.gram_parts(x, edges.clone()).parts[0].x  # new tensors: nothing kept
     assert not torch.allclose(changed, first)

@@ -135,7 +135,14 @@ class OnePass:
 def choose_one_pass(backbones, heads, tasks, options: dict, rows: Sequence[str],
                     ridges: Sequence[float]) -> tuple[nn.Module, dict]:
     """:func:`gffmerge.gnn_select.choose` on the one-pass route (same candidates, order,
-    ties and result)."""
+    ties and result). Propagation matrices are reused within the choice only."""
+    from .models.pyg import kept_propagations
+
+    with kept_propagations():
+        return _choose_one_pass(backbones, heads, tasks, options, rows, ridges)
+
+
+def _choose_one_pass(backbones, heads, tasks, options, rows, ridges):
     import time
 
     opts = get_method("gffmerge").options(**{**options, "ridge_mode": "relative"})

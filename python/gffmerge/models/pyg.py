@@ -94,8 +94,22 @@ def propagate(edge_index: Tensor, weight: Tensor | None, x: Tensor, n_dst: int, 
     return torch.sparse.mm(adj[1], x.contiguous())
 
 
-_ADJ: dict = {}  # recent propagation matrices (a merge propagates on one graph many times)
 _ADJ_KEEP = 16
+# Propagation matrices and the last normalisation, kept only inside `kept_propagations()`
+# (a merge propagates on one graph many times); nothing outlives that block.
+_KEPT: ContextVar[dict | None] = ContextVar("gffmerge_pyg_kept", default=None)
+
+
+@contextlib.contextmanager
+def kept_propagations():
+    """Within this block, propagation matrices and ``gcn_norm`` results of unchanged edge
+    tensors are reused (at most 16 matrices); they are dropped when the block ends, so a
+    large graph's matrices are not held after a merge."""
+    token = _KEPT.set(_KEPT.get() if _KEPT.get() is not None else {"adj": {}, "norm": []})
+    try:
+        yield
+    finally:
+        _KEPT.reset(token)
 
 
 def _adjacency(edge_index: Tensor, weight: Tensor | None, n_dst: int, n_src: int, flow: str,
@@ -106,7 +120,9 @@ def _adjacency(edge_index: Tensor, weight: Tensor | None, n_dst: int, n_src: int
     parts = (edge_index, weight, rows)
     key = (tuple((id(t), t._version) if t is not None else None for t in parts),
            n_dst, n_src, flow, mean, dtype, device)
-    hit = _ADJ.get(key)
+    kept = _KEPT.get()
+    adj_kept = kept["adj"] if kept is not None else None
+    hit = adj_kept.get(key) if adj_kept is not None else None
     if hit is not None and all(a is b for a, b in zip(hit[1], parts)):
         return hit[0]
     src, dst = (edge_index[0], edge_index[1]) if flow == "source_to_target" else (
@@ -128,10 +144,10 @@ def _adjacency(edge_index: Tensor, weight: Tensor | None, n_dst: int, n_src: int
         coo = torch.sparse_coo_tensor(torch.stack([dst, src]), w, (n_out, n_src),
                                       check_invariants=False).coalesce()
         out = (coo, coo.to_sparse_csr())
-    if weight is None or not weight.requires_grad:
-        if len(_ADJ) >= _ADJ_KEEP:
-            _ADJ.pop(next(iter(_ADJ)))
-        _ADJ[key] = (out, parts)
+    if adj_kept is not None and (weight is None or not weight.requires_grad):
+        if len(adj_kept) >= _ADJ_KEEP:
+            adj_kept.pop(next(iter(adj_kept)))
+        adj_kept[key] = (out, parts)
     return out
 
 
@@ -156,24 +172,23 @@ def _key(tag: tuple, x, edge_index, edge_weight=None) -> tuple | None:
     return tag + _rows_key(_ROWS.get()), tensors
 
 
-_NORM: list = []  # the last normalisation: [(edge_index, version, settings), result]
-
-
 def _normalised(edge_index: Tensor, edge_weight: Tensor | None, n: int, conv: GCNConv,
                 dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """``gcn_norm`` of the graph, kept for the next call on the same, unchanged
-    ``edge_index`` (no edge weights) and settings: a merge measures, multiplies and scores
-    on one graph many times (one entry; an in-place change of the edges is noticed by the
-    tensor's version counter)."""
+    """``gcn_norm`` of the graph; inside :func:`kept_propagations`, kept for the next call
+    on the same, unchanged ``edge_index`` (no edge weights) and settings: a merge measures,
+    multiplies and scores on one graph many times (one entry; an in-place change of the
+    edges is noticed by the tensor's version counter)."""
     settings = (n, conv.improved, conv.add_self_loops, conv.flow, dtype)
-    if edge_weight is None and _NORM:
-        (ei, version, kept), result = _NORM[0]
-        if ei is edge_index and version == edge_index._version and kept == settings:
+    kept = _KEPT.get()
+    last = kept["norm"] if kept is not None else None  # [((edge_index, version, settings), result)]
+    if edge_weight is None and last:
+        (ei, version, kept_settings), result = last[0]
+        if ei is edge_index and version == edge_index._version and kept_settings == settings:
             return result
     result = gcn_norm(edge_index, edge_weight, n, conv.improved, conv.add_self_loops,
                       conv.flow, dtype)
-    if edge_weight is None:
-        _NORM[:] = [((edge_index, edge_index._version, settings), result)]
+    if edge_weight is None and last is not None:
+        last[:] = [((edge_index, edge_index._version, settings), result)]
     return result
 
 
