@@ -11,7 +11,7 @@ import pytest
 from gffmerge.data import load_dataset
 from gffmerge.evaluate import evaluate
 from gffmerge.plateau import Plateau, plateau_reached
-from gffmerge.recipes import LIPS20, RMD17, configs
+from gffmerge.recipes import LIPS20, LIPS20_PAIR, RMD17, checkpoint_path, configs
 from gffmerge.train import TrainConfig, train
 
 TINY = dict(latent_dim=8, hidden_dim=12, n_layers=2, n_rbf=6, cutoff=4.0)
@@ -155,3 +155,44 @@ def test_rmd17_sources_train_to_a_plateau_and_the_rest_keep_their_schedule():
         for role, cfg in configs(LIPS20, model, Path("ck")):
             assert cfg.schedule == "cosine" and cfg.patience == 10, role
     assert [c.epochs for _, c in configs(LIPS20, "gns", Path("ck"))] == [15, 30, 30, 30]
+
+
+def test_lips20_pair_recipe_fine_tunes_from_the_lips20_foundation_to_a_plateau(tmp_path):
+    for model in ("gns", "painn"):
+        cfgs = configs(LIPS20_PAIR, model, tmp_path)
+        # no foundation of its own: the pair starts from the LiPS20 recipe's foundation
+        assert [role for role, _ in cfgs] == ["lips20/Li3P", "lips20/P2S5", "joint-Li3P-P2S5"]
+        base = str(checkpoint_path(tmp_path, "lips20", model, "foundation"))
+        for role, cfg in cfgs:
+            assert cfg.init == base and cfg.schedule == "plateau", role
+            assert cfg.patience >= 0.2 * cfg.epochs and cfg.max_minutes is not None
+        assert [c.train_frames for _, c in cfgs] == [400, 400, 800]
+        assert [c.systems for _, c in cfgs][-1] == ["lips20/Li3P", "lips20/P2S5"]
+    assert checkpoint_path(tmp_path, LIPS20_PAIR.dir, "gns", "joint-Li3P-P2S5") == \
+        tmp_path / "lips20" / "gns_joint-Li3P-P2S5.pt"
+    # its later phase runs only on a checkpoint still short of the plateau criterion
+    (phase,) = LIPS20_PAIR.plateau.then
+    assert phase.only_below_plateau and phase.patience >= 0.2 * (60 + phase.epochs)
+
+
+def test_demo_retrain_builds_the_checkpoints_its_pairs_use(tmp_path, monkeypatch):
+    import gffmerge.recipes as recipes
+    from gffmerge import demo
+
+    calls = []
+    monkeypatch.setattr(recipes, "build", lambda recipe, model, root, roles=None, **kw:
+                        calls.append((recipe.name, model, root, roles)))
+    demo._retrain(tmp_path, False, ["lips20"])
+    assert calls == [("lips20", "gns", tmp_path, ["foundation"]),
+                     ("lips20-Li3P-P2S5", "gns", tmp_path, None)]
+    calls.clear()
+    demo._retrain(tmp_path, False, None)
+    assert [c[0] for c in calls] == ["lips20", "lips20-Li3P-P2S5", "rmd17"]
+    # every checkpoint a demo pair reads is one a recipe makes
+    for pair in demo.PAIRS:
+        made = set()
+        for recipe in recipes.DATASETS.values():
+            if recipe.dir == pair.dataset:
+                made |= {recipes.checkpoint_path(tmp_path, recipe.dir, pair.model, r)
+                         for r, _ in recipes.configs(recipe, pair.model, tmp_path)}
+        assert set(demo.pair_checkpoints(tmp_path, pair).values()) <= made, pair.name

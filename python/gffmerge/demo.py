@@ -120,14 +120,17 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _retrain(root: Path, progress: bool) -> None:
-    """Redo foundation, fine-tunes and joint model with the shipped recipes."""
-    from .recipes import LIPS20, checkpoint_path, configs
-    from .train import train
+def _retrain(root: Path, progress: bool, pairs: list[str] | None = None) -> None:
+    """Redo the checkpoints the chosen demo pairs use (foundation, fine-tunes, joint model,
+    each with its recipe's later phases) under ``root`` with the shipped recipes."""
+    from .recipes import LIPS20, LIPS20_PAIR, RMD17, build
 
-    for role, cfg in configs(LIPS20, DEMO_MODEL, root):
-        train(cfg, output=checkpoint_path(root, LIPS20.name, DEMO_MODEL, role),
-              progress=progress)
+    chosen = set(pairs or [p.name for p in PAIRS])
+    if "lips20" in chosen:
+        build(LIPS20, DEMO_MODEL, root, roles=["foundation"], progress=progress)
+        build(LIPS20_PAIR, DEMO_MODEL, root, progress=progress)
+    if "rmd17" in chosen:
+        build(RMD17, DEMO_MODEL, root, progress=progress)
 
 
 def _run_pair(pair: DemoPair, root: Path, args, say) -> tuple[list[dict], dict]:
@@ -197,22 +200,22 @@ def run_demo(args) -> int:
     if args.synthetic:
         return run_synthetic(args)
     t_start = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    progress = not args.quiet
-    root = out / "checkpoints" if args.retrain else checkpoints_dir()
-    if args.retrain:
-        _retrain(root, progress)
-
-    def say(msg):
-        if progress:
-            print(msg, flush=True)
-
     names = [p.name for p in PAIRS]
     unknown = sorted(set(args.pair or ()) - set(names))
     if unknown:
         raise ValueError(f"unknown demo pair(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(names)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = not args.quiet
+    root = out / "checkpoints" if args.retrain else checkpoints_dir()
+    if args.retrain:
+        _retrain(root, progress, args.pair)
+
+    def say(msg):
+        if progress:
+            print(msg, flush=True)
+
     chosen = [p for p in PAIRS if not args.pair or p.name in args.pair]
     sections, all_reports = [], {}
     for pair in chosen:

@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "that differ and compare methods")
     p.add_argument("--out", default="demo_out", help="folder for report.md and the chart")
     p.add_argument("--retrain", action="store_true",
-                   help="retrain foundation, fine-tunes and joint model from data first")
+                   help="retrain the chosen pairs' foundation, fine-tunes and joint model "
+                        "from data first, with the shipped recipes (hours on 2 cores)")
     p.add_argument("--synthetic", action="store_true",
                    help="the tiny self-contained MLP demo (no data, no checkpoints)")
     p.add_argument("--frames", type=int, help="limit test frames per system (quick runs)")
