@@ -63,6 +63,15 @@ def sources(kind, tasks):
     return [b for b, _, _ in trained], [h for _, h, _ in trained]
 
 
+def one_pass_of(kind):
+    """Tasks, trained sources and each source's one-pass rows (one shared cache)."""
+    tasks = bow_tasks()
+    backbones, _ = sources(kind, tasks)
+    shared: dict = {}
+    passes = [source_rows(b, t.graph.x, t.edges, shared) for b, t in zip(backbones, tasks)]
+    return tasks, backbones, passes
+
+
 def rel(a, b):
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
@@ -79,10 +88,7 @@ def float64_copies(backbones):
 
 @pytest.mark.parametrize("kind", ["gcn", "sage"])
 def test_one_pass_grams_equal_separate_measurements(kind):
-    tasks = bow_tasks()
-    backbones, _ = sources(kind, tasks)
-    shared: dict = {}
-    passes = [source_rows(b, t.graph.x, t.edges, shared) for b, t in zip(backbones, tasks)]
+    tasks, backbones, passes = one_pass_of(kind)
     first = next(iter(passes[0]))
     assert passes[0][first] is passes[1][first]  # raw features, one graph: formed once
     assert passes[0][first].sparse
@@ -164,10 +170,7 @@ def test_ridge_path_equals_separate_cholesky_solves(sparse, with_prior):
 
 @pytest.mark.parametrize("kind", ["gcn", "sage"])
 def test_option_path_equals_the_gffmerge_solve_of_each_option(kind):
-    tasks = bow_tasks()
-    backbones, _ = sources(kind, tasks)
-    shared: dict = {}
-    passes = [source_rows(b, t.graph.x, t.edges, shared) for b, t in zip(backbones, tasks)]
+    tasks, backbones, passes = one_pass_of(kind)
     ridges = (1e-4, 1e-2, 1.0)
     method = get_method("gffmerge")
     routes = set()

@@ -141,13 +141,26 @@ def _inputs(model: nn.Module, batch: Any, names: list[str], forward: Forward,
             ) -> dict[str, Tensor]:
     """Every call's input to each named layer (float64, concatenated), optionally with
     ``perturb``'s output disturbed."""
-    modules = dict(model.named_modules())
     seen: dict[str, list[Tensor]] = {n: [] for n in names}
+
+    def see(n: str, x: Tensor) -> None:
+        seen[n].append(x.to(torch.float64).flatten())
+
+    _run_seeing(model, batch, names, forward, see, perturb, gen)
+    return {n: torch.cat(v) if v else torch.zeros(0, dtype=torch.float64)
+            for n, v in seen.items()}
+
+
+def _run_seeing(model: nn.Module, batch: Any, names: list[str], forward: Forward,
+                see: Callable[[str, Tensor], None], perturb: str | None,
+                gen: torch.Generator | None) -> None:
+    """One ``no_grad`` forward calling ``see(name, input)`` on every call of each named
+    layer (``input`` detached), with ``perturb``'s output disturbed if given."""
+    modules = dict(model.named_modules())
     handles = []
     for n in names:
         def hook(module, args, kwargs, output, n=n):
-            seen[n].append(layer_input(module, args, kwargs).detach().to(torch.float64)
-                           .flatten())
+            see(n, layer_input(module, args, kwargs).detach())
         handles.append(modules[n].register_forward_hook(hook, with_kwargs=True))
     if perturb is not None:
         handles.append(_disturb(modules[perturb], gen))
@@ -157,8 +170,6 @@ def _inputs(model: nn.Module, batch: Any, names: list[str], forward: Forward,
     finally:
         for h in handles:
             h.remove()
-    return {n: torch.cat(v) if v else torch.zeros(0, dtype=torch.float64)
-            for n, v in seen.items()}
 
 
 def _moved(model: nn.Module, batch: Any, names: list[str], forward: Forward,
@@ -168,27 +179,18 @@ def _moved(model: nn.Module, batch: Any, names: list[str], forward: Forward,
     ``base`` (:func:`_inputs` unperturbed): ``max |x - base|`` in float64, compared call by
     call inside the hooks (no copies kept), or None when the layer saw another number of
     input entries. The same number as ``(_inputs(...) - base).abs().max()``."""
-    modules = dict(model.named_modules())
     end = dict.fromkeys(names, 0)
     moved: dict[str, float | None] = dict.fromkeys(names, 0.0)
-    handles = []
-    for n in names:
-        def hook(module, args, kwargs, output, n=n):
-            x = layer_input(module, args, kwargs).detach().flatten()
-            s, end[n] = end[n], end[n] + x.numel()
-            if moved[n] is None or end[n] > base[n].numel():
-                moved[n] = None
-            elif x.numel():  # promoted to float64 before the difference, as in _inputs
-                moved[n] = max(moved[n], torch.sub(x, base[n][s:end[n]]).abs_().max().item())
-        handles.append(modules[n].register_forward_hook(hook, with_kwargs=True))
 
-    handles.append(_disturb(modules[perturb], gen))
-    try:
-        with torch.no_grad():
-            forward(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    def see(n: str, x: Tensor) -> None:
+        x = x.flatten()
+        s, end[n] = end[n], end[n] + x.numel()
+        if moved[n] is None or end[n] > base[n].numel():
+            moved[n] = None
+        elif x.numel():  # promoted to float64 before the difference, as in _inputs
+            moved[n] = max(moved[n], torch.sub(x, base[n][s:end[n]]).abs_().max().item())
+
+    _run_seeing(model, batch, names, forward, see, perturb, gen)
     return {n: None if end[n] != base[n].numel() else v for n, v in moved.items()}
 
 
