@@ -133,11 +133,18 @@ LIPS20_PAIR = DatasetRecipe(
     foundation=LIPS20.foundation, tasks=("lips20/Li3P", "lips20/P2S5"),
     foundation_frames=LIPS20.foundation_frames,
     epochs={"finetune": 60, "joint": 60}, lr={"finetune": 5e-4, "joint": 5e-4},
-    # patience 12 = 20 % of the 60-epoch ceiling; phase 2 only for a checkpoint short of the
-    # plateau criterion: 60 more epochs, patience 24 = 20 % of the 120 epochs of both phases.
+    # patience 12 = 20 % of the 60-epoch ceiling; later phases only for a checkpoint short of
+    # the plateau criterion: 60 more epochs, patience 24 = 20 % of the 120 epochs of both
+    # phases, then 240 more, patience 96 = 20 % of 480 (GNS P2S5 still fell 8 % over
+    # phase 2's last 40 epochs at the peak learning rate), then 480 more, patience 192 = 20 %
+    # of 960 (GNS P2S5 still fell ~1 % per 20 epochs at the end of phase 3).
     plateau=PlateauRule(max_minutes={"finetune": 30.0, "joint": 60.0},
                         then=(ContinuePhase(60, 24, {"finetune": 20.0, "joint": 40.0},
-                                            only_below_plateau=True),)),
+                                            only_below_plateau=True),
+                              ContinuePhase(240, 96, {"finetune": 25.0, "joint": 60.0},
+                                            only_below_plateau=True),
+                              ContinuePhase(480, 192, {"finetune": 40.0, "joint": 60.0},
+                                            only_below_plateau=True))),
 )
 DATASETS = {d.name: d for d in (LIPS20, LIPS20_PAIR, RMD17)}
 MODEL_CONFIGS = {
