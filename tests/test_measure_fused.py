@@ -122,3 +122,24 @@ def test_gns_measure_through_the_fused_paths_equals_the_dense_float64_stats(fuse
         assert layer.rows == dense[name].rows, name
         assert rel(layer.gram, dense[name].gram) <= RTOL, name
     assert providers.dense_parts_only(GramInput((Dense(torch.zeros(2, 1)),)))
+
+
+def test_measure_runs_every_module_in_eval_mode_and_restores_the_modes():
+    # no module training: nothing is switched; a training child: measured in eval mode
+    # and the whole model left as train(was_training) leaves it (as before the skip)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(0.9),
+                                torch.nn.Linear(4, 2))
+    data = [torch.randn(5, 3) for _ in range(3)]
+    kw = dict(progress=False, forward=lambda m, b: m(b), batch_size_fn=lambda b: 1)
+    model.eval()
+    calm = measure(model, data, **kw).models[0].layers
+    assert not any(m.training for m in model.modules())
+    model[1].train()
+    again = measure(model, data, **kw).models[0].layers
+    assert not any(m.training for m in model.modules())
+    for name in calm:
+        assert torch.equal(calm[name].gram, again[name].gram), name
+    model.train()
+    measure(model, data, **kw)
+    assert all(m.training for m in model.modules())

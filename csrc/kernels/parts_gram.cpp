@@ -109,11 +109,6 @@ void scatter_block_plain(const GatheredRows* parts, int k, int64_t first, int64_
   scatter_block_impl(parts, k, first, m, s);
 }
 
-bool has_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2");
-  return ok;
-}
-
 }  // namespace
 
 void parts_gram_accumulate(double* acc, const Matrix& dense, const GatheredRows* parts,
@@ -177,7 +172,7 @@ void parts_gram_accumulate(double* acc, const Matrix& dense, const GatheredRows*
     for (int p = 0; p < q; ++p) s.M[p * k + q] = scratch.take(parts[p].nodes.rows * h.cols);
   }
   const rows::GatherFn gather_dense = d > 0 ? rows::gather_for(dense.dtype) : nullptr;
-  const auto scatter = has_avx2() ? &scatter_block_avx2 : &scatter_block_plain;
+  const auto scatter = rows::cpu_has_avx2() ? &scatter_block_avx2 : &scatter_block_plain;
   for (int64_t first = 0; first < count; first += nb) {
     const int64_t m = std::min(nb, count - first);
     if (gather_dense) gather_dense(dense, Index{}, first, m, db, d);
