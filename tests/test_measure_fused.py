@@ -143,3 +143,14 @@ def test_measure_runs_every_module_in_eval_mode_and_restores_the_modes():
     model.train()
     measure(model, data, **kw)
     assert all(m.training for m in model.modules())
+
+
+def test_dense_key_is_the_key_of_the_dense_description():
+    from gffmerge.collect.dedup import InputCache
+
+    cache = InputCache()
+    for x in (torch.randn(4, 3), torch.randn(2, 5, 3)[:, 1:], torch.randn(0, 2)):
+        assert cache.dense_key(x)[0] == cache.key(GramInput.dense(x))[0]
+    with torch.inference_mode():
+        frozen = torch.randn(3, 2)
+    assert cache.dense_key(frozen) is None and cache.key(GramInput.dense(frozen)) is None

@@ -128,6 +128,18 @@ def _flat_gate(gate: Tensor | None) -> Tensor | None:
     return gate if gate.dtype in (torch.float32, F64) else gate.to(F64)
 
 
+_COLUMNS: dict[tuple[int, int, torch.device], Tensor] = {}
+
+
+def _dense_columns(width: int, n: int, device: torch.device) -> Tensor:
+    """Indices of the dense columns and the ones column of an ``[n, n]`` Gram (kept)."""
+    key = (width, n, device)
+    cols = _COLUMNS.get(key)
+    if cols is None:
+        cols = _COLUMNS[key] = torch.cat([torch.arange(width), torch.tensor([n - 1])]).to(device)
+    return cols
+
+
 def _parts_gram(inp: GramInput, backend: str, dense_gram: Tensor | None
                 ) -> tuple[Tensor, Tensor | None]:
     """The Gram of a :func:`_fusable` input in one ``parts_gram_`` call, and the ``[D, 1]``
@@ -140,9 +152,7 @@ def _parts_gram(inp: GramInput, backend: str, dense_gram: Tensor | None
     n = inp.width + 1
     g = torch.zeros(n, n, dtype=F64, device=_device(inp))
     known = dense_gram is not None and dense is not None
-    cols = None
-    if dense is not None:  # the dense columns and the ones column
-        cols = torch.cat([torch.arange(dense.width), torch.tensor([n - 1])]).to(g.device)
+    cols = None if dense is None else _dense_columns(dense.width, n, g.device)
     if known:
         g[cols.unsqueeze(1), cols] = dense_gram
     gffmerge_ext.parts_gram_(g, x, [p.src.detach() for p in gathered],

@@ -233,6 +233,7 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions,
     collector = attach(model, sums, dense=dense, dedup=dedup, backend=opts.backend,
                        derive_from_zero=True, shared=opts.shared, units=units)
     clock = SaveClock(opts.partial_every, opts.partial_seconds, batches)
+    diagonals = [sums[n].gram.diagonal() for n in names]  # views, updated in place
     try:
         from tqdm.auto import tqdm
 
@@ -250,9 +251,12 @@ def _measure_local(model: nn.Module, data: Iterable[Any], opts: MeasureOptions,
                     collector.end_forward()
                 batches += 1
                 graphs += count(batch)
-                diag = torch.stack([sums[n].gram.diagonal().sum() for n in names])
-                bad = (~torch.isfinite(diag)).nonzero().flatten().tolist()
-                if bad:
+                # one check of every diagonal entry (a NaN/Inf input row makes its own
+                # diagonal entries non-finite); the layers are named only when one fails
+                if not bool(torch.isfinite(torch.cat(diagonals)).all()):
+                    diag = torch.stack([sums[n].gram.diagonal().sum() for n in names])
+                    bad = (~torch.isfinite(diag)).nonzero().flatten().tolist() or [
+                        i for i, d in enumerate(diagonals) if not bool(torch.isfinite(d).all())]
                     layer = names[bad[0]]
                     raise NonFiniteActivationError(
                         f"model '{label}' produced NaN/Inf inputs to layer '{layer}' in "
