@@ -14,7 +14,14 @@ extension is not built.
 
 from . import fakes  # noqa: F401  (registers the fake kernels of the ops _C defined)
 from ._loading import build_info, extension_available, load_error
-from .wrappers import available_backends, cholesky_solve_, cross_, gram_
+from .wrappers import (
+    available_backends,
+    cholesky_solve_,
+    cross_,
+    gram_,
+    parts_gram_,
+    parts_gram_devices,
+)
 
 __all__ = [
     "available_backends",
@@ -24,4 +31,6 @@ __all__ = [
     "extension_available",
     "gram_",
     "load_error",
+    "parts_gram_",
+    "parts_gram_devices",
 ]

@@ -26,6 +26,7 @@ MAX_JITTER_STEPS = 32
 
 GRAM = "gffmerge::gram_"
 CROSS = "gffmerge::cross_"
+PARTS = "gffmerge::parts_gram_"
 CHOLESKY = "gffmerge::cholesky_solve_"
 
 
@@ -188,3 +189,51 @@ def check_cholesky(
     for s, v in enumerate(steps):
         if not (math.isfinite(v) and v > 0):
             raise ValueError(f"{op}: jitter_steps[{s}] must be finite and > 0, got {v}")
+
+
+def check_parts_gram(
+    acc: Tensor,
+    dense: Tensor | None,
+    nodes: Sequence[Tensor],
+    indices: Sequence[Tensor],
+    gates: Sequence[Tensor | None],
+) -> int:
+    """All of ``parts_gram_``'s arguments; returns the number of rows R."""
+    if not (len(nodes) == len(indices) == len(gates)):
+        raise ValueError(
+            f"{PARTS}: nodes, indices and gates must have one entry per gathered part, got "
+            f"{len(nodes)}, {len(indices)} and {len(gates)}"
+        )
+    if dense is None and not nodes:
+        raise ValueError(f"{PARTS}: needs dense rows or at least one gathered part, got neither")
+    width = 0
+    if dense is not None:
+        check_rows(PARTS, acc, dense, "dense")
+        width += dense.shape[1]
+    for q, h in enumerate(nodes):
+        check_rows(PARTS, acc, h, f"nodes[{q}]")
+        width += h.shape[1]
+    check_acc(PARTS, acc, width + 1, width + 1,
+              f"dense and nodes have {width} features in all, plus the ones column")
+    count = dense.shape[0] if dense is not None else indices[0].shape[0]
+    of = "dense.shape[0]" if dense is not None else "len(indices[0])"
+    for q, (h, index, gate) in enumerate(zip(nodes, indices, gates)):
+        name = f"indices[{q}]"
+        n = check_index(PARTS, acc, index, name, h)
+        if n != count:
+            raise ValueError(
+                f"{PARTS}: {name} must have one entry per row: expected {count} ({of}), got {n}"
+            )
+        if gate is not None:
+            gname = f"gates[{q}]"
+            if gate.dtype not in WEIGHT_DTYPES:
+                raise TypeError(f"{PARTS}: {gname} must be float32 or float64, got {gate.dtype}")
+            if gate.dim() != 1 or gate.shape[0] != count:
+                raise ValueError(
+                    f"{PARTS}: {gname} must be 1-D with one entry per row: expected [{count}], "
+                    f"got shape {list(gate.shape)}"
+                )
+            check_same_device(PARTS, acc, gate, gname)
+    for q, (h, index) in enumerate(zip(nodes, indices)):
+        check_range(PARTS, index, f"indices[{q}]", h.shape[0], f"nodes[{q}]")
+    return count

@@ -31,6 +31,16 @@ def _cross_fake(acc, x, y, index_x=None, index_y=None, weight=None, augment_x=Fa
     return None
 
 
+def _parts_gram_fake(acc, dense, nodes, indices, gates, dense_block=True):
+    d = (0 if dense is None else dense.shape[1]) + sum(h.shape[1] for h in nodes) + 1
+    torch._check(acc.dtype == torch.float64,
+                 lambda: "gffmerge::parts_gram_: acc must be float64")
+    torch._check(acc.shape == (d, d), lambda: f"gffmerge::parts_gram_: acc must be [{d}, {d}]")
+    torch._check(len(nodes) == len(indices) == len(gates),
+                 lambda: "gffmerge::parts_gram_: one index and gate per node matrix")
+    return None
+
+
 def _cholesky_solve_fake(A, B, info, jitter, jitter_steps=()):
     op = "gffmerge::cholesky_solve_"
     torch._check(A.dtype == torch.float64 and B.dtype == torch.float64,
@@ -50,6 +60,7 @@ def _cholesky_solve_fake(A, B, info, jitter, jitter_steps=()):
 _FAKES = {
     "gram_": _gram_fake,
     "cross_": _cross_fake,
+    "parts_gram_": _parts_gram_fake,
     "cholesky_solve_": _cholesky_solve_fake,
 }
 
@@ -72,5 +83,5 @@ def _register() -> tuple[str, ...]:
     return tuple(done)
 
 
-#: Names of the ops whose fakes this import registered (all three when ``_C`` was imported).
+#: Names of the ops whose fakes this import registered (all of them when ``_C`` was imported).
 REGISTERED: tuple[str, ...] = _register()

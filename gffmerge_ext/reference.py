@@ -12,9 +12,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .checks import check_cholesky, check_cross, check_gram
+from .checks import check_cholesky, check_cross, check_gram, check_parts_gram
 
-__all__ = ["cholesky_solve_reference_", "cross_reference_", "gram_reference_"]
+__all__ = [
+    "cholesky_solve_reference_",
+    "cross_reference_",
+    "gram_reference_",
+    "parts_gram_reference_",
+]
 
 
 def _rows64(x: Tensor, index: Tensor | None, augment: bool) -> Tensor:
@@ -59,6 +64,38 @@ def cross_reference_(
     if weight is not None:
         X = X * weight.to(torch.float64)[:, None]
     acc.add_(X.T @ _rows64(y, index_y, False))
+
+
+@torch.no_grad()
+def parts_gram_reference_(
+    acc: Tensor,
+    dense: Tensor | None,
+    nodes: Sequence[Tensor],
+    indices: Sequence[Tensor],
+    gates: Sequence[Tensor | None],
+    dense_block: bool = True,
+) -> None:
+    """Reference for :func:`gffmerge_ext.parts_gram_`: the explicit float64 rows
+    ``[dense, g_1 H_1[i_1], ..., 1]`` (an ``[R, W + 1]`` copy), ``X.T @ X``, symmetrised;
+    without ``dense_block`` the dense-and-ones entries are left out."""
+    check_parts_gram(acc, dense, nodes, indices, gates)
+    count = dense.shape[0] if dense is not None else indices[0].shape[0]
+    f64 = torch.float64
+    cols = [] if dense is None else [dense.to(f64)]
+    for h, index, gate in zip(nodes, indices, gates):
+        rows = h.to(f64).index_select(0, index.long())
+        cols.append(rows if gate is None else rows * gate.to(f64)[:, None])
+    cols.append(torch.ones(count, 1, dtype=f64, device=acc.device))
+    X = torch.cat(cols, dim=1)
+    g = X.T @ X
+    g = (g + g.T) * 0.5
+    if not dense_block:
+        d = 0 if dense is None else dense.shape[1]
+        keep = torch.ones(g.shape[0], dtype=torch.bool, device=g.device)
+        keep[:d] = False
+        keep[-1] = False
+        g[~(keep[:, None] | keep[None, :])] = 0.0
+    acc.add_(g)
 
 
 @torch.no_grad()

@@ -3,8 +3,10 @@
 ``gram_`` and ``cross_`` add into a float64 accumulator in place and return None. Rows of
 ``x`` may be any float dtype and any strides; they are gathered through an optional index and
 cast to float64 inside the kernel, so no float64 copy of ``x`` is ever made by the compiled
-path. ``cholesky_solve_`` solves a batch of same-size SPD systems in place, retrying the ones
-whose factorisation fails with growing diagonal jitter.
+path. ``parts_gram_`` adds the Gram of rows described as a dense part and gathered node rows
+without forming the gathered rows (CPU only). ``cholesky_solve_`` solves a batch of same-size
+SPD systems in place, retrying the ones whose factorisation fails with growing diagonal
+jitter.
 
 Backends: ``"ext"`` is the compiled op (``torch.ops.gffmerge.*``, for the devices the build
 has kernels for), ``"torch"`` the pure-torch reference (:mod:`.reference`), and ``"auto"`` the
@@ -20,11 +22,24 @@ import torch
 from torch import Tensor
 
 from ._loading import BUILD_HINT, extension_available, kernel_devices, load_error
-from .reference import cholesky_solve_reference_, cross_reference_, gram_reference_
+from .reference import (
+    cholesky_solve_reference_,
+    cross_reference_,
+    gram_reference_,
+    parts_gram_reference_,
+)
 
-__all__ = ["available_backends", "cholesky_solve_", "cross_", "gram_"]
+__all__ = [
+    "available_backends",
+    "cholesky_solve_",
+    "cross_",
+    "gram_",
+    "parts_gram_",
+    "parts_gram_devices",
+]
 
 _BACKENDS = ("auto", "ext", "torch")
+_PARTS_GRAM_DEVICES = ("cpu", "meta")  # parts_gram_ has no CUDA kernel
 _warned_fallback = False
 
 
@@ -37,17 +52,26 @@ def available_backends(device: torch.device | str | None = None) -> tuple[str, .
     return ("ext", "torch") if ok else ("torch",)
 
 
-def _use_extension(backend: str, device: torch.device, op: str) -> bool:
+def parts_gram_devices() -> tuple[str, ...]:
+    """Device types with a compiled ``parts_gram_`` kernel (none without the extension)."""
+    if not extension_available():
+        return ()
+    return tuple(d for d in kernel_devices() if d in _PARTS_GRAM_DEVICES)
+
+
+def _use_extension(backend: str, device: torch.device, op: str,
+                   devices: tuple[str, ...] | None = None) -> bool:
     global _warned_fallback
     if backend not in _BACKENDS:
         raise ValueError(f"{op}: backend must be one of {_BACKENDS}, got {backend!r}")
     if backend == "torch":
         return False
-    if extension_available() and device.type in kernel_devices():
+    devices = kernel_devices() if devices is None else devices
+    if extension_available() and device.type in devices:
         return True
     if extension_available():
-        why = f"this build of gffmerge_ext has no {device.type} kernel (devices: "
-        why += f"{', '.join(kernel_devices())})"
+        why = f"this build of gffmerge_ext has no {device.type} kernel for {op} (devices: "
+        why += f"{', '.join(devices)})"
     else:
         why = f"the compiled extension gffmerge_ext._C did not load ({load_error()})"
     if backend == "ext":
@@ -121,6 +145,47 @@ def cross_(
         torch.ops.gffmerge.cross_(acc, x, y, index_x, index_y, weight, augment_x)
     else:
         cross_reference_(acc, x, y, index_x, index_y, weight, augment_x)
+
+
+def parts_gram_(
+    acc: Tensor,
+    dense: Tensor | None,
+    nodes: Sequence[Tensor],
+    indices: Sequence[Tensor],
+    gates: Sequence[Tensor | None],
+    dense_block: bool = True,
+    *,
+    backend: str = "auto",
+) -> None:
+    r"""Accumulate the augmented Gram of structured rows in place:
+    ``acc += sum_r x~_r x~_r^T`` with ``x_r = [D_r, g_1r H_1[i_1r], ..., g_kr H_k[i_kr]]``
+    and ``x~ = [x, 1]``, without forming the gathered rows.
+
+    One pass over the rows scatters float64 node-level sums (``P_q = sum_{r->i_q} g_q [D, 1]``,
+    ``c_q = sum_{r->i_q} g_q^2``, and ``M_pq = sum_{r->i_p} g_p g_q H_q[i_q]`` per pair of
+    parts); the blocks are then node-level products (``P_q^T H_q``, ``H_q^T diag(c_q) H_q``,
+    ``H_p^T M_pq``) and the Gram of ``[D, 1]``. Every sum is float64.
+
+    Args:
+        acc: float64, contiguous, ``[W + 1, W + 1]`` with ``W = d + sum_q d_q``; columns in
+            the order ``[D | part 1 | ... | part k | 1]``. Only added to; the added part is
+            exactly symmetric.
+        dense: optional ``[R, d]`` rows (any float dtype and strides); None: no dense part.
+        nodes: ``k`` node matrices ``H_q [N_q, d_q]`` (any float dtype and strides).
+        indices: ``k`` int64 / int32 ``[R]`` row indices into ``nodes[q]`` (``R`` is
+            ``dense.shape[0]``, or ``len(indices[0])`` without ``dense``).
+        gates: ``k`` optional float32 / float64 ``[R]`` per-row factors (None: 1).
+        dense_block: False leaves the entries of ``acc`` whose row and column both belong to
+            ``[D, 1]`` (the dense columns and the ones column) untouched, for a caller that
+            has the Gram of ``[D, 1]`` already.
+        backend: as for :func:`gram_`; the compiled op exists for the CPU only
+            (:func:`parts_gram_devices`).
+    """
+    nodes, indices, gates = list(nodes), list(indices), list(gates)
+    if _use_extension(backend, acc.device, "parts_gram_", parts_gram_devices()):
+        torch.ops.gffmerge.parts_gram_(acc, dense, nodes, indices, gates, dense_block)
+    else:
+        parts_gram_reference_(acc, dense, nodes, indices, gates, dense_block)
 
 
 def cholesky_solve_(

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "block_products.h"
-#include "convert.h"
+#include "gather_rows.h"
 
 // Resolved against the BLAS inside libtorch_cpu (MKL on x86 wheels) when it exports one; the
 // caller falls back to ATen's matmul otherwise. MKL's dsyrk is not exported, dgemm is.
@@ -42,16 +42,10 @@ class AlignedDoubles {
   double* ptr_;
 };
 
-inline int64_t index_at(const Index& ix, int64_t p) {
-  if (!ix.data) return p;
-  if (ix.is_int32) return static_cast<const std::int32_t*>(ix.data)[p * ix.stride];
-  return static_cast<const std::int64_t*>(ix.data)[p * ix.stride];
-}
-
-inline double weight_at(const Weights& w, int64_t p) {
-  if (w.is_f32) return static_cast<const float*>(w.data)[p * w.stride];
-  return static_cast<const double*>(w.data)[p * w.stride];
-}
+using rows::GatherFn;
+using rows::gather_for;
+using rows::index_at;
+using rows::weight_at;
 
 // Leading dimension of a float64 buffer: 64-byte rows, and never a multiple of 512 bytes so
 // that walking down a column does not hit the same cache sets.
@@ -59,35 +53,6 @@ inline int64_t padded_ld(int64_t n) {
   int64_t ld = (n + 7) / 8 * 8;
   if (ld % 64 == 0) ld += 8;
   return ld;
-}
-
-template <class T>
-void gather_rows(const Matrix& x, const Index& ix, int64_t first, int64_t n, double* out,
-                 int64_t ld) {
-  const T* base = static_cast<const T*>(x.data);
-  const int64_t d = x.cols;
-  const int64_t cs = x.col_stride;
-  for (int64_t r = 0; r < n; ++r) {
-    const T* src = base + index_at(ix, first + r) * x.row_stride;
-    double* dst = out + r * ld;
-    if (cs == 1) {
-      for (int64_t c = 0; c < d; ++c) dst[c] = to_double(src[c]);
-    } else {
-      for (int64_t c = 0; c < d; ++c) dst[c] = to_double(src[c * cs]);
-    }
-  }
-}
-
-using GatherFn = void (*)(const Matrix&, const Index&, int64_t, int64_t, double*, int64_t);
-
-GatherFn gather_for(DType t) {
-  switch (t) {
-    case DType::f32: return &gather_rows<float>;
-    case DType::f64: return &gather_rows<double>;
-    case DType::bf16: return &gather_rows<BFloat16Bits>;
-    case DType::f16: return &gather_rows<HalfBits>;
-  }
-  return nullptr;
 }
 
 // Rows [first, first + n) of x~ into `b` (row-major, leading dimension ld); with weights,

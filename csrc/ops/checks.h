@@ -1,4 +1,4 @@
-// Argument validation of gram_, cross_ and cholesky_solve_: every check and every message is
+// Argument validation of gram_, cross_, parts_gram_ and cholesky_solve_: every check and every message is
 // here, and each backend's glue (*_cpu.cpp, *_cuda.cpp) calls these before touching data.
 // Messages name the bad value and the expected one. gffmerge_ext/checks.py is the pure-torch
 // reference's copy (same order, same messages); change both together.
@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <utility>
@@ -110,6 +111,51 @@ inline int64_t check_cross(const at::Tensor& acc, const at::Tensor& x, const at:
               index_y ? "len(index_y)" : "y.shape[0]", " = ", ny);
   check_weight(op, acc, weight, nx);
   return nx;
+}
+
+// Returns the number of rows R (of dense, else of indices[0]).
+inline int64_t check_parts_gram(const at::Tensor& acc, const std::optional<at::Tensor>& dense,
+                                c10::ArrayRef<at::Tensor> nodes,
+                                c10::ArrayRef<at::Tensor> indices,
+                                c10::ArrayRef<std::optional<at::Tensor>> gates) {
+  constexpr const char* op = "gffmerge::parts_gram_";
+  TORCH_CHECK(nodes.size() == indices.size() && nodes.size() == gates.size(), op,
+              ": nodes, indices and gates must have one entry per gathered part, got ",
+              nodes.size(), ", ", indices.size(), " and ", gates.size());
+  TORCH_CHECK(dense.has_value() || !nodes.empty(), op,
+              ": needs dense rows or at least one gathered part, got neither");
+  int64_t width = 0;
+  if (dense.has_value()) {
+    check_rows(op, acc, *dense, "dense");
+    width += dense->size(1);
+  }
+  for (size_t q = 0; q < nodes.size(); ++q) {
+    const std::string name = "nodes[" + std::to_string(q) + "]";
+    check_rows(op, acc, nodes[q], name.c_str());
+    width += nodes[q].size(1);
+  }
+  const std::string why = "dense and nodes have " + std::to_string(width) +
+                          " features in all, plus the ones column";
+  check_acc(op, acc, width + 1, width + 1, why.c_str());
+  const int64_t count = dense.has_value() ? dense->size(0) : indices[0].size(0);
+  const char* of = dense.has_value() ? "dense.shape[0]" : "len(indices[0])";
+  for (size_t q = 0; q < indices.size(); ++q) {
+    const std::string name = "indices[" + std::to_string(q) + "]";
+    const int64_t len = check_index(op, acc, indices[q], name.c_str(), nodes[q]);
+    TORCH_CHECK(len == count, op, ": ", name, " must have one entry per row: expected ", count,
+                " (", of, "), got ", len);
+    if (gates[q].has_value()) {
+      const at::Tensor& g = *gates[q];
+      const std::string gname = "gates[" + std::to_string(q) + "]";
+      TORCH_CHECK(g.scalar_type() == at::kFloat || g.scalar_type() == at::kDouble, op, ": ",
+                  gname, " must be float32 or float64, got ", g.scalar_type());
+      TORCH_CHECK(g.dim() == 1 && g.size(0) == count, op, ": ", gname,
+                  " must be 1-D with one entry per row: expected [", count, "], got shape ",
+                  g.sizes());
+      check_same_device(op, acc, g, gname.c_str());
+    }
+  }
+  return count;
 }
 
 // Most jitter steps a call takes (they travel to the GPU as kernel arguments).

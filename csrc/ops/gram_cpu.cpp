@@ -1,4 +1,5 @@
-// CPU kernels of gffmerge::gram_ and gffmerge::cross_: validate, describe the tensors to the
+// CPU kernels of gffmerge::gram_, gffmerge::cross_ and gffmerge::parts_gram_ (CPU only: on
+// other devices the callers use gram_/cross_ on their own scatter sums): validate, describe the tensors to the
 // torch-free kernels, and hand them a BLAS dgemm.
 // Narrow ATen headers on purpose: <ATen/ATen.h> doubles this file's compile time.
 #include <ATen/Parallel.h>
@@ -7,8 +8,11 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "../kernels/gram.h"
+#include "../kernels/parts_gram.h"
 #include "blas_env.h"
 #include "checks.h"
 #include "describe.h"
@@ -78,10 +82,30 @@ void cross_cpu(const at::Tensor& acc, const at::Tensor& x, const at::Tensor& y,
                       as_weights(weight), augment_x, select_gemm(), tuning());
 }
 
+void parts_gram_cpu(const at::Tensor& acc, const std::optional<at::Tensor>& dense,
+                    at::TensorList nodes, at::TensorList indices,
+                    const c10::List<std::optional<at::Tensor>>& gates, bool dense_block) {
+  constexpr const char* op = "gffmerge::parts_gram_";
+  std::vector<std::optional<at::Tensor>> gate_list(gates.begin(), gates.end());
+  const int64_t count = check_parts_gram(acc, dense, nodes, indices, gate_list);
+  std::vector<k::GatheredRows> parts(nodes.size());
+  for (size_t q = 0; q < nodes.size(); ++q) {
+    parts[q] = {as_matrix(nodes[q]), as_index(indices[q]), as_weights(gate_list[q])};
+    const std::string name = "indices[" + std::to_string(q) + "]";
+    const std::string of = "nodes[" + std::to_string(q) + "]";
+    check_range(op, name.c_str(), parts[q].index, count, nodes[q].size(0), of.c_str());
+  }
+  const k::Matrix rows = dense.has_value() ? as_matrix(*dense) : k::Matrix{};
+  k::parts_gram_accumulate(acc.data_ptr<double>(), rows, parts.data(),
+                           static_cast<int>(parts.size()), count, dense_block, select_gemm(),
+                           tuning());
+}
+
 }  // namespace
 }  // namespace gffmerge::ops
 
 TORCH_LIBRARY_IMPL(gffmerge, CPU, m) {
   m.impl("gram_", &gffmerge::ops::gram_cpu);
   m.impl("cross_", &gffmerge::ops::cross_cpu);
+  m.impl("parts_gram_", &gffmerge::ops::parts_gram_cpu);
 }

@@ -12,6 +12,9 @@ TORCH_LIBRARY(gffmerge, m) {
       "cross_(Tensor(a!) acc, Tensor x, Tensor y, Tensor? index_x=None, Tensor? index_y=None, "
       "Tensor? weight=None, bool augment_x=False) -> ()");
   m.def(
+      "parts_gram_(Tensor(a!) acc, Tensor? dense, Tensor[] nodes, Tensor[] indices, "
+      "Tensor?[] gates, bool dense_block=True) -> ()");
+  m.def(
       "cholesky_solve_(Tensor(a!) A, Tensor(b!) B, Tensor(c!) info, Tensor(d!) jitter, "
       "float[] jitter_steps=[]) -> ()");
 }

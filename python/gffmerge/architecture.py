@@ -27,25 +27,32 @@ class LinearInfo:
                 "out_features": self.out_features, "has_bias": self.has_bias}
 
 
-def _entries(model: nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
-    return [(k, tuple(v.shape), str(v.dtype).removeprefix("torch."))
-            for k, v in model.state_dict().items()]
+def _entries(model: nn.Module, state: dict | None = None
+             ) -> list[tuple[str, tuple[int, ...], str]]:
+    state = model.state_dict() if state is None else state
+    return [(k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()]
 
 
-def architecture_signature(model: nn.Module) -> str:
-    """Hash of the state-dict layout (names, shapes, dtypes), independent of values."""
+def architecture_signature(model: nn.Module, state: dict | None = None) -> str:
+    """Hash of the state-dict layout (names, shapes, dtypes), independent of values
+    (``state``: ``model.state_dict()`` when the caller has it already)."""
     h = hashlib.sha256()
-    for name, shape, dtype in _entries(model):
+    for name, shape, dtype in _entries(model, state):
         h.update(f"{name}:{shape}:{dtype};".encode())
     for name, info in linear_layers(model).items():
         h.update(f"linear {name}:{info.in_features}:{info.out_features}:{info.has_bias};".encode())
     return h.hexdigest()[:16]
 
 
-def fingerprint(model: nn.Module) -> str:
-    """Hash of the state dict's layout *and* values: identifies the exact model measured."""
-    h = hashlib.sha256(architecture_signature(model).encode())
-    for _, v in model.state_dict().items():
+def fingerprint(model: nn.Module, signature: str | None = None,
+                state: dict | None = None) -> str:
+    """Hash of the state dict's layout *and* values: identifies the exact model measured.
+    ``signature`` (:func:`architecture_signature`) and ``state`` (``model.state_dict()``)
+    when the caller has them already."""
+    state = model.state_dict() if state is None else state
+    signature = architecture_signature(model, state) if signature is None else signature
+    h = hashlib.sha256(signature.encode())
+    for _, v in state.items():
         t = v.detach().to("cpu").contiguous()
         if t.dtype == torch.bfloat16:
             t = t.view(torch.int16)

@@ -94,8 +94,10 @@ class Stats:
             cr = (torch.zeros(d, info.out_features, dtype=torch.float64, device=device)
                   if cross else None)
             sums[name] = LayerStats(gram, 0, cr)
-        return cls(architecture_signature(model), dict(layers),
-                   [ModelStats(fingerprint(model), sums, label=label)])
+        state = model.state_dict()
+        signature = architecture_signature(model, state)
+        return cls(signature, dict(layers),
+                   [ModelStats(fingerprint(model, signature, state), sums, label=label)])
 
     @classmethod
     def concat(cls, stats: Iterable[Stats]) -> Stats:

@@ -65,6 +65,17 @@ class InputCache:
             parts.append((type(p).__name__, p.width, keys))
         return (inp.rows, tuple(parts)), refs
 
+    def dense_key(self, x: Tensor) -> tuple | None:
+        """:meth:`key` of ``GramInput.dense(x)`` (the rows of a plain linear layer), without
+        building the description: the same key, so a structured layer's dense part finds it."""
+        refs: list = []
+        k = _tensor_key(x, refs)
+        if k is None:
+            return None
+        width = int(x.shape[-1]) if x.dim() else 0
+        rows = x.numel() // width if width else 0
+        return (rows, (("Dense", width, (k,)),)), refs
+
     def key_of(self, tag: tuple, tensors) -> tuple | None:
         """A key for the rows a call forms from ``tensors`` (in order) under ``tag`` (the
         settings that, with the tensors, determine them), or None (do not share)."""

@@ -41,7 +41,7 @@ class DenseHook(LayerHook):
         if y_needed or not self._lean or not _plain(x, self.in_features) or not self._has_op(
                 x.device):
             return super()._hook(module, args, kwargs, output)
-        key = self.cache.key(GramInput.dense(x)) if self.cache is not None else None
+        key = self.cache.dense_key(x) if self.cache is not None else None
         gram = self.cache.get(key) if key is not None else None
         if gram is None:
             n = self.in_features + 1
