@@ -198,3 +198,16 @@ def test_demo_retrain_builds_the_checkpoints_its_pairs_use(tmp_path, monkeypatch
                 made |= {recipes.checkpoint_path(tmp_path, recipe.dir, pair.model, r)
                          for r, _ in recipes.configs(recipe, pair.model, tmp_path)}
         assert set(demo.pair_checkpoints(tmp_path, pair).values()) <= made, pair.name
+
+
+def test_recipes_cli_refuses_a_role_no_recipe_has(tmp_path, capsys):
+    """`--roles joint` on the pair recipe (whose joint role is `joint-Li3P-P2S5`) used to
+    train nothing and exit 0; it must say which roles exist and exit 2, writing nothing."""
+    from gffmerge.recipes import main
+
+    code = main(["--dataset", "lips20-Li3P-P2S5", "--model", "painn", "--roles", "joint",
+                 "--root", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--roles joint" in err and "joint-Li3P-P2S5" in err and "Li3P" in err
+    assert not any(tmp_path.iterdir())

@@ -329,6 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
     root = Path(args.root)
+    if args.roles:
+        known = {name for d in args.dataset for m in args.model
+                 for role, _ in configs(DATASETS[d], m, root)
+                 for name in (role, role.split("/")[-1])}
+        unknown = [r for r in args.roles if r not in known]
+        if unknown:
+            print(f"error: --roles {' '.join(unknown)} matches no checkpoint of "
+                  f"--dataset {' '.join(args.dataset)}; the roles there are: "
+                  f"{', '.join(sorted(known))}", file=sys.stderr)
+            return 2
     if not args.readme_only:
         for dataset in args.dataset:
             for model in args.model:
