@@ -11,16 +11,8 @@ namespace gffmerge::kernels::rows {
 
 using std::int64_t;
 
-inline int64_t index_at(const Index& ix, int64_t p) {
-  if (!ix.data) return p;
-  if (ix.is_int32) return static_cast<const std::int32_t*>(ix.data)[p * ix.stride];
-  return static_cast<const std::int64_t*>(ix.data)[p * ix.stride];
-}
-
-inline double weight_at(const Weights& w, int64_t p) {
-  if (w.is_f32) return static_cast<const float*>(w.data)[p * w.stride];
-  return static_cast<const double*>(w.data)[p * w.stride];
-}
+using kernels::index_at;
+using kernels::weight_at;
 
 // Rows index[first .. first + n) of x as float64 into out (row-major, leading dimension ld).
 // The conversions are exact, so the vectorised and scalar copies write the same values.

@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "convert.h"
+
 namespace gffmerge::kernels {
 
 enum class DType : std::uint8_t { f32, f64, bf16, f16 };
@@ -43,6 +45,18 @@ struct Weights {
   bool is_f32 = false;
   std::int64_t stride = 1;
 };
+
+// Row p of the gather (p itself without an index) and weight p; host and device.
+GFFMERGE_HD std::int64_t index_at(const Index& ix, std::int64_t p) {
+  if (!ix.data) return p;
+  if (ix.is_int32) return static_cast<const std::int32_t*>(ix.data)[p * ix.stride];
+  return static_cast<const std::int64_t*>(ix.data)[p * ix.stride];
+}
+
+GFFMERGE_HD double weight_at(const Weights& w, std::int64_t p) {
+  if (w.is_f32) return static_cast<const float*>(w.data)[p * w.stride];
+  return static_cast<const double*>(w.data)[p * w.stride];
+}
 
 struct Tuning {
   std::int64_t block_rows = 0;  // rows gathered per GEMM; 0 = default

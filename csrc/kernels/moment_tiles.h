@@ -134,16 +134,8 @@ inline int64_t partial_doubles(const Plan& p) {
 
 // ---- per-block phases -----------------------------------------------------------------------
 
-GFFMERGE_HD int64_t index_at(const Index& ix, int64_t p) {
-  if (!ix.data) return p;
-  if (ix.is_int32) return static_cast<const std::int32_t*>(ix.data)[p * ix.stride];
-  return static_cast<const std::int64_t*>(ix.data)[p * ix.stride];
-}
-
-GFFMERGE_HD double weight_at(const Weights& w, int64_t p) {
-  if (w.is_f32) return static_cast<const float*>(w.data)[p * w.stride];
-  return static_cast<const double*>(w.data)[p * w.stride];
-}
+using kernels::index_at;
+using kernels::weight_at;
 
 GFFMERGE_HD double load(const Matrix& m, int64_t offset) {
   switch (m.dtype) {
