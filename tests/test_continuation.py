@@ -161,3 +161,31 @@ def test_next_phase_runs_each_phase_once_and_stops_a_checkpoint_at_its_plateau()
     assert next_phase(rule, "joint", _meta(4, 70, 69)) is None
     assert next_phase(rule, "finetune", _meta(3, 40, 39)) is None
     assert next_phase(None, "finetune", _meta(1, 10, 9)) is None
+
+
+def test_an_interrupted_phase_keeps_its_finished_epochs(first, tmp_path, monkeypatch):
+    """Ctrl-C in a later phase saves what it finished (as a first phase does) instead of
+    losing the phase: history, best epoch and times cover the finished epochs."""
+    import gffmerge.train as train_mod
+
+    path, meta, _ = first
+    out = tmp_path / "cut.pt"
+    steps = math.ceil(meta["train_frames"] / 8)
+    calls, loss = [0], train_mod._loss
+
+    def cut(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] > 2 * steps:  # in the third epoch of the phase
+            raise KeyboardInterrupt
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_loss", cut)
+    with pytest.raises(KeyboardInterrupt, match="2 finished epochs"):
+        continue_training(path, epochs=5, patience=10, output=out, progress=False)
+    _, new = load_checkpoint(out)
+    assert new["interrupted"] is True
+    assert [r["epoch"] for r in new["history"]] == list(range(5))
+    assert new["history"][:3] == meta["history"]
+    assert [p["epochs_run"] for p in new["phases"]] == [3, 2]
+    assert new["cpu_seconds"] > meta["cpu_seconds"]
+    assert load_checkpoint(path)[1]["history"] == meta["history"]  # the input is untouched

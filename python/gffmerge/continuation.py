@@ -42,7 +42,8 @@ def continue_training(path: str | Path, *, epochs: int, patience: int,
     ``lr``: the starting learning rate (default: the last one of the recorded history);
     ``min_delta`` defaults to the first phase's. ``epochs=0`` writes the same weights with
     the metadata unchanged except for an empty phase. ``metadata`` is added to the record of
-    this phase (e.g. the command that ran it).
+    this phase (e.g. the command that ran it). Ctrl-C saves the phase so far (its best
+    model, finished epochs and times; ``interrupted: true``) and raises ``KeyboardInterrupt``.
     """
     path = Path(path)
     model, meta = load_checkpoint(path)
@@ -69,7 +70,7 @@ def continue_training(path: str | Path, *, epochs: int, patience: int,
         result = TrainResult(model, [], {**metrics, "epochs_run": 0, "best_epoch": -1,
                                          "stopped_by": "epochs"}, 0.0)
     else:
-        result = train(cfg, model=model, progress=progress)
+        result = train(cfg, model=model, progress=progress, raise_on_interrupt=False)
     phases.append(_phase(_plain(dataclasses.asdict(cfg)) if epochs else {}, result.metrics,
                          result.seconds, result.cpu_seconds, start_lr=cfg.lr,
                          start_epoch=n1, **_plain(metadata or {})))
@@ -88,6 +89,9 @@ def continue_training(path: str | Path, *, epochs: int, patience: int,
                 "wall_seconds": wall1 + result.seconds, "cpu_seconds": cpu1 + result.cpu_seconds,
                 "phases": _plain(phases), "interrupted": result.interrupted}
     save_checkpoint(output or path, result.model, new_meta)
+    if result.interrupted:  # the epochs this phase finished are kept, as in a first phase
+        raise KeyboardInterrupt(f"training interrupted; the best model so far, with this "
+                                f"phase's {len(rows)} finished epochs, saved to {output or path}")
     result.metrics = new_meta["metrics"]
     result.history = new_meta["history"]
     return result

@@ -167,14 +167,16 @@ def _prepare_model(cfg: TrainConfig, train: AtomsDataset) -> tuple[ForceField, d
 
 def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool = True,
           dataset: AtomsDataset | None = None, metadata: dict[str, Any] | None = None,
-          model: ForceField | None = None) -> TrainResult:
+          model: ForceField | None = None, raise_on_interrupt: bool = True) -> TrainResult:
     """Train a model as ``cfg`` says; with ``output``, save the best-validation checkpoint
     (with ``metadata`` added to what the run records about itself).
 
     ``model``: start from this model (trained in place) instead of ``cfg.init`` or a fresh
     one; parameters with ``requires_grad=False`` stay frozen.
 
-    Ctrl-C stops after saving the best model so far (metadata ``interrupted: true``).
+    Ctrl-C stops after saving the best model so far (metadata ``interrupted: true``), then
+    raises ``KeyboardInterrupt``; with ``raise_on_interrupt=False`` it returns the result
+    (``interrupted=True``) for the caller to save and re-raise.
     """
     from tqdm.auto import tqdm
 
@@ -285,7 +287,7 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
                 "interrupted": interrupted, "torch": str(torch.__version__), **_plain(prep),
                 **_plain(metadata or {})}
         save_checkpoint(output, model, meta)
-    if interrupted:
+    if interrupted and raise_on_interrupt:
         raise KeyboardInterrupt(f"training interrupted; best model so far saved to {output}"
                                 if output else "training interrupted")
     return result
