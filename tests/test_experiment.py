@@ -230,3 +230,50 @@ def test_statistics_passes_measure_the_same_frames_in_atom_budget_batches(founda
     assert "--stats-batch-size 5" in explicit.command()
     with pytest.raises(ValueError, match="stats-batch-size"):
         ExperimentConfig(str(foundation), SYSTEMS, str(tmp_path / "o2"), stats_batch_size=0)
+
+
+def test_given_sources_and_joint_are_used_as_they_are(finished, foundation, tmp_path):
+    """--sources/--joint: nothing is trained, the given models' rows equal the rows they
+    had where they were trained (same test split), and so does a merge of them."""
+    out, _, _ = finished
+    ck = out / "checkpoints"
+    given = [str(ck / "finetune_rmd17_ethanol.pt"), str(ck / "finetune_rmd17_malonaldehyde.pt")]
+    new = tmp_path / "given"
+    argv = ["experiment", "-q", "--foundation", str(foundation), "--systems", *SYSTEMS,
+            "--methods", "average", *FAST, "--sources", *given, "--joint",
+            str(ck / "joint.pt"), "--out", str(new)]
+    assert main(argv) == 0
+    assert not (new / "checkpoints").exists() or not any((new / "checkpoints").iterdir())
+    old = json.loads((out / "results.json").read_text())["methods"]
+    res = json.loads((new / "results.json").read_text())
+    for name in (*(f"finetune:{s}" for s in SYSTEMS), "joint", "average"):
+        assert res["methods"][name]["combined"] == old[name]["combined"], name
+    wall = load_checkpoint(ck / "joint.pt")[1]["wall_seconds"]
+    assert res["methods"]["joint"]["seconds"] == pytest.approx(wall)
+    assert f"--sources {given[0]} {given[1]} --joint" in res["command"]
+    assert (new / "report.md").read_text().count("given: ") == 3
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("count", "--sources gives 1 checkpoints for 2 systems"),
+    ("order", "was trained on rmd17/malonaldehyde, not on rmd17/ethanol"),
+    ("seed", "pass --seed 42"),
+    ("missing", "--joint checkpoint not found"),
+    ("base", "pass --foundation"),
+])
+def test_given_models_that_cannot_be_compared_are_refused(finished, foundation, tmp_path,
+                                                          capsys, case, message):
+    out, _, _ = finished
+    ck = out / "checkpoints"
+    eth, mal = str(ck / "finetune_rmd17_ethanol.pt"), str(ck / "finetune_rmd17_malonaldehyde.pt")
+    extra = {"count": ["--sources", eth], "order": ["--sources", mal, eth],
+             "seed": ["--sources", eth, mal, "--seed", "7"],
+             "missing": ["--joint", str(tmp_path / "nope.pt")],
+             "base": ["--sources", eth, mal]}[case]
+    base = eth if case == "base" else str(foundation)  # a fine-tune is not their foundation
+    argv = ["experiment", "-q", "--foundation", base, "--systems", *SYSTEMS, *FAST, *extra,
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists()

@@ -16,6 +16,12 @@ From one foundation checkpoint and K systems (shipped names or data files), :fun
 5. evaluates every model on the combined test split and writes ``DIR/results.json``
    (rewritten atomically after every finished row), ``DIR/report.md`` and ``DIR/methods.png``.
 
+With ``sources`` (``--sources``: one fine-tune per system) and/or ``joint`` (``--joint``),
+those checkpoints are used as they are instead of steps 1 and 2 (e.g. fine-tunes trained to
+a plateau elsewhere); they must be fine-tuned from the foundation, on their system, with
+this experiment's split seed (checked before any work), and their rows report the training
+wall time their metadata records.
+
 Checkpoints of the fine-tunes and the joint model are saved in ``DIR/checkpoints/``; a rerun
 with the same ``--out`` and the same settings reuses them (Ctrl-C keeps what finished; a
 training interrupted half-way is redone).
@@ -221,18 +227,26 @@ class _Experiment:
             self.finish_row("foundation", foundation, 0.0, "given, not trained here")
             bar.update()
             sources = []
-            for system in self.names:
+            for k, system in enumerate(self.names):
                 phase(f"fine-tune {system}")
-                path = self.ckpt_dir / f"finetune_{_file_name(system)}.pt"
-                model, seconds, reused = self.trained("finetune", [self._given(system)], path)
+                if cfg.sources:
+                    model, seconds, note = _given_model(cfg.sources[k])
+                else:
+                    path = self.ckpt_dir / f"finetune_{_file_name(system)}.pt"
+                    model, seconds, reused = self.trained("finetune", [self._given(system)],
+                                                          path)
+                    note = "reused checkpoint" if reused else ""
                 sources.append(model)
-                self.finish_row(f"finetune:{system}", model, seconds,
-                                "reused checkpoint" if reused else "")
+                self.finish_row(f"finetune:{system}", model, seconds, note)
                 bar.update()
             phase("joint")
-            joint, joint_s, reused = self.trained("joint", list(cfg.systems),
-                                                  self.ckpt_dir / "joint.pt")
-            self.finish_row("joint", joint, joint_s, "reused checkpoint" if reused else "")
+            if cfg.joint:
+                joint, joint_s, note = _given_model(cfg.joint)
+            else:
+                joint, joint_s, reused = self.trained("joint", list(cfg.systems),
+                                                      self.ckpt_dir / "joint.pt")
+                note = "reused checkpoint" if reused else ""
+            self.finish_row("joint", joint, joint_s, note)
             bar.update()
             default_model = default_s = None
             for method in cfg.method_names:
@@ -274,6 +288,18 @@ class _Experiment:
         chart = write_chart(self.payload, self.out / "methods.png")
         text = report_markdown(self.payload, self.notes, chart)
         write_atomically(self.out / "report.md", lambda tmp: Path(tmp).write_text(text))
+
+
+def _given_model(path: str) -> tuple[Any, float | None, str]:
+    """(model, its recorded training wall seconds, note) of a given checkpoint."""
+    from .checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(path)
+    seconds = meta.get("wall_seconds")
+    epochs = (meta.get("metrics") or {}).get("epochs_run")
+    return model, None if seconds is None else float(seconds), (
+        f"given: {path}" + (f" ({epochs} epochs, trained elsewhere)" if epochs else
+                            " (trained elsewhere)"))
 
 
 def _file_name(system: str) -> str:

@@ -38,6 +38,10 @@ class ExperimentConfig:
     # about 1 024 atoms (collect.budget); given: those batches, up to merge_frames as before
     stats_batch_size: int | None = None
     max_frames: int = 1250  # frames sampled per system (protocol)
+    # given fine-tunes (one per system, in --systems order) and joint model: used as they
+    # are instead of being trained here (their seed must be this experiment's: see check_given)
+    sources: list[str] | None = None
+    joint: str | None = None
     method_names: list[str] = field(init=False, default_factory=list)
 
     def __post_init__(self):
@@ -73,6 +77,48 @@ class ExperimentConfig:
         self.foundation = resolve_foundation(self.foundation, self.model_kind, self.systems)
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ValueError(f"--out {self.out} is a file; give a folder")
+        if self.sources is not None:
+            self.sources = [str(p) for p in self.sources]
+            if len(self.sources) != len(self.systems):
+                raise ValueError(f"--sources gives {len(self.sources)} checkpoints for "
+                                 f"{len(self.systems)} systems; give one fine-tune per "
+                                 "system, in the order of --systems")
+        self.joint = None if self.joint is None else str(self.joint)
+        self.check_given()
+
+    def given(self) -> list[tuple[str, str | None]]:
+        """(checkpoint, system or None for the joint model) of every given model."""
+        out = list(zip(self.sources or [], self.systems, strict=False))
+        return out + ([(self.joint, None)] if self.joint else [])
+
+    def check_given(self) -> None:
+        """Refuse given fine-tunes or joint models that cannot be compared fairly here: a
+        missing file, a model fine-tuned from another foundation, trained on other systems,
+        or on another split seed (the hash split depends on the seed, so its training
+        frames would be among this experiment's test frames)."""
+        from .checkpoint import load_checkpoint
+        from .lineage import check_shared_base
+
+        for path, system in self.given():
+            flag = "--sources" if system else "--joint"
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{flag} checkpoint not found: {path}")
+            if self.foundation is None or not Path(self.foundation).is_file():
+                raise ValueError(f"{flag} needs a foundation checkpoint of gffmerge's own "
+                                 f"models; {self.foundation} is a foundation adapter")
+            meta = load_checkpoint(path)[1]
+            check_shared_base(self.foundation, [(path, meta)], flag="--foundation")
+            trained_on = (meta.get("config") or {}).get("systems")
+            wanted = [system] if system else list(self.systems)
+            if trained_on is not None and sorted(map(str, trained_on)) != sorted(wanted):
+                raise ValueError(f"{flag} {path} was trained on {', '.join(trained_on)}, "
+                                 f"not on {', '.join(wanted)}: give the checkpoints in the "
+                                 "order of --systems")
+            seed = meta.get("seed")
+            if seed is not None and int(seed) != self.seed:
+                raise ValueError(f"{flag} {path} was trained on the split of seed {seed}, so "
+                                 f"its training frames are among this experiment's test "
+                                 f"frames under --seed {self.seed}: pass --seed {seed}")
 
     def command(self) -> str:
         """The command line that reruns this experiment, every default spelled out."""
@@ -87,6 +133,10 @@ class ExperimentConfig:
         for flag in ("repair", "switch"):
             if getattr(self, flag):
                 parts.append(f"--{flag}")
+        if self.sources:
+            parts += ["--sources", *self.sources]
+        if self.joint:
+            parts += ["--joint", self.joint]
         return shlex.join([*parts, "--out", self.out])
 
     def recipe(self, system: str | None) -> dict[str, Any]:

@@ -46,7 +46,8 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def check_shared_base(base: str | os.PathLike,
-                      sources: Sequence[tuple[str | os.PathLike, Mapping[str, Any]]]) -> None:
+                      sources: Sequence[tuple[str | os.PathLike, Mapping[str, Any]]], *,
+                      flag: str = "--base") -> None:
     """Raise :class:`BaseMismatchError` (one line) unless every source ``(path, metadata)``
     that records an ``init`` checkpoint was fine-tuned from ``base``.
 
@@ -64,7 +65,7 @@ def check_shared_base(base: str | os.PathLike,
             if Path(str(init)).name != base.name:
                 raise BaseMismatchError(
                     f"{path} was fine-tuned from {init} (not found here), not from {base}: "
-                    f"pass that foundation as the base")
+                    f"pass that foundation as {flag}")
         elif not same_file(found, base):
             raise BaseMismatchError(f"{path} was fine-tuned from {found}, not from {base}: "
-                                    f"pass --base {found}")
+                                    f"pass {flag} {found}")

@@ -41,7 +41,8 @@ def add_parser(subparsers, *, parents: list[argparse.ArgumentParser]) -> None:
                    help=f"epochs of every fine-tune and the joint model (default "
                         f"{d['epochs'].default})")
     p.add_argument("--seed", type=int, default=d["seed"].default,
-                   help="sampling, split and training seed")
+                   help="sampling, split and training seed (given --sources/--joint must "
+                        "have been trained with it)")
     p.add_argument("--max-frames", type=int, default=d["max_frames"].default,
                    help="frames sampled per system before the 80/10/10 split (protocol: "
                         f"{d['max_frames'].default})")
@@ -54,6 +55,11 @@ def add_parser(subparsers, *, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--switch", action="store_true",
                    help="also evaluate the default merge and the paper recipe with each "
                         "system's own atom-embedding table")
+    p.add_argument("--sources", nargs="+", metavar="CKPT",
+                   help="merge these fine-tunes (one per system, in --systems order, "
+                        "fine-tuned from the foundation) instead of fine-tuning here")
+    p.add_argument("--joint", metavar="CKPT",
+                   help="compare with this joint model instead of training one here")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the results")
     p.set_defaults(func=cmd_experiment)
 
@@ -74,7 +80,8 @@ def cmd_experiment(args) -> int:
                            out=args.out, methods=names, train_frames=args.train_frames,
                            epochs=args.finetune_epochs, seed=args.seed, repair=args.repair,
                            max_frames=args.max_frames, model_kind=args.model_kind,
-                           switch=args.switch, stats_batch_size=args.stats_batch_size)
+                           switch=args.switch, stats_batch_size=args.stats_batch_size,
+                           sources=args.sources, joint=args.joint)
     payload = run(cfg, progress=not (args.quiet or args.json))
     report = Path(args.out) / "report.md"
     emit(args, payload, report.read_text() + f"\nwrote {Path(args.out) / 'results.json'}, "
