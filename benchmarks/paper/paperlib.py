@@ -227,7 +227,7 @@ class Recorder:
         return row
 
     def header(self) -> list[str]:
-        b = budget_of(self.args)
+        b = budget_of(self.args) if self.budget else None
         argv = " ".join(shlex.quote(a) for a in self.args.argv)
         return [f"# {self.title}", "",
                 f"Command: `{f'python benchmarks/paper/{self.script}.py {argv}'.strip()}`",
