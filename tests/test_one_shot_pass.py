@@ -94,17 +94,29 @@ def test_one_shot_sums_in_the_hooks_see_the_rows_before_in_place_changes():
     assert sums["a"].ysq == pytest.approx(float(ya.square().sum()), rel=1e-12)
 
 
-@pytest.mark.parametrize("name", ["gns", "painn"])
-def test_linear_tangent_rule_equals_autograd_bit_for_bit(name, monkeypatch):
-    """``ẋ Wᵀ`` taken directly (:class:`~gffmerge.collect.tangents._LinearTangent`) gives
-    the values and tangents of autograd's rule exactly, on the shipped float32 models."""
+def _float32_model(name: str):
+    """A shipped float32 model (SchNet: random weights, none is shipped)."""
+    from gffmerge.checkpoint import load_checkpoint
+    from gffmerge.models import build_model
+
+    if name == "schnet":
+        torch.manual_seed(0)
+        return build_model("schnet").eval()
+    return load_checkpoint(ROOT / "checkpoints" / "rmd17" / f"{name}_ethanol.pt")[0].eval()
+
+
+@pytest.mark.parametrize("name", ["gns", "painn", "schnet"])
+def test_direct_tangent_rules_equal_autograd_bit_for_bit(name, monkeypatch):
+    """``ẋ Wᵀ`` taken directly (:class:`~gffmerge.collect.tangents._LinearTangent`) and
+    the tangents of ``+ − × ÷`` with one plain operand
+    (:func:`~gffmerge.collect.tangents._binary_plain`) give the values and tangents of
+    autograd's rules exactly, on float32 models."""
     import contextlib
 
-    from gffmerge.checkpoint import load_checkpoint
     from gffmerge.collect import tangents
     from gffmerge.data import load_dataset
 
-    model = load_checkpoint(ROOT / "checkpoints" / "rmd17" / f"{name}_ethanol.pt")[0].eval()
+    model = _float32_model(name)
     train = load_dataset(["rmd17/ethanol"]).split("train")
     batch = next(iter(train.subset(4, seed=0).batches_for(model, 4)))
     names = list(mergeable_layers(model))
@@ -113,9 +125,17 @@ def test_linear_tangent_rule_equals_autograd_bit_for_bit(name, monkeypatch):
     rule = tangents._LinearTangent.jvp
     monkeypatch.setattr(tangents._LinearTangent, "jvp",
                         staticmethod(lambda ctx, *t: (used.append(1), rule(ctx, *t))[1]))
+    binary, direct = tangents._binary_plain, []
+
+    def counted(func, args):
+        out = binary(func, args)
+        direct.append(out is not None)
+        return out
+    monkeypatch.setattr(tangents, "_binary_plain", counted)
     fast = run_recording(model, batch, names, "both", u=u, structured=True)
-    assert len(used) >= len(names) // 2  # the rule was taken
-    monkeypatch.setattr(tangents, "_TangentLinear", contextlib.nullcontext)
+    assert len(used) >= len(names) // 2  # the rules were taken
+    assert sum(direct) >= 3
+    monkeypatch.setattr(tangents, "_TangentRules", contextlib.nullcontext)
     ref = run_recording(model, batch, names, "both", u=u, structured=True)
     tangent_rows = 0
     for got, want in zip(fast, ref):
