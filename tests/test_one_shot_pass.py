@@ -249,3 +249,51 @@ def test_dependency_probe_compared_in_the_hooks_equals_the_recorded_difference(n
             assert got[b] == (ref[b] - base[b]).abs().max().item(), (a, b)
             fed += got[b] > 1e-3
     assert fed > len(names)  # perturbations do reach later layers
+
+
+def test_rows_without_tangents_are_counted_and_equal_summed_zeros(monkeypatch):
+    """A layer input that does not depend on the positions (SchNet's first ``in2f`` reads
+    the embedding) reaches the sums as a None tangent: its rows are counted and the sums
+    equal those of the materialised zero tangents exactly."""
+    from gffmerge.collect import progressive, recording
+    from gffmerge.data import load_dataset
+    from gffmerge.models.schnet import SchNet
+
+    torch.manual_seed(0)
+    model = SchNet(n_atom_basis=8, n_filters=8, n_interactions=2, n_rbf=6,
+                   cutoff=4.0).double().eval()
+    batches = list(load_dataset(["rmd17/ethanol"]).split("train").subset(4, seed=0)
+                   .batches_for(model, 2))
+    infos = mergeable_layers(model)
+    names = list(infos)
+    none: list = []
+    add = progressive._add_call
+
+    def seen(s, x, dx, y, dy, **kw):
+        none.append(dx is None)
+        return add(s, x, dx, y, dy, **kw)
+    monkeypatch.setattr(progressive, "_add_call", seen)
+
+    def sums():
+        src = prepare_sources([model], [batches], frames=None, names=names, tangents=True,
+                              seed=1, outputs=False)
+        return stage_sums(None, src, names, infos, tangents=True)[0]
+    fast = sums()
+    assert any(none) and not all(none)
+
+    def zeros(self, t, copy):  # every tangent materialised, zeros where there is none
+        from gffmerge.collect.tangents import split_dual
+
+        return split_dual(t)
+    monkeypatch.setattr(recording._Recorder, "_rows", zeros)
+    none.clear()
+    ref = sums()
+    assert not any(none)
+    for n in names:
+        a, b = fast[n], ref[n]
+        assert (a.rows, a.trows, a.ysq, a.tysq) == (b.rows, b.trows, b.ysq, b.tysq), n
+        for x, y in ((a.gram, b.gram), (a.cross, b.cross), (a.tgram, b.tgram),
+                     (a.tcross, b.tcross)):
+            assert torch.equal(x, y), n
+    assert fast["interactions.0.in2f"].trows == fast["interactions.0.in2f"].rows > 0
+    assert fast["interactions.0.in2f"].tgram.abs().max() == 0
