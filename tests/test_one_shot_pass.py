@@ -107,10 +107,11 @@ def _float32_model(name: str):
 
 @pytest.mark.parametrize("name", ["gns", "painn", "schnet"])
 def test_direct_tangent_rules_equal_autograd_bit_for_bit(name, monkeypatch):
-    """``ẋ Wᵀ`` taken directly (:class:`~gffmerge.collect.tangents._LinearTangent`) and
-    the tangents of ``+ − × ÷`` with one plain operand
-    (:func:`~gffmerge.collect.tangents._binary_plain`) give the values and tangents of
-    autograd's rules exactly, on float32 models."""
+    """``ẋ Wᵀ`` taken directly (:class:`~gffmerge.collect.tangents._LinearTangent`), the
+    tangents of ``+ − × ÷`` with one plain operand
+    (:func:`~gffmerge.collect.tangents._binary_plain`) and of a LayerNorm with plain
+    weights (:func:`~gffmerge.collect.tangents._layer_norm_plain`) give the values and
+    tangents of autograd's rules exactly, on float32 models."""
     import contextlib
 
     from gffmerge.collect import tangents
@@ -132,9 +133,17 @@ def test_direct_tangent_rules_equal_autograd_bit_for_bit(name, monkeypatch):
         direct.append(out is not None)
         return out
     monkeypatch.setattr(tangents, "_binary_plain", counted)
+    layer_norm, norms = tangents._layer_norm_plain, []
+
+    def counted_norm(args, kwargs):
+        out = layer_norm(args, kwargs)
+        norms.append(out is not None)
+        return out
+    monkeypatch.setattr(tangents, "_layer_norm_plain", counted_norm)
     fast = run_recording(model, batch, names, "both", u=u, structured=True)
     assert len(used) >= len(names) // 2  # the rules were taken
     assert sum(direct) >= 3
+    assert sum(norms) >= (3 if name == "gns" else 0)  # GNS's MLPs end in a LayerNorm
     monkeypatch.setattr(tangents, "_TangentRules", contextlib.nullcontext)
     ref = run_recording(model, batch, names, "both", u=u, structured=True)
     tangent_rows = 0

@@ -142,6 +142,32 @@ def test_direct_elementwise_tangents_equal_autograd(op, plain):
     assert t.abs().max() > 0
 
 
+@pytest.mark.parametrize("affine", ["weight and bias", "weight", "none"])
+@pytest.mark.parametrize("shape", [(7, 6), (5, 3, 4)])
+def test_direct_layer_norm_tangent_equals_autograd(affine, shape):
+    """``F.layer_norm`` of a dual input with plain affine weights gives autograd's values
+    and tangents to the bit (over the last one or two dimensions)."""
+    import torch.autograd.forward_ad as fwad
+    import torch.nn.functional as F
+
+    from gffmerge.collect.tangents import _TangentRules
+
+    g = torch.Generator().manual_seed(1)
+    x, tx = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
+    norm = shape[-1:] if len(shape) == 2 else shape[-2:]
+    w = torch.randn(*norm, generator=g) if affine != "none" else None
+    b = torch.randn(*norm, generator=g) if affine == "weight and bias" else None
+    results = []
+    for mode in (_TangentRules(), _TangentRules(elementwise=False)):
+        with torch.no_grad(), fwad.dual_level(), mode:
+            out = F.layer_norm(fwad.make_dual(x, tx), norm, w, b, 1e-5)
+            p, t = fwad.unpack_dual(out)
+            results.append((p.clone(), t.clone()))
+    (p, t), (pr, tr) = results
+    assert torch.equal(p, pr) and torch.equal(t, tr)
+    assert t.abs().max() > 0
+
+
 def test_linear_model_is_recovered_from_derivative_rows_alone(frames):
     torch.manual_seed(0)
     target = LinearInFeatures().double()

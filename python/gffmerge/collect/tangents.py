@@ -146,12 +146,33 @@ def _binary_plain(func, args: tuple) -> Tensor | None:
     return fwad.make_dual(out, tangent)
 
 
+def _layer_norm_plain(args: tuple, kwargs: dict) -> Tensor | None:
+    """``F.layer_norm`` of a dual input with plain affine weights: the primal from the
+    primal input (the same call), the tangent from autograd's rule without the affine
+    part, times the weight. Autograd's rule with plain weights forms their zero tangents
+    (``ZeroTensor`` products and sums) on top of the same ``(ṫ − mean ṫ) σ⁻¹ + …`` times
+    the weight; without them it is the same values to the bit (test). None when the rule
+    does not apply."""
+    names = ("input", "normalized_shape", "weight", "bias", "eps")
+    call = dict(zip(names, args)) | kwargs
+    x, weight, bias = call.get("input"), call.get("weight"), call.get("bias")
+    if (weight is None and bias is None) or _plain(x) or not (_plain(weight) and _plain(bias)):
+        return None
+    shape, eps = call["normalized_shape"], call.get("eps", 1e-5)
+    out = F.layer_norm(fwad.unpack_dual(x).primal, shape, weight, bias, eps)
+    tangent = fwad.unpack_dual(F.layer_norm(x, shape, None, None, eps)).tangent
+    if weight is not None:
+        tangent = tangent * weight
+    return fwad.make_dual(out, tangent)
+
+
 class _TangentRules(TorchFunctionMode):
     """Direct tangent rules for the calls whose autograd rule does needless work (no grad
     mode only): ``F.linear`` with a dual input and plain weights through
-    :class:`_LinearTangent`, and ``+ − × ÷`` with one plain operand through
-    :func:`_binary_plain`; every other call runs as it is. ``elementwise=False`` keeps
-    autograd's rule for the latter (a reference for tests and benchmarks)."""
+    :class:`_LinearTangent`, ``+ − × ÷`` with one plain operand through
+    :func:`_binary_plain`, ``F.layer_norm`` with plain affine weights through
+    :func:`_layer_norm_plain`; every other call runs as it is. ``elementwise=False``
+    keeps autograd's rules for the latter two (a reference for tests and benchmarks)."""
 
     def __init__(self, elementwise: bool = True):
         super().__init__()
@@ -166,6 +187,10 @@ class _TangentRules(TorchFunctionMode):
             bias = rest[0] if rest else kwargs.get("bias")
             if not _plain(x) and _plain(weight) and _plain(bias):
                 return _LinearTangent.apply(x, weight, bias)
+        elif func is F.layer_norm and self.elementwise:
+            out = _layer_norm_plain(args, kwargs)
+            if out is not None:
+                return out
         elif self.elementwise and not kwargs:
             out = _binary_plain(func, args)
             if out is not None:
