@@ -94,17 +94,30 @@ def test_one_shot_sums_in_the_hooks_see_the_rows_before_in_place_changes():
     assert sums["a"].ysq == pytest.approx(float(ya.square().sum()), rel=1e-12)
 
 
-@pytest.mark.parametrize("name", ["gns", "painn"])
-def test_linear_tangent_rule_equals_autograd_bit_for_bit(name, monkeypatch):
-    """``ẋ Wᵀ`` taken directly (:class:`~gffmerge.collect.tangents._LinearTangent`) gives
-    the values and tangents of autograd's rule exactly, on the shipped float32 models."""
+def _float32_model(name: str):
+    """A shipped float32 model (SchNet: random weights, none is shipped)."""
+    from gffmerge.checkpoint import load_checkpoint
+    from gffmerge.models import build_model
+
+    if name == "schnet":
+        torch.manual_seed(0)
+        return build_model("schnet").eval()
+    return load_checkpoint(ROOT / "checkpoints" / "rmd17" / f"{name}_ethanol.pt")[0].eval()
+
+
+@pytest.mark.parametrize("name", ["gns", "painn", "schnet"])
+def test_direct_tangent_rules_equal_autograd_bit_for_bit(name, monkeypatch):
+    """``ẋ Wᵀ`` taken directly (:class:`~gffmerge.collect.tangents._LinearTangent`), the
+    tangents of ``+ − × ÷`` with one plain operand
+    (:func:`~gffmerge.collect.tangents._binary_plain`) and of a LayerNorm with plain
+    weights (:func:`~gffmerge.collect.tangents._layer_norm_plain`) give the values and
+    tangents of autograd's rules exactly, on float32 models."""
     import contextlib
 
-    from gffmerge.checkpoint import load_checkpoint
     from gffmerge.collect import tangents
     from gffmerge.data import load_dataset
 
-    model = load_checkpoint(ROOT / "checkpoints" / "rmd17" / f"{name}_ethanol.pt")[0].eval()
+    model = _float32_model(name)
     train = load_dataset(["rmd17/ethanol"]).split("train")
     batch = next(iter(train.subset(4, seed=0).batches_for(model, 4)))
     names = list(mergeable_layers(model))
@@ -113,9 +126,25 @@ def test_linear_tangent_rule_equals_autograd_bit_for_bit(name, monkeypatch):
     rule = tangents._LinearTangent.jvp
     monkeypatch.setattr(tangents._LinearTangent, "jvp",
                         staticmethod(lambda ctx, *t: (used.append(1), rule(ctx, *t))[1]))
+    binary, direct = tangents._binary_plain, []
+
+    def counted(func, args):
+        out = binary(func, args)
+        direct.append(out is not None)
+        return out
+    monkeypatch.setattr(tangents, "_binary_plain", counted)
+    layer_norm, norms = tangents._layer_norm_plain, []
+
+    def counted_norm(args, kwargs):
+        out = layer_norm(args, kwargs)
+        norms.append(out is not None)
+        return out
+    monkeypatch.setattr(tangents, "_layer_norm_plain", counted_norm)
     fast = run_recording(model, batch, names, "both", u=u, structured=True)
-    assert len(used) >= len(names) // 2  # the rule was taken
-    monkeypatch.setattr(tangents, "_TangentLinear", contextlib.nullcontext)
+    assert len(used) >= len(names) // 2  # the rules were taken
+    assert sum(direct) >= 3
+    assert sum(norms) >= (3 if name == "gns" else 0)  # GNS's MLPs end in a LayerNorm
+    monkeypatch.setattr(tangents, "_TangentRules", contextlib.nullcontext)
     ref = run_recording(model, batch, names, "both", u=u, structured=True)
     tangent_rows = 0
     for got, want in zip(fast, ref):
@@ -229,3 +258,51 @@ def test_dependency_probe_compared_in_the_hooks_equals_the_recorded_difference(n
             assert got[b] == (ref[b] - base[b]).abs().max().item(), (a, b)
             fed += got[b] > 1e-3
     assert fed > len(names)  # perturbations do reach later layers
+
+
+def test_rows_without_tangents_are_counted_and_equal_summed_zeros(monkeypatch):
+    """A layer input that does not depend on the positions (SchNet's first ``in2f`` reads
+    the embedding) reaches the sums as a None tangent: its rows are counted and the sums
+    equal those of the materialised zero tangents exactly."""
+    from gffmerge.collect import progressive, recording
+    from gffmerge.data import load_dataset
+    from gffmerge.models.schnet import SchNet
+
+    torch.manual_seed(0)
+    model = SchNet(n_atom_basis=8, n_filters=8, n_interactions=2, n_rbf=6,
+                   cutoff=4.0).double().eval()
+    batches = list(load_dataset(["rmd17/ethanol"]).split("train").subset(4, seed=0)
+                   .batches_for(model, 2))
+    infos = mergeable_layers(model)
+    names = list(infos)
+    none: list = []
+    add = progressive._add_call
+
+    def seen(s, x, dx, y, dy, **kw):
+        none.append(dx is None)
+        return add(s, x, dx, y, dy, **kw)
+    monkeypatch.setattr(progressive, "_add_call", seen)
+
+    def sums():
+        src = prepare_sources([model], [batches], frames=None, names=names, tangents=True,
+                              seed=1, outputs=False)
+        return stage_sums(None, src, names, infos, tangents=True)[0]
+    fast = sums()
+    assert any(none) and not all(none)
+
+    def zeros(self, t, copy):  # every tangent materialised, zeros where there is none
+        from gffmerge.collect.tangents import split_dual
+
+        return split_dual(t)
+    monkeypatch.setattr(recording._Recorder, "_rows", zeros)
+    none.clear()
+    ref = sums()
+    assert not any(none)
+    for n in names:
+        a, b = fast[n], ref[n]
+        assert (a.rows, a.trows, a.ysq, a.tysq) == (b.rows, b.trows, b.ysq, b.tysq), n
+        for x, y in ((a.gram, b.gram), (a.cross, b.cross), (a.tgram, b.tgram),
+                     (a.tcross, b.tcross)):
+            assert torch.equal(x, y), n
+    assert fast["interactions.0.in2f"].trows == fast["interactions.0.in2f"].rows > 0
+    assert fast["interactions.0.in2f"].tgram.abs().max() == 0

@@ -70,9 +70,16 @@ def test_conservative_flag():
     assert not is_conservative(nn.Linear(2, 2))
 
 
-def test_jvp_tangents_equal_central_differences(frames):
+@pytest.mark.parametrize("name", ["painn", "schnet"])
+def test_jvp_tangents_equal_central_differences(frames, name):
+    from gffmerge.models.schnet import SchNet
+
     torch.manual_seed(0)
-    model = PaiNN(n_features=8, n_interactions=2, n_rbf=6, cutoff=4.0).double().eval()
+    if name == "painn":
+        model = PaiNN(n_features=8, n_interactions=2, n_rbf=6, cutoff=4.0)
+    else:
+        model = SchNet(n_atom_basis=8, n_filters=8, n_interactions=2, n_rbf=6, cutoff=4.0)
+    model = model.double().eval()
     batch = _batches(frames, model.cutoff)[0]
     names = list(linear_layers(model))
     u = directions(batch, "random", seed=1)
@@ -90,6 +97,75 @@ def test_jvp_tangents_equal_central_differences(frames):
             assert (dx - fd).abs().max().item() <= 1e-6 * scale, (what, n)
             torch.testing.assert_close(x, run_recording(model, batch, [n], what)[n][0][0],
                                        rtol=0, atol=1e-12)
+
+
+_OPS = {
+    "a + b": lambda a, b: a + b, "b + a": lambda a, b: b + a,
+    "a - b": lambda a, b: a - b, "b - a": lambda a, b: b - a,
+    "a * b": lambda a, b: a * b, "b * a": lambda a, b: b * a,
+    "a / b": lambda a, b: a / b, "b / a": lambda a, b: b / a,
+    "torch.mul": torch.mul, "torch.sub": lambda a, b: torch.sub(a, b),
+    "a.add(b)": lambda a, b: a.add(b), "torch.div": lambda a, b: torch.div(a, b),
+    "alpha": lambda a, b: torch.add(a, b, alpha=2.0),
+}
+
+
+@pytest.mark.parametrize("op", list(_OPS))
+@pytest.mark.parametrize("plain", ["tensor", "column", "number", "dual"])
+def test_direct_elementwise_tangents_equal_autograd(op, plain):
+    """``+ − × ÷`` with a dual ``a`` and a plain ``b`` (a tensor, a broadcast column, a
+    number; both dual: autograd's rule) give autograd's values and tangents to the bit,
+    with the layout of autograd's result."""
+    import torch.autograd.forward_ad as fwad
+
+    from gffmerge.collect.tangents import _TangentRules
+
+    g = torch.Generator().manual_seed(0)
+    a, ta = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    b = {"tensor": torch.randn(5, 4, generator=g) + 3, "column": torch.rand(5, 1,
+         generator=g) + 1, "number": 0.37, "dual": torch.randn(5, 4, generator=g) + 3}[plain]
+    if op == "b / a":
+        a = a.abs() + 1
+    f = _OPS[op]
+    results = []
+    for mode in (_TangentRules(), _TangentRules(elementwise=False)):
+        with torch.no_grad(), fwad.dual_level():
+            bb = fwad.make_dual(b, torch.ones_like(b)) if plain == "dual" else b
+            if plain == "number" and op in ("torch.mul", "torch.sub", "torch.div"):
+                bb = torch.tensor(b)
+            with mode:
+                out = f(fwad.make_dual(a, ta), bb)
+            p, t = fwad.unpack_dual(out)
+            results.append((p.clone(), t.clone(), t.stride()))
+    (p, t, stride), (pr, tr, stride_r) = results
+    assert torch.equal(p, pr) and torch.equal(t, tr) and stride == stride_r
+    assert t.abs().max() > 0
+
+
+@pytest.mark.parametrize("affine", ["weight and bias", "weight", "none"])
+@pytest.mark.parametrize("shape", [(7, 6), (5, 3, 4)])
+def test_direct_layer_norm_tangent_equals_autograd(affine, shape):
+    """``F.layer_norm`` of a dual input with plain affine weights gives autograd's values
+    and tangents to the bit (over the last one or two dimensions)."""
+    import torch.autograd.forward_ad as fwad
+    import torch.nn.functional as F
+
+    from gffmerge.collect.tangents import _TangentRules
+
+    g = torch.Generator().manual_seed(1)
+    x, tx = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
+    norm = shape[-1:] if len(shape) == 2 else shape[-2:]
+    w = torch.randn(*norm, generator=g) if affine != "none" else None
+    b = torch.randn(*norm, generator=g) if affine == "weight and bias" else None
+    results = []
+    for mode in (_TangentRules(), _TangentRules(elementwise=False)):
+        with torch.no_grad(), fwad.dual_level(), mode:
+            out = F.layer_norm(fwad.make_dual(x, tx), norm, w, b, 1e-5)
+            p, t = fwad.unpack_dual(out)
+            results.append((p.clone(), t.clone()))
+    (p, t), (pr, tr) = results
+    assert torch.equal(p, pr) and torch.equal(t, tr)
+    assert t.abs().max() > 0
 
 
 def test_linear_model_is_recovered_from_derivative_rows_alone(frames):

@@ -159,7 +159,8 @@ def _sq(y: Tensor) -> float:
 
 def _add_call(s: LayerSums, x, dx, y, dy, *, values: bool, tangents: bool,
               backend: str) -> None:
-    """Add one layer call's value rows (when ``values``) and tangent rows to ``s``."""
+    """Add one layer call's value rows (when ``values``) and tangent rows to ``s``; a
+    dense tangent of None stands for zero rows (counted, nothing to add)."""
     if values and isinstance(x, GramInput):
         gram, cross = sums_of(x, y, backend=backend)
         s.gram += gram
@@ -180,11 +181,14 @@ def _add_call(s: LayerSums, x, dx, y, dy, *, values: bool, tangents: bool,
         s.tcross += tcross[:w]
         s.trows += dx.rows
         s.tysq += _sq(dy)
-    elif tangents:
-        gram_(s.tgram, dx, backend=backend)
-        cross_(s.tcross, dx, dy, backend=backend)
-        s.trows += dx.shape[0]
-        s.tysq += _sq(dy)
+    elif tangents:  # a tangent of None: rows that do not depend on the positions (zeros)
+        if dx is not None:
+            gram_(s.tgram, dx, backend=backend)
+            if dy is not None:
+                cross_(s.tcross, dx, dy, backend=backend)
+        s.trows += (x if dx is None else dx).shape[0]
+        if dy is not None:
+            s.tysq += _sq(dy)
 
 
 def _mismatch(n: str, merged_calls: str, src_calls: int, label: str) -> RuntimeError:

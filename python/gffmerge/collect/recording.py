@@ -147,10 +147,14 @@ class _Recorder:
         """``(primal, tangent or None)`` of ``t``, copied when ``copy``: the model may change
         the tensor in place later in the same forward (CHGNet's ``h = mlp_out(h);
         h += residual``), which a view would see; kept rows must be the values the layer
-        saw or gave."""
+        saw or gave. Kept rows get zeros for a tensor that does not depend on the
+        positions; rows for a sink get None (no zeros made, no sums of zeros formed)."""
         if self.tangents:
-            primal, tangent = split_dual(t)
-            return (primal.clone(), tangent.clone()) if copy else (primal, tangent)
+            if copy:
+                primal, tangent = split_dual(t)
+                return primal.clone(), tangent.clone()
+            primal, tangent = fwad.unpack_dual(t)
+            return primal.detach(), None if tangent is None else tangent.detach()
         return (t.detach().clone() if copy else t.detach()), None
 
     def _done(self) -> None:
@@ -174,7 +178,8 @@ def run_recording(model: nn.Module, batch: Any, names: Iterable[str], what: str,
     layer has been called that often; with ``structured`` (inputs) a layer that
     describes its parts gives its :class:`GramInput` instead of input rows. With ``sink``
     (inputs), each call's rows go to ``sink(name, (x, ẋ), (y, ẏ) or None)`` inside the
-    hook, as views (no copies, nothing kept), and the returned dicts stay empty."""
+    hook, as views (no copies, nothing kept; a dense tangent is None where the rows do
+    not depend on the positions), and the returned dicts stay empty."""
     if sink is not None and what == "output":
         raise ValueError("a sink takes a layer's inputs: use what='input' or 'both'")
     if what not in ("input", "output", "both"):
