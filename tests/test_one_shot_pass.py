@@ -126,20 +126,20 @@ def test_direct_tangent_rules_equal_autograd_bit_for_bit(name, monkeypatch):
     rule = tangents._LinearTangent.jvp
     monkeypatch.setattr(tangents._LinearTangent, "jvp",
                         staticmethod(lambda ctx, *t: (used.append(1), rule(ctx, *t))[1]))
-    binary, direct = tangents._binary_plain, []
+    def count_taken(attr: str) -> list[bool]:
+        """Wrap ``tangents.<attr>`` (a rule returning None when it does not apply) and
+        record, per call, whether it applied."""
+        rule_fn, taken = getattr(tangents, attr), []
 
-    def counted(func, args):
-        out = binary(func, args)
-        direct.append(out is not None)
-        return out
-    monkeypatch.setattr(tangents, "_binary_plain", counted)
-    layer_norm, norms = tangents._layer_norm_plain, []
+        def counted(*args):
+            out = rule_fn(*args)
+            taken.append(out is not None)
+            return out
+        monkeypatch.setattr(tangents, attr, counted)
+        return taken
 
-    def counted_norm(args, kwargs):
-        out = layer_norm(args, kwargs)
-        norms.append(out is not None)
-        return out
-    monkeypatch.setattr(tangents, "_layer_norm_plain", counted_norm)
+    direct = count_taken("_binary_plain")
+    norms = count_taken("_layer_norm_plain")
     fast = run_recording(model, batch, names, "both", u=u, structured=True)
     assert len(used) >= len(names) // 2  # the rules were taken
     assert sum(direct) >= 3
