@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -165,6 +167,21 @@ def _prepare_model(cfg: TrainConfig, train: AtomsDataset) -> tuple[ForceField, d
                    "reference_rank": ref.rank, "scale": ss.scale, "shift": ss.shift}
 
 
+def _sigterm_interrupts():
+    """Until the returned function is called, SIGTERM raises ``KeyboardInterrupt`` (as
+    Ctrl-C does), so a job stopped by its scheduler keeps its best epoch; only in the main
+    thread (the one Python delivers signals to). Returns the function that restores the
+    previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt("SIGTERM received")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool = True,
           dataset: AtomsDataset | None = None, metadata: dict[str, Any] | None = None,
           model: ForceField | None = None, raise_on_interrupt: bool = True) -> TrainResult:
@@ -174,9 +191,10 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
     ``model``: start from this model (trained in place) instead of ``cfg.init`` or a fresh
     one; parameters with ``requires_grad=False`` stay frozen.
 
-    Ctrl-C stops after saving the best model so far (metadata ``interrupted: true``), then
-    raises ``KeyboardInterrupt``; with ``raise_on_interrupt=False`` it returns the result
-    (``interrupted=True``) for the caller to save and re-raise.
+    Ctrl-C, or SIGTERM (what batch schedulers such as SLURM send before they kill a job at
+    its time limit), stops after saving the best model so far (metadata ``interrupted:
+    true``), then raises ``KeyboardInterrupt``; with ``raise_on_interrupt=False`` it returns
+    the result (``interrupted=True``) for the caller to save and re-raise.
     """
     from tqdm.auto import tqdm
 
@@ -220,6 +238,7 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
     interrupted = False
     stopped_by = "epochs"
     epochs = tqdm(range(cfg.epochs), desc=f"train {cfg.role}", unit="epoch", disable=not progress)
+    restore = _sigterm_interrupts()
     try:
         for epoch in epochs:
             model.train()
@@ -263,6 +282,8 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
                 break
     except KeyboardInterrupt:
         interrupted, stopped_by = True, "interrupted"
+    finally:
+        restore()
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     model.load_state_dict(best_state)
     model.eval()
