@@ -144,17 +144,18 @@ def test_cosine_schedule_is_unchanged_by_default():
 
 
 # ---------------------------------------------------------------- the recipes
-def test_rmd17_sources_train_to_a_plateau_and_the_rest_keep_their_schedule():
+@pytest.mark.parametrize("recipe", [RMD17, LIPS20], ids=["rmd17", "lips20"])
+def test_sources_train_to_a_plateau_and_the_foundation_keeps_its_schedule(recipe):
     for model in ("gns", "painn"):
-        (_, foundation), *rest = configs(RMD17, model, Path("ck"))
+        (_, foundation), *rest = configs(recipe, model, Path("ck"))
         assert foundation.schedule == "cosine"  # shipped as trained, not retrained
         for role, cfg in rest:
             assert cfg.schedule == "plateau" and cfg.monitor == "val_force_mae", role
             # a run stopped by patience has its best epoch in the first 80 % of the ceiling
             assert cfg.patience >= 0.2 * cfg.epochs and cfg.max_minutes is not None
-        for role, cfg in configs(LIPS20, model, Path("ck")):
-            assert cfg.schedule == "cosine" and cfg.patience == 10, role
-    assert [c.epochs for _, c in configs(LIPS20, "gns", Path("ck"))] == [15, 30, 30, 30]
+    assert [c.epochs for _, c in configs(LIPS20, "gns", Path("ck"))] == [15, 60, 60, 60]
+    assert [c.train_frames for _, c in configs(LIPS20, "painn", Path("ck"))][1:] == [
+        400, 400, 800]
 
 
 def test_lips20_pair_recipe_fine_tunes_from_the_lips20_foundation_to_a_plateau(tmp_path):
