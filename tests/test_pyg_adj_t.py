@@ -319,3 +319,17 @@ def test_graph_inputs_that_are_refused_say_what_to_pass():
         warnings.simplefilter("error")  # the one-line errors come without torch's notices
         with pytest.raises(ValueError):
             pyg.propagate(fake, None, x, 10)
+
+
+def test_sbm_graph_as_adj_t_is_the_edge_index_graph():
+    from gffmerge.data.graphs import sbm_graph
+
+    a = sbm_graph(400, num_classes=3, avg_degree=6, num_features=5, seed=4)
+    b = sbm_graph(400, num_classes=3, avg_degree=6, num_features=5, seed=4, adj_t=True)
+    assert "edge_index" not in b and b.adj_t.layout == torch.sparse_csr
+    ref = torch.zeros(400, 400)
+    ref.index_put_((a.edge_index[1], a.edge_index[0]), torch.ones(a.edge_index.shape[1]),
+                   accumulate=True)  # entry (i, j): edges j → i, repeated draws counted
+    assert torch.equal(b.adj_t.to_dense(), ref)
+    for key in ("x", "y", "train_mask", "val_mask", "test_mask"):
+        assert torch.equal(a[key], b[key])

@@ -67,8 +67,9 @@ def sbm_graph(num_nodes: int, *, num_classes: int = 6, avg_degree: float = 10.0,
     ``adj_t=True``: the graph as PyG's sparse ``adj_t`` instead of ``edge_index`` (for large
     graphs: convolutions then aggregate without ``[E, d]`` messages), a ``torch.sparse_csr``
     tensor ``[N, N]`` with entry ``(i, j)`` for the edge ``j → i``, float32 values counting
-    repeated draws of one edge (so sums and GCN's normalisation equal the ``edge_index``
-    graph's), built from the drawn edges without forming ``edge_index``.
+    repeated draws of one edge (so sums over neighbours equal the ``edge_index`` graph's),
+    built from the drawn edges without forming ``edge_index``; the same draws, features and
+    split as ``adj_t=False``.
     """
     _require_pyg()
     from torch_geometric.data import Data

@@ -23,7 +23,10 @@ layout=torch.sparse_csr)``). PyG's convolutions then aggregate with one sparse-d
 instead of gathering ``[E, d]`` messages, and the propagation matrix measured here *is*
 ``adj_t`` (its values are the edge weights), normalised as the convolution normalises it:
 ``gcn_norm`` of ``adj_t`` for GCN, rows divided by their number of stored entries for SAGE's
-mean (torch's ``sparse.mm(..., "mean")``). ``torch_sparse.SparseTensor`` is not supported.
+mean (torch's ``sparse.mm(..., "mean")``). Prefer CSR: PyG's ``gcn_norm`` marks a COO
+``adj_t`` coalesced in place, a new version of the tensor, so a COO graph is measured right
+but its normalisation is neither kept nor shared between sources. ``torch_sparse.SparseTensor``
+is not supported (a one-line error names the CSR alternative).
 
 Every statistic is node-level (``[N, d]``): no ``[E, d]`` tensor and no dense adjacency is
 formed.
@@ -91,12 +94,12 @@ _CSR_HINT = ("torch's sparse CSR adj_t: torch_geometric.transforms.ToSparseTenso
              "edge_index.flip(0), size=(N, N))")
 
 
-def is_adj_t(graph) -> bool:
+def _is_adj_t(graph) -> bool:
     """Whether ``graph`` is a torch sparse adjacency (CSR or COO) rather than edge_index."""
     return isinstance(graph, Tensor) and graph.layout in _ADJ_LAYOUTS
 
 
-def check_graph(graph) -> None:
+def _check_graph(graph) -> None:
     """Raise a one-line ``ValueError`` unless ``graph`` is an integer ``edge_index [2, E]``
     or a 2-D torch sparse ``adj_t`` in CSR or COO layout."""
     if type(graph).__name__ == "SparseTensor":
@@ -125,8 +128,8 @@ def propagate(edge_index: Tensor, weight: Tensor | None, x: Tensor, n_dst: int, 
     None; ``mean`` divides by each row's number of stored entries, as torch's
     ``sparse.mm(adj_t, x, "mean")`` in PyG). ``rows``: only the destination nodes ``rows``
     (in that order). A sparse ``x`` gives a sparse float64 result."""
-    check_graph(edge_index)
-    if is_adj_t(edge_index):
+    _check_graph(edge_index)
+    if _is_adj_t(edge_index):
         if flow != "source_to_target":
             raise ValueError("a sparse adj_t propagates source to target only (PyG's rule); "
                              "pass the transposed adjacency instead of flow="
@@ -279,7 +282,7 @@ def _graph_tensors(graph: Tensor, edge_weight: Tensor | None) -> tuple | None:
     """The tensors that identify a graph in a shared-input key: ``edge_index`` (and the
     weights), or the values of a sparse ``adj_t`` (a view of it: the key holds the adjacency
     itself and its version counter, which in-place changes of the values bump)."""
-    if not is_adj_t(graph):
+    if not _is_adj_t(graph):
         return (graph,) if edge_weight is None else (graph, edge_weight)
     if graph.layout == torch.sparse_coo and not graph.is_coalesced():
         return None  # the values of an uncoalesced COO are no view of it
@@ -293,7 +296,7 @@ def _key(tag: tuple, x, edge_index, edge_weight=None) -> tuple | None:
     graph = _graph_tensors(edge_index, edge_weight)
     if graph is None:
         return None
-    if is_adj_t(edge_index):  # the structure: layout, shape and number of entries
+    if _is_adj_t(edge_index):  # the structure: layout, shape and number of entries
         tag = tag + ("adj_t", edge_index.layout, tuple(edge_index.shape),
                      edge_index._nnz())
     return tag + _rows_key(_ROWS.get()), (x, *graph)
@@ -301,10 +304,11 @@ def _key(tag: tuple, x, edge_index, edge_weight=None) -> tuple | None:
 
 def _normalised(edge_index: Tensor, edge_weight: Tensor | None, n: int, conv: GCNConv,
                 dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """``gcn_norm`` of the graph; inside :func:`kept_propagations`, kept for the next call
-    on the same, unchanged ``edge_index`` (no edge weights) and settings: a merge measures,
-    multiplies and scores on one graph many times (one entry; an in-place change of the
-    edges is noticed by the tensor's version counter)."""
+    """``gcn_norm`` of the graph, PyG's own (for a sparse ``adj_t``: the normalised ``adj_t``
+    and None, as GCNConv forms it); inside :func:`kept_propagations`, kept for the next call
+    on the same, unchanged ``edge_index`` or ``adj_t`` (no edge weights) and settings: a
+    merge measures, multiplies and scores on one graph many times (one entry; an in-place
+    change of the edges is noticed by the tensor's version counter)."""
     settings = (n, conv.improved, conv.add_self_loops, conv.flow, dtype)
     kept = _KEPT.get()
     last = kept["norm"] if kept is not None else None  # [((edge_index, version, settings), result)]
@@ -325,8 +329,8 @@ def _gcn_parts(conv: GCNConv):
             raise ValueError("GCNConv takes one node-feature tensor; bipartite inputs are "
                              "not supported by GCNConv itself")
         n = x.shape[0]
-        check_graph(edge_index)
-        if is_adj_t(edge_index):
+        _check_graph(edge_index)
+        if _is_adj_t(edge_index):
             edge_weight = None  # PyG's GCNConv ignores it: the values of adj_t are the weights
         if conv.normalize:
             edge_index, edge_weight = _normalised(edge_index, edge_weight, n, conv, x.dtype)
@@ -336,7 +340,7 @@ def _gcn_parts(conv: GCNConv):
                                           rows=_ROWS.get())),))
 
     def key(x, edge_index, edge_weight=None):
-        if is_adj_t(edge_index):
+        if _is_adj_t(edge_index):
             edge_weight = None
         return _key(("gcn", conv.normalize, conv.improved, conv.add_self_loops, conv.flow),
                     x, edge_index, edge_weight)
@@ -353,8 +357,8 @@ def _sage_parts(conv: SAGEConv):
         xs, xr = (x, x) if isinstance(x, Tensor) else tuple(x)
         if conv.project and hasattr(conv, "lin"):
             xs = conv.lin(xs).relu()
-        check_graph(edge_index)
-        if is_adj_t(edge_index):
+        _check_graph(edge_index)
+        if _is_adj_t(edge_index):
             n_dst = edge_index.shape[0]
         else:
             n_dst = xr.shape[0] if xr is not None else (size[1] if size else xs.shape[0])
