@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from .paths import data_dir
 
@@ -51,7 +52,8 @@ def load_planetoid(name: str, root: str | os.PathLike | None = None):
 def sbm_graph(num_nodes: int, *, num_classes: int = 6, avg_degree: float = 10.0,
               p_in: float = 0.8, num_features: int = 32, signal: float = 1.0,
               feature_seed: int = 0, seed: int = 0, train_per_class: int = 20,
-              num_val: int = 500, num_test: int = 1000, dtype=torch.float32):
+              num_val: int = 500, num_test: int = 1000, dtype=torch.float32,
+              adj_t: bool = False):
     """A stochastic block model: ``num_classes`` equal-probability blocks, about
     ``avg_degree · N / 2`` undirected edges of which a fraction ``p_in`` join nodes of the
     same block, and features ``x_v = signal · μ_{y_v} + ε`` with ``ε ~ N(0, I)``.
@@ -61,6 +63,13 @@ def sbm_graph(num_nodes: int, *, num_classes: int = 6, avg_degree: float = 10.0,
     Memory is O(N·d + E): edges are drawn in chunks and stored once, in both directions.
     A Planetoid-like split: ``train_per_class`` training nodes per class, ``num_val`` and
     ``num_test`` others (on a graph with fewer other nodes, all of them in that proportion).
+
+    ``adj_t=True``: the graph as PyG's sparse ``adj_t`` instead of ``edge_index`` (for large
+    graphs: convolutions then aggregate without ``[E, d]`` messages), a ``torch.sparse_csr``
+    tensor ``[N, N]`` with entry ``(i, j)`` for the edge ``j → i``, float32 values counting
+    repeated draws of one edge (so sums over neighbours equal the ``edge_index`` graph's),
+    built from the drawn edges without forming ``edge_index``; the same draws, features and
+    split as ``adj_t=False``.
     """
     _require_pyg()
     from torch_geometric.data import Data
@@ -89,7 +98,10 @@ def sbm_graph(num_nodes: int, *, num_classes: int = 6, avg_degree: float = 10.0,
         other = torch.randint(0, num_nodes, (e - s,), generator=g)
         src[s:e] = a
         dst[s:e] = torch.where(inside, same, other)
-    edge_index = torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])
+    if adj_t:
+        graph = {"adj_t": _csr_adj_t(src, dst, num_nodes)}
+    else:
+        graph = {"edge_index": torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])}
     del src, dst
     x = torch.empty(num_nodes, num_features, dtype=dtype)
     for s in range(0, num_nodes, step):
@@ -108,5 +120,22 @@ def sbm_graph(num_nodes: int, *, num_classes: int = 6, avg_degree: float = 10.0,
     test = torch.zeros(num_nodes, dtype=torch.bool)
     val[rest[:num_val]] = True
     test[rest[num_val:num_val + num_test]] = True
-    return Data(x=x, edge_index=edge_index, y=y, train_mask=train, val_mask=val,
-                test_mask=test)
+    return Data(x=x, **graph, y=y, train_mask=train, val_mask=val, test_mask=test)
+
+
+def _csr_adj_t(src: Tensor, dst: Tensor, n: int) -> Tensor:
+    """The CSR ``adj_t [n, n]`` of the undirected edges ``src – dst`` (both directions;
+    values: multiplicities). Entries are sorted as ``row · n + col`` keys, so the peak is a
+    few int64 arrays of the directed edge count, never a ``[2, E]`` index pair."""
+    m = src.shape[0]
+    key = torch.empty(2 * m, dtype=torch.int64)
+    torch.add(dst * n, src, out=key[:m])  # row = destination, column = source
+    torch.add(src * n, dst, out=key[m:])
+    key, counts = torch.unique(key, sorted=True, return_counts=True)
+    rows = torch.div(key, n, rounding_mode="floor")
+    crow = torch.zeros(n + 1, dtype=torch.int64)
+    torch.cumsum(torch.bincount(rows, minlength=n), 0, out=crow[1:])
+    del rows
+    col = key.remainder_(n)
+    return torch.sparse_csr_tensor(crow, col, counts.to(torch.float32), (n, n),
+                                   check_invariants=False)
