@@ -78,3 +78,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def layer_sum_widths(monkeypatch) -> list[int]:
+    """The input width of every layer sum the collection forms from now on, in order (how
+    often a layer's Gram was formed, e.g. once for sources that share its input)."""
+    import gffmerge.collect.hooks as hooks
+
+    real, widths = hooks.layer_sums, []
+    monkeypatch.setattr(hooks, "layer_sums",
+                        lambda inp, *a, **k: widths.append(inp.width) or real(inp, *a, **k))
+    return widths

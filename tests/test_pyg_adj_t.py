@@ -222,15 +222,12 @@ def test_sparse_features_on_adj_t(layout):
 
 @pytest.mark.parametrize(("kind", "layout"), [("gcn", "csr"), ("sage_mean", "csr"),
                                              ("sage_mean", "coo"), ("gcn", "coo")])
-def test_first_layer_gram_is_shared_between_sources_on_one_adj_t(kind, layout, monkeypatch):
+def test_first_layer_gram_is_shared_between_sources_on_one_adj_t(kind, layout,
+                                                                layer_sum_widths):
     x, ei = graph(40, 120, 8)
     adj = adj_t(ei, len(x), layout)
     models = sources(CONVS[kind][0], k=3)
-    import gffmerge.collect.hooks as hooks
-    real = hooks.layer_sums
-    widths = []
-    monkeypatch.setattr(hooks, "layer_sums",
-                        lambda inp, *a, **k: widths.append(inp.width) or real(inp, *a, **k))
+    widths = layer_sum_widths
     shared = InputCache()
     together = [gffmerge.measure(m, [(x, adj)], progress=False, shared=shared) for m in models]
     w1, w2 = (6, 5) if kind == "gcn" else (12, 10)

@@ -92,14 +92,10 @@ def test_sparse_first_layer_equals_dense_float64_reference(kind, monkeypatch):
         assert a.rows == b.rows
 
 
-def test_first_layer_is_measured_once_for_sources_on_one_graph(monkeypatch):
+def test_first_layer_is_measured_once_for_sources_on_one_graph(layer_sum_widths):
     x, ei = bow_graph(seed=1)
     ms = models(GCNConv, x.shape[1])
-    import gffmerge.collect.hooks as hooks
-    real = hooks.layer_sums
-    grams = []
-    monkeypatch.setattr(hooks, "layer_sums",
-                        lambda inp, *a, **k: grams.append(inp.width) or real(inp, *a, **k))
+    grams = layer_sum_widths
     shared = InputCache()
     together = [gffmerge.measure(m, [(x, ei)], progress=False, shared=shared) for m in ms]
     assert grams == [x.shape[1], 8, 8]  # layer 1 once, layer 2 per source
