@@ -107,6 +107,28 @@ def test_continuing_in_place_and_twice_appends_phases(first, tmp_path):
     assert new["cpu_seconds"] == pytest.approx(sum(p["cpu_seconds"] for p in new["phases"]))
 
 
+def test_a_cosine_phase_anneals_the_learning_rate_to_its_floor(first, tmp_path):
+    """The anneal of a plateau recipe: the learning rate decays monotonically from the one
+    phase 1 ended with to min_lr_ratio of it at the last step; every epoch runs when
+    patience equals the epochs, and the best epoch is the lowest value (min_delta 0)."""
+    path, meta, _ = first
+    out = tmp_path / "anneal.pt"
+    continue_training(path, epochs=4, patience=4, min_delta=0.0, schedule="cosine",
+                      output=out, progress=False)
+    _, new = load_checkpoint(out)
+    phase = new["phases"][-1]
+    assert phase["config"]["schedule"] == "cosine" and phase["epochs_run"] == 4
+    lr0 = meta["history"][-1]["lr"]
+    lrs = [r["lr"] for r in new["history"][3:]]
+    assert all(b < a for a, b in zip(lrs, lrs[1:])) and lrs[0] < lr0
+    assert lrs[-1] == pytest.approx(lr0 * meta["config"]["min_lr_ratio"], rel=1e-12)
+    vals = [r["val_force_mae_mev_per_a"] for r in new["history"][3:]]
+    if phase["best_epoch"] >= 0:
+        assert vals[phase["best_epoch"]] == min(vals)
+    with pytest.raises(ValueError, match="schedule must be plateau or cosine"):
+        continue_training(path, epochs=1, patience=1, schedule="linear", progress=False)
+
+
 def test_a_checkpoint_without_history_is_refused_in_one_line(first, tmp_path):
     path, _, _ = first
     model, _ = load_checkpoint(path)
@@ -161,6 +183,29 @@ def test_next_phase_runs_each_phase_once_and_stops_a_checkpoint_at_its_plateau()
     assert next_phase(rule, "joint", _meta(4, 70, 69)) is None
     assert next_phase(rule, "finetune", _meta(3, 40, 39)) is None
     assert next_phase(None, "finetune", _meta(1, 10, 9)) is None
+
+
+def test_the_anneal_runs_once_after_the_plateau_phases_whatever_ended_them():
+    anneal = ContinuePhase(5, 5, {"finetune": 1.0}, schedule="cosine", min_delta=0.0)
+    rule = PlateauRule(max_minutes={"finetune": 1.0, "joint": 1.0},
+                       then=(ContinuePhase(10, 4, {"finetune": 1.0, "joint": 1.0},
+                                           only_below_plateau=True),
+                             ContinuePhase(20, 8, {"finetune": 1.0, "joint": 1.0},
+                                           only_below_plateau=True)),
+                       anneal=anneal)
+    # at a plateau after phase 1: the plateau phases end, the anneal comes next
+    assert next_phase(rule, "finetune", _meta(1, 10, 2)) == (2, anneal)
+    # short of it: the plateau phases first, then the anneal once they are used up
+    assert next_phase(rule, "finetune", _meta(1, 10, 9))[0] == 2
+    assert next_phase(rule, "finetune", _meta(3, 40, 39)) == (4, anneal)
+    # an annealed checkpoint is finished, even one short of the criterion
+    annealed = _meta(3, 40, 39)
+    annealed["phases"] = annealed["phases"] + [{"config": {"schedule": "cosine"}}]
+    annealed["history"] = [{}] * 45
+    assert next_phase(rule, "finetune", annealed) is None
+    # a role the anneal does not name ends with the plateau phases, as before
+    assert next_phase(rule, "joint", _meta(3, 40, 39)) is None
+    assert next_phase(rule, "joint", _meta(1, 10, 2)) is None
 
 
 def test_an_interrupted_phase_keeps_its_finished_epochs(first, tmp_path, monkeypatch):

@@ -35,15 +35,19 @@ def continue_training(path: str | Path, *, epochs: int, patience: int,
                       lr: float | None = None, lr_patience: int | None = None,
                       min_delta: float | None = None, max_minutes: float | None = None,
                       output: str | Path | None = None, progress: bool = True,
-                      metadata: dict[str, Any] | None = None) -> TrainResult:
+                      metadata: dict[str, Any] | None = None,
+                      schedule: str = "plateau") -> TrainResult:
     """Train the checkpoint at ``path`` for up to ``epochs`` more epochs (plateau rule with
     ``patience``) and save the result to ``output`` (default: ``path`` itself).
 
     ``lr``: the starting learning rate (default: the last one of the recorded history);
     ``min_delta`` defaults to the first phase's. ``epochs=0`` writes the same weights with
     the metadata unchanged except for an empty phase. ``metadata`` is added to the record of
-    this phase (e.g. the command that ran it). Ctrl-C saves the phase so far (its best
-    model, finished epochs and times; ``interrupted: true``) and raises ``KeyboardInterrupt``.
+    this phase (e.g. the command that ran it). ``schedule="cosine"``: an annealing phase, the
+    learning rate decays from ``lr`` to the first phase's ``min_lr_ratio`` of it over all
+    ``epochs`` (``patience`` still stops it early; give ``patience=epochs`` to run them all).
+    Ctrl-C saves the phase so far (its best model, finished epochs and times;
+    ``interrupted: true``) and raises ``KeyboardInterrupt``.
     """
     path = Path(path)
     model, meta = load_checkpoint(path)
@@ -54,10 +58,12 @@ def continue_training(path: str | Path, *, epochs: int, patience: int,
                               "checkpoints` (python -m gffmerge.recipes)")
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if schedule not in ("plateau", "cosine"):
+        raise ValueError(f"schedule must be plateau or cosine, got {schedule!r}")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     first = TrainConfig(**{k: v for k, v in cfg_dict.items() if k in names})
     cfg = dataclasses.replace(
-        first, epochs=max(1, epochs), patience=patience, schedule="plateau",
+        first, epochs=max(1, epochs), patience=patience, schedule=schedule,
         lr=float(lr if lr is not None else history[-1]["lr"]), lr_patience=lr_patience,
         min_delta=first.min_delta if min_delta is None else min_delta,
         max_minutes=max_minutes, warmup_fraction=0.0, validate_init=True)

@@ -38,18 +38,23 @@ class ContinuePhase:
     before ended with, plateau rule with ``patience``, wall budget ``max_minutes[role]``.
     ``patience`` >= 20 % of (all earlier ceilings + ``epochs``) makes every run that patience
     stops meet the plateau criterion over all phases. ``only_below_plateau``: skip (and end
-    the recipe for) a checkpoint that already meets the criterion."""
+    the recipe for) a checkpoint that already meets the criterion. ``schedule="cosine"``
+    (a rule's ``anneal``): the learning rate decays to 1 % over the ``epochs``, and
+    ``min_delta`` (None: the first phase's) decides which epoch counts as the best."""
 
     epochs: int
     patience: int
     max_minutes: dict[str, float]
     only_below_plateau: bool = False
+    schedule: str = "plateau"
+    min_delta: float | None = None
 
     def run(self, path: Path, role: str, command: str, progress: bool):
         from .continuation import continue_training
         return continue_training(path, epochs=self.epochs, patience=self.patience,
                                  max_minutes=self.max_minutes[role], progress=progress,
-                                 metadata={"command": command})
+                                 metadata={"command": command}, schedule=self.schedule,
+                                 min_delta=self.min_delta)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,10 @@ class PlateauRule:
     min_delta: float = 0.005  # an epoch improves when it beats the best by > 0.5 %
     monitor: str = "val_force_mae"
     then: tuple[ContinuePhase, ...] = ()  # phases 2, 3, ...: continue each checkpoint
+    # the last phase of every checkpoint, once the plateau phases are over (by the criterion
+    # or by running out): a cosine decay of the learning rate, so that a run its budgets
+    # stopped at the peak learning rate still ends converged
+    anneal: ContinuePhase | None = None
 
     def options(self, role: str, epochs: int) -> dict:
         """TrainConfig fields for one role with an epoch ceiling of ``epochs``."""
@@ -96,12 +105,18 @@ class DatasetRecipe:
 # epochs, patience 24 = 20 % of the 120 epochs of both phases, then 240 more, patience 96 =
 # 20 % of 480 (GNS P2S5 still fell 8 % over phase 2's last 40 epochs at the peak learning
 # rate), then 480 more, patience 192 = 20 % of 960 (GNS P2S5 still fell ~1 % per 20 epochs
-# at the end of phase 3).
+# at the end of phase 3). Last (stop 23): the PaiNN pair and GNS beta were still improving
+# at the peak learning rate (no cut) when the wall budgets of all four phases were spent, so
+# every checkpoint ends with 20 epochs of cosine decay from its last learning rate to 1 %
+# of it, the best epoch by any improvement (min_delta 0); GNS beta took 0.6 and PaiNN Li3P
+# 0.9 min per epoch on the shared 2-core machine.
 LIPS20_PLATEAU = PlateauRule(
     max_minutes={"finetune": 30.0, "joint": 60.0},
     then=(ContinuePhase(60, 24, {"finetune": 20.0, "joint": 40.0}, only_below_plateau=True),
           ContinuePhase(240, 96, {"finetune": 25.0, "joint": 60.0}, only_below_plateau=True),
-          ContinuePhase(480, 192, {"finetune": 40.0, "joint": 60.0}, only_below_plateau=True)))
+          ContinuePhase(480, 192, {"finetune": 40.0, "joint": 60.0}, only_below_plateau=True)),
+    anneal=ContinuePhase(20, 20, {"finetune": 40.0, "joint": 60.0}, schedule="cosine",
+                         min_delta=0.0))
 
 LIPS20 = DatasetRecipe(
     "lips20",
@@ -163,14 +178,20 @@ MODEL_CONFIGS = {
 BUDGET = {"gns": (1.0, None), "painn": (0.34, 400)}  # (epoch factor, max training frames)
 
 
+def _annealed(meta: dict) -> bool:
+    return any((p.get("config") or {}).get("schedule") == "cosine"
+               for p in (meta.get("phases") or ())[1:])
+
+
 def next_phase(rule: PlateauRule | None, role: str,
                meta: dict) -> tuple[int, ContinuePhase] | None:
     """The next phase (number from 2, phase) to run on a checkpoint of ``role`` with
     metadata ``meta``, or None: phases already recorded in ``meta["phases"]`` are done (a
     checkpoint without that record has run phase 1 only), phases whose budget does not name
     the role are passed over, and an ``only_below_plateau`` phase on a checkpoint that meets
-    the plateau criterion ends the recipe."""
-    if rule is None:
+    the plateau criterion ends the plateau phases. Then the rule's ``anneal`` runs once; an
+    annealed checkpoint is finished."""
+    if rule is None or _annealed(meta):
         return None
     done = len(meta.get("phases") or ()) or 1
     for number, phase in enumerate(rule.then, start=2):
@@ -178,8 +199,10 @@ def next_phase(rule: PlateauRule | None, role: str,
             continue
         if phase.only_below_plateau and plateau_reached(
                 meta.get("history") or [], (meta.get("metrics") or {}).get("best_epoch", -1)):
-            return None
+            break
         return number, phase
+    if rule.anneal is not None and role in rule.anneal.max_minutes:
+        return done + 1, rule.anneal
     return None
 
 
@@ -294,7 +317,8 @@ def build(recipe: DatasetRecipe, model: str, root: Path, roles: list[str] | None
         if skip_existing and out.is_file():
             continue
         cmd = f"python -m gffmerge.recipes --dataset {recipe.name} --model {model} --roles {short}"
-        later = rule is not None and any(cfg.role in ph.max_minutes for ph in rule.then)
+        later = rule is not None and any(cfg.role in ph.max_minutes for ph in
+                                         rule.then + ((rule.anneal,) if rule.anneal else ()))
         if continue_only and not later:
             continue
         print(f"== {out} ({cmd})", flush=True)
