@@ -27,3 +27,20 @@ def test_regenerated_readme_keeps_hand_written_sections(tmp_path):
         "## Another\n\nAnd me.")
     write_readme(tmp_path)  # idempotent: the sections are not doubled
     assert readme.read_text() == text
+
+
+def test_an_annealed_checkpoint_says_what_stopped_its_plateau_phases(tmp_path):
+    torch.manual_seed(0)
+    (tmp_path / "toy").mkdir()
+    phases = [{"stopped_by": "wall budget", "epochs_run": 30},
+              {"stopped_by": "wall budget", "epochs_run": 12, "config": {"schedule": "plateau"}},
+              {"stopped_by": "epochs", "epochs_run": 20, "config": {"schedule": "cosine"}}]
+    meta = {"role": "finetune", "train_frames": 12, "command": "c", "phases": phases,
+            "metrics": {"epochs_run": 62, "best_epoch": 61, "stopped_by": "epochs"}}
+    save_checkpoint(tmp_path / "toy" / "gns_a.pt", build_model("gns", **TINY), meta)
+    save_checkpoint(tmp_path / "toy" / "gns_b.pt", build_model("gns", **TINY),
+                    {**meta, "phases": phases[:2]})
+    text = write_readme(tmp_path).read_text()
+    a, b = (next(line for line in text.splitlines() if f"gns_{x}.pt" in line) for x in "ab")
+    assert "| 62 (61) | wall budget, then a 20-epoch anneal |" in a
+    assert "| 62 (61) | epochs |" in b and "anneal" not in b

@@ -33,7 +33,7 @@ from gffmerge.plateau import plateau_reached  # noqa: E402
 from gffmerge.recipes import checkpoints_dir  # noqa: E402
 
 # (dataset, systems, joint role, architectures)
-PAIRS = [("lips20", ("Li3P", "P2S5"), "joint-Li3P-P2S5", ("gns",)),
+PAIRS = [("lips20", ("Li3P", "P2S5"), "joint-Li3P-P2S5", ("gns", "painn")),
          ("rmd17", ("ethanol", "malonaldehyde"), "joint", ("gns", "painn"))]
 
 
@@ -63,10 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             res = json.loads(done.read_text())
             state = {}
             for role, path in zip((*short, "joint"), paths):
-                meta = load_checkpoint(path)[1]
-                h, best = meta.get("history") or [], meta["metrics"]["best_epoch"]
-                state[role] = (f"{len(h)} epochs, best {best}, "
-                               + ("plateau" if plateau_reached(h, best) else "**not** plateau"))
+                state[role] = _state(load_checkpoint(path)[1])
             columns.append((f"{model} {dataset} {' / '.join(short)}", res, systems, state))
             for name, row in res["methods"].items():
                 rec.add(pair=f"{dataset}-{'-'.join(short)}", model=model, row=name,
@@ -77,6 +74,25 @@ def main(argv: list[str] | None = None) -> int:
     body = _body(columns)
     rec.write(body)
     return 0
+
+
+def _state(meta: dict) -> str:
+    """How far a checkpoint was trained: epochs, best epoch, the plateau criterion (for an
+    annealed one, on the epochs before its final cosine phase, where the criterion means
+    something; an anneal ends at its best epoch almost by construction)."""
+    h, best = meta.get("history") or [], meta["metrics"]["best_epoch"]
+    last = (meta.get("phases") or [{}])[-1]
+    if len(meta.get("phases") or ()) > 1 and (last.get("config") or {}).get("schedule") == \
+            "cosine":
+        n = last["start_epoch"]
+        before = min(range(n), key=lambda i: h[i]["val_force_mae_mev_per_a"])
+        gain = 1 - h[best]["val_force_mae_mev_per_a"] / h[before]["val_force_mae_mev_per_a"]
+        return (f"{n} epochs + {len(h) - n} annealed, best {best}; before the anneal best "
+                f"{before}, " + ("plateau" if plateau_reached(h[:n], before)
+                                 else "**not** plateau")
+                + f"; the anneal lowered validation force MAE by {100 * gain:.0f} %")
+    return (f"{len(h)} epochs, best {best}, "
+            + ("plateau" if plateau_reached(h, best) else "**not** plateau"))
 
 
 def _role(name: str, systems: list[str]) -> str:

@@ -264,7 +264,9 @@ def write_readme(root: Path) -> Path:
              "on the checkpoint's own systems' test split (hash split 80/10/10, seed 42); "
              "energy MAE per atom, force MAE over components. Epochs: run (best, 0-based); "
              "stopped by: `patience` (the plateau rule), `epochs` (the last epoch of the "
-             "schedule) or `wall budget`; CPU time is the training process's.", "",
+             "schedule) or `wall budget` (of the last plateau phase; an anneal, the cosine "
+             "phase that ends the LiPS20 recipes, is named after it); CPU time is the "
+             "training process's.", "",
              "| checkpoint | role | systems | train frames | epochs (best) | stopped by | "
              "wall time | CPU time | test E MAE (meV/atom) | test F MAE (meV/Å) | command |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -281,7 +283,9 @@ def write_readme(root: Path) -> Path:
         lines.append(
             f"| `{path.relative_to(root)}` | {meta.get('role')} | {systems} | "
             f"{meta.get('train_frames')} | {m.get('epochs_run')} ({m.get('best_epoch')}) | "
-            f"{m.get('stopped_by', 'not recorded')} | "
+            + (f"{meta['phases'][-2].get('stopped_by')}, then a "
+               f"{meta['phases'][-1].get('epochs_run')}-epoch anneal" if _annealed(meta)
+               else f"{m.get('stopped_by', 'not recorded')}") + " | "
             f"{meta.get('wall_seconds', 0) / 60:.1f} min | {cpu} | "
             f"{test.get('energy_mae_mev_per_atom', float('nan')):.1f} | "
             f"{test.get('force_mae_mev_per_a', float('nan')):.1f} | "
