@@ -15,7 +15,7 @@ import torch
 from gffmerge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from gffmerge.continuation import continue_training
 from gffmerge.plateau import plateau_reached
-from gffmerge.recipes import RMD17, ContinuePhase, PlateauRule, configs, next_phase
+from gffmerge.recipes import RMD17, ContinuePhase, PlateauRule, before_anneal, configs, next_phase
 from gffmerge.train import TrainConfig, train
 
 TINY = dict(latent_dim=8, hidden_dim=12, n_layers=2, n_rbf=6, cutoff=4.0)
@@ -127,6 +127,19 @@ def test_a_cosine_phase_anneals_the_learning_rate_to_its_floor(first, tmp_path):
         assert vals[phase["best_epoch"]] == min(vals)
     with pytest.raises(ValueError, match="schedule must be plateau or cosine"):
         continue_training(path, epochs=1, patience=1, schedule="linear", progress=False)
+
+
+def test_before_anneal_is_the_plateau_rules_record_before_the_last_phase(first, tmp_path):
+    path, meta, _ = first
+    work = tmp_path / "two.pt"
+    continue_training(path, epochs=2, patience=5, output=work, progress=False)
+    _, plateau_meta = load_checkpoint(work)
+    assert before_anneal(plateau_meta) is None and before_anneal(meta) is None
+    continue_training(work, epochs=2, patience=2, min_delta=0.0, schedule="cosine",
+                      progress=False)
+    _, annealed = load_checkpoint(work)
+    assert before_anneal(annealed) == (5, plateau_meta["metrics"]["best_epoch"])
+    assert len(annealed["history"]) == 7
 
 
 def test_a_checkpoint_without_history_is_refused_in_one_line(first, tmp_path):

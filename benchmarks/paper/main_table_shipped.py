@@ -30,7 +30,7 @@ from gffmerge import methods  # noqa: E402
 from gffmerge.checkpoint import load_checkpoint  # noqa: E402
 from gffmerge.experiment import ExperimentConfig, run  # noqa: E402
 from gffmerge.plateau import plateau_reached  # noqa: E402
-from gffmerge.recipes import checkpoints_dir  # noqa: E402
+from gffmerge.recipes import before_anneal, checkpoints_dir  # noqa: E402
 
 # (dataset, systems, joint role, architectures)
 PAIRS = [("lips20", ("Li3P", "P2S5"), "joint-Li3P-P2S5", ("gns", "painn")),
@@ -81,16 +81,14 @@ def _state(meta: dict) -> str:
     annealed one, on the epochs before its final cosine phase, where the criterion means
     something; an anneal ends at its best epoch almost by construction)."""
     h, best = meta.get("history") or [], meta["metrics"]["best_epoch"]
-    last = (meta.get("phases") or [{}])[-1]
-    if len(meta.get("phases") or ()) > 1 and (last.get("config") or {}).get("schedule") == \
-            "cosine":
-        n = last["start_epoch"]
-        before = min(range(n), key=lambda i: h[i]["val_force_mae_mev_per_a"])
+    pre = before_anneal(meta)
+    if pre is not None:
+        n, before = pre
         gain = 1 - h[best]["val_force_mae_mev_per_a"] / h[before]["val_force_mae_mev_per_a"]
         return (f"{n} epochs + {len(h) - n} annealed, best {best}; before the anneal best "
                 f"{before}, " + ("plateau" if plateau_reached(h[:n], before)
                                  else "**not** plateau")
-                + f"; the anneal lowered validation force MAE by {100 * gain:.0f} %")
+                + f"; the anneal changed its validation force MAE by {-100 * gain:+.1f} %")
     return (f"{len(h)} epochs, best {best}, "
             + ("plateau" if plateau_reached(h, best) else "**not** plateau"))
 

@@ -183,6 +183,22 @@ def _annealed(meta: dict) -> bool:
                for p in (meta.get("phases") or ())[1:])
 
 
+def before_anneal(meta: dict) -> tuple[int, int] | None:
+    """(epochs, best epoch) of an annealed checkpoint before its anneal, the best epoch as
+    the plateau rule kept it (with its ``min_delta``), from the phase records; None for a
+    checkpoint without an anneal. The plateau criterion means something there, not after
+    an anneal (which ends at its best epoch almost by construction)."""
+    phases = meta.get("phases") or []
+    if not _annealed(meta):
+        return None
+    best, n = phases[0].get("best_epoch", -1), phases[0].get("epochs_run") or 0
+    for phase in phases[1:-1]:
+        if phase.get("best_epoch") is not None and phase["best_epoch"] >= 0:
+            best = phase["start_epoch"] + phase["best_epoch"]
+        n = phase["start_epoch"] + (phase.get("epochs_run") or 0)
+    return n, best
+
+
 def next_phase(rule: PlateauRule | None, role: str,
                meta: dict) -> tuple[int, ContinuePhase] | None:
     """The next phase (number from 2, phase) to run on a checkpoint of ``role`` with
