@@ -21,7 +21,7 @@ from gffmerge.gnn_select import (  # noqa: E402
     row_nodes,
 )
 from gffmerge.methods import get as get_method  # noqa: E402
-from gffmerge.solver.ridge_path import dual_path, primal_path  # noqa: E402
+from gffmerge.solver.ridge_path import dual_path, kernel, primal_path  # noqa: E402
 from gffmerge.solver.state import layer_theta  # noqa: E402
 
 F64 = torch.float64
@@ -166,6 +166,26 @@ def test_ridge_path_equals_separate_cholesky_solves(sparse, with_prior):
             assert torch.allclose(got[0][4], prior[4], rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="every ridge > 0"):
         dual_path(zin, y, prior, [0.0])
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")
+@pytest.mark.parametrize("shape", [(12, 30), (663, 2867)])  # small; Cora SAGE's own+nbr
+def test_kernel_of_sparse_rows_equals_the_dense_product(shape):
+    """``Z Zᵀ`` from sparse rows (gathered sums) against the float64 dense product, and bit
+    for bit the CSR product it replaced; rows and columns without entries included."""
+    r, dim = shape
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(r, dim, generator=g, dtype=F64) * (torch.rand(r, dim, generator=g) < 0.05)
+    z[1] = 0.0  # a row without entries (an isolated node's rows)
+    z[:, 3] = 0.0
+    ref = z @ z.T
+    zc = z.to_sparse_csr()
+    for got in (kernel(z.to_sparse()), kernel(zc)):
+        assert got.shape == (r, r) and got.dtype == F64
+        assert rel(got, ref) < 1e-13
+        assert torch.equal(got, torch.sparse.mm(zc, z.T.contiguous()))
+        assert torch.equal(got[1], torch.zeros(r, dtype=F64))
+    assert torch.equal(kernel(z), ref)  # dense rows: the dense product
 
 
 @pytest.mark.parametrize("kind", ["gcn", "sage"])

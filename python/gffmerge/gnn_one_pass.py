@@ -44,6 +44,7 @@ class OnePass:
         shared: dict = {}
         self.backbones, self.tasks = list(backbones), list(tasks)
         self._first: dict = {}  # first-layer products of the scoring
+        self.views = check_units(self.backbones[0])  # once: a module walk per call otherwise
         infos = {n: u.info for n, u in linear_units(self.backbones[0]).items()}
         self.thetas = [{n: layer_theta(b.state_dict(), n)[:i.in_features + int(i.has_bias)]
                         for n, i in infos.items()} for b in self.backbones]
@@ -109,7 +110,7 @@ class OnePass:
         return [None if t.is_lp else fast_accuracy(thetas, self.passes[k],
                                                    self.backbones[0], heads[k], t, mask,
                                                    self._first, self.support(k, mask),
-                                                   self.labelled(k, mask))
+                                                   self.labelled(k, mask), self.views)
                 for k, t in enumerate(self.tasks)]
 
     def labelled(self, k: int, mask: str) -> tuple[Tensor, Tensor]:
@@ -177,7 +178,8 @@ def _choose_one_pass(backbones, heads, tasks, options, rows, ridges):
 def fast_accuracy(thetas: dict[str, Tensor], rows: dict, backbone: nn.Module,
                   head: nn.Module, task: Task, mask: str = "val_mask",
                   cache: dict | None = None, support: tuple | None = None,
-                  labelled: tuple | None = None) -> float:
+                  labelled: tuple | None = None,
+                  views: dict | None = None) -> float:
     """Accuracy on the ``mask`` nodes (of ``task``'s classes; default: validation) of the
     backbone with unit weights ``thetas`` (``[in+1, out]``) and ``head``, in float64 from
     the first unit's measured rows (``rows``, which do not depend on the weights): the
@@ -187,7 +189,8 @@ def fast_accuracy(thetas: dict[str, Tensor], rows: dict, backbone: nn.Module,
     weights give the same product). ``support`` (two units, first rows formed on demand):
     ``(nodes, input rows)`` of :meth:`OnePass.support`, where the first unit's output is
     formed (exact on the ``mask`` nodes' neighbours; zero elsewhere, never read).
-    ``labelled``: the task's ``mask`` nodes and labels (default: formed here)."""
+    ``labelled``: the task's ``mask`` nodes and labels (default: formed here). ``views``:
+    :func:`~gffmerge.gnn_rows.check_units` of ``backbone`` (default: formed here)."""
     from .models.pyg import node_rows
 
     nodes, labels = (task.node_labels(getattr(task.graph, mask)) if labelled is None
@@ -195,7 +198,7 @@ def fast_accuracy(thetas: dict[str, Tensor], rows: dict, backbone: nn.Module,
     if len(nodes) == 0:
         raise ValueError(f"task '{task.name}' has no {mask} nodes of its classes; the "
                          "validation choice needs some (use a graph with a val_mask)")
-    views = check_units(backbone)
+    views = check_units(backbone) if views is None else views
     names = list(views)
     first = rows[names[0]]
     if first.key is None:
