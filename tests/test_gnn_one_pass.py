@@ -229,6 +229,41 @@ def test_one_pass_choice_equals_the_per_candidate_choice(kind):
         assert rel(sd[key].double(), sd_ref[key].double()) < 1e-5, key
 
 
+@pytest.mark.parametrize("kind", ["gcn", "sage"])
+def test_tasks_scored_together_equal_one_task_at_a_time(kind):
+    """The grouped scoring (later units formed once on every task's validation nodes)
+    gives each task exactly the accuracy of the one-task evaluation, and that equals the
+    float64 forward of the written model; every candidate of the path."""
+    from gffmerge.gnn_one_pass import OnePass, fast_accuracy
+    from gffmerge.gnn_select import validation_accuracy
+    from gffmerge.models.pyg import kept_propagations
+    from gffmerge.solver.state import mean_state_dict, write_back
+
+    tasks = bow_tasks()
+    backbones, heads = sources(kind, tasks)
+    b64, t64 = float64_copies(backbones)
+    h64 = [h.double() for h in heads]
+    with kept_propagations():
+        one = OnePass(backbones, tasks)
+        first = next(iter(one.passes[0].values()))
+        assert first is next(iter(one.passes[1].values()))  # one group of two tasks
+        checked = 0
+        for r in ROWS:
+            for j, _ in enumerate((1e-4, 1e-2, 1.0)):
+                thetas = {n: p[j] for n, p in one.path(r, (1e-4, 1e-2, 1.0)).items()}
+                together = one.accuracies(thetas, heads)
+                alone = [fast_accuracy(thetas, one.passes[k], backbones[0], heads[k], t,
+                                       support=one.support(k, "val_mask"))
+                         for k, t in enumerate(tasks)]
+                assert together == alone, (r, j)
+                model, _ = write_back(b64[0], mean_state_dict(b64), thetas)
+                model = model.double()
+                for k, t in enumerate(t64):
+                    assert together[k] == validation_accuracy(model, h64[k], t), (r, j, k)
+                checked += 1
+    assert checked == 9
+
+
 def test_other_backbones_take_the_per_candidate_route_and_say_why():
     tasks = bow_tasks()
     backbones, heads = sources("gin", tasks)
