@@ -7,8 +7,10 @@ scored from its unit weights on the validation nodes only (:func:`fast_accuracy`
 first unit's products on the validation nodes' two-hop support; no model is built until
 the choice is made). Profiled (`benchmarks/results/gnn_choice_profile.md`, CPU s per
 seed, one thread, 500-epoch sources): Cora GCN 0.27 s → 0.19 s, CiteSeer SAGE 0.78 s →
-0.37 s; what remains is mostly the own + neighbour kernels' Choleskys and products and
-the scoring's first-layer products (one per distinct first-layer weight).
+0.37 s; a third pass (kernel by gathered sums, Grams by ``gffmerge_ext.gram_``, the label
+sets scored together) another 1.0-1.2x. What remains is mostly the own + neighbour
+kernels' Choleskys and the scoring's first-layer products (one per distinct first-layer
+weight).
 """
 
 from __future__ import annotations
