@@ -87,6 +87,29 @@ NOTES = [
     "first-layer weight: seven per seed, and the propagations). Cholesky of a 663 matrix "
     "with its solve measured 8 ms here (the same as torch's), so the three-ridge, three-row "
     "choice has a floor near 0.1 s on Cora.",
+    "- **Merge cost, third pass (issue 12; `gnn_choice_profile.md`).** The own + "
+    "neighbour kernel ZZᵀ is formed by gathered sums (`embedding_bag` over Z's CSR rows, "
+    "Zᵀ by one scatter: bit-identical to the CSR product, 2-3× faster, most on SAGE's "
+    "2 867-7 407 columns), the second units' nested Grams by `gffmerge_ext.gram_` (lower "
+    "triangle, rows gathered by the op: 2× less work), and both label sets are scored "
+    "together (the second unit formed once on all validation nodes). Same picks, the same "
+    "nine validation scores and accuracies; float64 weights of every candidate within "
+    "7e-11 of the previous route. Measured interleaved with the previous route in one "
+    "process on the same saved sources (3 seeds × 4 repeats, CPU s, load 3.8-5 on 2 "
+    "cores): median 0.294 → 0.296 s (Cora GCN, 0.99×; min 1.07×), 0.345 → 0.327 s "
+    "(CiteSeer GCN, 1.05×), 0.495 → 0.413 s (Cora SAGE, 1.20×), 0.496 → 0.460 s "
+    "(CiteSeer SAGE, 1.08×). The tables come from single runs per seed at that load: the "
+    "previous code on the same sources, just before, timed 0.30 / 0.34 / 0.50 / 0.62 s "
+    "(56× / 55× / 33× / 45×), this one 0.31 / 0.34 / 0.39 / 0.69 s: at this load one run "
+    "per seed differs by ±15 % between runs, so the interleaved ratios are the comparison. "
+    "The target is still missed: at the second pass's load-1 times (0.16-0.33 s) these "
+    "ratios give about 0.16 / 0.18 / 0.19 / 0.31 s against the 0.14-0.23 s needed. What "
+    "remains is set by the choice's 3 rows × 3 ridges: three Choleskys of the own + "
+    "neighbour kernel (452-663 rows, 128 right-hand sides; at the LAPACK floor: one "
+    "batched call, torch's Cholesky and one first-layer product for three ridges were "
+    "measured and are no faster), the kernel's gathered sums (a C++ sparse × sparse kernel "
+    "would need 5-6× fewer multiply-adds; not attempted), the scoring's seven first-layer "
+    "products (bandwidth-bound) and CiteSeer's dense → sparse feature conversion (27 ms).",
     "- **Training time.** Sources and the all-task model now take the bag-of-words features "
     "as a sparse CSR matrix in the first layer (`model_input`; same model and function, "
     "float32 rounding in another order: a test compares outputs and gradients), 2.4× (Cora "
@@ -94,8 +117,9 @@ NOTES = [
     "forward per epoch for both label sets (same graph) instead of two. At 500 epochs the "
     "all-task model takes 14-23 CPU s (with dense features and two forwards it would be "
     "about 60-450 s), so the 100× target asks for a whole merge of 0.14-0.23 s: the "
-    "default now takes 0.16-0.33 s (the table), 70-96× faster than retraining (see the "
-    "second-pass note for what remains). The speed-up of `gnnmerge++/all` still includes "
+    "default took 0.16-0.33 s at load 1 (second pass), 70-96× faster than retraining; "
+    "the table's times are from a run at load 4-5 (third-pass note). The speed-up of "
+    "`gnnmerge++/all` still includes "
     "the float32 hooked measurement with the dense first layer (the methods on measured "
     "statistics were not changed), hence its 0.3-8.9 s. Times are CPU seconds of the "
     "process (`time.process_time`, one thread); wall times on this shared machine (load "
@@ -104,7 +128,9 @@ NOTES = [
     "epochs, sparse input); the merges in the tables were then rerun from the saved sources "
     "on the final code, and again for the second pass (no retraining; the first pass, with "
     "the same picks and accuracies, timed the default at 0.64-1.56 s before the CSR and "
-    "kernel changes).",
+    "kernel changes). For the third pass the runs folder was gone: sources and all-task "
+    "models were retrained with the same recipe and seeds (same accuracies, picks and "
+    "validation scores as before; the all-task times, at load 4-5, are 16.7-28.4 s).",
     "- **Tried, not kept:** a layer-by-layer variant (layer 2 fitted on the partly merged "
     "model's hidden features, RegMean++'s order; 100-epoch sources, seed 0 of Cora GCN / "
     "SAGE): no better than the one-shot merge. Wider validation choices "
@@ -138,8 +164,8 @@ def shortfalls(r: dict) -> list[tuple[str, str]]:
                     "sources (margin)"))
     speed = r["all_tasks_training_seconds"] / max(m["gnnmerge++"]["seconds"], 1e-12)
     out.append((f"{SPEEDUP / speed:.1f}× (needs ≤ {r['all_tasks_training_seconds'] / SPEEDUP:.2f}"
-                " s)", "the solves (own + neighbour kernel Choleskys) and the scoring's "
-                "products remain (notes)"))
+                " s)", "the own + neighbour Choleskys and kernel and the scoring's "
+                "first-layer products remain; timed at load 4-5 (third-pass note)"))
     return out
 
 

@@ -67,13 +67,16 @@ def main() -> None:
     p.add_argument("--save", help="write every seed's choice and weights to this .pt file")
     p.add_argument("--compare", help="compare the choices and weights with this .pt file")
     p.add_argument("--out", default=str(RESULTS / "gnn_choice_profile.md"))
+    p.add_argument("--cells", default=",".join(f"{d}-{b}" for d, b in CELLS),
+                   help="dataset-backbone cells, comma separated (default: all four)")
     args = p.parse_args()
     registered, options, _ = METHODS["gnnmerge++"]
     runs = Path(args.runs)
     saved, lines, worst = {}, [], 0.0
     reference = torch.load(args.compare, weights_only=True) if args.compare else None
     rows_table = []
-    for dataset, backbone in CELLS:
+    cells = [tuple(c.split("-")) for c in args.cells.split(",")]
+    for dataset, backbone in cells:
         parts_sum = {"measure": 0.0, "solve": 0.0, "score": 0.0, "whole": 0.0}
         prof = cProfile.Profile()
         for seed in range(args.seeds):

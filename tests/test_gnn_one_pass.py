@@ -21,7 +21,7 @@ from gffmerge.gnn_select import (  # noqa: E402
     row_nodes,
 )
 from gffmerge.methods import get as get_method  # noqa: E402
-from gffmerge.solver.ridge_path import dual_path, primal_path  # noqa: E402
+from gffmerge.solver.ridge_path import dual_path, kernel, primal_path  # noqa: E402
 from gffmerge.solver.state import layer_theta  # noqa: E402
 
 F64 = torch.float64
@@ -168,6 +168,26 @@ def test_ridge_path_equals_separate_cholesky_solves(sparse, with_prior):
         dual_path(zin, y, prior, [0.0])
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")
+@pytest.mark.parametrize("shape", [(12, 30), (663, 2867)])  # small; Cora SAGE's own+nbr
+def test_kernel_of_sparse_rows_equals_the_dense_product(shape):
+    """``Z Zᵀ`` from sparse rows (gathered sums) against the float64 dense product, and bit
+    for bit the CSR product it replaced; rows and columns without entries included."""
+    r, dim = shape
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(r, dim, generator=g, dtype=F64) * (torch.rand(r, dim, generator=g) < 0.05)
+    z[1] = 0.0  # a row without entries (an isolated node's rows)
+    z[:, 3] = 0.0
+    ref = z @ z.T
+    zc = z.to_sparse_csr()
+    for got in (kernel(z.to_sparse()), kernel(zc)):
+        assert got.shape == (r, r) and got.dtype == F64
+        assert rel(got, ref) < 1e-13
+        assert torch.equal(got, torch.sparse.mm(zc, z.T.contiguous()))
+        assert torch.equal(got[1], torch.zeros(r, dtype=F64))
+    assert torch.equal(kernel(z), ref)  # dense rows: the dense product
+
+
 @pytest.mark.parametrize("kind", ["gcn", "sage"])
 def test_option_path_equals_the_gffmerge_solve_of_each_option(kind):
     tasks, backbones, passes = one_pass_of(kind)
@@ -207,6 +227,41 @@ def test_one_pass_choice_equals_the_per_candidate_choice(kind):
     sd, sd_ref = model.state_dict(), ref_model.state_dict()
     for key in sd_ref:
         assert rel(sd[key].double(), sd_ref[key].double()) < 1e-5, key
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage"])
+def test_tasks_scored_together_equal_one_task_at_a_time(kind):
+    """The grouped scoring (later units formed once on every task's validation nodes)
+    gives each task exactly the accuracy of the one-task evaluation, and that equals the
+    float64 forward of the written model; every candidate of the path."""
+    from gffmerge.gnn_one_pass import OnePass, fast_accuracy
+    from gffmerge.gnn_select import validation_accuracy
+    from gffmerge.models.pyg import kept_propagations
+    from gffmerge.solver.state import mean_state_dict, write_back
+
+    tasks = bow_tasks()
+    backbones, heads = sources(kind, tasks)
+    b64, t64 = float64_copies(backbones)
+    h64 = [h.double() for h in heads]
+    with kept_propagations():
+        one = OnePass(backbones, tasks)
+        first = next(iter(one.passes[0].values()))
+        assert first is next(iter(one.passes[1].values()))  # one group of two tasks
+        checked = 0
+        for r in ROWS:
+            for j, _ in enumerate((1e-4, 1e-2, 1.0)):
+                thetas = {n: p[j] for n, p in one.path(r, (1e-4, 1e-2, 1.0)).items()}
+                together = one.accuracies(thetas, heads)
+                alone = [fast_accuracy(thetas, one.passes[k], backbones[0], heads[k], t,
+                                       support=one.support(k, "val_mask"))
+                         for k, t in enumerate(tasks)]
+                assert together == alone, (r, j)
+                model, _ = write_back(b64[0], mean_state_dict(b64), thetas)
+                model = model.double()
+                for k, t in enumerate(t64):
+                    assert together[k] == validation_accuracy(model, h64[k], t), (r, j, k)
+                checked += 1
+    assert checked == 9
 
 
 def test_other_backbones_take_the_per_candidate_route_and_say_why():

