@@ -92,17 +92,21 @@ class InputCache:
         entry = self._entries.get(k)
         if entry is None:
             return None
-        refs, gram = entry
+        refs, gram, owner = entry
         if any(r() is None for r in refs):
             del self._entries[k]
             return None
         self.hits += 1
+        if owner is not None:
+            owner.shares = True
         return gram
 
-    def put(self, key, gram: Tensor) -> None:
+    def put(self, key, gram: Tensor, owner=None) -> None:
+        """Keep ``gram`` under ``key`` until :meth:`clear`; ``owner.shares`` is set when
+        another call finds it (a hook learns whether its Grams are ever shared)."""
         if key is not None:
             k, refs = key
-            self._entries[k] = (refs, gram)
+            self._entries[k] = (refs, gram, owner)
 
     def clear(self) -> None:
         self._entries.clear()

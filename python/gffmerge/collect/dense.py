@@ -27,30 +27,57 @@ class DenseHook(LayerHook):
         super().__init__(module, sums, **kwargs)
         self._lean = self.chunk_rows is None and self.backend in ("auto", "ext")
         self._compiled: dict[str, bool] = {}  # device type -> a compiled kernel exists
+        # Whether this layer's Grams are shared with another layer's call (set by the
+        # cache when one finds them, or when this hook finds another's): until a forward
+        # has shown that they are not, each Gram is formed apart and kept for the others.
+        self.shares = False
+        self._keyed = False  # a Gram of this forward went through the cache
+        self._solo = self.cache is None  # nothing to share: sum straight into the sums
 
     def describe(self, args: tuple, kwargs: dict) -> GramInput:
         return GramInput.dense(self._input(args, kwargs))
+
+    def end_forward(self) -> None:
+        """After a forward in which no other call found this layer's Grams, nor this layer
+        another's: from now on each call adds its Gram to the sums directly (no key, no
+        separate buffer, no add; profiled on SchNet / rMD17 ethanol: ~30 µs a call, ~0.1×
+        its forward). Another layer on the same rows later then forms that Gram itself:
+        the same product, the same sums."""
+        if self._keyed and not self.shares:
+            self._solo = True
+        self._keyed = False
 
     def _hook(self, module, args, kwargs, output):
         """The Gram of plain rows straight through the compiled op (profiled: the general
         path's descriptions and checks cost ~50 µs a call, as much as the Gram of a small
         layer); anything else, and every error message, goes through the general path.
-        Same products, same sums, bit for bit."""
+        Same products, same sums, bit for bit: ``gram_`` adds its one-pass result to the
+        accumulator it is given, a fresh zero one or the sums themselves alike."""
         x = self._input(args, kwargs)
         y_needed = self.sums.cross is not None and self._gram_before is None
         if y_needed or not self._lean or not _plain(x, self.in_features) or not self._has_op(
                 x.device):
             return super()._hook(module, args, kwargs, output)
+        rows = x.detach().reshape(-1, self.in_features)
+        acc = self.sums.gram
+        if self._solo and acc.device == x.device:
+            torch.ops.gffmerge.gram_(acc, rows, None, None, True)
+            self.sums.rows += rows.shape[0]
+            return
         key = self.cache.dense_key(x) if self.cache is not None else None
         gram = self.cache.get(key) if key is not None else None
+        if key is not None:
+            self._keyed = True
+            if gram is not None:
+                self.shares = True
         if gram is None:
             n = self.in_features + 1
             gram = torch.zeros(n, n, dtype=torch.float64, device=x.device)
-            torch.ops.gffmerge.gram_(gram, x.detach().reshape(-1, n - 1), None, None, True)
+            torch.ops.gffmerge.gram_(gram, rows, None, None, True)
             if key is not None:
-                self.cache.put(key, gram)
-        self.sums.gram.add_(gram.to(self.sums.gram.device))
-        self.sums.rows += x.numel() // self.in_features
+                self.cache.put(key, gram, owner=self)
+        acc.add_(gram.to(acc.device))
+        self.sums.rows += rows.shape[0]
 
     def _has_op(self, device: torch.device) -> bool:
         ok = self._compiled.get(device.type)

@@ -142,6 +142,9 @@ class LayerHook:
             self.sums.cross.add_(cross.to(self.sums.cross.device))
         self.sums.rows += inp.rows
 
+    def end_forward(self) -> None:
+        """Called after every forward (:meth:`~gffmerge.collect.runner.Collector.end_forward`)."""
+
     def flush(self) -> None:
         """Bring an affine layer's cross sums up to date: add ``(G - G₀) Θᵀ``, with ``G₀``
         the Gram at attach time or at the last flush. Call before reading or saving
