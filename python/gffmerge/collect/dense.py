@@ -27,25 +27,9 @@ class DenseHook(LayerHook):
         super().__init__(module, sums, **kwargs)
         self._lean = self.chunk_rows is None and self.backend in ("auto", "ext")
         self._compiled: dict[str, bool] = {}  # device type -> a compiled kernel exists
-        # Whether this layer's Grams are shared with another layer's call (set by the
-        # cache when one finds them, or when this hook finds another's): until a forward
-        # has shown that they are not, each Gram is formed apart and kept for the others.
-        self.shares = False
-        self._keyed = False  # a Gram of this forward went through the cache
-        self._solo = self.cache is None  # nothing to share: sum straight into the sums
 
     def describe(self, args: tuple, kwargs: dict) -> GramInput:
         return GramInput.dense(self._input(args, kwargs))
-
-    def end_forward(self) -> None:
-        """After a forward in which no other call found this layer's Grams, nor this layer
-        another's: from now on each call adds its Gram to the sums directly (no key, no
-        separate buffer, no add; profiled on SchNet / rMD17 ethanol: ~30 µs a call, ~0.1×
-        its forward). Another layer on the same rows later then forms that Gram itself:
-        the same product, the same sums."""
-        if self._keyed and not self.shares:
-            self._solo = True
-        self._keyed = False
 
     def _hook(self, module, args, kwargs, output):
         """The Gram of plain rows straight through the compiled op (profiled: the general

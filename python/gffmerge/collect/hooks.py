@@ -81,6 +81,12 @@ class LayerHook:
         self.out_features = module.out_features
         self._module = module
         self._gram_before = None
+        # Whether this layer's Grams are shared with another call of the same forward (set
+        # by the cache when one finds them, or when this hook finds another's whole Gram):
+        # until a forward has shown that they are not, each is formed apart and kept.
+        self.shares = False
+        self._keyed = False  # a Gram of this forward went through the cache
+        self._solo = cache is None  # nothing to share: add straight into the sums
         if sums.cross is not None and not measured_cross and is_affine(module):
             self._gram_before = (torch.zeros_like(sums.gram) if derive_from_zero
                                  else sums.gram.clone())
@@ -111,9 +117,13 @@ class LayerHook:
         ws = self.workspace
         inp.check(self.in_features, None if ws is None else lambda i: ws.fact(
             "range", i, lambda: (int(i.min()), int(i.max()))))
-        key = self.cache.key(inp) if self.cache is not None else None
+        solo = self._solo and skey is None and not need_y
+        key = self.cache.key(inp) if self.cache is not None and not solo else None
         gram = hit[0] if hit is not None else (self.cache.get(key) if key is not None
                                                else None)
+        if key is not None:
+            self._keyed = True
+            self.shares = self.shares or gram is not None
         y = None
         if need_y:
             y = output.detach()
@@ -121,29 +131,43 @@ class LayerHook:
                 y = self._module.output_rows(y)
             y = y.reshape(-1, self.out_features)
         part_key = part_gram = None
-        if gram is None and key is not None:  # the dense part alone may be another's input
-            part = dense_part(inp)
+        if gram is None and (key is not None or (solo and self.cache is not None)):
+            part = dense_part(inp)  # the dense part alone may be another's input
             if part is not None:
                 part_key = self.cache.key(GramInput((part,)))
                 part_gram = self.cache.get(part_key)
-        fresh, cross, fresh_part = layer_sums(
+        acc = self.sums.gram
+        into = acc if solo and gram is None and acc.device == _device_of(inp) else None
+        fresh, cross, fresh_part, added = layer_sums(
             inp, y, gram=gram is None, backend=self.backend, chunk_rows=self.chunk_rows,
-            workspace=ws, dense_gram=part_gram)
-        if part_key is not None and part_gram is None and fresh_part is not None:
-            self.cache.put(part_key, fresh_part)
+            workspace=ws, dense_gram=part_gram, into=into)
+        if part_key is not None and part_gram is None and fresh_part is not None and not solo:
+            self.cache.put(part_key, fresh_part, owner=self)
         if gram is None:
             gram = fresh
             if key is not None:
-                self.cache.put(key, gram)
+                self.cache.put(key, gram, owner=self)
             if skey is not None:
                 self.shared.put(skey, (gram, inp.rows))
-        self.sums.gram.add_(gram.to(self.sums.gram.device))
+        if not added:
+            acc.add_(gram.to(acc.device))
         if cross is not None:
             self.sums.cross.add_(cross.to(self.sums.cross.device))
         self.sums.rows += inp.rows
 
     def end_forward(self) -> None:
-        """Called after every forward (:meth:`~gffmerge.collect.runner.Collector.end_forward`)."""
+        """Called after every forward (:meth:`~gffmerge.collect.runner.Collector.end_forward`).
+
+        After a forward in which no other call found this layer's Grams (nor this layer
+        another's whole Gram), each later call adds its Gram to the sums directly: no
+        cache key, no separate buffer, no add (profiled on GNS and SchNet / rMD17 ethanol:
+        ~30-150 µs a call, ~0.1× the forward over all layers, issue 15). Another layer on
+        the same rows then forms that Gram itself: the same products, the same sums, bit
+        for bit (the compiled ops add each entry's one-pass sum to the accumulator they
+        are given, a fresh zero buffer or the sums alike)."""
+        if self._keyed and not self.shares:
+            self._solo = True
+        self._keyed = False
 
     def flush(self) -> None:
         """Bring an affine layer's cross sums up to date: add ``(G - G₀) Θᵀ``, with ``G₀``
@@ -161,6 +185,11 @@ class LayerHook:
         self._handle.remove()
         self.flush()
         self._gram_before = None
+
+
+def _device_of(inp: GramInput) -> torch.device:
+    p = inp.parts[0]
+    return (p.x if isinstance(p, Dense) else p.src).device
 
 
 def dense_part(inp: GramInput) -> Dense | None:
