@@ -1,18 +1,19 @@
 """Hooks whose Grams no other call shares add them to the sums directly (issue 15, round 6).
 
-After one forward, a hook whose Gram no other call of that forward found (and that found no
-other's whole Gram) stops keying, buffering and adding its Grams: the compiled one-call
-paths (``gram_``, ``parts_gram_``) add each call's sums to the layer's sums in place. The
-sums must be those of the keyed path bit for bit, and those of an independent float64 Gram
-of the explicit rows to 1e-10.
+After one forward, a hook whose rows no other call of that forward met (nor it another's)
+stops keying, buffering and adding its Grams: the compiled one-call paths (``gram_``,
+``parts_gram_``) add each call's sums to the layer's sums in place. No forward keeps the Gram
+of rows that no later call reads (the first one learns which rows meet again); what it
+learned is remembered per module. The sums must be those of the path that keys and keeps
+every Gram, bit for bit, and those of an independent float64 Gram of the explicit rows to
+1e-10.
 """
 
 import pytest
 import torch
 
 from gffmerge.architecture import linear_layers
-from gffmerge.collect import Dense, Gathered, GramInput, default_forward, measure
-from gffmerge.collect.hooks import LayerHook
+from gffmerge.collect import Dense, Gathered, GramInput, default_forward, hooks, measure
 from gffmerge.collect.providers import layer_sums
 from gffmerge.collect.recording import structured_input
 from gffmerge.collect.runner import attach
@@ -121,6 +122,21 @@ def _explicit_grams(model, data):
     return grams
 
 
+class _AlwaysShared:
+    """In place of ``hooks._LEARNED``: every layer keys, forms and keeps each Gram apart
+    (the path before round 6)."""
+
+    def get(self, module):
+        return True
+
+    def __setitem__(self, module, value):
+        pass
+
+
+SHARED_GNS = {"layers.0.receive_attn", "layers.0.send_attn", "layers.1.receive_attn",
+              "layers.1.send_attn", "force_head.0"}
+
+
 @pytest.mark.needs_ext
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_gns_hooks_learn_which_grams_are_shared_and_keep_the_sums(dtype, monkeypatch):
@@ -128,20 +144,26 @@ def test_gns_hooks_learn_which_grams_are_shared_and_keep_the_sums(dtype, monkeyp
     data = _data(model, dtype)
     sums = Stats.empty(model, linear_layers(model)).models[0].layers
     collector = attach(model, sums)
+    kept = []
     with torch.no_grad():
         for b in data:
             default_forward(model, b)
+            kept.append(sum(e[1] is not None for e in collector.cache._entries.values()))
             collector.end_forward()
     solo = {n: h._solo for n, h in zip(sums, collector.hooks)}
     collector.remove()
     # shared: the attention layers on e' (and the force head on the last one), and the
     # attention input that the next block's edge layer takes as its edge part
-    shared = {n for n, s in solo.items() if not s}
-    assert shared == {"layers.0.receive_attn", "layers.0.send_attn", "layers.1.receive_attn",
-                      "layers.1.send_attn", "force_head.0"}, shared
+    assert {n for n, s in solo.items() if not s} == SHARED_GNS
+    # every forward keeps the shared Grams only, one per e' (of 20 Grams formed): in the
+    # first the second reader of e' keeps it for the third, later the first reader
+    assert kept == [2] * len(data), kept
     learned = measure(model, data, progress=False).models[0].layers
-    # the path before: every Gram keyed, formed apart and added
-    monkeypatch.setattr(LayerHook, "end_forward", lambda self: None)
+    # a later measurement starts from what this one learned
+    again = attach(model, Stats.empty(model, linear_layers(model)).models[0].layers)
+    assert {n for n, h in zip(sums, again.hooks) if not h._solo} == SHARED_GNS
+    again.remove()
+    monkeypatch.setattr(hooks, "_LEARNED", _AlwaysShared())
     keyed = measure(model, data, progress=False).models[0].layers
     explicit = _explicit_grams(model, data)
     for name in sums:

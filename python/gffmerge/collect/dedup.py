@@ -85,7 +85,10 @@ class InputCache:
             return None
         return ("call", tag, keys), refs
 
-    def get(self, key) -> Tensor | None:
+    def get(self, key, user=None) -> Tensor | None:
+        """The Gram kept under ``key`` (None when there is none, or when the call that
+        saw these rows did not keep their Gram). Finding the entry sets ``shares`` on the
+        hook that put it and on ``user``: both learn that their Grams are shared."""
         if key is None:
             return None
         k, _ = key
@@ -96,14 +99,17 @@ class InputCache:
         if any(r() is None for r in refs):
             del self._entries[k]
             return None
-        self.hits += 1
         if owner is not None:
             owner.shares = True
+        if user is not None:
+            user.shares = True
+        if gram is not None:
+            self.hits += 1
         return gram
 
-    def put(self, key, gram: Tensor, owner=None) -> None:
-        """Keep ``gram`` under ``key`` until :meth:`clear`; ``owner.shares`` is set when
-        another call finds it (a hook learns whether its Grams are ever shared)."""
+    def put(self, key, gram: Tensor | None, owner=None) -> None:
+        """Keep ``gram`` under ``key`` until :meth:`clear` (None: the rows were seen, their
+        Gram was not kept); ``owner.shares`` is set when another call finds the entry."""
         if key is not None:
             k, refs = key
             self._entries[k] = (refs, gram, owner)

@@ -49,19 +49,31 @@ class DenseHook(LayerHook):
             self.sums.rows += rows.shape[0]
             return
         key = self.cache.dense_key(x) if self.cache is not None else None
-        gram = self.cache.get(key) if key is not None else None
+        gram = self.cache.get(key, user=self) if key is not None else None
         if key is not None:
             self._keyed = True
-            if gram is not None:
-                self.shares = True
         if gram is None:
+            if key is None or not self.shares:  # no other call of this forward reads it
+                if acc.device == x.device:
+                    torch.ops.gffmerge.gram_(acc, rows, None, None, True)
+                else:
+                    self._fresh(acc, rows)
+                if key is not None:
+                    self.cache.put(key, None, owner=self)
+                self.sums.rows += rows.shape[0]
+                return
             n = self.in_features + 1
             gram = torch.zeros(n, n, dtype=torch.float64, device=x.device)
             torch.ops.gffmerge.gram_(gram, rows, None, None, True)
-            if key is not None:
-                self.cache.put(key, gram, owner=self)
+            self.cache.put(key, gram, owner=self)
         acc.add_(gram.to(acc.device))
         self.sums.rows += rows.shape[0]
+
+    def _fresh(self, acc: Tensor, rows: Tensor) -> None:
+        n = self.in_features + 1
+        gram = torch.zeros(n, n, dtype=torch.float64, device=rows.device)
+        torch.ops.gffmerge.gram_(gram, rows, None, None, True)
+        acc.add_(gram.to(acc.device))
 
     def _has_op(self, device: torch.device) -> bool:
         ok = self._compiled.get(device.type)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,6 +18,11 @@ if TYPE_CHECKING:
     from .dedup import InputCache
     from .workspace import Workspace
 
+
+_LEARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Module -> whether its rows reached another hooked call in the last forward measured with
+a cache (see :meth:`LayerHook.end_forward`); a hint for the next hooks, never a result:
+the sums are the same whichever way it points."""
 
 AFFINE_LAYERS = (nn.Linear, EdgeConcatLinear, ConcatLinear)
 """Layer classes whose forward is exactly ``y = x̃ Θᵀ`` on the input rows their hooks see
@@ -81,12 +87,14 @@ class LayerHook:
         self.out_features = module.out_features
         self._module = module
         self._gram_before = None
-        # Whether this layer's Grams are shared with another call of the same forward (set
-        # by the cache when one finds them, or when this hook finds another's whole Gram):
-        # until a forward has shown that they are not, each is formed apart and kept.
-        self.shares = False
-        self._keyed = False  # a Gram of this forward went through the cache
-        self._solo = cache is None  # nothing to share: add straight into the sums
+        # Whether this layer's rows reach another call of the same forward (set by the
+        # cache when one finds them, or when this hook finds another's): such Grams are
+        # formed apart and kept for the others; the others go straight into the sums. What
+        # a forward showed is remembered per module (:data:`_LEARNED`) for later hooks.
+        learned = _LEARNED.get(module) if cache is not None else None
+        self.shares = learned is True
+        self._keyed = False  # a call of this forward went through the cache
+        self._solo = cache is None or learned is False  # no keys: add into the sums
         if sums.cross is not None and not measured_cross and is_affine(module):
             self._gram_before = (torch.zeros_like(sums.gram) if derive_from_zero
                                  else sums.gram.clone())
@@ -119,11 +127,10 @@ class LayerHook:
             "range", i, lambda: (int(i.min()), int(i.max()))))
         solo = self._solo and skey is None and not need_y
         key = self.cache.key(inp) if self.cache is not None and not solo else None
-        gram = hit[0] if hit is not None else (self.cache.get(key) if key is not None
-                                               else None)
+        gram = hit[0] if hit is not None else (self.cache.get(key, user=self)
+                                               if key is not None else None)
         if key is not None:
             self._keyed = True
-            self.shares = self.shares or gram is not None
         y = None
         if need_y:
             y = output.detach()
@@ -131,22 +138,24 @@ class LayerHook:
                 y = self._module.output_rows(y)
             y = y.reshape(-1, self.out_features)
         part_key = part_gram = None
-        if gram is None and (key is not None or (solo and self.cache is not None)):
+        if gram is None and self.cache is not None:
             part = dense_part(inp)  # the dense part alone may be another's input
             if part is not None:
                 part_key = self.cache.key(GramInput((part,)))
                 part_gram = self.cache.get(part_key)
         acc = self.sums.gram
-        into = acc if solo and gram is None and acc.device == _device_of(inp) else None
+        keep = key is not None and self.shares  # another call of this forward reads it
+        into = (acc if gram is None and not keep and skey is None
+                and acc.device == _device_of(inp) else None)
         fresh, cross, fresh_part, added = layer_sums(
             inp, y, gram=gram is None, backend=self.backend, chunk_rows=self.chunk_rows,
             workspace=ws, dense_gram=part_gram, into=into)
-        if part_key is not None and part_gram is None and fresh_part is not None and not solo:
-            self.cache.put(part_key, fresh_part, owner=self)
+        if part_key is not None and part_gram is None:
+            self.cache.put(part_key, fresh_part if self.shares else None, owner=self)
         if gram is None:
             gram = fresh
             if key is not None:
-                self.cache.put(key, gram, owner=self)
+                self.cache.put(key, gram if keep else None, owner=self)
             if skey is not None:
                 self.shared.put(skey, (gram, inp.rows))
         if not added:
@@ -158,15 +167,21 @@ class LayerHook:
     def end_forward(self) -> None:
         """Called after every forward (:meth:`~gffmerge.collect.runner.Collector.end_forward`).
 
-        After a forward in which no other call found this layer's Grams (nor this layer
-        another's whole Gram), each later call adds its Gram to the sums directly: no
-        cache key, no separate buffer, no add (profiled on GNS and SchNet / rMD17 ethanol:
-        ~30-150 µs a call, ~0.1× the forward over all layers, issue 15). Another layer on
-        the same rows then forms that Gram itself: the same products, the same sums, bit
-        for bit (the compiled ops add each entry's one-pass sum to the accumulator they
-        are given, a fresh zero buffer or the sums alike)."""
-        if self._keyed and not self.shares:
-            self._solo = True
+        A layer whose rows no other call of the forward met (nor it another's) adds its
+        Grams to the sums directly from then on: no cache key, no separate buffer, no add
+        (profiled on GNS and SchNet / rMD17 ethanol: ~30-150 µs a call, ~0.1× the forward
+        over all layers, issue 15), and its module is remembered as such for later
+        measurements. The first forward keys every call but keeps a Gram only once its rows
+        have met another call (the first call on them adds its Gram to the sums directly;
+        the second forms it again and keeps it for a third), so it holds no more memory
+        than the later ones. Another layer on the same
+        rows then forms that Gram itself: the same products, the same sums, bit for bit
+        (the compiled ops add each entry's one-pass sum to the accumulator they are given,
+        a fresh zero buffer or the sums alike)."""
+        if self._keyed:
+            if not self.shares:
+                self._solo = True
+            _LEARNED[self._module] = self.shares
         self._keyed = False
 
     def flush(self) -> None:
