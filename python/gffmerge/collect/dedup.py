@@ -16,6 +16,12 @@ Inference tensors carry no version counter; inputs made under ``torch.inference_
 are therefore never shared (:func:`gffmerge.measure` runs under ``torch.no_grad()``).
 Writes that bypass the version counter (through ``.data``, NumPy or DLPack aliases) are
 not seen. The cache is cleared after every forward.
+
+An entry may hold no Gram: the rows were seen, but the call that saw them added their Gram
+to its sums in place. Finding such an entry tells both hooks that the rows are shared
+(:meth:`InputCache.get` sets ``shares``); the finder forms the Gram itself, and from the
+next forward on the first reader keeps it (:meth:`~gffmerge.collect.hooks.LayerHook.
+end_forward`).
 """
 
 from __future__ import annotations

@@ -50,10 +50,11 @@ class LayerHook:
     of every call of one linear layer.
 
     Subclasses say what the input rows are (:meth:`describe` returns a
-    :class:`~gffmerge.models.parts.GramInput`). Each call's Gram is formed in a fresh
-    float64 buffer and then added to ``sums``, so a Gram shared through ``cache`` (the
-    same input reaching several layers in one forward) adds exactly what recomputing
-    it would.
+    :class:`~gffmerge.models.parts.GramInput`). A Gram shared through ``cache`` (the same
+    input reaching several layers in one forward) is formed in a fresh float64 buffer and
+    added to ``sums``; one that no other call reads is added by the compiled op to ``sums``
+    in place (:meth:`end_forward`). Either way each entry receives the same one-pass sum,
+    so the sums are those of recomputing it, bit for bit.
 
     Cross sums of an affine layer (:func:`is_affine`) are not measured unless
     ``measured_cross``: its output rows are ``y = Θ x̃``, so ``Σ x̃ yᵀ = (Σ x̃ x̃ᵀ) Θᵀ``, formed
