@@ -69,11 +69,12 @@ def test_a_known_dense_gram_is_put_in_place(fused_calls):
     gen = torch.Generator().manual_seed(12)
     inp = edge_input(gen, 9, 150, torch.float32, True)
     kw = dict(gram=True, backend="auto", chunk_rows=None, workspace=None)
-    whole, _, part = layer_sums(inp, None, dense_gram=None, **kw)
+    whole, _, part, added = layer_sums(inp, None, dense_gram=None, **kw)
+    assert not added
     # the dense part's [D, 1] Gram is what a plain layer on e forms, bit for bit
     e_gram, _ = sums_of(GramInput((inp.parts[0],)))
     assert torch.equal(part, e_gram)
-    again, _, same = layer_sums(inp, None, dense_gram=e_gram, **kw)
+    again, _, same, _ = layer_sums(inp, None, dense_gram=e_gram, **kw)
     assert same is e_gram and torch.equal(again, whole)
     assert len(fused_calls) == 2
 

@@ -388,6 +388,9 @@ def test_dedup_is_exact_under_in_place_updates_and_reused_memory():
     model = SharedInput()
     collector = attach(model, Stats.empty(model, gffmerge.linear_layers(model)).models[0].layers)
     with torch.no_grad():
+        model(x)  # the first forward keeps no Gram: it learns which rows meet again
+        assert collector.cache.hits == 0
+        collector.end_forward()
         model(x)
     assert collector.cache.hits == 1  # only c after b
     collector.remove()

@@ -16,6 +16,12 @@ Inference tensors carry no version counter; inputs made under ``torch.inference_
 are therefore never shared (:func:`gffmerge.measure` runs under ``torch.no_grad()``).
 Writes that bypass the version counter (through ``.data``, NumPy or DLPack aliases) are
 not seen. The cache is cleared after every forward.
+
+An entry may hold no Gram: the rows were seen, but the call that saw them added their Gram
+to its sums in place. Finding such an entry tells both hooks that the rows are shared
+(:meth:`InputCache.get` sets ``shares``); the finder forms the Gram itself, and from the
+next forward on the first reader keeps it (:meth:`~gffmerge.collect.hooks.LayerHook.
+end_forward`).
 """
 
 from __future__ import annotations
@@ -85,24 +91,34 @@ class InputCache:
             return None
         return ("call", tag, keys), refs
 
-    def get(self, key) -> Tensor | None:
+    def get(self, key, user=None) -> Tensor | None:
+        """The Gram kept under ``key`` (None when there is none, or when the call that
+        saw these rows did not keep their Gram). Finding the entry sets ``shares`` on the
+        hook that put it and on ``user``: both learn that their Grams are shared."""
         if key is None:
             return None
         k, _ = key
         entry = self._entries.get(k)
         if entry is None:
             return None
-        refs, gram = entry
+        refs, gram, owner = entry
         if any(r() is None for r in refs):
             del self._entries[k]
             return None
-        self.hits += 1
+        if owner is not None:
+            owner.shares = True
+        if user is not None:
+            user.shares = True
+        if gram is not None:
+            self.hits += 1
         return gram
 
-    def put(self, key, gram: Tensor) -> None:
+    def put(self, key, gram: Tensor | None, owner=None) -> None:
+        """Keep ``gram`` under ``key`` until :meth:`clear` (None: the rows were seen, their
+        Gram was not kept); ``owner.shares`` is set when another call finds the entry."""
         if key is not None:
             k, refs = key
-            self._entries[k] = (refs, gram)
+            self._entries[k] = (refs, gram, owner)
 
     def clear(self) -> None:
         self._entries.clear()

@@ -86,12 +86,12 @@ def _output_rows(y: Tensor | None, rows: int) -> Tensor | None:
     return y
 
 
-def _one_dense(inp: GramInput, y: Tensor | None, gram: bool, backend: str
-               ) -> tuple[Tensor | None, Tensor | None]:
+def _one_dense(inp: GramInput, y: Tensor | None, gram: bool, backend: str,
+               into: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
     """The sums of dense parts only (a plain ``nn.Linear``, or GNS's node-MLP
     ``ConcatLinear`` on ``[h, received, sent]``): one ``gram_`` and one ``cross_`` on the rows
     as they are (several parts concatenated in their promoted dtype first), the same products
-    as the general path makes for them."""
+    as the general path makes for them. ``into``: the Gram is added there (None returned)."""
     parts = inp.parts
     if len(parts) == 1:
         x = parts[0].x.detach().reshape(-1, parts[0].width)
@@ -100,7 +100,9 @@ def _one_dense(inp: GramInput, y: Tensor | None, gram: bool, backend: str
     width = x.shape[1]
     y = _output_rows(y, inp.rows)
     g = c = None
-    if gram:
+    if gram and into is not None:
+        gffmerge_ext.gram_(into, x, augment=True, backend=backend)
+    elif gram:
         g = torch.zeros(width + 1, width + 1, dtype=F64, device=x.device)
         gffmerge_ext.gram_(g, x, augment=True, backend=backend)
     if y is not None:
@@ -140,26 +142,33 @@ def _dense_columns(width: int, n: int, device: torch.device) -> Tensor:
     return cols
 
 
-def _parts_gram(inp: GramInput, backend: str, dense_gram: Tensor | None
-                ) -> tuple[Tensor, Tensor | None]:
+def _parts_gram(inp: GramInput, backend: str, dense_gram: Tensor | None,
+                into: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
     """The Gram of a :func:`_fusable` input in one ``parts_gram_`` call, and the ``[D, 1]``
     Gram of its dense part (None without one). A known ``dense_gram`` is put in place and
-    not formed again."""
+    not formed again. ``into``: the Gram is added there instead (None returned, and the
+    part's Gram only when it was known): the op adds to each entry once, so the sums are
+    those of adding a fresh Gram, bit for bit."""
     parts = inp.parts
     dense = parts[0] if isinstance(parts[0], Dense) else None
     gathered = parts[1:] if dense is not None else parts
     x = None if dense is None else dense.x.detach().reshape(-1, dense.width)
     n = inp.width + 1
-    g = torch.zeros(n, n, dtype=F64, device=_device(inp))
+    g = torch.zeros(n, n, dtype=F64, device=_device(inp)) if into is None else into
     known = dense_gram is not None and dense is not None
     cols = None if dense is None else _dense_columns(dense.width, n, g.device)
     if known:
-        g[cols.unsqueeze(1), cols] = dense_gram
+        if into is None:
+            g[cols.unsqueeze(1), cols] = dense_gram
+        else:
+            g[cols.unsqueeze(1), cols] += dense_gram
     gffmerge_ext.parts_gram_(g, x, [p.src.detach() for p in gathered],
                              [p.index for p in gathered], [_flat_gate(p.gate) for p in gathered],
                              not known, backend=backend)
     if dense is None:
-        return g, None
+        return (None if into is not None else g), None
+    if into is not None:
+        return None, dense_gram if known else None
     return g, dense_gram if known else g[cols.unsqueeze(1), cols]
 
 
@@ -173,24 +182,26 @@ def dense_parts_only(inp: GramInput) -> bool:
 
 def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
           chunk_rows: int | None, workspace: Workspace | None = None,
-          dense_gram: Tensor | None = None
-          ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+          dense_gram: Tensor | None = None, into: Tensor | None = None
+          ) -> tuple[Tensor | None, Tensor | None, Tensor | None, bool]:
     """One pass over the rows for the Gram (when ``gram``) and the cross sums with ``y``;
     also returns the ``[D, 1]`` Gram of the dense group when it is one dense part (what
-    a plain layer on that part forms; ``dense_gram`` gives it instead of forming it)."""
+    a plain layer on that part forms; ``dense_gram`` gives it instead of forming it), and
+    whether the Gram was added to ``into`` (the compiled one-call paths; then None is
+    returned for it) rather than returned."""
     if has_sparse(inp):
         g, c = sparse_sums(inp, y, gram=gram)
-        return g, c, None
+        return g, c, None, False
     if dense_parts_only(inp) and chunk_rows is None and not copies_rows(backend, _device(inp)):
-        g, c = _one_dense(inp, y, gram, backend)
-        return g, c, g if len(inp.parts) == 1 else None
+        g, c = _one_dense(inp, y, gram, backend, into)
+        return g, c, g if len(inp.parts) == 1 else None, gram and into is not None
     if gram and chunk_rows is None and _fusable(inp, backend):
         # the Gram from one call whether or not cross sums are asked for (the same Gram
         # either way); cross sums with y from the block path below
-        g, part = _parts_gram(inp, backend, dense_gram)
+        g, part = _parts_gram(inp, backend, dense_gram, into)
         c = None if y is None else _sums(inp, y, gram=False, backend=backend, chunk_rows=None,
                                          workspace=workspace)[1]
-        return g, c, part
+        return g, c, part, into is not None
     plan = Plan(inp, backend=backend, chunk_rows=chunk_rows, workspace=workspace)
     dd = plan.d_dense
     dev = plan.device
@@ -295,7 +306,7 @@ def _sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
             off = plan.offsets[q]
             c_out[off:off + h.shape[1]] = plan.xty(h, scat_y[plan.group[q]])
         c_out = plan.to_layout(c_out, square=False)
-    return g_out, c_out, acc_g if single else None
+    return g_out, c_out, acc_g if single else None, False
 
 
 def _device(inp: GramInput) -> torch.device:
@@ -331,11 +342,14 @@ def sums_of(inp: GramInput, y: Tensor | None = None, *, gram: bool = True,
 
 def layer_sums(inp: GramInput, y: Tensor | None, *, gram: bool, backend: str,
                chunk_rows: int | None, workspace: Workspace | None,
-               dense_gram: Tensor | None) -> tuple[Tensor | None, Tensor | None,
-                                                   Tensor | None]:
+               dense_gram: Tensor | None, into: Tensor | None = None
+               ) -> tuple[Tensor | None, Tensor | None, Tensor | None, bool]:
     """:func:`sums_of` for a layer hook: also returns the augmented Gram ``[D, 1]`` of the
     input's dense part when there is exactly one (else None), and takes it as
     ``dense_gram`` when another layer of the same forward formed it already (GNS: the
-    edge features ``e`` of an edge layer are the previous block's attention input)."""
+    edge features ``e`` of an edge layer are the previous block's attention input).
+    ``into`` (the layer's Gram sums, when no other call shares this Gram): the compiled
+    one-call paths add the Gram there, and the last element says whether that happened
+    (the Gram returned is then None); other paths return it as usual."""
     return _sums(inp, y, gram=gram, backend=backend, chunk_rows=chunk_rows,
-                 workspace=workspace, dense_gram=dense_gram)
+                 workspace=workspace, dense_gram=dense_gram, into=into)

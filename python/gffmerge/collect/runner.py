@@ -49,6 +49,8 @@ class Collector:
 
     def end_forward(self) -> None:
         """Forget the inputs of the forward that just ran (call after every batch)."""
+        for h in self.hooks:
+            h.end_forward()
         if self.cache is not None:
             self.cache.clear()
         if self.workspace is not None:
