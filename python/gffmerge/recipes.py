@@ -38,7 +38,7 @@ class ContinuePhase:
     before ended with, plateau rule with ``patience``, wall budget ``max_minutes[role]``.
     ``patience`` >= 20 % of (all earlier ceilings + ``epochs``) makes every run that patience
     stops meet the plateau criterion over all phases. ``only_below_plateau``: skip (and end
-    the recipe for) a checkpoint that already meets the criterion. ``schedule="cosine"``
+    the plateau phases for) a checkpoint that already meets the criterion. ``schedule="cosine"``
     (a rule's ``anneal``): the learning rate decays to 1 % over the ``epochs``, and
     ``min_delta`` (None: the first phase's) decides which epoch counts as the best."""
 
