@@ -296,24 +296,16 @@ def markdown(rows: list[dict], command: str, threads: int, device: str) -> str:
         verdict = "met" if ok else f"missed by {r['measure_x'] - target:.2f}×"
         lines.append(f"- {r['model']} on {r['data']} at {r['frames_per_batch']} frames: "
                      f"measure {r['measure_x']:.2f}× (target ≤ {target}×): {verdict}")
-    for r in rows:  # one random direction per frame: the ratio is per tangent direction
-        if r.get("tangent_x") is None:
-            continue
-        target = TARGETS["tangent"]
-        verdict = ("met" if r["tangent_x"] <= target else
-                   f"missed by {r['tangent_x'] - target:.2f}×")
-        lines.append(f"- {r['model']} on {r['data']} at {r['frames_per_batch']} frames: "
-                     f"force-aware {r['tangent_x']:.2f}× (target ≤ {target}× per tangent "
-                     f"direction): {verdict}")
-    for r in rows:
-        if r.get("peak_x") is None:
-            continue
-        target = TARGETS["peak"]
-        verdict = ("met" if r["peak_x"] <= target else
-                   f"missed by {r['peak_x'] - target:.2f}×")
-        lines.append(f"- {r['model']} on {r['data']} at {r['frames_per_batch']} frames: peak "
-                     f"memory of measure {r['peak_x']:.2f}× the forward's (target ≤ {target}×): "
-                     f"{verdict}")
+    # force-aware: one random direction per frame, so the ratio is per tangent direction
+    for key, what, per in (("tangent_x", "force-aware {x:.2f}×", " per tangent direction"),
+                           ("peak_x", "peak memory of measure {x:.2f}× the forward's", "")):
+        target = TARGETS[key[:-2] if key == "peak_x" else "tangent"]
+        for r in rows:
+            if r.get(key) is None:
+                continue
+            verdict = "met" if r[key] <= target else f"missed by {r[key] - target:.2f}×"
+            lines.append(f"- {r['model']} on {r['data']} at {r['frames_per_batch']} frames: "
+                         + what.format(x=r[key]) + f" (target ≤ {target}×{per}): {verdict}")
     return "\n".join(lines) + "\n"
 
 
