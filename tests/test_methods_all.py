@@ -12,7 +12,8 @@ from gffmerge.collect.fisher import diagonal_fisher
 from gffmerge.testing import TinyMLP, fine_tunes, max_abs_diff, random_batches
 
 # what this test can hand a method; a method needing more must extend it
-PROVIDED = ("stats", "cross", "base_model", "gradients", "labelled_data", "data")
+PROVIDED = ("stats", "cross", "base_model", "base_optional", "gradients", "labelled_data",
+            "data")
 
 
 def _loss(model, batch):

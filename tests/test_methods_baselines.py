@@ -405,6 +405,13 @@ def test_cli_merge_with_base_and_mismatch_errors(tmp_path, capsys):
     assert main(["solve", "--model", *map(str, sources), "--method", "fisher",
                  "-o", str(solved), "--quiet"]) == 2
     assert "use gffmerge merge --data" in capsys.readouterr().err
+    # a --base the method would not use is an error, not silently ignored
+    kept = out.read_bytes()
+    assert main(["merge", "--model", *map(str, sources), "--method", "average", "--base",
+                 str(fa), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "does not use a base model" in err
+    assert out.read_bytes() == kept
 
 
 # ---------------------------------------------------------------- grids

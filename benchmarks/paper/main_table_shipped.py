@@ -10,7 +10,11 @@ pair and architecture (the checkpoints are one seed); its ``results.json`` and r
 ``RESULTS/paper/shipped/<pair>_<model>/`` and are reused with ``--existing``. The table says
 for each source whether it meets the plateau criterion (:func:`gffmerge.plateau.plateau_reached`).
 
-    python benchmarks/paper/main_table_shipped.py [--existing]
+    python benchmarks/paper/main_table_shipped.py [--existing] [--rerun progressive]
+
+``--rerun M1,M2`` reruns only those methods (with their ``+switch`` / ``+repair`` rows)
+on every pair and overlays their rows on the pair's existing ``results.json`` (the other
+rows stay as they were; the rerun's own results stay in ``rerun/`` beside it).
 
 Writes ``benchmarks/results/paper/main_table_shipped.md`` (+ ``.csv``).
 """
@@ -28,7 +32,7 @@ import paperlib as pl  # noqa: E402
 
 from gffmerge import methods  # noqa: E402
 from gffmerge.checkpoint import load_checkpoint  # noqa: E402
-from gffmerge.experiment import ExperimentConfig, run  # noqa: E402
+from gffmerge.experiment import ExperimentConfig, run, write_results  # noqa: E402
 from gffmerge.plateau import plateau_reached  # noqa: E402
 from gffmerge.recipes import before_anneal, checkpoints_dir  # noqa: E402
 
@@ -44,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=pl.RESULTS, help="folder for the results")
     p.add_argument("--name", help="file name of the results, without suffix")
     p.add_argument("--progress", action="store_true", help="progress bars")
+    p.add_argument("--rerun", help="comma-separated methods to rerun on every pair and "
+                                   "overlay on its existing results.json")
     args = pl.parse(p, argv)
     rec = pl.Recorder(args, "main_table_shipped", "Main table on the shipped fine-tunes "
                                                   "(trained toward a plateau)", budget=False)
@@ -55,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             paths = [root / dataset / f"{model}_{s}.pt" for s in (*short, joint_role)]
             out = Path(args.out) / "shipped" / f"{dataset}_{'_'.join(short)}_{model}"
             done = out / "results.json"
-            if not (args.existing and done.is_file()):
+            if args.rerun and done.is_file():
+                _rerun(args.rerun.split(","), systems, out, model, paths, args.progress)
+            elif not (args.existing and done.is_file()):
                 run(ExperimentConfig(None, systems, str(out), model_kind=model,
                                      sources=[str(x) for x in paths[:2]],
                                      joint=str(paths[2]), repair=True, switch=True),
@@ -74,6 +82,33 @@ def main(argv: list[str] | None = None) -> int:
     body = _body(columns)
     rec.write(body)
     return 0
+
+
+def _rerun(names: list[str], systems: list[str], out: Path, model: str, paths,
+           progress: bool) -> None:
+    """Rerun ``names`` on one pair into ``out/rerun`` and overlay their rows (and their
+    ``+switch`` / ``+repair`` rows) on ``out/results.json``."""
+    import subprocess
+
+    again = out / "rerun"
+    default = methods.DEFAULT_METHOD in names
+    run(ExperimentConfig(None, systems, str(again), model_kind=model, methods=names,
+                         sources=[str(x) for x in paths[:2]], joint=str(paths[2]),
+                         repair=default, switch=default), progress=progress)
+    new = json.loads((again / "results.json").read_text())
+    res = json.loads((out / "results.json").read_text())
+    rows = [k for k in new["methods"] if k.split("+")[0] in names]
+    for k in rows:
+        res["methods"][k] = new["methods"][k]
+    for k in names:
+        (res.get("failures") or {}).pop(k, None)
+    res.setdefault("failures", {}).update({k: v for k, v in (new.get("failures") or {}).items()
+                                           if k in names})
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    res.setdefault("reruns", []).append({"rows": rows, "git_commit": commit,
+                                         "command": new.get("command")})
+    write_results(out / "results.json", res)
 
 
 def _state(meta: dict) -> str:

@@ -165,7 +165,8 @@ class _Experiment:
 
         spec = methods.get(method)
         needs = spec.needs_for(spec.options())
-        base = load_checkpoint(foundation_path)[0] if needs.base_model else None
+        base = (load_checkpoint(foundation_path)[0]
+                if needs.base_model or needs.base_optional else None)
         val = self.data.split("val")
         t0 = time.perf_counter()
         with warnings.catch_warnings():  # listed in the merge reports, not needed here

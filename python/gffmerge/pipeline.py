@@ -37,7 +37,8 @@ def merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]] | None = No
     ``labels`` and ``cross`` from the method.
 
     ``base``: the pre-trained model the sources were fine-tuned from, for methods that
-    need it (``task_arithmetic``, ``ties``, ``emr``). Methods that need gradients
+    need it (``task_arithmetic``, ``ties``, ``emr``) or use it when given (the default,
+    ``progressive``: it then also tries starting from those merges). Methods that need gradients
     (``fisher``) get each model's diagonal Fisher on its own (labelled) ``data``.
     Methods that run the models themselves (``progressive``) get ``data`` as it is, and
     ``val_data`` (each source's validation :class:`~gffmerge.data.AtomsDataset`) to choose
@@ -58,8 +59,8 @@ def merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]] | None = No
     stats = None
     measure_s = 0.0
     needs = spec.needs_for(opts)
-    unmet = needs.beyond("stats", "cross", "base_model", "gradients", "labelled_data",
-                         "data")
+    unmet = needs.beyond("stats", "cross", "base_model", "base_optional", "gradients",
+                         "labelled_data", "data")
     if needs.base_model and base is None:
         raise ValueError(f"method '{method}' needs the pre-trained model the sources were "
                          "fine-tuned from: pass base=FOUNDATION (CLI: --base CKPT)")

@@ -74,9 +74,16 @@ def _merge_summary(args, result) -> None:
 
 
 def _base_model(method: str, needs, base: str | None, ckpts: list[str], metas: list[dict]):
-    """The ``--base`` model when the method needs one, after checking from the sources'
-    metadata that they were fine-tuned from it (None when the method needs none)."""
-    if not needs.base_model:
+    """The ``--base`` model when the method needs or uses one, after checking from the
+    sources' metadata that they were fine-tuned from it (None when the method needs none
+    or, using one optionally, got none)."""
+    if not (needs.base_model or needs.base_optional):
+        if base:
+            raise CliError(f"method '{method}' does not use a base model: drop --base "
+                           f"{base} (methods that do: the default, ties, task_arithmetic, "
+                           "emr)")
+        return None
+    if not base and needs.base_optional and not needs.base_model:
         return None
     if not base:
         raise CliError(f"method '{method}' needs --base CKPT: the pre-trained checkpoint the "

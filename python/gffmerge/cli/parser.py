@@ -12,8 +12,10 @@ from .merging import cmd_demo, cmd_merge, cmd_methods, cmd_solve
 from .repairing import add_parser as add_repair_parser
 from .training import cmd_eval, cmd_train
 
-BASE_HELP = ("the pre-trained checkpoint the sources were fine-tuned from (task_arithmetic, "
-             "ties, emr); checked against the sources' metadata")
+BASE_HELP = ("the pre-trained checkpoint the sources were fine-tuned from (needed by "
+             "task_arithmetic, ties, emr; the default merge then also tries starting from "
+             "the foundation, task arithmetic and TIES); checked against the sources' "
+             "metadata")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,6 +65,10 @@ class ProgressiveOptions:
       weighs more). The merge is asked for one model good on every system, and a cell's
       size says nothing about how much its system matters; with ``"pooled"`` a pair with
       28- and 56-atom cells ranks candidates mostly by the larger one.
+    - ``starts``: with the foundation given (``base=``), ``"auto"`` also scores the
+      foundation, task arithmetic and TIES on validation and runs the closed form from
+      the best of them too (it begins from it and its ridge shrinks toward it); ``"off"``:
+      the mean is the only start. Without a base there is nothing to do.
     """
 
     mode: Literal["progressive", "one-shot"] = "progressive"
@@ -89,6 +93,7 @@ class ProgressiveOptions:
     anchor_ridges: tuple[float, ...] = ANCHOR_RIDGES
     staged: Literal["auto", "grid", "one", "off"] = "auto"
     val_score: Literal["per_system", "pooled"] = "per_system"
+    starts: Literal["auto", "off"] = "auto"
 
     __option_help__ = {
         "mode": "progressive (inputs from the partly merged model) or one-shot",
@@ -117,13 +122,15 @@ class ProgressiveOptions:
                   "(one for adapter models, grid otherwise)",
         "val_score": "per_system (mean over systems of each one's validation force MAE) or "
                      "pooled (over all force components: larger cells weigh more)",
+        "starts": "with the foundation (base): auto also scores it, task arithmetic and TIES "
+                  "and starts the closed form from the best of them; off: from the mean only",
     }
 
     def __post_init__(self):
         choices = {"mode": ("progressive", "one-shot"), "ridge_mode": ("relative", "absolute"),
                    "prior": ("mean", "zero"), "weighting": ("pooled", "per_model"),
                    "tangents": ("auto", "on", "off"), "directions": DIRECTIONS,
-                   "staged": STAGED, "val_score": VAL_SCORES}
+                   "staged": STAGED, "val_score": VAL_SCORES, "starts": ("auto", "off")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not valid; choose one of "
@@ -194,3 +201,4 @@ class GridPoint:
     val_energy_mae_mev_per_atom: float
     seconds: float
     val_force_mae_per_system: list[float] = field(default_factory=list)  # meV/Å, by source
+    start: str = "mean"  # what the staged merge began from (a start's kind, or the mean)

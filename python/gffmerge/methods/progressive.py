@@ -69,6 +69,7 @@ from ._progressive_anchors import (
     one_shot_run,
     one_shot_sums,
     score_anchors,
+    start_model,
 )
 from ._progressive_options import BETA_GRID, RIDGE_GRID, GridPoint, ProgressiveOptions
 from .registry import Needs, register
@@ -78,11 +79,11 @@ __all__ = ["BETA_GRID", "RIDGE_GRID", "GridPoint", "ProgressiveOptions", "progre
 
 def _merge_once(models: Sequence[nn.Module], sources: list[Source], order: LayerOrder,
                 infos: dict, opts: ProgressiveOptions, *, ridge: float, beta: float,
-                frames: int | None, forward, progress: bool, desc: str) -> Run:
+                frames: int | None, forward, progress: bool, desc: str,
+                start: nn.Module | None = None) -> Run:
     from tqdm.auto import tqdm
 
-    merged = build_model(models[0], mean_state_dict(models))
-    merged.eval()
+    merged = start_model(models, start)
     run = Run(merged)
     tangents = beta > 0
     if opts.mode == "one-shot":
@@ -95,7 +96,8 @@ def _merge_once(models: Sequence[nn.Module], sources: list[Source], order: Layer
                                 forward=forward, backend=opts.backend, frames=frames)
         reports, warns = solve_stage(merged, models, stage, infos, per_source, ridge=ridge,
                                      beta=beta, weighting=opts.weighting,
-                                     ridge_mode=opts.ridge_mode, prior=opts.prior)
+                                     ridge_mode=opts.ridge_mode, prior=opts.prior,
+                                     start=start)
         run.layers += reports
         run.warnings += warns
     if opts.energy_refit:
@@ -116,7 +118,8 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
                       options: ProgressiveOptions | None = None, *,
                       val_data: Sequence[Any] | None = None, progress: bool = True,
                       labels: Sequence[str] | None = None, forward=None,
-                      layers: Iterable[str] | None = None, **kwargs) -> MergeResult:
+                      layers: Iterable[str] | None = None, base: nn.Module | None = None,
+                      **kwargs) -> MergeResult:
     """Merge ``models`` progressively (see the module docstring).
 
     ``data[k]`` iterates source k's own training batches (e.g.
@@ -124,8 +127,11 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     graphs of it are used. ``val_data[k]`` is source k's validation
     :class:`~gffmerge.data.AtomsDataset`, needed when anything is ``"auto"``. Keyword
     arguments override fields of ``options``. Layers the forward never reaches keep the
-    sources' mean. The report's ``options`` also records the stages, the chosen point,
-    and the validation error of every grid point.
+    sources' mean (or the chosen start's values). ``base``: the foundation the sources
+    were fine-tuned from; with it (and ``starts="auto"``) the search also scores the
+    foundation, task arithmetic and TIES, and the closed form from the best of them
+    (:mod:`gffmerge.methods._progressive_anchors`). The report's ``options`` also records
+    the stages, the chosen point, and the validation error of every grid point.
     """
     t_start, c_start = time.perf_counter(), time.process_time()
     opts = options or ProgressiveOptions()
@@ -187,54 +193,58 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
         reduced = min(reduced, opts.frames)
     full = reduced is None or (opts.frames is not None and reduced >= opts.frames)
     runs: dict[tuple, Run] = {}  # candidates merged on the full budget, by key
+    use_base = base is not None and opts.starts == "auto"
+    starts: dict[str, nn.Module | None] = {"mean": None}
 
     def keep(key: tuple, run: Run) -> None:
         if full:
             runs[key] = run
 
-    def score(ridge: float, beta: float) -> GridPoint:
+    def score(ridge: float, beta: float, start: str = "mean") -> GridPoint:
         t1 = time.perf_counter()
         run = _merge_once(models, sources, order, infos, opts, ridge=ridge, beta=beta,
                           frames=reduced, forward=forward, progress=progress,
-                          desc=f"search ridge {ridge:g} beta {beta:g}")
+                          desc=f"search ridge {ridge:g} beta {beta:g}", start=starts[start])
         f, e, per = errors(run.model)
-        keep(("progressive", ridge, beta), run)
-        point = GridPoint(ridge, beta, f, e, time.perf_counter() - t1, per)
+        keep(("progressive", ridge, beta, start), run)
+        point = GridPoint(ridge, beta, f, e, time.perf_counter() - t1, per, start)
         points.append(point)
         return point
 
     anchors: list[Anchor] = []
-    best: tuple = ("progressive", *grid[0])
+    best: tuple = ("progressive", *grid[0], "mean")
     staged = opts.staged_points(models[0]) if search else "grid"
     if search:
         ridges = sorted({r for r, _ in grid})
         betas = sorted({b for _, b in grid})
         if opts.anchors:
-            anchors = score_anchors(models, sources, order, infos, opts, ridges=ridges,
-                                    betas=betas, frames=reduced, forward=forward,
-                                    errors=errors, keep=keep)
+            anchors, starts = score_anchors(models, sources, order, infos, opts,
+                                            ridges=ridges, betas=betas, frames=reduced,
+                                            forward=forward, errors=errors, keep=keep,
+                                            base=base if use_base else None)
+        shots = [a for a in anchors if a.kind == "one-shot" and a.ridge in ridges]
+        # the staged points begin where the one-shot closed form did best
+        start = min(shots, key=lambda a: a.val_force_mae_mev_per_a).start if shots else "mean"
         if staged == "one":  # one staged merge, at the best one-shot point
-            shots = [a for a in anchors if a.kind == "one-shot" and a.ridge in ridges]
             if shots:
                 a = min(shots, key=lambda a: a.val_force_mae_mev_per_a)
-                score(a.ridge, a.beta)
+                score(a.ridge, a.beta, a.start)
             else:
                 score(*grid[len(grid) // 2])
         elif staged == "grid" and len(ridges) > 1 and len(betas) > 1:
             # coordinate search: β (and tangents on/off) at the middle ridge, then the ridge
             mid = ridges[len(ridges) // 2]
-            b_best = min((score(mid, b) for b in betas),
+            b_best = min((score(mid, b, start) for b in betas),
                          key=lambda p: p.val_force_mae_mev_per_a).beta
             for r in ridges:
                 if r != mid:
-                    score(r, b_best)
+                    score(r, b_best, start)
         elif staged == "grid":
             for ridge, beta in grid:
-                score(ridge, beta)
-        cands = [(("progressive", p.ridge, p.beta), p.val_force_mae_mev_per_a)
+                score(ridge, beta, start)
+        cands = [(("progressive", p.ridge, p.beta, p.start), p.val_force_mae_mev_per_a)
                  for p in points]
-        cands += [(("average",) if a.kind == "average" else (a.kind, a.ridge, a.beta),
-                   a.val_force_mae_mev_per_a) for a in anchors]
+        cands += [(a.key, a.val_force_mae_mev_per_a) for a in anchors]
         best = min(cands, key=lambda c: c[1])[0]
     search_s, search_c = time.perf_counter() - t_search, time.process_time() - c_search
     t_final, c_final = time.perf_counter(), time.process_time()
@@ -242,26 +252,41 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     def final(key: tuple) -> Run:
         if key[0] == "average":
             return average_run(models, sources, refit=opts.energy_refit, frames=opts.frames)
+        if key[0] == "start":  # a task-vector start as it is, reference energies refitted
+            run = Run(start_model(models, starts[key[1]]))
+            if opts.energy_refit:
+                run.energy_shift = refit_reference_energies(run.model, sources,
+                                                            frames=opts.frames)
+            return run
         if key[0] == "one-shot":
             sums = one_shot_sums(sources, order, infos, tangents=key[2] > 0,
                                  frames=opts.frames, forward=forward, backend=opts.backend)
             return one_shot_run(models, sources, order, infos, sums, opts, ridge=key[1],
-                                beta=key[2], frames=opts.frames)
+                                beta=key[2], frames=opts.frames, start=starts[key[3]])
         return _merge_once(models, sources, order, infos, opts, ridge=key[1], beta=key[2],
                            frames=opts.frames, forward=forward, progress=progress,
-                           desc="merge")
+                           desc="merge", start=starts[key[3]])
     run = runs.get(best) or final(best)
     val = errors(run.model) if (val_sets is not None or holdout is not None) else None
     fallback = None
-    average = next((a for a in anchors if a.kind == "average"), None)
-    if average is not None and best != ("average",) and val[0] > average.val_force_mae_mev_per_a:
+    # the average and the starts depend on no frame budget: their search scores stand
+    fixed = [a for a in anchors if a.kind != "one-shot"
+             and (a.kind == "average" or a.key[1] in starts)]
+    safe = min(fixed, key=lambda a: a.val_force_mae_mev_per_a) if fixed else None
+    if safe is not None and best != safe.key and val[0] > safe.val_force_mae_mev_per_a:
+        name = "the average" if safe.kind == "average" else f"the {safe.kind} start"
         fallback = (f"the pick {best} merged on the full budget scored "
-                    f"{val[0]:.4g} on validation ({opts.val_score}), worse than the average's "
-                    f"{average.val_force_mae_mev_per_a:.4g}: the average is returned")
-        best = ("average",)
+                    f"{val[0]:.4g} on validation ({opts.val_score}), worse than "
+                    f"{name}'s {safe.val_force_mae_mev_per_a:.4g}: {name} is returned")
+        best = safe.key
         run = runs.get(best) or final(best)
         run.warnings = [*run.warnings, fallback]
         val = errors(run.model)
+    if best == ("start", "base"):
+        run.warnings = [*run.warnings, "the foundation (base) itself scored best on validation "
+                        f"({val[0]:.4g}, {opts.val_score}) of every merge tried: it is "
+                        "returned unchanged (reference energies refitted); no merge of these "
+                        "fine-tunes kept more of their systems than it lost"]
     final_s, final_c = time.perf_counter() - t_final, time.process_time() - c_final
 
     report = MergeReport(method=f"progressive ({opts.mode})", options=asdict(opts),
@@ -275,9 +300,11 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     report.averaged = [k for k in run.model.state_dict()
                        if k.rsplit(".", 1)[0] not in solved]
     report.options.update(
-        conservative=conservative, chosen=best[0],
-        chosen_ridge=best[1] if len(best) > 1 else None,
-        chosen_beta=best[2] if len(best) > 1 else 0.0, staged_search=staged,
+        conservative=conservative, chosen=best[0] if best[0] != "start" else best[1],
+        chosen_ridge=best[1] if len(best) > 2 else None,
+        chosen_beta=best[2] if len(best) > 2 else 0.0,
+        chosen_start=best[3] if len(best) > 3 else None,
+        starts_tried=[k for k in starts if k != "mean"], staged_search=staged,
         anchors_tried=[asdict(a) for a in anchors], fallback=fallback,
         stages=[list(s) for s in (order.stages if opts.mode == "progressive"
                                   else (tuple(order.order),))],
@@ -307,9 +334,11 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
                       "partly merged model, tangent rows for conservative force fields, "
                       "ridge and β chosen on validation data (the package default)",
           reference="https://arxiv.org/abs/2508.03121",
-          options=ProgressiveOptions, needs=Needs(stats=False, data=True))
+          options=ProgressiveOptions,
+          needs=Needs(stats=False, data=True, base_model=False, base_optional=True))
 def progressive(models, stats, options: ProgressiveOptions, *, data, val_data=None,
-                progress: bool = True) -> MergeResult:
-    result = progressive_merge(models, data, options, val_data=val_data, progress=progress)
+                progress: bool = True, base=None) -> MergeResult:
+    result = progressive_merge(models, data, options, val_data=val_data, progress=progress,
+                               base=base)
     result.report.method = "progressive"
     return result

@@ -40,6 +40,8 @@ class Needs:
     - ``stats``: per-layer statistics of each source on its own data (:func:`gffmerge.measure`);
     - ``cross``: those statistics with cross sums ``Σ x̃ yᵀ`` (``measure(cross=True)``);
     - ``base_model``: the common pre-trained model the sources were fine-tuned from;
+    - ``base_optional``: the method uses that model when it is given (``base=`` is passed
+      to it, None when absent);
     - ``gradients``: gradients (e.g. Fisher information) of each source on its data;
     - ``labelled_data``: data with reference labels (energies, forces), not only inputs;
     - ``data``: each source's own batches, handed to the method (as ``data=``, with the
@@ -50,6 +52,7 @@ class Needs:
     stats: bool = True
     cross: bool = False
     base_model: bool = False
+    base_optional: bool = False
     gradients: bool = False
     labelled_data: bool = False
     data: bool = False
@@ -153,6 +156,8 @@ class MergeMethod:
                     raise ValueError(f"method '{self.name}' needs {need}: pass {keyword}= "
                                      f"({_INPUT_HINTS[keyword]})")
                 inputs[keyword] = given[keyword]
+        if needs.base_optional and not needs.base_model:
+            inputs["base"] = base
         if needs.data:
             if data is None or len(data) != len(models):
                 got = "no data" if data is None else f"{len(data)} data sources"

@@ -80,7 +80,7 @@ def normal_equations(sums: Sequence[LayerSums], aug: bool, d: int, beta: float,
 def _solve_norm(merged: nn.Module, models: Sequence[nn.Module], name: str, info,
                 sums: Sequence[LayerSums], *, ridge: float, beta: float,
                 weighting: str, ridge_mode: str, prior: str,
-                lr: LayerReport) -> None:
+                lr: LayerReport, start: nn.Module | None = None) -> None:
     """Per-feature ``γ_j, β_j`` of an affine LayerNorm: the 2×2 (1×1 without shift)
     normal equations from the diagonals of the stage sums, same ridge and prior."""
     d, aug = info.in_features, info.has_bias
@@ -88,7 +88,7 @@ def _solve_norm(merged: nn.Module, models: Sequence[nn.Module], name: str, info,
     j = torch.arange(d)
     a, c = G[j, j], G[d, d].expand(d)  # Σ n_j² (+ w Σ ṅ_j²), row count
     b, r1, r2 = G[j, d], C[j, j], C[d, j]  # Σ n_j, Σ n_j y_j (+ tangents), Σ y_j
-    mean = torch.stack([module_theta(m, name, aug) for m in models]).mean(0)
+    mean = _prior_theta(models, start, name, aug)
     scale = (a + c) / 2 if aug else a
     lam = ridge * (scale if ridge_mode == "relative" else torch.ones_like(a))
     lr.ridge = lam.mean().item()
@@ -112,13 +112,25 @@ def _solve_norm(merged: nn.Module, models: Sequence[nn.Module], name: str, info,
     lr.rel_distance = ((theta - mean).norm() / mean.norm().clamp_min(1e-300)).item()
 
 
+def _prior_theta(models: Sequence[nn.Module], start: nn.Module | None, name: str,
+                 aug: bool) -> Tensor:
+    """Θ̄ of the ``"mean"`` prior: the sources' mean, or the layer of ``start``."""
+    if start is not None:
+        return module_theta(start, name, aug)
+    return torch.stack([module_theta(m, name, aug) for m in models]).mean(0)
+
+
 def solve_stage(merged: nn.Module, models: Sequence[nn.Module], names: Sequence[str],
                 infos: dict, per_source: Sequence[dict[str, LayerSums]], *, ridge: float,
                 beta: float, weighting: str = "pooled",
                 ridge_mode: str = "relative", prior: str = "mean", condition: bool = True,
-                alpha: float = 1.0, target: str = "outputs", intercept: bool = True
-                ) -> tuple[list[LayerReport], list[str]]:
+                alpha: float = 1.0, target: str = "outputs", intercept: bool = True,
+                start: nn.Module | None = None) -> tuple[list[LayerReport], list[str]]:
     """Solve the named layers from their stage sums and write them into ``merged``.
+
+    ``prior="mean"`` shrinks each layer toward the sources' mean, or toward the same layer
+    of ``start`` when given (a model the merge starts from, e.g. a TIES merge of the
+    sources); ``rel_distance`` is measured from that prior.
 
     ``target="outputs"`` fits the recorded source outputs; ``"weights"`` fits each source's
     layer applied to the recorded inputs (RegMean++), with off-diagonal shrinkage ``alpha``.
@@ -146,7 +158,8 @@ def solve_stage(merged: nn.Module, models: Sequence[nn.Module], names: Sequence[
             continue
         if is_affine_norm(modules[name]):
             _solve_norm(merged, models, name, info, sums, ridge=ridge, beta=beta,
-                        weighting=weighting, ridge_mode=ridge_mode, prior=prior, lr=lr)
+                        weighting=weighting, ridge_mode=ridge_mode, prior=prior, lr=lr,
+                        start=start)
             continue
         aug, d = info.has_bias and intercept, info.in_features
         dim = d + int(aug)
@@ -156,7 +169,8 @@ def solve_stage(merged: nn.Module, models: Sequence[nn.Module], names: Sequence[
                                          thetas=thetas if target == "weights" else None)
         lam = ridge * (G.trace().item() / dim if ridge_mode == "relative" else 1.0)
         lr.ridge = lam
-        mean = torch.stack(thetas).mean(0).to(G.device)
+        mean = (torch.stack(thetas).mean(0) if start is None else
+                module_theta(start, name, aug)).to(G.device)
         rhs = C + lam * mean if prior == "mean" else C
         systems[name] = (G + lam * torch.eye(dim, dtype=torch.float64, device=G.device), rhs)
         if target == "weights":  # Σ_k c_k ‖X̃_k Θ_k‖² with the same (shrunk) Grams

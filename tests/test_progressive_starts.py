@@ -1,0 +1,207 @@
+"""Task-vector starts of the progressive default: with the foundation given, the search
+also scores the foundation, task arithmetic and TIES, and runs the closed form from the
+best of them (beginning from it, shrinking toward it)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gffmerge
+from gffmerge import methods
+from gffmerge.evaluate import combine_errors, system_errors
+from gffmerge.methods import progressive as prog
+from gffmerge.methods._progressive_anchors import (
+    TA_LAMS,
+    TIES_DENSITIES,
+    TIES_LAMS,
+    one_shot_run,
+    one_shot_sums,
+)
+from gffmerge.methods.progressive import ProgressiveOptions, progressive_merge
+from gffmerge.models.painn import PaiNN
+from gffmerge.solver import build_model, mean_state_dict
+from gffmerge.testing import fine_tunes
+
+SYSTEMS = ["rmd17/ethanol", "rmd17/malonaldehyde"]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A tiny conservative PaiNN (the base) and two strongly perturbed fine-tunes of it, 6
+    training and 6 validation frames per system."""
+    from gffmerge.data import load_dataset
+
+    torch.manual_seed(0)
+    data = load_dataset(SYSTEMS)
+    base = PaiNN(n_features=8, n_interactions=1, n_rbf=6, cutoff=4.0).double()
+    sources = fine_tunes(base, 2, scale=0.3, seed=1)
+    train, val = data.split("train"), data.split("val")
+    batches = [list(train.for_system(s).subset(6, seed=0).batches(3, 4.0,
+                                                                  dtype=torch.float64))
+               for s in SYSTEMS]
+    vals = [val.for_system(s).subset(6, seed=0) for s in SYSTEMS]
+    return base, sources, batches, vals
+
+
+def _opts(**kw):
+    return ProgressiveOptions(**{"ridge_grid": (1e-8,), "beta_grid": (1.0,), "frames": 6,
+                                 "search_frames": 6, "val_frames": 6, **kw})
+
+
+def _score(model, vals):
+    return combine_errors(system_errors(model, vals), "per_system")[0]
+
+
+def test_starts_are_scored_and_the_pick_is_the_best_candidate(pair):
+    base, sources, batches, vals = pair
+    res = progressive_merge(sources, batches, _opts(), val_data=vals, progress=False,
+                            base=base)
+    o = res.report.options
+    tried = o["anchors_tried"]
+    kinds = [a["kind"] for a in tried]
+    assert kinds.count("base") == 1
+    assert kinds.count("task_arithmetic") == len(TA_LAMS)
+    assert kinds.count("ties") == len(TIES_LAMS) + len(TIES_DENSITIES) - 1
+    # each start scored as the registered method would merge it, on the same frames
+    a = next(a for a in tried if a["kind"] == "base")
+    assert a["val_force_mae_mev_per_a"] == pytest.approx(_score(base, vals), rel=1e-12)
+    for kind in ("ties", "task_arithmetic"):
+        a = next(a for a in tried if a["kind"] == kind)
+        merged = methods.get(kind)(sources, base=base, **a["params"]).model
+        assert a["val_force_mae_mev_per_a"] == pytest.approx(_score(merged, vals), rel=1e-12)
+    # the best start is the second start of the one-shot closed form
+    best_kind = min((a for a in tried if a["kind"] in ("base", "task_arithmetic", "ties")),
+                    key=lambda a: a["val_force_mae_mev_per_a"])["kind"]
+    assert o["starts_tried"] == [best_kind]
+    shots = {a["start"] for a in tried if a["kind"] == "one-shot"}
+    assert shots == {"mean", best_kind}
+    every = ([a["val_force_mae_mev_per_a"] for a in tried]
+             + [p["val_force_mae_mev_per_a"] for p in o["grid"]])
+    assert o["val_force_mae_mev_per_a"] == pytest.approx(min(every), rel=1e-12)
+    assert o["val_force_mae_mev_per_a"] == pytest.approx(_score(res.model, vals), rel=1e-12)
+
+
+def test_without_a_base_or_with_starts_off_the_mean_is_the_only_start(pair):
+    base, sources, batches, vals = pair
+    for kw in ({}, {"base": base}):
+        opts = _opts(starts="off") if kw else _opts()
+        o = progressive_merge(sources, batches, opts, val_data=vals, progress=False,
+                              **kw).report.options
+        assert o["starts_tried"] == []
+        assert {a["kind"] for a in o["anchors_tried"]} == {"average", "one-shot"}
+        assert {a["start"] for a in o["anchors_tried"]} == {"mean"}
+    with pytest.raises(ValueError, match="starts="):
+        ProgressiveOptions(starts="ties")
+
+
+def _theta(model, name):
+    lin = dict(model.named_modules())[name]
+    return torch.cat([lin.weight.detach().double().T, lin.bias.detach().double()[None]])
+
+
+def test_one_shot_from_a_start_shrinks_toward_it(pair):
+    """From a start S: per layer (Σ_k X̃ₖᵀX̃ₖ + λI)Θ = Σ_k X̃ₖᵀX̃ₖΘₖ + λΘ_S (dense float64
+    reference); parameters no solve reaches are S's; a huge ridge returns S's layers."""
+    from gffmerge.collect.batches import default_forward
+    from gffmerge.collect.order import layer_order, mergeable_layers
+    from gffmerge.collect.progressive import prepare_sources
+
+    base, sources, batches, _ = pair
+    start = methods.get("ties")(sources, base=base, density=0.2, lam=1.0).model
+    opts = ProgressiveOptions(energy_refit=False)
+    infos = mergeable_layers(sources[0])
+    srcs = prepare_sources(sources, batches, frames=None, names=list(infos), tangents=False)
+    order = layer_order(build_model(sources[0], mean_state_dict(sources)), srcs[0].batches[0])
+    sums = one_shot_sums(srcs, order, infos, tangents=False, frames=None,
+                         forward=default_forward, backend="torch")
+    run = one_shot_run(sources, srcs, order, infos, sums, opts, ridge=0.1, beta=0.0,
+                       frames=None, start=start)
+    name = next(n for n in order.order if infos[n].has_bias)
+    d = infos[name].in_features
+    G = sum(s[name].gram for s in sums)
+    lam = 0.1 * G.trace() / (d + 1)
+    rhs = (sum(s[name].gram @ _theta(m, name) for s, m in zip(sums, sources))
+           + lam * _theta(start, name))
+    want = torch.linalg.solve(G + lam * torch.eye(d + 1, dtype=torch.float64), rhs)
+    torch.testing.assert_close(_theta(run.model, name), want, rtol=1e-8, atol=1e-10)
+    solved = {lr.name for lr in run.layers if lr.solved}
+    state, ref = run.model.state_dict(), start.state_dict()
+    untouched = [k for k in state if k.rsplit(".", 1)[0] not in solved]
+    assert untouched and all(torch.equal(state[k], ref[k]) for k in untouched)
+    far = one_shot_run(sources, srcs, order, infos, sums, opts, ridge=1e12, beta=0.0,
+                       frames=None, start=start)
+    from gffmerge.solver.stage import module_theta
+
+    for n in solved:
+        aug = infos[n].has_bias
+        torch.testing.assert_close(module_theta(far.model, n, aug), module_theta(start, n, aug),
+                                   rtol=1e-6, atol=1e-9)
+
+
+def _fake_errors(base_state, mean_state, scores, final):
+    """``system_errors`` giving the base, the average and every other candidate the
+    scores ``scores``, the last one raised to 200 once ``final`` is set."""
+    def same(model, state):
+        return all(torch.equal(v, state[k]) for k, v in model.state_dict().items()
+                   if k != "atomic_energies")
+
+    def fake(model, val_sets):
+        f = (scores[0] if same(model, base_state) else scores[1] if same(model, mean_state)
+             else 200.0 if final else scores[2])
+        return [{"force_mae_mev_per_a": f, "energy_mae_mev_per_atom": 0.0, "atoms": 9,
+                 "frames": 1}] * len(val_sets)
+    return fake
+
+
+def test_a_start_that_scores_best_is_returned_and_told(pair, monkeypatch):
+    base, sources, batches, vals = pair
+    fake = _fake_errors(base.state_dict(), mean_state_dict(sources), (10.0, 100.0, 50.0), [])
+    monkeypatch.setattr(prog, "system_errors", fake)
+    with pytest.warns(UserWarning, match=r"foundation \(base\) itself scored best"):
+        res = progressive_merge(sources, batches, _opts(search_frames=3), val_data=vals,
+                                progress=False, base=base)
+    o = res.report.options
+    assert o["chosen"] == "base" and o["chosen_ridge"] is None and not o["fallback"]
+    for k, v in res.model.state_dict().items():
+        if k != "atomic_energies":
+            torch.testing.assert_close(v, base.state_dict()[k], rtol=0, atol=0)
+
+
+def test_final_worse_than_a_start_falls_back_to_it(pair, monkeypatch):
+    """The search scores on a reduced budget; if its pick, merged on the full budget, then
+    scores worse than the best start (here task arithmetic at its first λ, better than the
+    base and the average), that start is returned and the report says so."""
+    base, sources, batches, vals = pair
+    final: list[bool] = []
+    for name in ("one_shot_sums", "_merge_once"):
+        real = getattr(prog, name)
+
+        def spy(*a, _real=real, **kw):
+            if kw.get("frames") == 6:  # the full budget: the final merge
+                final.append(True)
+            return _real(*a, **kw)
+        monkeypatch.setattr(prog, name, spy)
+    fake = _fake_errors(base.state_dict(), mean_state_dict(sources), (40.0, 100.0, 30.0),
+                        final)
+    monkeypatch.setattr(prog, "system_errors", fake)
+    with pytest.warns(UserWarning, match="the task_arithmetic start is returned"):
+        res = progressive_merge(sources, batches, _opts(search_frames=3), val_data=vals,
+                                progress=False, base=base)
+    o = res.report.options
+    assert final and o["chosen"] == "task_arithmetic"
+    assert "worse than the task_arithmetic start's 30" in o["fallback"]
+    want = methods.get("task_arithmetic")(sources, base=base, lam=TA_LAMS[0]).model
+    got = res.model.state_dict()
+    for k, v in want.state_dict().items():
+        if k != "atomic_energies":
+            torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+
+
+def test_merge_hands_the_base_to_the_default(pair):
+    base, sources, batches, vals = pair
+    kw = dict(val_data=vals, progress=False, ridge_grid=(1e-8,), beta_grid=(1.0,), frames=6,
+              search_frames=6, val_frames=6)
+    with_base = gffmerge.merge(sources, batches, base=base, **kw).report.options
+    without = gffmerge.merge(sources, batches, **kw).report.options
+    assert with_base["starts_tried"] and not without["starts_tried"]
