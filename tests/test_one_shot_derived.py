@@ -157,15 +157,22 @@ def test_progressive_default_chooses_the_same_point_with_derived_sums(monkeypatc
     opts = prog.ProgressiveOptions(ridge_grid=(1e-8,), beta_grid=(1.0,), frames=6,
                                    search_frames=6, val_frames=6)
 
-    def run():
-        return prog.progressive_merge(sources, batches, opts, val_data=vals,
-                                      progress=False).report.options
+    derived = []
+    derive = collect_progressive.derive_targets
+    monkeypatch.setattr(collect_progressive, "derive_targets",
+                        lambda s, m: (derived.append(1), derive(s, m)))
 
-    auto = run()
+    def run():
+        derived.clear()
+        return (prog.progressive_merge(sources, batches, opts, val_data=vals,
+                                       progress=False).report.options, len(derived))
+
+    auto, n_auto = run()
     measured = functools.partial(collect_progressive.stage_sums, cross="measured")
     monkeypatch.setattr(anchors, "stage_sums", measured)
     monkeypatch.setattr(prog, "stage_sums", measured)
-    ref = run()
+    ref, n_ref = run()
+    assert n_auto > 0 and n_ref == 0  # the anchors' sums took either route
     for key in ("chosen", "chosen_ridge", "chosen_beta"):
         assert auto[key] == ref[key], key
     tried = [(a, b) for a, b in zip(auto["anchors_tried"], ref["anchors_tried"], strict=True)]
