@@ -10,7 +10,10 @@ batch), in one process and interleaved round by round (best of ``--repeats``):
 * ``cross``: ``measure(cross=True)`` (cross sums for ``target="cross"``, formed as ``G Θᵀ``);
 * ``tangent``: the force-aware one-shot sums (value and tangent rows along one random
   direction per frame: one dual pass per batch records inputs and targets,
-  :mod:`gffmerge.collect.progressive`);
+  :mod:`gffmerge.collect.progressive`), the targets' sums of affine layers derived from
+  their Grams and weights (``cross="auto"``, the default);
+* ``tangent_measured``: the same with every target sum measured from the recorded outputs
+  (``cross="measured"``: the route before round 7, the reference);
 * ``floor``: the forward plus ``gffmerge_ext.gram_`` alone on each distinct layer input
   measure forms (the dense rows; the edge part only for an edge layer with gathered parts),
   recorded once and timed apart: what is left once every overhead is gone.
@@ -62,7 +65,7 @@ from gffmerge.models import build_model
 from gffmerge.models.parts import Dense
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("forward", "measure", "dense", "cross", "tangent", "floor")
+MODES = ("forward", "measure", "dense", "cross", "tangent", "tangent_measured", "floor")
 PEAK_REPEATS = 3
 TARGETS = {"measure": {"gns": 1.5, "painn": 1.1, "schnet": 1.1}, "tangent": 2.5, "peak": 1.2}
 
@@ -145,11 +148,13 @@ def runners(model, batches, name: str, device: str, floor: bool = True):
     def measure(**kw):
         return lambda: (gffmerge.measure(model, batches, progress=False, **kw), sync())
 
-    def tangent():
-        srcs = prepare_sources([model], [batches], frames=None, names=layer_names,
-                               tangents=True, seed=0, outputs=False)
-        stage_sums(None, srcs, layer_names, infos, tangents=True)
-        sync()
+    def tangent(route: str):
+        def run():
+            srcs = prepare_sources([model], [batches], frames=None, names=layer_names,
+                                   tangents=True, seed=0, outputs=False)
+            stage_sums(None, srcs, layer_names, infos, tangents=True, cross=route)
+            sync()
+        return run
 
     def floor():
         forward()
@@ -161,7 +166,8 @@ def runners(model, batches, name: str, device: str, floor: bool = True):
         sync()
 
     fns = {"forward": forward, "measure": measure(), "dense": measure(dense=True),
-           "cross": measure(cross=True), "tangent": tangent, "floor": floor}
+           "cross": measure(cross=True), "tangent": tangent("auto"),
+           "tangent_measured": tangent("measured"), "floor": floor}
     return fns
 
 
@@ -267,14 +273,18 @@ def markdown(rows: list[dict], command: str, threads: int, device: str) -> str:
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.", "",
         "Ratios are CPU time of this process over the forward's CPU time in the same round "
         "(best of the rounds, modes interleaved); wall-clock ratios are in measure.csv. "
+        "`force-aware` = one-shot sums with one tangent direction per frame, targets' "
+        "sums of affine layers derived from Grams and weights (the default); `force-aware "
+        "measured` = the same with every target sum measured (`cross=\"measured\"`); "
         "`floor` = the forward plus `gram_` alone on the distinct rows measure forms; "
         "`of floor` = floor / measure. Timing under glibc's default allocator settings; "
         "peak = RSS high-water mark above the start of a run (MiB), measured after all "
         "timing with every allocation of 64 KiB or more served by mmap, median of three "
         "runs after one warm-up call of each mode.", "",
         "| model | data | frames/batch | atoms / edges per batch | forward s (CPU) | measure | "
-        "dense | cross | force-aware | floor | of floor | peak fwd / measure MiB | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "dense | cross | force-aware | force-aware measured | floor | of floor | "
+        "peak fwd / measure MiB | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         def g(k, r=r):
             v = r.get(k)
@@ -282,7 +292,7 @@ def markdown(rows: list[dict], command: str, threads: int, device: str) -> str:
         lines.append(
             f"| {r['model']} | {r['data']} | {r['frames_per_batch']} | {r['atoms']} / "
             f"{r['edges']} | {r['forward_cpu_s']:.3f} | {g('measure_x')} | {g('dense_x')} | "
-            f"{g('cross_x')} | {g('tangent_x')} | {g('floor_x')} | "
+            f"{g('cross_x')} | {g('tangent_x')} | {g('tangent_measured_x')} | {g('floor_x')} | "
             f"{r.get('fraction_of_floor', '')} | {r.get('peak_forward_mb', '')} / "
             f"{r.get('peak_measure_mb', '')} | {r['load']} |")
     lines += ["", "## Targets", ""]
@@ -317,13 +327,13 @@ def plot(rows: list[dict], path: Path) -> None:
 
     main = [r for r in rows if "dense_x" in r]
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    modes = ["measure", "dense", "cross", "tangent", "floor"]
-    width = 0.15
+    modes = ["measure", "dense", "cross", "tangent", "tangent_measured", "floor"]
+    width = 0.13
     for i, m in enumerate(modes):
         ax.bar([j + i * width for j in range(len(main))],
                [r.get(f"{m}_x", 0) for r in main], width, label=m)
     ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_xticks([j + 2 * width for j in range(len(main))])
+    ax.set_xticks([j + 2.5 * width for j in range(len(main))])
     ax.set_xticklabels([f"{r['model']}\n{r['data'].split('/')[1]}\n{r['frames_per_batch']} fr"
                         for r in main], fontsize=8)
     ax.set_ylabel("CPU time / forward")

@@ -47,7 +47,10 @@ def test_one_shot_sums_take_one_pass_and_equal_the_two_pass_sums():
     bare = prepare_sources([model], [batches], frames=None, names=names, tangents=True,
                            draws=2, seed=3, outputs=False, forward=_counting(passes))
     assert bare[0].targets is None and not passes  # no pass before the sums
-    fast = stage_sums(None, bare, names, infos, tangents=True, forward=_counting(passes))[0]
+    # the measured route: targets' sums from the recorded outputs (the default derives
+    # those of affine layers from the Grams, tests/test_one_shot_derived.py)
+    fast = stage_sums(None, bare, names, infos, tangents=True, forward=_counting(passes),
+                      cross="measured")[0]
     assert len(passes) == len(batches) * 2  # one pass per batch and direction
     for n in names:
         a, b = fast[n], ref[n]

@@ -23,6 +23,19 @@ model: each source gives its own inputs) record inputs and targets in one pass p
 and direction and never use the cache: the sums are formed inside the hooks, on the layer's own
 tensors, so no row is copied or kept.
 
+**Derived targets of one-shot sums** (``cross="auto"``, the default): in a one-shot pass
+the target ``y`` of a layer is that layer's own output on the recorded input, so for a
+layer whose output is exactly its affine map of the rows its hook sees
+(:func:`derives_targets`: ``nn.Linear``, ``ConcatLinear``, ``EdgeConcatLinear``, no hooks
+or parametrization that could change input or output) the targets need no products with
+``y`` at all: with ``Θ = [W, b]`` (float64) and the sums' Grams,
+``Σ x̃ yᵀ = (Σ x̃ x̃ᵀ) Θᵀ``, ``Σ ‖y‖² = tr(Θ (Σ x̃ x̃ᵀ) Θᵀ)``, ``Σ ẋ ẏᵀ = (Σ ẋ ẋᵀ) Wᵀ`` and
+``Σ ‖ẏ‖² = tr(W (Σ ẋ ẋᵀ) Wᵀ)`` (tangent rows carry no bias: ``ẏ = ẋ Wᵀ``), formed once
+per source after its passes. These are the exact values of the sums; the measured ones
+(``cross="measured"``, the reference, and the route of every other layer, e.g. an affine
+LayerNorm under ``norms``) carry the model's rounding of ``y`` (float32: ~1e-7
+relative); for a float64 model the two agree to float64 rounding.
+
 **Structured rows** (``structured=True``, the default): a layer that describes its input
 as parts (:class:`~gffmerge.models.parts.StructuredInput`, e.g. the GNS edge layer on
 ``[e, g_s·h[sender], g_r·h[receiver]]``) and has a gathered part is recorded as its
@@ -53,12 +66,19 @@ from gffmerge_ext import cross_, gram_
 from ..errors import EmptyDataError, NonFiniteActivationError
 from ..models.parts import GramInput
 from .batches import batch_entries, default_forward, move_to
+from .hooks import is_affine, theta
 from .providers import sums_of
 from .recording import run_recording
 from .tangents import directions, energy_forward
 
 # Keep each source's layer outputs in memory up to this size (else recompute per stage).
 CACHE_BYTES = 1 << 30
+
+CROSS_ROUTES = ("auto", "measured")
+"""How one-shot sums get their targets' sums: ``"auto"`` derives them from the Grams and
+the layer's weights where the layer's output is its affine map of the recorded input
+(:func:`derives_targets`), ``"measured"`` forms them from the recorded outputs for every
+layer (the reference)."""
 
 
 @dataclass
@@ -73,6 +93,9 @@ class LayerSums:
     tcross: Tensor | None = None  # [d, out] Σ ẋẏᵀ
     trows: int = 0
     tysq: float = 0.0
+    # how cross, ysq, tcross, tysq were formed: "measured" (from the recorded outputs),
+    # "derived" (from the Grams and the layer's own weights), "mixed" (a sum of both)
+    route: str = "measured"
 
     @classmethod
     def empty(cls, d_in: int, d_out: int, tangents: bool, device) -> LayerSums:
@@ -86,7 +109,8 @@ class LayerSums:
         return LayerSums(self.gram + other.gram, self.cross + other.cross,
                          self.rows + other.rows, self.ysq + other.ysq,
                          add(self.tgram, other.tgram), add(self.tcross, other.tcross),
-                         self.trows + other.trows, self.tysq + other.tysq)
+                         self.trows + other.trows, self.tysq + other.tysq,
+                         self.route if self.route == other.route else "mixed")
 
 
 @dataclass
@@ -178,9 +202,10 @@ def _add_call(s: LayerSums, x, dx, y, dy, *, values: bool, tangents: bool,
         w = dx.width  # tangent rows have 0 in the bias column: drop the ones row
         tgram, tcross = sums_of(dx, dy, backend=backend)
         s.tgram += tgram[:w, :w]
-        s.tcross += tcross[:w]
         s.trows += dx.rows
-        s.tysq += _sq(dy)
+        if tcross is not None:
+            s.tcross += tcross[:w]
+            s.tysq += _sq(dy)
     elif tangents:  # a tangent of None: rows that do not depend on the positions (zeros)
         if dx is not None:
             gram_(s.tgram, dx, backend=backend)
@@ -191,6 +216,34 @@ def _add_call(s: LayerSums, x, dx, y, dy, *, values: bool, tangents: bool,
             s.tysq += _sq(dy)
 
 
+def derives_targets(module: nn.Module) -> bool:
+    """Whether a one-shot pass may take ``module``'s targets from its Gram and weights:
+    its output is exactly ``x̃ Θᵀ`` of the rows its recording hook sees
+    (:func:`~gffmerge.collect.hooks.is_affine`: one of the plain affine layer classes, not
+    parametrized, no forward pre-hook) and no forward hook (the module's own or a global
+    one) that could hand the recording hook another output, e.g. a post-activation.
+    Checked before the recording hooks are attached."""
+    from torch.nn.modules import module as _module
+
+    return (is_affine(module) and not module._forward_hooks
+            and not getattr(_module, "_global_forward_hooks", None)
+            and not getattr(_module, "_global_forward_pre_hooks", None))
+
+
+def derive_targets(s: LayerSums, module: nn.Module) -> None:
+    """Set ``s``'s target sums from its Grams and ``module``'s weights (module docstring,
+    *Derived targets*): ``Σ x̃ yᵀ = G̃ Θᵀ``, ``Σ ‖y‖² = tr(Θ G̃ Θᵀ)``, and for tangent rows
+    ``Σ ẋ ẏᵀ = Gₜ Wᵀ``, ``Σ ‖ẏ‖² = tr(W Gₜ Wᵀ)``, all in float64."""
+    t = theta(module).to(s.gram.device).T  # [d + 1, out]
+    s.cross = s.gram @ t
+    s.ysq = float((s.cross * t).sum())
+    if s.tgram is not None:
+        w = t[:-1]  # tangent rows have no bias column
+        s.tcross = s.tgram @ w
+        s.tysq = float((s.tcross * w).sum())
+    s.route = "derived"
+
+
 def _mismatch(n: str, merged_calls: str, src_calls: int, label: str) -> RuntimeError:
     return RuntimeError(f"layer '{n}' was called {merged_calls} times by the merged model "
                         f"but {src_calls} times by {label} on the same batch; the models "
@@ -199,13 +252,18 @@ def _mismatch(n: str, merged_calls: str, src_calls: int, label: str) -> RuntimeE
 
 def _pass_sums(sums: dict[str, LayerSums], model: nn.Module, src: Source, i: int, d: int,
                u: Tensor | None, names: Sequence[str], *, one_shot: bool, targets: bool,
-               tangents: bool, calls, forward, structured: bool, backend: str) -> None:
+               tangents: bool, calls, forward, structured: bool, backend: str,
+               derived: frozenset[str] = frozenset()) -> None:
     """Add one pass of ``model`` over ``src``'s batch ``i`` (direction ``d``) to ``sums``:
     formed inside the hooks on the layer's own tensors (no copies kept), each call paired
-    with the source's target of the same call (one-shot: from the same pass)."""
+    with the source's target of the same call (one-shot: from the same pass; the layers
+    in ``derived`` add their Grams only, their targets' sums come from
+    :func:`derive_targets` after the passes)."""
     batch, values = src.batches[i], d == 0
     if one_shot:
         def both(n, x, y):
+            if n in derived:
+                y = (None, None)
             _add_call(sums[n], *x, *y, values=values, tangents=tangents, backend=backend)
         run_recording(model, batch, names, "both", u=u, calls=calls, forward=forward,
                       structured=structured, sink=both)
@@ -235,7 +293,7 @@ def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Seque
                infos: dict, *, calls: dict[str, int] | None = None, tangents: bool = False,
                forward=default_forward, backend: str = "auto",
                frames: int | None = None, targets: bool = True,
-               structured: bool = True) -> list[dict[str, LayerSums]]:
+               structured: bool = True, cross: str = "auto") -> list[dict[str, LayerSums]]:
     """Per source, the :class:`LayerSums` of the named layers.
 
     Inputs come from ``merged`` (progressive) or, when ``merged`` is None, from each source
@@ -246,7 +304,14 @@ def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Seque
     sources: for solves whose right-hand side comes from the sources' weights.
     ``structured`` forms the value sums of layers that describe their parts without their
     per-edge rows (module docstring); ``False`` is the dense reference.
+    ``cross`` (one-shot only, :data:`CROSS_ROUTES`): ``"auto"`` derives the target sums of
+    every layer :func:`derives_targets` accepts from its Grams and weights after the passes
+    (module docstring), ``"measured"`` forms them from the recorded outputs (the
+    reference); each :class:`LayerSums` records its ``route``.
     """
+    if cross not in CROSS_ROUTES:
+        raise ValueError(f"cross must be one of {', '.join(map(repr, CROSS_ROUTES))}, got "
+                         f"{cross!r}")
     if not targets and tangents:
         raise ValueError("tangent rows need the sources' targets: use targets=True")
     out = []
@@ -256,15 +321,23 @@ def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Seque
                                    device) for n in names}
         inp_model = merged if merged is not None else src.model
         inp_model.eval()
+        one_shot = merged is None and targets
+        derived = frozenset()
+        if one_shot and cross == "auto":
+            modules = dict(src.model.named_modules())
+            derived = frozenset(n for n in names if derives_targets(modules[n]))
         graphs = 0
         for i, batch in enumerate(src.batches):
             if frames is not None and graphs >= frames:
                 break
             graphs += batch_entries(batch)
             for d, u in enumerate(src.dirs[i] if tangents else [None]):
-                _pass_sums(sums, inp_model, src, i, d, u, names, one_shot=merged is None and
-                           targets, targets=targets, tangents=tangents, calls=calls,
-                           forward=forward, structured=structured, backend=backend)
+                _pass_sums(sums, inp_model, src, i, d, u, names, one_shot=one_shot,
+                           targets=targets, tangents=tangents, calls=calls,
+                           forward=forward, structured=structured, backend=backend,
+                           derived=derived)
+        for n in derived:
+            derive_targets(sums[n], modules[n])
         for n in names:
             g = sums[n].gram.diagonal().sum()
             t = sums[n].tgram.diagonal().sum() if tangents else g.new_zeros(())
