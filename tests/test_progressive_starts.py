@@ -80,6 +80,8 @@ def test_starts_are_scored_and_the_pick_is_the_best_candidate(pair):
              + [p["val_force_mae_mev_per_a"] for p in o["grid"]])
     assert o["val_force_mae_mev_per_a"] == pytest.approx(min(every), rel=1e-12)
     assert o["val_force_mae_mev_per_a"] == pytest.approx(_score(res.model, vals), rel=1e-12)
+    # every layer of PaiNN is a plain affine one: one-shot targets come from the Grams
+    assert o["one_shot_targets"]["measured"] == 0 and o["one_shot_targets"]["derived"] > 0
 
 
 def test_without_a_base_or_with_starts_off_the_mean_is_the_only_start(pair):

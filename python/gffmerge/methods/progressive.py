@@ -56,7 +56,13 @@ from ..architecture import check_same_architecture
 from ..collect.batches import default_forward
 from ..collect.holdout import agreement_error, graphs, hold_out
 from ..collect.order import LayerOrder, layer_order, mergeable_layers
-from ..collect.progressive import Source, prepare_sources, refit_reference_energies, stage_sums
+from ..collect.progressive import (
+    Source,
+    derives_targets,
+    prepare_sources,
+    refit_reference_energies,
+    stage_sums,
+)
 from ..collect.tangents import is_conservative
 from ..evaluate import combine_errors, system_errors
 from ..report import MergeReport, MergeResult
@@ -289,6 +295,8 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
                         "fine-tunes kept more of their systems than it lost"]
     final_s, final_c = time.perf_counter() - t_final, time.process_time() - c_final
 
+    modules = dict(models[0].named_modules())
+    reached = [modules[n] for n in order.order]
     report = MergeReport(method=f"progressive ({opts.mode})", options=asdict(opts),
                          num_models=len(models), layers=run.layers, warnings=run.warnings)
     report.note_unsolved(infos, order.unreached)
@@ -300,6 +308,10 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     report.averaged = [k for k in run.model.state_dict()
                        if k.rsplit(".", 1)[0] not in solved]
     report.options.update(
+        # one-shot targets (anchors, one-shot mode) taken from the Grams and the layers'
+        # weights where that is exact (collect.progressive, cross="auto"), else measured
+        one_shot_targets={"derived": sum(map(derives_targets, reached)),
+                          "measured": len(reached) - sum(map(derives_targets, reached))},
         conservative=conservative, chosen=best[0] if best[0] != "start" else best[1],
         chosen_ridge=best[1] if len(best) > 2 else None,
         chosen_beta=best[2] if len(best) > 2 else 0.0,
