@@ -412,6 +412,18 @@ def test_cli_merge_with_base_and_mismatch_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "does not use a base model" in err
     assert out.read_bytes() == kept
+    # the default uses a base when given (checked like any other), none when not
+    from gffmerge.cli.common import CliError
+    from gffmerge.cli.merging import _base_model
+
+    needs = gffmerge.methods.get("progressive").needs_for()
+    metas = [{"init": "ckpt/found_a.pt"}] * 2
+    assert _base_model("progressive", needs, None, sources, metas) is None
+    got = _base_model("progressive", needs, str(fa), sources, metas)
+    want = gffmerge.checkpoint.load_checkpoint(fa)[0].state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in got.state_dict().items())
+    with pytest.raises((CliError, BaseMismatchError), match="not from"):
+        _base_model("progressive", needs, str(fb), sources, metas)
 
 
 # ---------------------------------------------------------------- grids
