@@ -221,6 +221,63 @@ def test_the_anneal_runs_once_after_the_plateau_phases_whatever_ended_them():
     assert next_phase(rule, "joint", _meta(1, 10, 2)) is None
 
 
+def test_an_interrupted_phase_is_resumed_with_what_its_budgets_left():
+    """A killed or Ctrl-C'd phase is not counted as run: the next --continue runs the
+    rest of it (epochs and wall minutes left), then goes on; phase 1 and the anneal too."""
+    anneal = ContinuePhase(20, 20, {"finetune": 10.0}, schedule="cosine", min_delta=0.0)
+    rule = PlateauRule(max_minutes={"finetune": 30.0},
+                       then=(ContinuePhase(60, 24, {"finetune": 20.0}),
+                             ContinuePhase(240, 96, {"finetune": 25.0})), anneal=anneal)
+    p1 = {"epochs_run": 30, "stopped_by": "wall budget", "wall_seconds": 1800.0}
+    cut2 = {"epochs_run": 10, "stopped_by": "interrupted", "wall_seconds": 300.0,
+            "config": {"schedule": "plateau"}, "phase": 2}
+    meta = {"history": [{}] * 40, "metrics": {"best_epoch": 39}, "phases": [p1, cut2]}
+    number, phase = next_phase(rule, "finetune", meta)
+    assert number == 2 and phase.epochs == 50 and phase.max_minutes["finetune"] == 15.0
+    assert (phase.patience, phase.schedule) == (24, "plateau")
+    # cut again: the two pieces count together
+    cut2b = {**cut2, "epochs_run": 45, "wall_seconds": 540.0}
+    meta["phases"] = [p1, cut2, cut2b]
+    number, phase = next_phase(rule, "finetune", meta)
+    assert number == 2 and phase.epochs == 5 and phase.max_minutes["finetune"] == 6.0
+    # the rest finished (or nothing left): phase 3 follows
+    meta["phases"] = [p1, cut2, {**cut2b, "stopped_by": "epochs"}]
+    assert next_phase(rule, "finetune", meta) == (3, rule.then[1])
+    meta["phases"] = [p1, cut2, {**cut2b, "epochs_run": 50}]
+    assert next_phase(rule, "finetune", meta) == (3, rule.then[1])
+    # older records carry no number: they count by position, as before
+    old = {k: v for k, v in cut2.items() if k != "phase"}
+    meta["phases"] = [p1, old]
+    assert next_phase(rule, "finetune", meta)[0] == 2
+    # an interrupted anneal is resumed, a finished one ends the checkpoint
+    cut_anneal = {"epochs_run": 8, "stopped_by": "interrupted", "wall_seconds": 120.0,
+                  "config": {"schedule": "cosine"}, "phase": 4}
+    meta["phases"] = [p1, {**cut2b, "stopped_by": "epochs"}, {"epochs_run": 3, "phase": 3},
+                      cut_anneal]
+    number, phase = next_phase(rule, "finetune", meta)
+    assert number == 4 and phase.schedule == "cosine" and phase.epochs == 12
+    assert phase.max_minutes["finetune"] == 8.0
+    meta["phases"][-1] = {**cut_anneal, "stopped_by": "epochs"}
+    assert next_phase(rule, "finetune", meta) is None
+    # an anneal in two pieces: before_anneal still reads the plateau phases only
+    ph = [{"epochs_run": 30, "best_epoch": 25},
+          {"epochs_run": 20, "best_epoch": 12, "start_epoch": 30, "config": {}},
+          {"epochs_run": 8, "best_epoch": 7, "start_epoch": 50,
+           "config": {"schedule": "cosine"}, "stopped_by": "interrupted"},
+          {"epochs_run": 12, "best_epoch": 11, "start_epoch": 58,
+           "config": {"schedule": "cosine"}}]
+    assert before_anneal({"phases": ph}) == before_anneal({"phases": ph[:2] + ph[3:]}) \
+        == (50, 42)
+    # phase 1 interrupted: its own config is the budget
+    first = {"history": [{}] * 20, "metrics": {"best_epoch": 19}, "interrupted": True,
+             "wall_seconds": 600.0,
+             "config": {"epochs": 60, "patience": 12, "max_minutes": 30.0}}
+    number, phase = next_phase(rule, "finetune", first)
+    assert number == 1 and (phase.epochs, phase.patience) == (40, 12)
+    assert phase.max_minutes["finetune"] == 20.0
+    assert next_phase(rule, "finetune", {**first, "interrupted": False})[0] == 2
+
+
 def test_an_interrupted_phase_keeps_its_finished_epochs(first, tmp_path, monkeypatch):
     """Ctrl-C in a later phase saves what it finished (as a first phase does) instead of
     losing the phase: history, best epoch and times cover the finished epochs."""

@@ -18,6 +18,7 @@ schedule their shipped checkpoints were made with.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -49,12 +50,17 @@ class ContinuePhase:
     schedule: str = "plateau"
     min_delta: float | None = None
 
-    def run(self, path: Path, role: str, command: str, progress: bool):
+    def run(self, path: Path, role: str, command: str, progress: bool,
+            number: int | None = None):
+        """Continue the checkpoint at ``path``; ``number`` is recorded as the phase's."""
         from .continuation import continue_training
+        extra = {} if number is None else {"phase": number}
+        minutes = self.max_minutes[role]
         return continue_training(path, epochs=self.epochs, patience=self.patience,
-                                 max_minutes=self.max_minutes[role], progress=progress,
-                                 metadata={"command": command}, schedule=self.schedule,
-                                 min_delta=self.min_delta)
+                                 max_minutes=None if math.isinf(minutes) else minutes,
+                                 progress=progress,
+                                 metadata={"command": command, **extra},
+                                 schedule=self.schedule, min_delta=self.min_delta)
 
 
 @dataclass(frozen=True)
@@ -192,24 +198,76 @@ def before_anneal(meta: dict) -> tuple[int, int] | None:
     if not _annealed(meta):
         return None
     best, n = phases[0].get("best_epoch", -1), phases[0].get("epochs_run") or 0
-    for phase in phases[1:-1]:
+    for phase in phases[1:]:
+        if (phase.get("config") or {}).get("schedule") == "cosine":
+            continue
         if phase.get("best_epoch") is not None and phase["best_epoch"] >= 0:
             best = phase["start_epoch"] + phase["best_epoch"]
         n = phase["start_epoch"] + (phase.get("epochs_run") or 0)
     return n, best
 
 
+def _numbers(records: list[dict]) -> list[int]:
+    """The phase number of each phase record (recorded since stop 24; before, by position:
+    phases were never run twice then)."""
+    return [r.get("phase", i + 1) for i, r in enumerate(records)]
+
+
+def _resume(rule: PlateauRule, role: str, meta: dict) -> tuple[int, ContinuePhase] | None:
+    """The rest of an interrupted phase (what its epoch ceiling and wall budget left), or
+    None when the last phase was not interrupted or has nothing left."""
+    records = list(meta.get("phases") or ())
+    if records:
+        last, number = records[-1], _numbers(records)[-1]
+        if last.get("stopped_by") != "interrupted":
+            return None
+        same = [r for r, n in zip(records, _numbers(records)) if n == number]
+    else:  # phase 1 (train) interrupted, nothing continued yet
+        if not meta.get("interrupted"):
+            return None
+        last, number = {}, 1
+        same = [{"epochs_run": len(meta.get("history") or ()),
+                 "wall_seconds": meta.get("wall_seconds", 0.0)}]
+    if number == 1:  # phase 1's own config is its budget
+        cfg = meta.get("config") or {}
+        if "epochs" not in cfg:
+            return None
+        phase = ContinuePhase(cfg["epochs"], cfg.get("patience") or cfg["epochs"],
+                              {role: cfg.get("max_minutes") or math.inf})
+    elif (last.get("config") or {}).get("schedule") == "cosine":
+        phase = rule.anneal
+    elif number - 2 < len(rule.then):
+        phase = rule.then[number - 2]
+    else:
+        return None
+    if phase is None or role not in phase.max_minutes:
+        return None
+    epochs = phase.epochs - sum(r.get("epochs_run") or 0 for r in same)
+    minutes = phase.max_minutes[role] - sum(r.get("wall_seconds") or 0.0 for r in same) / 60
+    if epochs < 1 or minutes <= 0:
+        return None
+    return number, dataclasses.replace(phase, epochs=epochs,
+                                       max_minutes={**phase.max_minutes, role: minutes})
+
+
 def next_phase(rule: PlateauRule | None, role: str,
                meta: dict) -> tuple[int, ContinuePhase] | None:
-    """The next phase (number from 2, phase) to run on a checkpoint of ``role`` with
-    metadata ``meta``, or None: phases already recorded in ``meta["phases"]`` are done (a
-    checkpoint without that record has run phase 1 only), phases whose budget does not name
-    the role are passed over, and an ``only_below_plateau`` phase on a checkpoint that meets
-    the plateau criterion ends the plateau phases. Then the rule's ``anneal`` runs once; an
-    annealed checkpoint is finished."""
-    if rule is None or _annealed(meta):
+    """The next phase (number, phase) to run on a checkpoint of ``role`` with metadata
+    ``meta``, or None. An interrupted phase (Ctrl-C, a killed job) is resumed first with
+    what its epoch ceiling and wall budget left (phase 1 included). Otherwise phases already
+    recorded in ``meta["phases"]`` are done (a checkpoint without that record has run phase
+    1 only), phases whose budget does not name the role are passed over, and an
+    ``only_below_plateau`` phase on a checkpoint that meets the plateau criterion ends the
+    plateau phases. Then the rule's ``anneal`` runs once; an annealed checkpoint is
+    finished."""
+    if rule is None:
         return None
-    done = len(meta.get("phases") or ()) or 1
+    resumed = _resume(rule, role, meta)
+    if resumed is not None:
+        return resumed
+    if _annealed(meta):
+        return None
+    done = max(_numbers(list(meta.get("phases") or ())) or [1])
     for number, phase in enumerate(rule.then, start=2):
         if number <= done or role not in phase.max_minutes:
             continue
@@ -348,7 +406,7 @@ def build(recipe: DatasetRecipe, model: str, root: Path, roles: list[str] | None
         while (step := next_phase(rule, cfg.role, meta)) is not None:
             number, phase = step
             print(f"-- phase {number}", flush=True)
-            phase.run(out, cfg.role, cmd + " --continue", progress=progress)
+            phase.run(out, cfg.role, cmd + " --continue", progress=progress, number=number)
             _, meta = load_checkpoint(out)
         m = meta["metrics"]
         summary = {"checkpoint": str(out), "phases": len(meta.get("phases") or ()) or 1,
