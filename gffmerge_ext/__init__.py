@@ -21,6 +21,8 @@ from .wrappers import (
     gram_,
     parts_gram_,
     parts_gram_devices,
+    row_gram_,
+    row_gram_devices,
 )
 
 __all__ = [
@@ -33,4 +35,6 @@ __all__ = [
     "load_error",
     "parts_gram_",
     "parts_gram_devices",
+    "row_gram_",
+    "row_gram_devices",
 ]

@@ -27,6 +27,7 @@ MAX_JITTER_STEPS = 32
 GRAM = "gffmerge::gram_"
 CROSS = "gffmerge::cross_"
 PARTS = "gffmerge::parts_gram_"
+ROW_GRAM = "gffmerge::row_gram_"
 CHOLESKY = "gffmerge::cholesky_solve_"
 
 
@@ -237,3 +238,46 @@ def check_parts_gram(
     for q, (h, index) in enumerate(zip(nodes, indices)):
         check_range(PARTS, index, f"indices[{q}]", h.shape[0], f"nodes[{q}]")
     return count
+
+
+def check_row_gram(acc: Tensor, crow: Tensor, col: Tensor, values: Tensor, cols: int) -> int:
+    """All of ``row_gram_``'s arguments, the row pointers and column values included;
+    returns nnz (``len(col)``)."""
+    op = ROW_GRAM
+    if crow.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{op}: crow must be int64 or int32, got {crow.dtype}")
+    if crow.dim() != 1 or crow.shape[0] < 1:
+        raise ValueError(f"{op}: crow must be 1-D with rows + 1 >= 1 entries, got shape "
+                         f"{list(crow.shape)}")
+    check_same_device(op, acc, crow, "crow")
+    rows = crow.shape[0] - 1
+    check_acc(op, acc, rows, rows, f"crow has {rows} rows")
+    if col.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{op}: col must be int64 or int32, got {col.dtype}")
+    if col.dim() != 1:
+        raise ValueError(f"{op}: col must be 1-D, got shape {list(col.shape)}")
+    check_same_device(op, acc, col, "col")
+    if values.dtype not in WEIGHT_DTYPES:
+        raise TypeError(f"{op}: values must be float32 or float64, got {values.dtype}")
+    if values.dim() != 1 or values.shape[0] != col.shape[0]:
+        raise ValueError(f"{op}: values must be 1-D with one entry per column index: expected "
+                         f"[{col.shape[0]}], got shape {list(values.shape)}")
+    check_same_device(op, acc, values, "values")
+    if cols < 0:
+        raise ValueError(f"{op}: cols must be >= 0, got {cols}")
+    nnz = col.shape[0]
+    ptr = crow.long()
+    prev = torch.cat([ptr.new_zeros(1), ptr[:-1]])
+    bad = (ptr < prev)
+    bad[0] = bool(ptr[0] != 0)
+    bad[-1] = bad[-1] | bool(ptr[-1] != nnz)
+    if bool(bad.any()):
+        p = int(bad.nonzero()[0, 0])
+        raise IndexError(f"{op}: crow[{p}] = {int(ptr[p])} breaks the CSR row pointers "
+                         f"(crow[0] = 0, non-decreasing, crow[{rows}] = len(col) = {nnz})")
+    out = ((col < 0) | (col >= cols)).nonzero()
+    if out.numel():
+        p = int(out[0, 0])
+        raise IndexError(f"{op}: col[{p}] = {int(col[p])} is out of range for cols = {cols} "
+                         f"(valid: 0 <= col < {cols})")
+    return nnz

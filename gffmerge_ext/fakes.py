@@ -41,6 +41,16 @@ def _parts_gram_fake(acc, dense, nodes, indices, gates, dense_block=True):
     return None
 
 
+def _row_gram_fake(acc, crow, col, values, cols):
+    op = "gffmerge::row_gram_"
+    rows = crow.shape[0] - 1
+    torch._check(acc.dtype == torch.float64, lambda: f"{op}: acc must be float64")
+    torch._check(acc.shape == (rows, rows), lambda: f"{op}: acc must be [{rows}, {rows}]")
+    torch._check(values.shape == col.shape,
+                 lambda: f"{op}: values must have one entry per column index")
+    return None
+
+
 def _cholesky_solve_fake(A, B, info, jitter, jitter_steps=()):
     op = "gffmerge::cholesky_solve_"
     torch._check(A.dtype == torch.float64 and B.dtype == torch.float64,
@@ -61,6 +71,7 @@ _FAKES = {
     "gram_": _gram_fake,
     "cross_": _cross_fake,
     "parts_gram_": _parts_gram_fake,
+    "row_gram_": _row_gram_fake,
     "cholesky_solve_": _cholesky_solve_fake,
 }
 

@@ -4,7 +4,8 @@
 ``x`` may be any float dtype and any strides; they are gathered through an optional index and
 cast to float64 inside the kernel, so no float64 copy of ``x`` is ever made by the compiled
 path. ``parts_gram_`` adds the Gram of rows described as a dense part and gathered node rows
-without forming the gathered rows (CPU only). ``cholesky_solve_`` solves a batch of same-size
+without forming the gathered rows (CPU only); ``row_gram_`` adds ``Z Zᵀ`` of sparse CSR rows
+(CPU only). ``cholesky_solve_`` solves a batch of same-size
 SPD systems in place, retrying the ones whose factorisation fails with growing diagonal
 jitter.
 
@@ -27,6 +28,7 @@ from .reference import (
     cross_reference_,
     gram_reference_,
     parts_gram_reference_,
+    row_gram_reference_,
 )
 
 __all__ = [
@@ -36,10 +38,13 @@ __all__ = [
     "gram_",
     "parts_gram_",
     "parts_gram_devices",
+    "row_gram_",
+    "row_gram_devices",
 ]
 
 _BACKENDS = ("auto", "ext", "torch")
 _PARTS_GRAM_DEVICES = ("cpu", "meta")  # parts_gram_ has no CUDA kernel
+_ROW_GRAM_DEVICES = ("cpu", "meta")  # neither has row_gram_
 _warned_fallback = False
 
 
@@ -57,6 +62,13 @@ def parts_gram_devices() -> tuple[str, ...]:
     if not extension_available():
         return ()
     return tuple(d for d in kernel_devices() if d in _PARTS_GRAM_DEVICES)
+
+
+def row_gram_devices() -> tuple[str, ...]:
+    """Device types with a compiled ``row_gram_`` kernel (none without the extension)."""
+    if not extension_available():
+        return ()
+    return tuple(d for d in kernel_devices() if d in _ROW_GRAM_DEVICES)
 
 
 def _use_extension(backend: str, device: torch.device, op: str,
@@ -186,6 +198,40 @@ def parts_gram_(
         torch.ops.gffmerge.parts_gram_(acc, dense, nodes, indices, gates, dense_block)
     else:
         parts_gram_reference_(acc, dense, nodes, indices, gates, dense_block)
+
+
+def row_gram_(
+    acc: Tensor,
+    crow: Tensor,
+    col: Tensor,
+    values: Tensor,
+    cols: int,
+    *,
+    backend: str = "auto",
+) -> None:
+    r"""Accumulate the Gram of sparse rows in place: ``acc += Z Zᵀ``.
+
+    ``Z [R, cols]`` is given by its CSR arrays (``torch.sparse_csr`` tensors'
+    ``crow_indices()``, ``col_indices()``, ``values()``); a row's entries may come in any
+    order and repeat (repeats are summed, as in a COO tensor before ``coalesce``). The kernel
+    transposes ``Z`` once and forms each row of the product from the columns it touches,
+    over the rows up to the diagonal: ``sum_c nnz(column c)² / 2`` multiply-adds, float64.
+
+    Args:
+        acc: float64, contiguous, ``[R, R]``. Only added to; the added part is exactly
+            symmetric.
+        crow: int64 or int32 ``[R + 1]``: ``crow[0] = 0``, non-decreasing,
+            ``crow[R] = len(col)``.
+        col: int64 or int32 ``[nnz]``, every value in ``[0, cols)``.
+        values: float32 or float64 ``[nnz]``.
+        cols: the number of columns of ``Z``.
+        backend: as for :func:`gram_`; the compiled op exists for the CPU only
+            (:func:`row_gram_devices`): ``backend="ext"`` on another device raises.
+    """
+    if _use_extension(backend, acc.device, "row_gram_", row_gram_devices()):
+        torch.ops.gffmerge.row_gram_(acc, crow, col, values, int(cols))
+    else:
+        row_gram_reference_(acc, crow, col, values, int(cols))
 
 
 def cholesky_solve_(

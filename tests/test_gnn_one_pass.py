@@ -21,8 +21,14 @@ from gffmerge.gnn_select import (  # noqa: E402
     row_nodes,
 )
 from gffmerge.methods import get as get_method  # noqa: E402
-from gffmerge.solver.ridge_path import dual_path, kernel, primal_path  # noqa: E402
+from gffmerge.solver.ridge_path import (  # noqa: E402
+    dual_path,
+    kernel,
+    kernel_gathered,
+    primal_path,
+)
 from gffmerge.solver.state import layer_theta  # noqa: E402
+from gffmerge_ext import row_gram_devices  # noqa: E402
 
 F64 = torch.float64
 OPTIONS = {"weighting": "per_model", "prior": "mean", "condition": False}
@@ -171,8 +177,9 @@ def test_ridge_path_equals_separate_cholesky_solves(sparse, with_prior):
 @pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")
 @pytest.mark.parametrize("shape", [(12, 30), (663, 2867)])  # small; Cora SAGE's own+nbr
 def test_kernel_of_sparse_rows_equals_the_dense_product(shape):
-    """``Z Zᵀ`` from sparse rows (gathered sums) against the float64 dense product, and bit
-    for bit the CSR product it replaced; rows and columns without entries included."""
+    """``Z Zᵀ`` from sparse rows (the compiled ``row_gram_`` on the CPU, and the gathered
+    sums used elsewhere) against the float64 dense product; the gathered sums bit for bit
+    the CSR product; rows and columns without entries included."""
     r, dim = shape
     g = torch.Generator().manual_seed(5)
     z = torch.randn(r, dim, generator=g, dtype=F64) * (torch.rand(r, dim, generator=g) < 0.05)
@@ -180,11 +187,13 @@ def test_kernel_of_sparse_rows_equals_the_dense_product(shape):
     z[:, 3] = 0.0
     ref = z @ z.T
     zc = z.to_sparse_csr()
-    for got in (kernel(z.to_sparse()), kernel(zc)):
+    for got in (kernel(z.to_sparse()), kernel(zc), kernel_gathered(zc)):
         assert got.shape == (r, r) and got.dtype == F64
         assert rel(got, ref) < 1e-13
-        assert torch.equal(got, torch.sparse.mm(zc, z.T.contiguous()))
         assert torch.equal(got[1], torch.zeros(r, dtype=F64))
+    assert torch.equal(kernel_gathered(zc), torch.sparse.mm(zc, z.T.contiguous()))
+    if "cpu" in row_gram_devices():
+        assert torch.equal(kernel(zc), kernel(zc).T)  # the compiled kernel: exactly symmetric
     assert torch.equal(kernel(z), ref)  # dense rows: the dense product
 
 

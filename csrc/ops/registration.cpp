@@ -14,6 +14,7 @@ TORCH_LIBRARY(gffmerge, m) {
   m.def(
       "parts_gram_(Tensor(a!) acc, Tensor? dense, Tensor[] nodes, Tensor[] indices, "
       "Tensor?[] gates, bool dense_block=True) -> ()");
+  m.def("row_gram_(Tensor(a!) acc, Tensor crow, Tensor col, Tensor values, int cols) -> ()");
   m.def(
       "cholesky_solve_(Tensor(a!) A, Tensor(b!) B, Tensor(c!) info, Tensor(d!) jitter, "
       "float[] jitter_steps=[]) -> ()");
