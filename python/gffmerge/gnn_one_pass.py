@@ -75,8 +75,17 @@ class OnePass:
              prior: str = "mean") -> dict[str, list[Tensor]]:
         """Row option ``r``'s unit weights for every relative ridge of ``ridges``."""
         sources = [Source(b, self.passes[k], self.nodes[k][r], self.grams_of(k, r),
-                          self.thetas[k]) for k, b in enumerate(self.backbones)]
+                          self.thetas[k], self.outputs(k)) for k, b in enumerate(self.backbones)]
         return option_path(sources, ridges, weighting=weighting, prior=prior)
+
+    def outputs(self, k: int) -> dict[str, tuple[Tensor, Tensor]]:
+        """Source ``k``'s first-unit output on all nodes for its own weights, as formed by
+        its pass (:func:`~gffmerge.gnn_rows.source_rows`): ``{unit: (Θ, output)}``, empty
+        when the pass kept none."""
+        name, rows = next(iter(self.passes[k].items()))
+        theta = self.thetas[k][name]
+        hit = self._first.get((id(rows), id(theta), None))
+        return {} if hit is None else {name: (theta, hit[0])}
 
     def own_thetas(self) -> list[dict[str, Tensor]]:
         """Each source's own unit weights (the objects its rows were formed with)."""

@@ -117,11 +117,15 @@ def _spd_path(m: Tensor, rhs: Tensor, prior_rhs: Tensor | None, lams: Sequence[f
             for lam in lams]
 
 
-def dual_path(z: Tensor, y: Tensor, prior: Tensor | None, lams: Sequence[float], *,
-              route: str = "cholesky") -> list[Tensor]:
+def dual_path(z: Tensor, y: Tensor | None, prior: Tensor | None, lams: Sequence[float], *,
+              route: str = "cholesky", resid: Tensor | None = None) -> list[Tensor]:
     """``Θ(λ)`` for every ``λ`` of ``lams`` from the rows ``Z [R, dim]`` and targets ``Y [R,
-    out]`` (``A = ZᵀZ``, ``B = ZᵀY``), with the prior ``Θ₀`` (None: zero); exact."""
+    out]`` (``A = ZᵀZ``, ``B = ZᵀY``), with the prior ``Θ₀`` (None: zero); exact.
+    ``resid``: ``Y − ZΘ₀`` when the caller has it already (then ``y`` is not read and
+    ``ZΘ₀`` not formed)."""
     _check(lams, route)
+    if resid is None and y is None:
+        raise ValueError("dual_path needs the targets y or the residuals resid = y - Z prior")
     if z.layout != torch.strided:
         with warnings.catch_warnings():  # torch's notice that sparse CSR support is beta
             warnings.filterwarnings("ignore", message=r"Sparse CSR tensor support")
@@ -129,9 +133,10 @@ def dual_path(z: Tensor, y: Tensor, prior: Tensor | None, lams: Sequence[float],
             zt = z.t().coalesce().to_sparse_csr()
     else:
         zc, zt = z, z.T
-    resid = y if prior is None else y - _mm(zc, prior)
+    if resid is None:
+        resid = y if prior is None else y - _mm(zc, prior)
     coefs = _spd_path(kernel(zc), resid, None, lams, route)
-    steps = _mm(zt, torch.cat(coefs, 1)).split(y.shape[1], 1)  # one product for all λ
+    steps = _mm(zt, torch.cat(coefs, 1)).split(resid.shape[1], 1)  # one product for all λ
     return [s if prior is None else prior + s for s in steps]
 
 
