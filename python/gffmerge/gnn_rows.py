@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from gffmerge_ext import gram_
 
-from .collect.sparse import dense_of, has_sparse, joined_rows, quiet_sparse
+from .collect.sparse import csr_matmul, dense_of, has_sparse, joined_rows, quiet_sparse
 from .models.groups import GroupView, linear_units
 from .solver.ridge_path import dual_path, primal_path, trace_of
 from .solver.state import layer_theta
@@ -124,7 +124,7 @@ class UnitRows:
         if self._csr is None:
             with quiet_sparse():
                 self._csr = self.x.to_sparse_csr()
-        return torch.sparse.mm(self._csr, theta)
+        return csr_matmul(self._csr, theta)
 
     def _input_on(self, support: Tensor | None) -> Tensor:
         """The unit's input (CSR when sparse), rows outside ``support`` zero (kept)."""
@@ -157,7 +157,7 @@ class UnitRows:
                              f"{self.dim} ({d} per part)")
         m = torch.cat([theta[i * d:(i + 1) * d] for i in range(n_parts)], 1)
         x = self._input_on(support)
-        xm = torch.sparse.mm(x, m) if x.layout != torch.strided else x @ m
+        xm = csr_matmul(x, m) if x.layout != torch.strided else x @ m
         with node_rows(nodes):
             parts = view.gram_parts(xm, edges).parts
         if len(parts) != n_parts:

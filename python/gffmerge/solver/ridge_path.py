@@ -31,6 +31,7 @@ from torch import Tensor
 
 from gffmerge_ext import row_gram_, row_gram_devices
 
+from ..collect.sparse import csr_matmul
 from .cholesky import solve_spd
 
 ROUTES = ("cholesky", "eigen")
@@ -39,7 +40,7 @@ F64 = torch.float64
 
 
 def _mm(z: Tensor, m: Tensor) -> Tensor:
-    return torch.sparse.mm(z, m) if z.layout != torch.strided else z @ m
+    return csr_matmul(z, m) if z.layout != torch.strided else z @ m
 
 
 def kernel(z: Tensor) -> Tensor:

@@ -1,6 +1,7 @@
-"""gffmerge::row_gram_: the compiled CPU kernel (``acc += Z Zᵀ`` of CSR rows) against an
-independent float64 dense product, on random sparse matrices with empty rows, empty
-columns, unsorted and repeated entries; its checks against the reference's; opcheck."""
+"""gffmerge::row_gram_ (``acc += Z Zᵀ``) and gffmerge::csr_mm_ (``out += Z M``) of CSR rows:
+the compiled CPU kernels against independent float64 dense products, on random sparse
+matrices with empty rows, empty columns, unsorted and repeated entries; their checks
+against the reference's; opcheck."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gffmerge_ext
-from gffmerge_ext.reference import row_gram_reference_
+from gffmerge_ext.reference import csr_mm_reference_, row_gram_reference_
 
 ERRORS = (RuntimeError, TypeError, ValueError, IndexError)
 BACKENDS = [pytest.param("ext", marks=pytest.mark.needs_ext), "torch"]
@@ -178,3 +179,113 @@ def test_row_gram_errors(backend, case):
     with pytest.raises(ERRORS, match=message):
         gffmerge_ext.row_gram_(*args, backend=backend)
     assert torch.equal(args[0], before)  # nothing added before the checks passed
+
+
+@pytest.mark.needs_ext
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(0, 70), cols=st.integers(1, 5000), k=st.integers(0, 70),
+       density=st.sampled_from([0.0, 0.002, 0.02, 0.3]), repeats=st.booleans(),
+       shuffle=st.booleans(), empty_rows=st.booleans(),
+       index_dtype=st.sampled_from([torch.int64, torch.int32]), strided_m=st.booleans(),
+       seed=st.integers(0, 99))
+def test_csr_mm_matches_dense_float64(rows, cols, k, density, repeats, shuffle, empty_rows,
+                                      index_dtype, strided_m, seed):
+    """Column counts on both sides of the strip widths (8 / 16 / 32 columns of M, chosen by
+    the number of rows of M) and output widths that are no multiple of any."""
+    gen = torch.Generator().manual_seed(seed)
+    cols = min(cols, 60) if density > 0.01 else cols
+    crow, col, vals, dense = random_csr(gen, rows, cols, density, repeats, shuffle,
+                                        empty_rows, index_dtype, torch.float64)
+    m = torch.randn(cols, k, generator=gen, dtype=torch.float64)
+    if strided_m:  # rows of M contiguous, a row stride wider than k
+        m = torch.randn(cols, k + 3, generator=gen, dtype=torch.float64)[:, 1:k + 1]
+    start = torch.randn(rows, k, generator=gen, dtype=torch.float64)
+    out = start.clone()
+    gffmerge_ext.csr_mm_(out, crow, col, vals, m, backend="ext")
+    want = start + dense @ m
+    scale = max(float((dense.abs() @ m.abs()).max()) if rows and k else 0.0, 1.0)
+    if out.numel():
+        assert float((out - want).abs().max()) <= 1e-13 * scale
+    ref = start.clone()
+    csr_mm_reference_(ref, crow, col, vals, m)
+    assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12 * scale)
+
+
+@pytest.mark.needs_ext
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cols", [1433, 3703, 9000])  # strips of 32, 16, 8 columns
+def test_csr_mm_wide_and_threads(threads, cols):
+    gen = torch.Generator().manual_seed(cols)
+    crow, col, vals, dense = random_csr(gen, 600, cols, 0.01, True, True, True, torch.int64,
+                                        torch.float64)
+    m = torch.randn(cols, 131, generator=gen, dtype=torch.float64)
+    out = torch.zeros(600, 131, dtype=torch.float64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gffmerge_ext.csr_mm_(out, crow, col, vals, m, backend="ext")
+    finally:
+        torch.set_num_threads(before)
+    assert rel(out, dense @ m) <= 1e-13
+
+
+@pytest.mark.needs_ext
+def test_csr_mm_opcheck_and_fake_tensor_mode():
+    gen = torch.Generator().manual_seed(4)
+    crow, col, vals, _ = random_csr(gen, 12, 9, 0.3, True, True, True, torch.int64,
+                                    torch.float64)
+    op = torch.ops.gffmerge.csr_mm_.default
+    m = torch.randn(9, 5, dtype=torch.float64)
+    torch.library.opcheck(op, (torch.zeros(12, 5, dtype=torch.float64), crow, col, vals, m), {})
+    torch.library.opcheck(op, (torch.zeros(12, 5, dtype=torch.float64), crow.int(), col.int(),
+                               vals, m), {})
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        out = torch.zeros(3, 4, dtype=torch.float64)
+        assert gffmerge_ext.csr_mm_(out, torch.tensor([0, 1, 1, 2]), torch.tensor([0, 2]),
+                                    torch.ones(2, dtype=torch.float64),
+                                    torch.zeros(3, 4, dtype=torch.float64)) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_csr_mm_cuda_tensors_raise_a_clear_error():
+    cuda = dict(dtype=torch.float64, device="cuda")
+    crow = torch.tensor([0, 1, 2], device="cuda")
+    with pytest.raises(RuntimeError, match="no cuda kernel for csr_mm_"):
+        gffmerge_ext.csr_mm_(torch.zeros(2, 3, **cuda), crow, crow[:2], torch.ones(2, **cuda),
+                             torch.ones(2, 3, **cuda), backend="ext")
+
+
+def _csr_mm_error_cases():
+    f64 = dict(dtype=torch.float64)
+    crow, col, v = torch.tensor([0, 2, 3]), torch.tensor([0, 3, 1]), torch.ones(3, **f64)
+    o, m = torch.zeros(2, 5, **f64), torch.ones(4, 5, **f64)
+    return [
+        ((torch.zeros(2, 5), crow, col, v, m), "out must be float64"),
+        ((torch.zeros(5, 2, **f64).T, crow, col, v, m),
+         r"out must be a contiguous 2-D \[rows, k\] tensor"),
+        ((o, crow.float(), col, v, m), "crow must be int64 or int32"),
+        ((o, crow[:2], col, v, m),
+         r"crow must be 1-D with rows \+ 1 = 3 entries \(rows from out\), got shape \[2\]"),
+        ((o, crow, col.double(), v, m), "col must be int64 or int32"),
+        ((o, crow, col, v.float(), m), "values must be float64"),
+        ((o, crow, col, v[:2], m), r"values must be 1-D with one entry per column index"),
+        ((o, crow, col, v, m.float()), "m must be float64"),
+        ((o, crow, col, v, torch.ones(4, 6, **f64)),
+         r"m must be 2-D \[cols, 5\] \(k from out\), got shape \[4, 6\]"),
+        ((o, crow, col, v, torch.ones(5, 4, **f64).T), "m's rows must be contiguous"),
+        ((o, torch.tensor([0, 3, 2]), col, v, m), r"crow\[2\] = 2 breaks the CSR row pointers"),
+        ((o, crow, torch.tensor([0, 4, 1]), v, m),
+         r"col\[1\] = 4 is out of range for cols = 4 \(valid: 0 <= col < 4\)"),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", range(len(_csr_mm_error_cases())))
+def test_csr_mm_errors(backend, case):
+    args, message = _csr_mm_error_cases()[case]
+    before = args[0].clone()
+    with pytest.raises(ERRORS, match=message):
+        gffmerge_ext.csr_mm_(*args, backend=backend)
+    assert torch.equal(args[0], before)
