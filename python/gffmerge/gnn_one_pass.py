@@ -76,7 +76,29 @@ class OnePass:
         """Row option ``r``'s unit weights for every relative ridge of ``ridges``."""
         sources = [Source(b, self.passes[k], self.nodes[k][r], self.grams_of(k, r),
                           self.thetas[k], self.outputs(k)) for k, b in enumerate(self.backbones)]
-        return option_path(sources, ridges, weighting=weighting, prior=prior)
+        path = option_path(sources, ridges, weighting=weighting, prior=prior)
+        self._mean_output(path)
+        return path
+
+    def _mean_output(self, path: dict[str, list[Tensor]]) -> None:
+        """When the first unit's weights are the sources' mean (one object for every ridge:
+        the ``all`` option with equal weights and the mean prior), its output is the mean of
+        the sources' outputs (the unit is linear in its weights): kept for the scoring under
+        that object, so no first-layer product is formed for it."""
+        name, rows = next(iter(self.passes[0].items()))
+        thetas = path.get(name)
+        if not thetas or any(t is not thetas[0] for t in thetas):
+            return
+        theta = thetas[0]
+        if any(p[name] is not rows for p in self.passes[1:]):
+            return
+        outs = [self.outputs(k).get(name) for k in range(len(self.backbones))]
+        if any(o is None for o in outs) or (id(rows), id(theta), None) in self._first:
+            return
+        if not torch.equal(theta, torch.stack([th for th, _ in outs]).mean(0)):
+            return
+        self._first[(id(rows), id(theta), None)] = (torch.stack([o for _, o in outs]).mean(0),
+                                                    theta)
 
     def outputs(self, k: int) -> dict[str, tuple[Tensor, Tensor]]:
         """Source ``k``'s first-unit output on all nodes for its own weights, as formed by
