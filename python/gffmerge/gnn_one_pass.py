@@ -8,9 +8,11 @@ first unit's products on the validation nodes' two-hop support; no model is buil
 the choice is made). Profiled (`benchmarks/results/gnn_choice_profile.md`, CPU s per
 seed, one thread, 500-epoch sources): Cora GCN 0.27 s → 0.19 s, CiteSeer SAGE 0.78 s →
 0.37 s; a third pass (kernel by gathered sums, Grams by ``gffmerge_ext.gram_``, the label
-sets scored together) another 1.0-1.2x. What remains is mostly the own + neighbour
-kernels' Choleskys and the scoring's first-layer products (one per distinct first-layer
-weight).
+sets scored together) another 1.0-1.2x; a fourth (the dual kernel by the compiled
+``gffmerge_ext.row_gram_``, the first-layer products by ``gffmerge_ext.csr_mm_``, the dual
+targets and the ``all`` option's first-layer output from the sources' outputs) another
+1.1-1.3x. What remains is mostly the own + neighbour kernels' Choleskys and the scoring's
+first-layer products (one per distinct first-layer weight, six per choice).
 """
 
 from __future__ import annotations
