@@ -110,6 +110,37 @@ NOTES = [
     "measured and are no faster), the kernel's gathered sums (a C++ sparse × sparse kernel "
     "would need 5-6× fewer multiply-adds; not attempted), the scoring's seven first-layer "
     "products (bandwidth-bound) and CiteSeer's dense → sparse feature conversion (27 ms).",
+    "- **Merge cost, fourth pass (issue 12; `gnn_choice_profile.md`).** Two compiled CPU "
+    "kernels (`csrc/kernels/row_gram.cpp`, `csr_mm.cpp`; ops `gffmerge_ext.row_gram_`, "
+    "`csr_mm_`): the own + neighbour kernel ZZᵀ row by column (Z transposed once, each row "
+    "of the product from the columns it touches up to the diagonal: Σ_c nnz(c)²/2 "
+    "multiply-adds instead of nnz·R, 11-18× fewer; 19-33 ms → 5-7 ms), and the sparse "
+    "first-layer products X·Θ and Zᵀ·C in column strips of the dense factor that stay in "
+    "L2 (1.1-2× torch's CSR product). Without a product: the dual route's targets and "
+    "residuals Y − ZΘ̄ from the sources' first-unit outputs (formed by their pass anyway; "
+    "the unit is linear in its weights), and the `all` option's first-layer output for "
+    "the scoring as the mean of the sources' outputs (six first-layer products per choice "
+    "instead of seven). Same picks and the same nine validation scores on every seed; the "
+    "written weights identical; the float64 unit weights of all nine candidates within "
+    "2.5e-11-6.7e-11 of the previous route. Interleaved with the previous route (commit "
+    "3e0b0a9) in one process on the same saved sources (3 seeds × 4 repeats, CPU s, load "
+    "3.8-5.6 on 2 cores): median 0.317 → 0.261 s (Cora GCN, 1.21×), 0.378 → 0.296 s "
+    "(CiteSeer GCN, 1.28×), 0.357 → 0.327 s (Cora SAGE, 1.09×; min 1.18×), 0.531 → 0.440 "
+    "s (CiteSeer SAGE, 1.21×). The table's times are single runs per seed, each the first "
+    "merge on freshly loaded sources, at load 4 (the same sources and seeds; picks, "
+    "validation scores and accuracies unchanged): 0.30 / 0.41 / 0.40 / 0.56 s, the third "
+    "pass's run 0.31 / 0.34 / 0.39 / 0.69 s; single runs at this load spread by ±15-25 % "
+    "(CiteSeer GCN's three seeds: 0.38-0.44 s now, 0.30-0.45 s before; methods this pass "
+    "did not touch ran 10-25 % slower in this run than in the third pass's, e.g. regmean on "
+    "Cora GCN 0.55 → 0.64 s), so the interleaved ratios are the comparison. Applied to the "
+    "second pass's load-1 times "
+    "(0.16 / 0.19 / 0.23 / 0.33 s) the third- and fourth-pass ratios give about 0.13 / "
+    "0.14 / 0.16-0.17 / 0.25 s against 0.17 / 0.19 / 0.17 / 0.28 s needed: at load 1 the "
+    "target would be met on three cells and reached within a few per cent on Cora SAGE, "
+    "but that is a projection; measured on this machine (load 4-5) every cell still misses "
+    "it. Left: the three Choleskys of the own + neighbour kernel (LAPACK floor), the "
+    "scoring's six first-layer products and the propagations, CiteSeer's dense → sparse "
+    "feature conversion (28-39 ms per choice).",
     "- **Training time.** Sources and the all-task model now take the bag-of-words features "
     "as a sparse CSR matrix in the first layer (`model_input`; same model and function, "
     "float32 rounding in another order: a test compares outputs and gradients), 2.4× (Cora "
@@ -130,7 +161,8 @@ NOTES = [
     "the same picks and accuracies, timed the default at 0.64-1.56 s before the CSR and "
     "kernel changes). For the third pass the runs folder was gone: sources and all-task "
     "models were retrained with the same recipe and seeds (same accuracies, picks and "
-    "validation scores as before; the all-task times, at load 4-5, are 16.7-28.4 s).",
+    "validation scores as before; the all-task times, at load 4-5, are 16.7-28.4 s). The "
+    "fourth pass reran every merge from those saved sources (the all-task times are theirs).",
     "- **Tried, not kept:** a layer-by-layer variant (layer 2 fitted on the partly merged "
     "model's hidden features, RegMean++'s order; 100-epoch sources, seed 0 of Cora GCN / "
     "SAGE): no better than the one-shot merge. Wider validation choices "
@@ -164,8 +196,8 @@ def shortfalls(r: dict) -> list[tuple[str, str]]:
                     "sources (margin)"))
     speed = r["all_tasks_training_seconds"] / max(m["gnnmerge++"]["seconds"], 1e-12)
     out.append((f"{SPEEDUP / speed:.1f}× (needs ≤ {r['all_tasks_training_seconds'] / SPEEDUP:.2f}"
-                " s)", "the own + neighbour Choleskys and kernel and the scoring's "
-                "first-layer products remain; timed at load 4-5 (third-pass note)"))
+                " s)", "the own + neighbour Choleskys, the scoring's first-layer products and the "
+                "propagations remain; timed at load 4-5 (fourth-pass note)"))
     return out
 
 

@@ -18,9 +18,12 @@ from .wrappers import (
     available_backends,
     cholesky_solve_,
     cross_,
+    csr_mm_,
     gram_,
     parts_gram_,
     parts_gram_devices,
+    row_gram_,
+    row_gram_devices,
 )
 
 __all__ = [
@@ -28,9 +31,12 @@ __all__ = [
     "build_info",
     "cholesky_solve_",
     "cross_",
+    "csr_mm_",
     "extension_available",
     "gram_",
     "load_error",
     "parts_gram_",
     "parts_gram_devices",
+    "row_gram_",
+    "row_gram_devices",
 ]

@@ -27,6 +27,8 @@ MAX_JITTER_STEPS = 32
 GRAM = "gffmerge::gram_"
 CROSS = "gffmerge::cross_"
 PARTS = "gffmerge::parts_gram_"
+ROW_GRAM = "gffmerge::row_gram_"
+CSR_MM = "gffmerge::csr_mm_"
 CHOLESKY = "gffmerge::cholesky_solve_"
 
 
@@ -237,3 +239,92 @@ def check_parts_gram(
     for q, (h, index) in enumerate(zip(nodes, indices)):
         check_range(PARTS, index, f"indices[{q}]", h.shape[0], f"nodes[{q}]")
     return count
+
+
+def check_row_gram(acc: Tensor, crow: Tensor, col: Tensor, values: Tensor, cols: int) -> int:
+    """All of ``row_gram_``'s arguments, the row pointers and column values included;
+    returns nnz (``len(col)``)."""
+    op = ROW_GRAM
+    if crow.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{op}: crow must be int64 or int32, got {crow.dtype}")
+    if crow.dim() != 1 or crow.shape[0] < 1:
+        raise ValueError(f"{op}: crow must be 1-D with rows + 1 >= 1 entries, got shape "
+                         f"{list(crow.shape)}")
+    check_same_device(op, acc, crow, "crow")
+    rows = crow.shape[0] - 1
+    check_acc(op, acc, rows, rows, f"crow has {rows} rows")
+    if col.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{op}: col must be int64 or int32, got {col.dtype}")
+    if col.dim() != 1:
+        raise ValueError(f"{op}: col must be 1-D, got shape {list(col.shape)}")
+    check_same_device(op, acc, col, "col")
+    if values.dtype not in WEIGHT_DTYPES:
+        raise TypeError(f"{op}: values must be float32 or float64, got {values.dtype}")
+    if values.dim() != 1 or values.shape[0] != col.shape[0]:
+        raise ValueError(f"{op}: values must be 1-D with one entry per column index: expected "
+                         f"[{col.shape[0]}], got shape {list(values.shape)}")
+    check_same_device(op, acc, values, "values")
+    if cols < 0:
+        raise ValueError(f"{op}: cols must be >= 0, got {cols}")
+    nnz = col.shape[0]
+    check_csr_data(op, crow, col, rows, nnz, cols)
+    return nnz
+
+
+def check_csr_data(op: str, crow: Tensor, col: Tensor, rows: int, nnz: int, cols: int) -> None:
+    """The CSR row pointers (``crow[0] = 0``, non-decreasing, ``crow[rows] = nnz``) and every
+    column index in ``[0, cols)``; the first violation is reported."""
+    ptr = crow.long()
+    prev = torch.cat([ptr.new_zeros(1), ptr[:-1]])
+    bad = (ptr < prev)
+    bad[0] = bool(ptr[0] != 0)
+    bad[-1] = bad[-1] | bool(ptr[-1] != nnz)
+    if bool(bad.any()):
+        p = int(bad.nonzero()[0, 0])
+        raise IndexError(f"{op}: crow[{p}] = {int(ptr[p])} breaks the CSR row pointers "
+                         f"(crow[0] = 0, non-decreasing, crow[{rows}] = len(col) = {nnz})")
+    out = ((col < 0) | (col >= cols)).nonzero()
+    if out.numel():
+        p = int(out[0, 0])
+        raise IndexError(f"{op}: col[{p}] = {int(col[p])} is out of range for cols = {cols} "
+                         f"(valid: 0 <= col < {cols})")
+
+
+def check_csr_mm(out: Tensor, crow: Tensor, col: Tensor, values: Tensor, m: Tensor) -> int:
+    """All of ``csr_mm_``'s arguments, the row pointers and column values included; returns
+    nnz (``len(col)``)."""
+    op = CSR_MM
+    if out.dtype != torch.float64:
+        raise TypeError(f"{op}: out must be float64, got {out.dtype}")
+    if out.dim() != 2 or not out.is_contiguous():
+        raise ValueError(f"{op}: out must be a contiguous 2-D [rows, k] tensor, got shape "
+                         f"{list(out.shape)} and strides {list(out.stride())}")
+    if crow.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{op}: crow must be int64 or int32, got {crow.dtype}")
+    if crow.dim() != 1 or crow.shape[0] != out.shape[0] + 1:
+        raise ValueError(f"{op}: crow must be 1-D with rows + 1 = {out.shape[0] + 1} entries "
+                         f"(rows from out), got shape {list(crow.shape)}")
+    check_same_device(op, out, crow, "crow")
+    if col.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{op}: col must be int64 or int32, got {col.dtype}")
+    if col.dim() != 1:
+        raise ValueError(f"{op}: col must be 1-D, got shape {list(col.shape)}")
+    check_same_device(op, out, col, "col")
+    if values.dtype != torch.float64:
+        raise TypeError(f"{op}: values must be float64, got {values.dtype}")
+    if values.dim() != 1 or values.shape[0] != col.shape[0]:
+        raise ValueError(f"{op}: values must be 1-D with one entry per column index: expected "
+                         f"[{col.shape[0]}], got shape {list(values.shape)}")
+    check_same_device(op, out, values, "values")
+    if m.dtype != torch.float64:
+        raise TypeError(f"{op}: m must be float64, got {m.dtype}")
+    if m.dim() != 2 or m.shape[1] != out.shape[1]:
+        raise ValueError(f"{op}: m must be 2-D [cols, {out.shape[1]}] (k from out), got shape "
+                         f"{list(m.shape)}")
+    if m.shape[1] > 1 and m.stride(1) != 1:
+        raise ValueError(f"{op}: m's rows must be contiguous (stride 1 along k), got strides "
+                         f"{list(m.stride())}")
+    check_same_device(op, out, m, "m")
+    nnz = col.shape[0]
+    check_csr_data(op, crow, col, out.shape[0], nnz, m.shape[0])
+    return nnz

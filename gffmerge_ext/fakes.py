@@ -41,6 +41,28 @@ def _parts_gram_fake(acc, dense, nodes, indices, gates, dense_block=True):
     return None
 
 
+def _row_gram_fake(acc, crow, col, values, cols):
+    op = "gffmerge::row_gram_"
+    rows = crow.shape[0] - 1
+    torch._check(acc.dtype == torch.float64, lambda: f"{op}: acc must be float64")
+    torch._check(acc.shape == (rows, rows), lambda: f"{op}: acc must be [{rows}, {rows}]")
+    torch._check(values.shape == col.shape,
+                 lambda: f"{op}: values must have one entry per column index")
+    return None
+
+
+def _csr_mm_fake(out, crow, col, values, m):
+    op = "gffmerge::csr_mm_"
+    torch._check(out.dtype == torch.float64 and m.dtype == torch.float64,
+                 lambda: f"{op}: out and m must be float64")
+    torch._check(out.dim() == 2 and crow.shape[0] == out.shape[0] + 1,
+                 lambda: f"{op}: crow must have rows + 1 entries")
+    torch._check(m.dim() == 2 and m.shape[1] == out.shape[1], lambda: f"{op}: m must be [cols, k]")
+    torch._check(values.shape == col.shape,
+                 lambda: f"{op}: values must have one entry per column index")
+    return None
+
+
 def _cholesky_solve_fake(A, B, info, jitter, jitter_steps=()):
     op = "gffmerge::cholesky_solve_"
     torch._check(A.dtype == torch.float64 and B.dtype == torch.float64,
@@ -61,6 +83,8 @@ _FAKES = {
     "gram_": _gram_fake,
     "cross_": _cross_fake,
     "parts_gram_": _parts_gram_fake,
+    "row_gram_": _row_gram_fake,
+    "csr_mm_": _csr_mm_fake,
     "cholesky_solve_": _cholesky_solve_fake,
 }
 

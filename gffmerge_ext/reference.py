@@ -12,13 +12,22 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .checks import check_cholesky, check_cross, check_gram, check_parts_gram
+from .checks import (
+    check_cholesky,
+    check_cross,
+    check_csr_mm,
+    check_gram,
+    check_parts_gram,
+    check_row_gram,
+)
 
 __all__ = [
     "cholesky_solve_reference_",
     "cross_reference_",
     "gram_reference_",
     "parts_gram_reference_",
+    "row_gram_reference_",
+    "csr_mm_reference_",
 ]
 
 
@@ -96,6 +105,34 @@ def parts_gram_reference_(
         keep[-1] = False
         g[~(keep[:, None] | keep[None, :])] = 0.0
     acc.add_(g)
+
+
+@torch.no_grad()
+def row_gram_reference_(acc: Tensor, crow: Tensor, col: Tensor, values: Tensor, cols: int
+                        ) -> None:
+    """Reference for :func:`gffmerge_ext.row_gram_`: the dense float64 ``Z [R, cols]`` (repeated
+    entries summed), ``Z @ Z.T``, symmetrised."""
+    check_row_gram(acc, crow, col, values, cols)
+    rows = crow.shape[0] - 1
+    counts = (crow[1:] - crow[:-1]).long()
+    row = torch.repeat_interleave(torch.arange(rows, device=acc.device), counts)
+    z = torch.zeros(rows, cols, dtype=torch.float64, device=acc.device)
+    z.index_put_((row, col.long()), values.to(torch.float64), accumulate=True)
+    g = z @ z.T
+    acc.add_((g + g.T) * 0.5)
+
+
+@torch.no_grad()
+def csr_mm_reference_(out: Tensor, crow: Tensor, col: Tensor, values: Tensor, m: Tensor) -> None:
+    """Reference for :func:`gffmerge_ext.csr_mm_`: the dense float64 ``Z [R, cols]`` (repeated
+    entries summed), ``out += Z @ m``."""
+    check_csr_mm(out, crow, col, values, m)
+    rows = out.shape[0]
+    counts = (crow[1:] - crow[:-1]).long()
+    row = torch.repeat_interleave(torch.arange(rows, device=out.device), counts)
+    z = torch.zeros(rows, m.shape[0], dtype=torch.float64, device=out.device)
+    z.index_put_((row, col.long()), values, accumulate=True)
+    out.add_(z @ m)
 
 
 @torch.no_grad()

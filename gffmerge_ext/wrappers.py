@@ -4,7 +4,9 @@
 ``x`` may be any float dtype and any strides; they are gathered through an optional index and
 cast to float64 inside the kernel, so no float64 copy of ``x`` is ever made by the compiled
 path. ``parts_gram_`` adds the Gram of rows described as a dense part and gathered node rows
-without forming the gathered rows (CPU only). ``cholesky_solve_`` solves a batch of same-size
+without forming the gathered rows (CPU only); ``row_gram_`` adds ``Z Zᵀ`` of sparse CSR rows
+(CPU only); ``csr_mm_`` adds ``Z M`` of sparse CSR rows and a dense matrix (CPU only).
+``cholesky_solve_`` solves a batch of same-size
 SPD systems in place, retrying the ones whose factorisation fails with growing diagonal
 jitter.
 
@@ -25,21 +27,27 @@ from ._loading import BUILD_HINT, extension_available, kernel_devices, load_erro
 from .reference import (
     cholesky_solve_reference_,
     cross_reference_,
+    csr_mm_reference_,
     gram_reference_,
     parts_gram_reference_,
+    row_gram_reference_,
 )
 
 __all__ = [
     "available_backends",
     "cholesky_solve_",
     "cross_",
+    "csr_mm_",
     "gram_",
     "parts_gram_",
     "parts_gram_devices",
+    "row_gram_",
+    "row_gram_devices",
 ]
 
 _BACKENDS = ("auto", "ext", "torch")
 _PARTS_GRAM_DEVICES = ("cpu", "meta")  # parts_gram_ has no CUDA kernel
+_ROW_GRAM_DEVICES = ("cpu", "meta")  # neither has row_gram_ or csr_mm_
 _warned_fallback = False
 
 
@@ -57,6 +65,14 @@ def parts_gram_devices() -> tuple[str, ...]:
     if not extension_available():
         return ()
     return tuple(d for d in kernel_devices() if d in _PARTS_GRAM_DEVICES)
+
+
+def row_gram_devices() -> tuple[str, ...]:
+    """Device types with compiled ``row_gram_`` and ``csr_mm_`` kernels (none without the
+    extension)."""
+    if not extension_available():
+        return ()
+    return tuple(d for d in kernel_devices() if d in _ROW_GRAM_DEVICES)
 
 
 def _use_extension(backend: str, device: torch.device, op: str,
@@ -186,6 +202,73 @@ def parts_gram_(
         torch.ops.gffmerge.parts_gram_(acc, dense, nodes, indices, gates, dense_block)
     else:
         parts_gram_reference_(acc, dense, nodes, indices, gates, dense_block)
+
+
+def row_gram_(
+    acc: Tensor,
+    crow: Tensor,
+    col: Tensor,
+    values: Tensor,
+    cols: int,
+    *,
+    backend: str = "auto",
+) -> None:
+    r"""Accumulate the Gram of sparse rows in place: ``acc += Z Zᵀ``.
+
+    ``Z [R, cols]`` is given by its CSR arrays (``torch.sparse_csr`` tensors'
+    ``crow_indices()``, ``col_indices()``, ``values()``); a row's entries may come in any
+    order and repeat (repeats are summed, as in a COO tensor before ``coalesce``). The kernel
+    transposes ``Z`` once and forms each row of the product from the columns it touches,
+    over the rows up to the diagonal: ``sum_c nnz(column c)² / 2`` multiply-adds, float64.
+
+    Args:
+        acc: float64, contiguous, ``[R, R]``. Only added to; the added part is exactly
+            symmetric.
+        crow: int64 or int32 ``[R + 1]``: ``crow[0] = 0``, non-decreasing,
+            ``crow[R] = len(col)``.
+        col: int64 or int32 ``[nnz]``, every value in ``[0, cols)``.
+        values: float32 or float64 ``[nnz]``.
+        cols: the number of columns of ``Z``.
+        backend: as for :func:`gram_`; the compiled op exists for the CPU only
+            (:func:`row_gram_devices`): ``backend="ext"`` on another device raises.
+    """
+    if _use_extension(backend, acc.device, "row_gram_", row_gram_devices()):
+        torch.ops.gffmerge.row_gram_(acc, crow, col, values, int(cols))
+    else:
+        row_gram_reference_(acc, crow, col, values, int(cols))
+
+
+def csr_mm_(
+    out: Tensor,
+    crow: Tensor,
+    col: Tensor,
+    values: Tensor,
+    m: Tensor,
+    *,
+    backend: str = "auto",
+) -> None:
+    r"""Accumulate sparse rows times a dense matrix in place: ``out += Z M``.
+
+    ``Z [R, cols]`` is given by its CSR arrays (a row's entries in any order, repeats summed);
+    ``M [cols, k]``. The kernel walks ``M`` in column strips that stay in the L2 cache and
+    holds a strip of each output row in registers (float64 fused multiply-adds where the
+    CPU has AVX2 + FMA): 1.3-2× torch's CSR product for a GNN's first layer on bag-of-words
+    features (``benchmarks/results/gnn_choice_profile.md``).
+
+    Args:
+        out: float64, contiguous, ``[R, k]``. Only added to.
+        crow: int64 or int32 ``[R + 1]``: ``crow[0] = 0``, non-decreasing,
+            ``crow[R] = len(col)``.
+        col: int64 or int32 ``[nnz]``, every value in ``[0, cols)``.
+        values: float64 ``[nnz]``.
+        m: float64 ``[cols, k]`` with contiguous rows (any row stride).
+        backend: as for :func:`gram_`; the compiled op exists for the CPU only
+            (:func:`row_gram_devices`): ``backend="ext"`` on another device raises.
+    """
+    if _use_extension(backend, out.device, "csr_mm_", row_gram_devices()):
+        torch.ops.gffmerge.csr_mm_(out, crow, col, values, m)
+    else:
+        csr_mm_reference_(out, crow, col, values, m)
 
 
 def cholesky_solve_(

@@ -21,8 +21,14 @@ from gffmerge.gnn_select import (  # noqa: E402
     row_nodes,
 )
 from gffmerge.methods import get as get_method  # noqa: E402
-from gffmerge.solver.ridge_path import dual_path, kernel, primal_path  # noqa: E402
+from gffmerge.solver.ridge_path import (  # noqa: E402
+    dual_path,
+    kernel,
+    kernel_gathered,
+    primal_path,
+)
 from gffmerge.solver.state import layer_theta  # noqa: E402
+from gffmerge_ext import row_gram_devices  # noqa: E402
 
 F64 = torch.float64
 OPTIONS = {"weighting": "per_model", "prior": "mean", "condition": False}
@@ -171,8 +177,9 @@ def test_ridge_path_equals_separate_cholesky_solves(sparse, with_prior):
 @pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")
 @pytest.mark.parametrize("shape", [(12, 30), (663, 2867)])  # small; Cora SAGE's own+nbr
 def test_kernel_of_sparse_rows_equals_the_dense_product(shape):
-    """``Z Zᵀ`` from sparse rows (gathered sums) against the float64 dense product, and bit
-    for bit the CSR product it replaced; rows and columns without entries included."""
+    """``Z Zᵀ`` from sparse rows (the compiled ``row_gram_`` on the CPU, and the gathered
+    sums used elsewhere) against the float64 dense product; the gathered sums bit for bit
+    the CSR product; rows and columns without entries included."""
     r, dim = shape
     g = torch.Generator().manual_seed(5)
     z = torch.randn(r, dim, generator=g, dtype=F64) * (torch.rand(r, dim, generator=g) < 0.05)
@@ -180,11 +187,13 @@ def test_kernel_of_sparse_rows_equals_the_dense_product(shape):
     z[:, 3] = 0.0
     ref = z @ z.T
     zc = z.to_sparse_csr()
-    for got in (kernel(z.to_sparse()), kernel(zc)):
+    for got in (kernel(z.to_sparse()), kernel(zc), kernel_gathered(zc)):
         assert got.shape == (r, r) and got.dtype == F64
         assert rel(got, ref) < 1e-13
-        assert torch.equal(got, torch.sparse.mm(zc, z.T.contiguous()))
         assert torch.equal(got[1], torch.zeros(r, dtype=F64))
+    assert torch.equal(kernel_gathered(zc), torch.sparse.mm(zc, z.T.contiguous()))
+    if "cpu" in row_gram_devices():
+        assert torch.equal(kernel(zc), kernel(zc).T)  # the compiled kernel: exactly symmetric
     assert torch.equal(kernel(z), ref)  # dense rows: the dense product
 
 
@@ -320,3 +329,62 @@ def test_kept_propagations_follow_in_place_changes_of_the_edges():
     fresh = view2.gram_parts(x, edges.clone()).parts[0].x  # new tensors: nothing kept
     assert not torch.allclose(changed, first)
     assert torch.allclose(changed, fresh, rtol=0, atol=1e-14)
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")
+@pytest.mark.parametrize("kind", ["gcn", "sage"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fast_route_equals_the_product_route(kind, seed, monkeypatch):
+    """The choice with the compiled sparse kernels (``row_gram_``, ``csr_mm_``), the dual
+    targets and residuals taken from the sources' outputs and the mean output kept for the
+    ``all`` option equals the choice without any of them (torch's products, the targets
+    ``Z_k Θ_k`` and ``ZΘ̄`` formed, every first-layer product formed): same candidates,
+    scores and pick; float64 unit weights of every candidate within 1e-10."""
+    import gffmerge.collect.sparse as sparse_mod
+    import gffmerge.gnn_one_pass as one_pass_mod
+    import gffmerge.solver.ridge_path as ridge_mod
+    from gffmerge.gnn_one_pass import OnePass
+    from gffmerge.gnn_select import CHOICE_RIDGES
+    from gffmerge.models.pyg import kept_propagations
+
+    tasks = bow_tasks(n=150, d=90, seed=seed)
+    backbones, heads = sources(kind, tasks)
+
+    def run():
+        with kept_propagations():
+            one = OnePass(backbones, tasks, ROWS)
+            paths = {r: one.path(r, CHOICE_RIDGES) for r in ROWS}
+        model, chosen = choose(backbones, heads, tasks, "gffmerge", OPTIONS)
+        return paths, model, chosen
+
+    calls = {"row_gram_": 0, "csr_mm_": 0}
+
+    def counted(mod, name):
+        real = getattr(mod, name)
+
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(mod, name, call)
+
+    counted(ridge_mod, "row_gram_")
+    counted(sparse_mod, "csr_mm_")
+    fast_paths, fast_model, fast = run()
+    if "cpu" in row_gram_devices():  # the compiled kernels were used
+        assert calls["row_gram_"] > 0 and calls["csr_mm_"] > 0
+    with monkeypatch.context() as m:
+        m.setattr(sparse_mod, "row_gram_devices", lambda: ())
+        m.setattr(ridge_mod, "row_gram_devices", lambda: ())
+        m.setattr(one_pass_mod.OnePass, "outputs", lambda self, k: {})
+        m.setattr(one_pass_mod.OnePass, "_mean_output", lambda self, path: None)
+        slow_paths, slow_model, slow = run()
+    assert [(c["rows"], c["ridge"], c["score"]) for c in fast["candidates"]] == [
+        (c["rows"], c["ridge"], c["score"]) for c in slow["candidates"]]
+    assert (fast["rows"], fast["ridge"]) == (slow["rows"], slow["ridge"])
+    for r in ROWS:
+        for name in slow_paths[r]:
+            for a, b in zip(fast_paths[r][name], slow_paths[r][name]):
+                assert rel(a, b) < 1e-10, (r, name)
+    sd, sd_ref = fast_model.state_dict(), slow_model.state_dict()
+    for key in sd_ref:
+        assert rel(sd[key].double(), sd_ref[key].double()) < 1e-6, key

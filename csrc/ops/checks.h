@@ -1,4 +1,4 @@
-// Argument validation of gram_, cross_, parts_gram_ and cholesky_solve_: every check and every message is
+// Argument validation of gram_, cross_, parts_gram_, row_gram_, csr_mm_ and cholesky_solve_: every check and every message is
 // here, and each backend's glue (*_cpu.cpp, *_cuda.cpp) calls these before touching data.
 // Messages name the bad value and the expected one. gffmerge_ext/checks.py is the pure-torch
 // reference's copy (same order, same messages); change both together.
@@ -156,6 +156,80 @@ inline int64_t check_parts_gram(const at::Tensor& acc, const std::optional<at::T
     }
   }
   return count;
+}
+
+// Returns nnz (len(col)). The row pointers and column values are checked on the data by the
+// backend (check_row_pointers below, check_index_range).
+inline int64_t check_row_gram(const at::Tensor& acc, const at::Tensor& crow,
+                              const at::Tensor& col, const at::Tensor& values, int64_t cols) {
+  constexpr const char* op = "gffmerge::row_gram_";
+  TORCH_CHECK(crow.scalar_type() == at::kLong || crow.scalar_type() == at::kInt, op,
+              ": crow must be int64 or int32, got ", crow.scalar_type());
+  TORCH_CHECK(crow.dim() == 1 && crow.size(0) >= 1, op,
+              ": crow must be 1-D with rows + 1 >= 1 entries, got shape ", crow.sizes());
+  check_same_device(op, acc, crow, "crow");
+  const int64_t rows = crow.size(0) - 1;
+  const std::string why = "crow has " + std::to_string(rows) + " rows";
+  check_acc(op, acc, rows, rows, why.c_str());
+  TORCH_CHECK(col.scalar_type() == at::kLong || col.scalar_type() == at::kInt, op,
+              ": col must be int64 or int32, got ", col.scalar_type());
+  TORCH_CHECK(col.dim() == 1, op, ": col must be 1-D, got shape ", col.sizes());
+  check_same_device(op, acc, col, "col");
+  TORCH_CHECK(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble, op,
+              ": values must be float32 or float64, got ", values.scalar_type());
+  TORCH_CHECK(values.dim() == 1 && values.size(0) == col.size(0), op,
+              ": values must be 1-D with one entry per column index: expected [", col.size(0),
+              "], got shape ", values.sizes());
+  check_same_device(op, acc, values, "values");
+  TORCH_CHECK(cols >= 0, op, ": cols must be >= 0, got ", cols);
+  return col.size(0);
+}
+
+// Returns nnz (len(col)); the row pointers and column values as for row_gram_.
+inline int64_t check_csr_mm(const at::Tensor& out, const at::Tensor& crow, const at::Tensor& col,
+                            const at::Tensor& values, const at::Tensor& m) {
+  constexpr const char* op = "gffmerge::csr_mm_";
+  TORCH_CHECK(out.scalar_type() == at::kDouble, op, ": out must be float64, got ",
+              out.scalar_type());
+  TORCH_CHECK(out.dim() == 2 && out.is_contiguous(), op,
+              ": out must be a contiguous 2-D [rows, k] tensor, got shape ", out.sizes(),
+              " and strides ", out.strides());
+  TORCH_CHECK(crow.scalar_type() == at::kLong || crow.scalar_type() == at::kInt, op,
+              ": crow must be int64 or int32, got ", crow.scalar_type());
+  TORCH_CHECK(crow.dim() == 1 && crow.size(0) == out.size(0) + 1, op,
+              ": crow must be 1-D with rows + 1 = ", out.size(0) + 1,
+              " entries (rows from out), got shape ", crow.sizes());
+  check_same_device(op, out, crow, "crow");
+  TORCH_CHECK(col.scalar_type() == at::kLong || col.scalar_type() == at::kInt, op,
+              ": col must be int64 or int32, got ", col.scalar_type());
+  TORCH_CHECK(col.dim() == 1, op, ": col must be 1-D, got shape ", col.sizes());
+  check_same_device(op, out, col, "col");
+  TORCH_CHECK(values.scalar_type() == at::kDouble, op, ": values must be float64, got ",
+              values.scalar_type());
+  TORCH_CHECK(values.dim() == 1 && values.size(0) == col.size(0), op,
+              ": values must be 1-D with one entry per column index: expected [", col.size(0),
+              "], got shape ", values.sizes());
+  check_same_device(op, out, values, "values");
+  TORCH_CHECK(m.scalar_type() == at::kDouble, op, ": m must be float64, got ", m.scalar_type());
+  TORCH_CHECK(m.dim() == 2 && m.size(1) == out.size(1), op, ": m must be 2-D [cols, ",
+              out.size(1), "] (k from out), got shape ", m.sizes());
+  TORCH_CHECK(m.size(1) <= 1 || m.stride(1) == 1, op,
+              ": m's rows must be contiguous (stride 1 along k), got strides ", m.strides());
+  check_same_device(op, out, m, "m");
+  return col.size(0);
+}
+
+// The backend finds the first position p of crow that breaks the CSR row pointers (p < 0:
+// none) and reports it here.
+inline void check_row_pointers(const char* op, int64_t p, int64_t value, int64_t rows,
+                               int64_t nnz) {
+  TORCH_CHECK(p < 0, op, ": crow[", p, "] = ", value, " breaks the CSR row pointers (crow[0] = 0, "
+              "non-decreasing, crow[", rows, "] = len(col) = ", nnz, ")");
+}
+
+inline void check_column_range(const char* op, int64_t p, int64_t value, int64_t cols) {
+  TORCH_CHECK(p < 0, op, ": col[", p, "] = ", value, " is out of range for cols = ", cols,
+              " (valid: 0 <= col < ", cols, ")");
 }
 
 // Most jitter steps a call takes (they travel to the GPU as kernel arguments).

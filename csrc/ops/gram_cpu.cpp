@@ -1,4 +1,5 @@
-// CPU kernels of gffmerge::gram_, gffmerge::cross_ and gffmerge::parts_gram_ (CPU only: on
+// CPU kernels of gffmerge::gram_, gffmerge::cross_, gffmerge::parts_gram_ and
+// gffmerge::row_gram_, gffmerge::csr_mm_ (the last three CPU only: on
 // other devices the callers use gram_/cross_ on their own scatter sums): validate, describe the tensors to the
 // torch-free kernels, and hand them a BLAS dgemm.
 // Narrow ATen headers on purpose: <ATen/ATen.h> doubles this file's compile time.
@@ -13,6 +14,8 @@
 
 #include "../kernels/gram.h"
 #include "../kernels/parts_gram.h"
+#include "../kernels/row_gram.h"
+#include "../kernels/csr_mm.h"
 #include "blas_env.h"
 #include "checks.h"
 #include "describe.h"
@@ -101,6 +104,41 @@ void parts_gram_cpu(const at::Tensor& acc, const std::optional<at::Tensor>& dens
                            tuning());
 }
 
+void row_gram_cpu(const at::Tensor& acc, const at::Tensor& crow, const at::Tensor& col,
+                  const at::Tensor& values, int64_t cols) {
+  constexpr const char* op = "gffmerge::row_gram_";
+  const int64_t nnz = check_row_gram(acc, crow, col, values, cols);
+  const int64_t rows = crow.size(0) - 1;
+  const k::Index rp = as_index(crow);
+  const k::Index ci = as_index(col);
+  int64_t value = 0;
+  const int64_t p = k::first_bad_row_pointer(rp, rows, nnz, &value);
+  check_row_pointers(op, p, value, rows, nnz);
+  const int64_t q = k::first_out_of_range(ci, nnz, cols, &value);
+  check_column_range(op, q, value, cols);
+  k::row_gram_accumulate(acc.data_ptr<double>(), rows, cols, rp, ci, as_weights(values),
+                         at::get_num_threads());
+}
+
+void csr_mm_cpu(const at::Tensor& out, const at::Tensor& crow, const at::Tensor& col,
+                const at::Tensor& values, const at::Tensor& m) {
+  constexpr const char* op = "gffmerge::csr_mm_";
+  const int64_t nnz = check_csr_mm(out, crow, col, values, m);
+  const int64_t rows = out.size(0);
+  const int64_t cols = m.size(0);
+  const k::Index rp = as_index(crow);
+  const k::Index ci = as_index(col);
+  int64_t value = 0;
+  const int64_t p = k::first_bad_row_pointer(rp, rows, nnz, &value);
+  check_row_pointers(op, p, value, rows, nnz);
+  const int64_t q = k::first_out_of_range(ci, nnz, cols, &value);
+  check_column_range(op, q, value, cols);
+  k::csr_mm_accumulate(out.data_ptr<double>(), out.size(1), rows, cols, rp, ci,
+                       values.const_data_ptr<double>(), values.stride(0),
+                       m.const_data_ptr<double>(), m.stride(0), m.size(1),
+                       at::get_num_threads());
+}
+
 }  // namespace
 }  // namespace gffmerge::ops
 
@@ -108,4 +146,6 @@ TORCH_LIBRARY_IMPL(gffmerge, CPU, m) {
   m.impl("gram_", &gffmerge::ops::gram_cpu);
   m.impl("cross_", &gffmerge::ops::cross_cpu);
   m.impl("parts_gram_", &gffmerge::ops::parts_gram_cpu);
+  m.impl("row_gram_", &gffmerge::ops::row_gram_cpu);
+  m.impl("csr_mm_", &gffmerge::ops::csr_mm_cpu);
 }

@@ -14,6 +14,8 @@ TORCH_LIBRARY(gffmerge, m) {
   m.def(
       "parts_gram_(Tensor(a!) acc, Tensor? dense, Tensor[] nodes, Tensor[] indices, "
       "Tensor?[] gates, bool dense_block=True) -> ()");
+  m.def("row_gram_(Tensor(a!) acc, Tensor crow, Tensor col, Tensor values, int cols) -> ()");
+  m.def("csr_mm_(Tensor(a!) out, Tensor crow, Tensor col, Tensor values, Tensor m) -> ()");
   m.def(
       "cholesky_solve_(Tensor(a!) A, Tensor(b!) B, Tensor(c!) info, Tensor(d!) jitter, "
       "float[] jitter_steps=[]) -> ()");

@@ -8,9 +8,11 @@ first unit's products on the validation nodes' two-hop support; no model is buil
 the choice is made). Profiled (`benchmarks/results/gnn_choice_profile.md`, CPU s per
 seed, one thread, 500-epoch sources): Cora GCN 0.27 s → 0.19 s, CiteSeer SAGE 0.78 s →
 0.37 s; a third pass (kernel by gathered sums, Grams by ``gffmerge_ext.gram_``, the label
-sets scored together) another 1.0-1.2x. What remains is mostly the own + neighbour
-kernels' Choleskys and the scoring's first-layer products (one per distinct first-layer
-weight).
+sets scored together) another 1.0-1.2x; a fourth (the dual kernel by the compiled
+``gffmerge_ext.row_gram_``, the first-layer products by ``gffmerge_ext.csr_mm_``, the dual
+targets and the ``all`` option's first-layer output from the sources' outputs) another
+1.1-1.3x. What remains is mostly the own + neighbour kernels' Choleskys and the scoring's
+first-layer products (one per distinct first-layer weight, six per choice).
 """
 
 from __future__ import annotations
@@ -75,8 +77,39 @@ class OnePass:
              prior: str = "mean") -> dict[str, list[Tensor]]:
         """Row option ``r``'s unit weights for every relative ridge of ``ridges``."""
         sources = [Source(b, self.passes[k], self.nodes[k][r], self.grams_of(k, r),
-                          self.thetas[k]) for k, b in enumerate(self.backbones)]
-        return option_path(sources, ridges, weighting=weighting, prior=prior)
+                          self.thetas[k], self.outputs(k)) for k, b in enumerate(self.backbones)]
+        path = option_path(sources, ridges, weighting=weighting, prior=prior)
+        self._mean_output(path)
+        return path
+
+    def _mean_output(self, path: dict[str, list[Tensor]]) -> None:
+        """When the first unit's weights are the sources' mean (one object for every ridge:
+        the ``all`` option with equal weights and the mean prior), its output is the mean of
+        the sources' outputs (the unit is linear in its weights): kept for the scoring under
+        that object, so no first-layer product is formed for it."""
+        name, rows = next(iter(self.passes[0].items()))
+        thetas = path.get(name)
+        if not thetas or any(t is not thetas[0] for t in thetas):
+            return
+        theta = thetas[0]
+        if any(p[name] is not rows for p in self.passes[1:]):
+            return
+        outs = [self.outputs(k).get(name) for k in range(len(self.backbones))]
+        if any(o is None for o in outs) or (id(rows), id(theta), None) in self._first:
+            return
+        if not torch.equal(theta, torch.stack([th for th, _ in outs]).mean(0)):
+            return
+        self._first[(id(rows), id(theta), None)] = (torch.stack([o for _, o in outs]).mean(0),
+                                                    theta)
+
+    def outputs(self, k: int) -> dict[str, tuple[Tensor, Tensor]]:
+        """Source ``k``'s first-unit output on all nodes for its own weights, as formed by
+        its pass (:func:`~gffmerge.gnn_rows.source_rows`): ``{unit: (Θ, output)}``, empty
+        when the pass kept none."""
+        name, rows = next(iter(self.passes[k].items()))
+        theta = self.thetas[k][name]
+        hit = self._first.get((id(rows), id(theta), None))
+        return {} if hit is None else {name: (theta, hit[0])}
 
     def own_thetas(self) -> list[dict[str, Tensor]]:
         """Each source's own unit weights (the objects its rows were formed with)."""

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from gffmerge_ext import gram_
 
-from .collect.sparse import dense_of, has_sparse, joined_rows, quiet_sparse
+from .collect.sparse import csr_matmul, dense_of, has_sparse, joined_rows, quiet_sparse
 from .models.groups import GroupView, linear_units
 from .solver.ridge_path import dual_path, primal_path, trace_of
 from .solver.state import layer_theta
@@ -124,7 +124,7 @@ class UnitRows:
         if self._csr is None:
             with quiet_sparse():
                 self._csr = self.x.to_sparse_csr()
-        return torch.sparse.mm(self._csr, theta)
+        return csr_matmul(self._csr, theta)
 
     def _input_on(self, support: Tensor | None) -> Tensor:
         """The unit's input (CSR when sparse), rows outside ``support`` zero (kept)."""
@@ -157,7 +157,7 @@ class UnitRows:
                              f"{self.dim} ({d} per part)")
         m = torch.cat([theta[i * d:(i + 1) * d] for i in range(n_parts)], 1)
         x = self._input_on(support)
-        xm = torch.sparse.mm(x, m) if x.layout != torch.strided else x @ m
+        xm = csr_matmul(x, m) if x.layout != torch.strided else x @ m
         with node_rows(nodes):
             parts = view.gram_parts(xm, edges).parts
         if len(parts) != n_parts:
@@ -300,14 +300,43 @@ def nested_grams(rows: UnitRows, sets: Sequence[Tensor | None]) -> list[Tensor]:
 class Source:
     """One source for :func:`option_path`: its model, its units' rows, the nodes of the
     option (None: all) and, optionally, ``grams(unit)``: the option's Gram of a unit (a
-    cache that returns the same object for sources with the same rows and nodes) and
-    ``thetas``: its unit weights (default: from its state dict)."""
+    cache that returns the same object for sources with the same rows and nodes),
+    ``thetas``: its unit weights (default: from its state dict) and ``outputs``: per unit,
+    ``(Θ, rows.matmul(Θ))``, the unit's output on all nodes before its activation for the
+    weights ``Θ`` (the products :func:`source_rows` forms anyway)."""
 
     model: nn.Module
     rows: dict[str, UnitRows]
     nodes: Tensor | None
     grams: Callable[[str], Tensor] | None = None
     thetas: dict[str, Tensor] | None = None
+    outputs: dict[str, tuple[Tensor, Tensor]] | None = None
+
+
+def _dual_residuals(sources: Sequence[Source], name: str, thetas: Sequence[Tensor],
+                    coefs: Sequence[float], prior: str) -> Tensor | None:
+    """``Y − ZΘ̄`` of the dual route from the sources' unit outputs, without a product:
+    block ``k`` is ``√c_k (out_k − mean_j out_j)`` on source ``k``'s nodes, where ``out_j``
+    is source ``j``'s output on all nodes (``Z_k Θ_j``: the rows are one matrix). None
+    unless every source has its output for its weights, the rows are the same and the
+    prior is the mean."""
+    if prior != "mean" or any(s.outputs is None or name not in s.outputs for s in sources):
+        return None
+    outs = []
+    for s, th in zip(sources, thetas):
+        theta, out = s.outputs[name]
+        if theta is not th:
+            return None
+        outs.append(out)
+    first = sources[0].rows[name]
+    if first.key is None or any(s.rows[name].key != first.key for s in sources[1:]):
+        return None
+    mean = torch.stack(outs).mean(0)
+    blocks = []
+    for s, out, c in zip(sources, outs, coefs):
+        diff = out - mean if s.nodes is None else (out[s.nodes] - mean[s.nodes])
+        blocks.append(diff * c ** 0.5)
+    return torch.cat(blocks, 0)
 
 
 def _same_rows(a: Source, b: Source, name: str) -> bool:
@@ -344,9 +373,13 @@ def option_path(sources: Sequence[Source], ridges: Sequence[float], *,
             blocks = [s.rows[name].take(s.nodes) * c ** 0.5 for s, c in zip(sources, coefs)]
             z = torch.cat(blocks, 0).coalesce() if blocks[0].layout != torch.strided else \
                 torch.cat(blocks, 0)
+            scale = trace_of(z) / dim
+            resid = _dual_residuals(sources, name, thetas, coefs, prior)
+            if resid is not None:  # Y and ZΘ̄ from the outputs formed by the sources' pass
+                out[name] = dual_path(z, None, mean, [r * scale for r in ridges], resid=resid)
+                continue
             y = torch.cat([(torch.sparse.mm(b, th) if b.layout != torch.strided else b @ th)
                            for b, th in zip(blocks, thetas)], 0)
-            scale = trace_of(z) / dim
             out[name] = dual_path(z, y, mean, [r * scale for r in ridges])
             continue
         grams = [s.grams(name) if s.grams is not None else gram(s.rows[name].take(s.nodes))
