@@ -91,6 +91,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--out", default=None, help="folder for checkpoints (default: "
                    "<tmp>/gffmerge_real_foundations_<foundation>)")
     p.add_argument("--no-joint", action="store_true", help="skip the joint fine-tune")
+    p.add_argument("--no-starts", action="store_true",
+                   help="do not give the default the foundation (its search then starts from "
+                        "the sources' mean only, as before stop 24)")
     p.add_argument("--finetune-only", action="store_true",
                    help="stop after the fine-tunes (kept in --out for a later run)")
     return p.parse_args()
@@ -120,9 +123,11 @@ def finetune(args, base, data, systems, path: Path, label: str):
 
 
 def _chosen(o: dict) -> str:
-    if o["chosen"] == "average":
-        return "average"
-    return f"{o['chosen']}, ridge {o['chosen_ridge']:g}, β {o['chosen_beta']:g}"
+    if o.get("chosen_ridge") is None:  # the average or a start as it is (base, ties, ...)
+        return o["chosen"]
+    start = o.get("chosen_start")
+    return (f"{o['chosen']}, ridge {o['chosen_ridge']:g}, β {o['chosen_beta']:g}"
+            + (f", from {start}" if start and start != "mean" else ""))
 
 
 def main() -> None:
@@ -175,7 +180,7 @@ def main() -> None:
         opts = dict(opts)
         method = opts.pop("method", name)
         extra: dict = {}
-        if method == "ties":
+        if method == "ties" or (method == "progressive" and not args.no_starts):
             extra["base"] = base
         if method == "progressive" and "ridge" in opts:  # a fixed point: nothing to choose
             opts.update(frames=args.stats_frames, val_frames=None)
@@ -198,6 +203,7 @@ def main() -> None:
         if "val_data" in extra:
             o = result.report.options
             searches[name] = {k: o.get(k) for k in ("chosen", "chosen_ridge", "chosen_beta",
+                                                     "chosen_start", "starts_tried",
                                                      "staged_search", "anchors_tried", "grid",
                                                      "fallback", "val_score",
                                                      "val_force_mae_mev_per_a",
@@ -244,7 +250,11 @@ def main() -> None:
                   f"| candidate | ridge | β | {' | '.join(s + ' val' for s in systems)} "
                   "| score | seconds |",
                   "|---|---:|---:|" + "---:|" * (len(systems) + 2)]
-        tried = [(a["kind"], "∞" if a["ridge"] is None else f"{a['ridge']:g}", a)
+        tried = [(a["kind"] + (f" from {a['start']}" if a.get("start", "mean") != "mean"
+                               else "") + (" " + ", ".join(f"{k} {v:g}" for k, v in
+                                                           a["params"].items())
+                                           if a.get("params") else ""),
+                  "∞" if a["ridge"] is None else f"{a['ridge']:g}", a)
                  for a in srch["anchors_tried"]]
         tried += [("staged (progressive)", f"{p['ridge']:g}", p) for p in srch["grid"]]
         for kind, ridge, a in tried:
