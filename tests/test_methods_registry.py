@@ -81,6 +81,8 @@ def test_methods_from_a_module_and_an_entry_point(isolated_registry, capsys):
     assert "from_module: from_module: scaled element-wise mean" in text
     assert "from_entry_point: from_entry_point: scaled element-wise mean" in text
     assert "scale (float, default 1.0)  factor on every floating tensor" in text
+    assert "needs: base if given (--base), data" in text  # the default
+    assert "needs: base (--base)" in text  # ties, task arithmetic, emr
     assert main(["methods", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["methods"]}
     assert rows["from_entry_point"]["needs_stats"] is False

@@ -22,6 +22,9 @@ CONFIG_KEYS = ("merge_method", "models", "parameters", "limit", "output", "base_
 MODEL_KEYS = ("model", "data")
 
 
+_NEEDS_TEXT = {"base_model": "base (--base)", "base_optional": "base if given (--base)"}
+
+
 def cmd_methods(args) -> int:
     from .. import methods
 
@@ -38,8 +41,9 @@ def cmd_methods(args) -> int:
     lines = []
     for r in rows:
         mark = " (default)" if r["default"] else ""
+        needs = ", ".join(_NEEDS_TEXT.get(n, n) for n in r["needs"]) or "only the models"
         lines.append(f"{r['name']}{mark}: {r['description']}\n  reference: {r['reference']}\n"
-                     f"  needs: {', '.join(r['needs']) or 'only the models'}")
+                     f"  needs: {needs}")
         for o in r["options"]:
             choices = f" {{{', '.join(map(str, o['choices']))}}}" if o["choices"] else ""
             lines.append(f"    {o['name']} ({o['type']}{choices}, default {o['default']!r})"
