@@ -4,6 +4,8 @@ best of them (beginning from it, shrinking toward it)."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -168,6 +170,24 @@ def test_a_start_that_scores_best_is_returned_and_told(pair, monkeypatch):
     for k, v in res.model.state_dict().items():
         if k != "atomic_energies":
             torch.testing.assert_close(v, base.state_dict()[k], rtol=0, atol=0)
+
+
+def test_return_base_false_returns_the_best_merge(pair, monkeypatch):
+    """With return_base=False the foundation still scores (and may start the closed form)
+    but the best candidate other than it is returned, with no warning about it."""
+    base, sources, batches, vals = pair
+    fake = _fake_errors(base.state_dict(), mean_state_dict(sources), (10.0, 100.0, 50.0), [])
+    monkeypatch.setattr(prog, "system_errors", fake)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        res = progressive_merge(sources, batches, _opts(search_frames=3, return_base=False),
+                                val_data=vals, progress=False, base=base)
+    o = res.report.options
+    assert o["chosen"] != "base" and o["starts_tried"] == ["base"]
+    assert any(a["kind"] == "base" for a in o["anchors_tried"])
+    assert o["val_force_mae_mev_per_a"] == 50.0
+    with pytest.raises(ValueError, match="return_base"):
+        ProgressiveOptions(return_base="no")
 
 
 def test_final_worse_than_a_start_falls_back_to_it(pair, monkeypatch):

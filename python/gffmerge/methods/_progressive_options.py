@@ -69,6 +69,10 @@ class ProgressiveOptions:
       foundation, task arithmetic and TIES on validation and runs the closed form from
       the best of them too (it begins from it and its ridge shrinks toward it); ``"off"``:
       the mean is the only start. Without a base there is nothing to do.
+    - ``return_base``: whether the foundation itself may be the result when it scores
+      best on validation (``False``: the best *merge* is returned, e.g. as the start of a
+      repair, which moves a merge further than the foundation in a few epochs; the
+      foundation may still be the closed form's start).
     """
 
     mode: Literal["progressive", "one-shot"] = "progressive"
@@ -94,6 +98,7 @@ class ProgressiveOptions:
     staged: Literal["auto", "grid", "one", "off"] = "auto"
     val_score: Literal["per_system", "pooled"] = "per_system"
     starts: Literal["auto", "off"] = "auto"
+    return_base: bool = True
 
     __option_help__ = {
         "mode": "progressive (inputs from the partly merged model) or one-shot",
@@ -124,6 +129,8 @@ class ProgressiveOptions:
                      "pooled (over all force components: larger cells weigh more)",
         "starts": "with the foundation (base): auto also scores it, task arithmetic and TIES "
                   "and starts the closed form from the best of them; off: from the mean only",
+        "return_base": "the foundation itself may be returned when it scores best (false: "
+                       "only merges are returned; it may still start the closed form)",
     }
 
     def __post_init__(self):
@@ -155,6 +162,8 @@ class ProgressiveOptions:
                                  f"got {v!r}")
         if not isinstance(self.anchors, bool):
             raise ValueError(f"anchors must be true or false, got {self.anchors!r}")
+        if not isinstance(self.return_base, bool):
+            raise ValueError(f"return_base must be true or false, got {self.return_base!r}")
         if self.staged == "off" and not self.anchors:
             raise ValueError("staged='off' with anchors=false leaves nothing to merge; "
                              "turn anchors on or choose staged='grid' or 'one'")

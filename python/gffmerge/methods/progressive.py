@@ -250,7 +250,9 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
                 score(ridge, beta, start)
         cands = [(("progressive", p.ridge, p.beta, p.start), p.val_force_mae_mev_per_a)
                  for p in points]
-        cands += [(a.key, a.val_force_mae_mev_per_a) for a in anchors]
+        # return_base=False: the foundation may start the closed form but is not returned
+        cands += [(a.key, a.val_force_mae_mev_per_a) for a in anchors
+                  if opts.return_base or a.key != ("start", "base")]
         best = min(cands, key=lambda c: c[1])[0]
     search_s, search_c = time.perf_counter() - t_search, time.process_time() - c_search
     t_final, c_final = time.perf_counter(), time.process_time()
@@ -277,7 +279,8 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     fallback = None
     # the average and the starts depend on no frame budget: their search scores stand
     fixed = [a for a in anchors if a.kind != "one-shot"
-             and (a.kind == "average" or a.key[1] in starts)]
+             and (a.kind == "average" or a.key[1] in starts)
+             and (opts.return_base or a.key != ("start", "base"))]
     safe = min(fixed, key=lambda a: a.val_force_mae_mev_per_a) if fixed else None
     if safe is not None and best != safe.key and val[0] > safe.val_force_mae_mev_per_a:
         name = "the average" if safe.kind == "average" else f"the {safe.kind} start"
