@@ -143,16 +143,19 @@ def test_one_shot_from_a_start_shrinks_toward_it(pair):
                                    rtol=1e-6, atol=1e-9)
 
 
-def _fake_errors(base_state, mean_state, scores, final):
+def _fake_errors(base_state, mean_state, scores, final, others=()):
     """``system_errors`` giving the base, the average and every other candidate the
-    scores ``scores``, the last one raised to 200 once ``final`` is set."""
+    scores ``scores``, the last one raised to 200 once ``final`` is set; ``others``:
+    (state, score) pairs for given models."""
     def same(model, state):
         return all(torch.equal(v, state[k]) for k, v in model.state_dict().items()
                    if k != "atomic_energies")
 
     def fake(model, val_sets):
-        f = (scores[0] if same(model, base_state) else scores[1] if same(model, mean_state)
-             else 200.0 if final else scores[2])
+        f = next((g for state, g in others if same(model, state)), None)
+        if f is None:
+            f = (scores[0] if same(model, base_state) else scores[1]
+                 if same(model, mean_state) else 200.0 if final else scores[2])
         return [{"force_mae_mev_per_a": f, "energy_mae_mev_per_atom": 0.0, "atoms": 9,
                  "frames": 1}] * len(val_sets)
     return fake
@@ -176,16 +179,23 @@ def test_return_base_false_returns_the_best_merge(pair, monkeypatch):
     """With return_base=False the foundation still scores (and may start the closed form)
     but the best candidate other than it is returned, with no warning about it."""
     base, sources, batches, vals = pair
-    fake = _fake_errors(base.state_dict(), mean_state_dict(sources), (10.0, 100.0, 50.0), [])
+    ta = methods.get("task_arithmetic")(sources, base=base, lam=TA_LAMS[1]).model
+    fake = _fake_errors(base.state_dict(), mean_state_dict(sources), (10.0, 100.0, 50.0), [],
+                        others=[(ta.state_dict(), 20.0)])
     monkeypatch.setattr(prog, "system_errors", fake)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         res = progressive_merge(sources, batches, _opts(search_frames=3, return_base=False),
                                 val_data=vals, progress=False, base=base)
     o = res.report.options
-    assert o["chosen"] != "base" and o["starts_tried"] == ["base"]
+    # the base is the best start of the closed form, task arithmetic the best candidate
+    assert o["chosen"] == "task_arithmetic" and o["starts_tried"] == ["base"]
     assert any(a["kind"] == "base" for a in o["anchors_tried"])
-    assert o["val_force_mae_mev_per_a"] == 50.0
+    assert o["val_force_mae_mev_per_a"] == 20.0
+    got = res.model.state_dict()
+    for k, v in ta.state_dict().items():
+        if k != "atomic_energies":
+            torch.testing.assert_close(got[k], v, rtol=0, atol=0)
     with pytest.raises(ValueError, match="return_base"):
         ProgressiveOptions(return_base="no")
 

@@ -169,12 +169,14 @@ def score_anchors(models: Sequence[nn.Module], sources: list[Source], order: Lay
                   infos: dict, opts, *, betas: Sequence[float], frames: int | None, forward,
                   ridges: Sequence[float], errors: Errors,
                   keep: Callable[[tuple, Run], None],
-                  base: nn.Module | None = None) -> tuple[list[Anchor], dict[str, nn.Module]]:
+                  base: nn.Module | None = None
+                  ) -> tuple[list[Anchor], dict[str, nn.Module | None], dict[str, nn.Module]]:
     """Score the average, the starts (with a ``base``) and every one-shot (ridge, β)
     anchor from the mean and from the best start on ``errors`` (the search's validation
     score: force and energy score, force MAE by source); ``keep(key, run)`` receives each
     run (key :attr:`Anchor.key`) so the caller can reuse it as the final merge. Returns
-    the anchors and the start models by kind (``"mean"``: None)."""
+    the anchors, the starts of the closed form by name (``"mean"``: None, and the best
+    start's kind) and the best model of every start kind tried."""
     out = []
     t0 = time.perf_counter()
     run = average_run(models, sources, refit=opts.energy_refit, frames=frames)
@@ -182,6 +184,7 @@ def score_anchors(models: Sequence[nn.Module], sources: list[Source], order: Lay
     out.append(Anchor("average", None, 0.0, f, e, time.perf_counter() - t0, per))
     keep(("average",), run)
     starts: dict[str, nn.Module | None] = {"mean": None}
+    models_by_kind: dict[str, nn.Module] = {}
     if base is not None:
         tried, models_by_kind = score_starts(models, base, errors)
         out += tried
@@ -202,4 +205,4 @@ def score_anchors(models: Sequence[nn.Module], sources: list[Source], order: Lay
                            start=name)
                 out.append(a)
                 keep(a.key, run)
-    return out, starts
+    return out, starts, models_by_kind

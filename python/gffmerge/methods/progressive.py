@@ -200,7 +200,8 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     full = reduced is None or (opts.frames is not None and reduced >= opts.frames)
     runs: dict[tuple, Run] = {}  # candidates merged on the full budget, by key
     use_base = base is not None and opts.starts == "auto"
-    starts: dict[str, nn.Module | None] = {"mean": None}
+    starts: dict[str, nn.Module | None] = {"mean": None}  # starts of the closed form
+    start_models: dict[str, nn.Module] = {}  # the best model of every start kind scored
 
     def keep(key: tuple, run: Run) -> None:
         if full:
@@ -224,10 +225,10 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
         ridges = sorted({r for r, _ in grid})
         betas = sorted({b for _, b in grid})
         if opts.anchors:
-            anchors, starts = score_anchors(models, sources, order, infos, opts,
-                                            ridges=ridges, betas=betas, frames=reduced,
-                                            forward=forward, errors=errors, keep=keep,
-                                            base=base if use_base else None)
+            anchors, starts, start_models = score_anchors(
+                models, sources, order, infos, opts, ridges=ridges, betas=betas,
+                frames=reduced, forward=forward, errors=errors, keep=keep,
+                base=base if use_base else None)
         shots = [a for a in anchors if a.kind == "one-shot" and a.ridge in ridges]
         # the staged points begin where the one-shot closed form did best
         start = min(shots, key=lambda a: a.val_force_mae_mev_per_a).start if shots else "mean"
@@ -261,7 +262,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
         if key[0] == "average":
             return average_run(models, sources, refit=opts.energy_refit, frames=opts.frames)
         if key[0] == "start":  # a task-vector start as it is, reference energies refitted
-            run = Run(start_model(models, starts[key[1]]))
+            run = Run(start_model(models, start_models[key[1]]))
             if opts.energy_refit:
                 run.energy_shift = refit_reference_energies(run.model, sources,
                                                             frames=opts.frames)
@@ -279,7 +280,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     fallback = None
     # the average and the starts depend on no frame budget: their search scores stand
     fixed = [a for a in anchors if a.kind != "one-shot"
-             and (a.kind == "average" or a.key[1] in starts)
+             and (a.kind == "average" or a.key[1] in start_models)
              and (opts.return_base or a.key != ("start", "base"))]
     safe = min(fixed, key=lambda a: a.val_force_mae_mev_per_a) if fixed else None
     if safe is not None and best != safe.key and val[0] > safe.val_force_mae_mev_per_a:
