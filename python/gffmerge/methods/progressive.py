@@ -31,8 +31,10 @@ over force components); the best point is then merged with the full ``frames`` b
 With ``anchors`` (the default) the search also scores the sources' average and the
 one-shot closed form at every ridge (plus the large ``anchor_ridges``) and β, from one
 shared statistics pass (:mod:`gffmerge.methods._progressive_anchors`), and keeps the best
-candidate of all; a final model that scores worse on validation than the average is
-replaced by the average (reported). ``staged`` sets how many staged points are tried (a
+candidate of all; given the foundation (``base``), it also scores the foundation, task
+arithmetic and TIES and runs the closed form (one-shot and staged) from the best of them
+as well. A final model that scores worse on validation than the average or the best of
+those starts is replaced by it (reported). ``staged`` sets how many staged points are tried (a
 grid, or one at the best anchor for adapter models, whose forwards are costly). When both
 the ridge and β are searched, the search is coordinate-wise (every β at the middle ridge,
 then every other ridge at the best β: ``|β| + |ridge| − 1`` merges instead of ``|β| ·
