@@ -82,6 +82,9 @@ def test_starts_are_scored_and_the_pick_is_the_best_candidate(pair):
              + [p["val_force_mae_mev_per_a"] for p in o["grid"]])
     assert o["val_force_mae_mev_per_a"] == pytest.approx(min(every), rel=1e-12)
     assert o["val_force_mae_mev_per_a"] == pytest.approx(_score(res.model, vals), rel=1e-12)
+    picked = next(line for line in res.report.to_markdown().splitlines()
+                  if line.startswith("Picked on validation: "))
+    assert f"among {len(tried) + len(o['grid'])} candidates" in picked
     # every layer of PaiNN is a plain affine one: one-shot targets come from the Grams
     assert o["one_shot_targets"]["measured"] == 0 and o["one_shot_targets"]["derived"] > 0
 
@@ -173,6 +176,9 @@ def test_a_start_that_scores_best_is_returned_and_told(pair, monkeypatch):
     for k, v in res.model.state_dict().items():
         if k != "atomic_energies":
             torch.testing.assert_close(v, base.state_dict()[k], rtol=0, atol=0)
+    text = res.report.to_markdown()
+    assert "Picked on validation: base (score 10, per_system), among" in text
+    assert "foundation (base) itself scored best" in text
 
 
 def test_return_base_false_returns_the_best_merge(pair, monkeypatch):

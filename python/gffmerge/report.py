@@ -69,12 +69,37 @@ class MergeReport:
             return v
         return json.dumps(clean(self.to_dict()), indent=2)
 
+    def _picked(self) -> str:
+        """What a validated search picked (methods that record ``chosen``), in one line."""
+        o = self.options or {}
+        if "chosen" not in o or "anchors_tried" not in o:
+            return ""
+        what = str(o["chosen"])
+        if o.get("chosen_ridge") is not None:
+            what += f", ridge {o['chosen_ridge']:g}, β {o.get('chosen_beta') or 0:g}"
+        if o.get("chosen_start") not in (None, "mean"):
+            what += f", from the {o['chosen_start']} start"
+        n = len(o.get("anchors_tried") or ()) + len(o.get("grid") or ())
+        score = o.get("val_force_mae_mev_per_a")
+        line = f"Picked on validation: {what}"
+        if isinstance(score, float) and math.isfinite(score):
+            line += f" (score {score:.4g}, {o.get('val_score', 'per_system')})"
+        line += f", among {n} candidates"
+        stages = o.get("stages")
+        if stages:
+            line += f"; {len(stages)} stage(s)"
+        return line + "."
+
     def to_markdown(self) -> str:
-        """A table of the per-layer diagnostics."""
+        """The search's pick (when there was one) and a table of the per-layer
+        diagnostics."""
         lines = [f"# Merge report: {self.method} ({self.num_models} models)", ""]
         if self.times:
             lines.append("Times: " + ", ".join(f"{k} {v:.3f} s" for k, v in self.times.items()))
             lines.append("")
+        picked = self._picked()
+        if picked:
+            lines += [picked, ""]
         lines += ["| layer | in→out | rows per model | cond₂ | jitter | ‖Θ−Θ̄‖/‖Θ̄‖ | residual |",
                   "|---|---|---|---|---|---|---|"]
         for lr in self.layers:
