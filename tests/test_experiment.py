@@ -62,7 +62,7 @@ def test_results_json_has_every_row_in_the_issue_shape(finished):
             > res["methods"][methods.DEFAULT_METHOD]["seconds"])
     assert res["command"].startswith("gffmerge experiment --foundation ")
     assert "--train-frames 4 --finetune-epochs 1" in res["command"]
-    assert res["command"].endswith(f"--repair --switch --out {out}")
+    assert res["command"].endswith(f"--repair --switch --repair-probe-epochs 1 --out {out}")
     # the switch keeps the merge's time and changes only the embedding: different errors
     for m in ("gffmerge", methods.DEFAULT_METHOD):
         assert res["methods"][f"{m}+switch"]["seconds"] == res["methods"][m]["seconds"]
@@ -71,6 +71,9 @@ def test_results_json_has_every_row_in_the_issue_shape(finished):
     assert res["git_commit"] and res["machine"]
     report = (out / "report.md").read_text()
     assert all(f"| {n} |" in report for n in expected)
+    # the repair chose its start among the default's pick and its other families
+    line = next(x for x in report.splitlines() if "validation loss after a 1-epoch probe" in x)
+    assert "pick " in line and "average " in line
     assert (out / "methods.png").stat().st_size > 1000 or not _has_matplotlib()
 
 

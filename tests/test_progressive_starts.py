@@ -243,3 +243,42 @@ def test_merge_hands_the_base_to_the_default(pair):
     with_base = gffmerge.merge(sources, batches, base=base, **kw).report.options
     without = gffmerge.merge(sources, batches, **kw).report.options
     assert with_base["starts_tried"] and not without["starts_tried"]
+
+
+def test_alternatives_are_the_best_of_every_other_family(pair):
+    base, sources, batches, vals = pair
+    plain = progressive_merge(sources, batches, _opts(), val_data=vals, progress=False,
+                              base=base)
+    res = progressive_merge(sources, batches, _opts(alternatives=True), val_data=vals,
+                            progress=False, base=base)
+    assert plain.alternatives == {} and plain.report.options["alternatives"] == {}
+    for k, v in plain.model.state_dict().items():  # the pick is not changed by asking
+        torch.testing.assert_close(res.model.state_dict()[k], v, rtol=0, atol=0)
+    o = res.report.options
+    scored = [(("start", a["kind"]) if a["kind"] not in ("average", "one-shot")
+               else ("average",) if a["kind"] == "average"
+               else ("one-shot", a["ridge"], a["beta"], a["start"]),
+               a["val_force_mae_mev_per_a"]) for a in o["anchors_tried"]]
+    scored += [(("progressive", p["ridge"], p["beta"], p["start"]),
+                p["val_force_mae_mev_per_a"]) for p in o["grid"]]
+    families = {}
+    for key, val in scored:
+        fam = prog._family(key)
+        families[fam] = min(families.get(fam, val), val)
+    chosen = ("start", o["chosen"]) if o["chosen"] in ("base", "ties", "task_arithmetic") \
+        else ("average",) if o["chosen"] == "average" \
+        else (o["chosen"], o["chosen_ridge"], o["chosen_beta"], o["chosen_start"])
+    assert set(res.alternatives) == set(families) - {prog._family(chosen)}
+    assert len(res.alternatives) >= 3 and set(o["alternatives"]) == set(res.alternatives)
+    for label, model in res.alternatives.items():
+        rec = o["alternatives"][label]
+        assert rec["val_force_mae_mev_per_a"] == families[label]
+        assert prog._family(tuple(rec["key"])) == label
+        # the model handed back is the candidate that was scored
+        assert _score(model, vals) == pytest.approx(families[label], rel=1e-9)
+    if "foundation" in res.alternatives:
+        for k, v in base.state_dict().items():
+            if k != "atomic_energies":
+                torch.testing.assert_close(res.alternatives["foundation"].state_dict()[k], v,
+                                           rtol=0, atol=0)
+    assert res.report.times["alternatives"] >= 0

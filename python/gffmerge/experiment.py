@@ -78,6 +78,7 @@ class _Experiment:
         self.data = load_dataset(cfg.systems, max_frames=cfg.max_frames, seed=cfg.seed)
         self.names = list(self.data.system_names)
         self.test = self.data.split("test")
+        self.repair_starts: tuple[dict, float] = ({}, 0.0)  # the default's alternatives
         missing = [s for s in self.names if s not in set(
             self.test.system_names[i] for i in set(self.test.system_ids.tolist()))]
         if missing:
@@ -182,6 +183,9 @@ class _Experiment:
                 options = {k: v for k, v in (("frames", self.cfg.merge_frames),
                                              ("val_frames", self.cfg.grid_val_frames))
                            if k in known}
+                if (method == methods.DEFAULT_METHOD and self.cfg.repair
+                        and self.cfg.repair_probe_epochs and "alternatives" in known):
+                    options["alternatives"] = True  # the repair's other starts
                 data = self.loaders("train", sources)
                 val_data = [val.for_system(s) for s in self.names]
             elif needs.stats and not needs.gradients and self.cfg.stats_batch_size is None:
@@ -192,11 +196,16 @@ class _Experiment:
             result = merge(sources, data, method=method, limit=limit, progress=self.progress,
                            labels=self.names, base=base, val_data=val_data, grid=grid,
                            **options)
+        seconds = time.perf_counter() - t0
         note = ""
         if grid:
             chosen = ", ".join(f"{k}={v}" for k, v in result.report.options["chosen"].items())
             note = f"grid on the combined validation split: {chosen}"
-        return result.model, time.perf_counter() - t0, note
+        if result.alternatives:  # made for the repair: its time is the repair's
+            alt_s = float(result.report.times.get("alternatives", 0.0))
+            self.repair_starts = (result.alternatives, alt_s)
+            seconds -= alt_s
+        return result.model, seconds, note
 
     def switched(self, model, sources):
         """``model`` with each source's atom-embedding table for its own system's frames."""
@@ -267,14 +276,17 @@ class _Experiment:
                 bar.update()
             if cfg.repair and default_model is not None:
                 phase(f"repair {methods.DEFAULT_METHOD}")
+                others, alt_s = self.repair_starts
                 fixed = repair(default_model, self.data, frames=cfg.repair_frames,
                                epochs=cfg.repair_epochs, seed=cfg.seed,
                                batch_size=cfg.batch_size,
                                val_frames=cfg.val_frames * len(self.names),
+                               starts=others or None,
+                               probe_epochs=max(1, cfg.repair_probe_epochs),
                                progress=self.progress)
                 self.finish_row(f"{methods.DEFAULT_METHOD}+repair", fixed.model,
-                                default_s + fixed.seconds,
-                                f"{cfg.repair_frames} frames, {cfg.repair_epochs} epochs")
+                                default_s + alt_s + fixed.seconds,
+                                repair_note(fixed, cfg))
                 bar.update()
         finally:
             bar.close()
@@ -289,6 +301,18 @@ class _Experiment:
         chart = write_chart(self.payload, self.out / "methods.png")
         text = report_markdown(self.payload, self.notes, chart)
         write_atomically(self.out / "report.md", lambda tmp: Path(tmp).write_text(text))
+
+
+def repair_note(fixed, cfg) -> str:
+    """The repair row's note: budget, and the start chosen by the probes (if any)."""
+    note = f"{cfg.repair_frames} frames, {cfg.repair_epochs} epochs"
+    if fixed.probe_val_loss:
+        start = "the default's pick" if fixed.start == "given" else fixed.start
+        losses = ", ".join(f"{'pick' if k == 'given' else k} {v:.4g}"
+                           for k, v in fixed.probe_val_loss.items())
+        note += (f", from {start} (validation loss after a {cfg.repair_probe_epochs}-epoch "
+                 f"probe: {losses}; probes {fixed.probe_seconds:.0f} s)")
+    return note
 
 
 def _given_model(path: str) -> tuple[Any, float | None, str]:

@@ -30,6 +30,9 @@ class ExperimentConfig:
     switch: bool = False  # also rows <method>+switch for the default and the paper recipe
     repair_frames: int = 250
     repair_epochs: int = 5
+    # epochs of each start's probe before the repair (the default's pick and the best of
+    # every other family its search scored); 0: repair the default's pick only
+    repair_probe_epochs: int = 1
     merge_frames: int = 200  # frames per source for statistics, Fisher and progressive
     grid_val_frames: int = 64  # validation frames per system scoring a grid point
     val_frames: int = 100  # validation frames per system during training (cap)
@@ -61,6 +64,9 @@ class ExperimentConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got "
                                  f"{getattr(self, name)}")
+        if self.repair_probe_epochs < 0:
+            raise ValueError(f"repair-probe-epochs must be >= 0 (0: no probes), got "
+                             f"{self.repair_probe_epochs}")
         if self.stats_batch_size is not None and self.stats_batch_size < 1:
             raise ValueError(f"stats-batch-size must be >= 1, got {self.stats_batch_size}")
         known = methods.available()
@@ -133,6 +139,8 @@ class ExperimentConfig:
         for flag in ("repair", "switch"):
             if getattr(self, flag):
                 parts.append(f"--{flag}")
+        if self.repair:
+            parts += ["--repair-probe-epochs", str(self.repair_probe_epochs)]
         if self.sources:
             parts += ["--sources", *self.sources]
         if self.joint:

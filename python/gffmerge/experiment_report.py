@@ -63,8 +63,9 @@ def report_markdown(payload: dict[str, Any], notes: dict[str, str] | None = None
             "Every model is evaluated on the combined test split of the systems (hash split "
             "80/10/10): energy MAE per atom, force MAE and RMSE over all components. "
             "Seconds: training wall time for the fine-tunes and the joint model; for a "
-            "merge, measuring, grid search and solving (plus the repair's wall time on the "
-            "repair row). Speed-up: joint training's wall time over the row's. The package "
+            "merge, measuring, grid search and solving (on the repair row plus the repair's "
+            "wall time: the other starts' merges, their probes and the repair). "
+            "Speed-up: joint training's wall time over the row's. The package "
             f"default merge is `{payload['default_method']}`.", "",
             "\n".join(lines), ""]
     failures = payload.get("failures") or {}

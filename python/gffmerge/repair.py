@@ -20,6 +20,13 @@ returns a model worse on validation than the one it was given.
 - ``"all"`` (the default): every parameter (an embedding switch's per-system tables
   included).
 
+Choosing the start: given other candidate starts (``starts=``, e.g. the other families of
+candidates a progressive merge scored, ``MergeResult.alternatives``), each is repaired for
+``probe_epochs`` first and the full repair starts from the one whose probe reached the
+lowest validation loss. The merge best on validation is not always the one a few epochs
+move furthest: on the LiPS20 Li3P / P2S5 pairs the foundation scored best before a repair
+and worst after one.
+
 Why ``"all"`` by default: on the rMD17 GNS average merge (``benchmarks/bench_repair.py``,
 250 frames, 10 epochs) it brought the test force MAE from 328 to 92 meV/Å against 170 for
 ``"heads"`` and 120 for ``"last:10"``, at 1.1-1.4x their wall time: the merge error sits in
@@ -32,16 +39,17 @@ import copy
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from .architecture import first_calls
+from .architecture import check_same_architecture, first_calls
 from .data import AtomsDataset, load_dataset
 from .data.split import DEFAULT_MAX_FRAMES, DEFAULT_SEED
+from .errors import ArchitectureMismatchError
 from .models import ForceField
 from .train import TrainConfig, TrainResult, balanced_subset, train
 
@@ -85,8 +93,11 @@ class RepairResult:
     frames_per_system: dict[str, int]  # training frames used per system
     start_val_loss: float  # validation loss of the model given (training-loss weights)
     best_val_loss: float  # of the model returned
-    seconds: float  # wall time of the whole repair (data, scope, training, evaluation)
+    seconds: float  # wall time of the whole repair (data, scope, probes, training, evaluation)
     train: TrainResult = field(repr=False)
+    start: str = "given"  # which start the repair began from ("given": the model passed)
+    probe_val_loss: dict[str, float] = field(default_factory=dict)  # by start, if probed
+    probe_seconds: float = 0.0
 
     @property
     def history(self) -> list[dict[str, float]]:
@@ -178,6 +189,7 @@ def repair(model: ForceField, data: AtomsDataset | str | os.PathLike | Sequence[
            max_frames: int | None = DEFAULT_MAX_FRAMES, energy_weight: float = 1.0,
            force_weight: float = 10.0, threads: int | None = None,
            output: str | os.PathLike | None = None, metadata: dict[str, Any] | None = None,
+           starts: Mapping[str, ForceField] | None = None, probe_epochs: int = 1,
            progress: bool = False) -> RepairResult:
     """Fine-tune a copy of ``model`` on the combined training split of ``data``.
 
@@ -189,14 +201,33 @@ def repair(model: ForceField, data: AtomsDataset | str | os.PathLike | Sequence[
     returned, the model given included. With ``output``, the returned model is saved there
     (atomically) with the options, the trained parameter names, the frames per system, the
     validation losses and the wall time in its metadata (``metadata`` is added).
+
+    ``starts``: other models the repair may start from instead (by label, e.g. a merge's
+    ``MergeResult.alternatives``). Each candidate, ``model`` as ``"given"`` included, is
+    first repaired for ``probe_epochs`` on the same frames (a probe: its own short
+    schedule); the full repair then starts from the untouched candidate whose probe reached
+    the lowest validation loss. The probes' losses and time are in the result.
     """
     t0 = time.perf_counter()
     opts = RepairOptions(frames=frames, epochs=epochs, scope=scope, lr=lr,
                          batch_size=batch_size, val_frames=val_frames, seed=seed,
                          energy_weight=energy_weight, force_weight=force_weight,
                          threads=threads)
-    if not isinstance(model, ForceField):
-        raise TypeError(f"repair needs a gffmerge ForceField, got {type(model).__name__}")
+    candidates = {"given": model, **dict(starts or {})}
+    for label, m in candidates.items():
+        if not isinstance(m, ForceField):
+            what = "repair" if label == "given" else f"repair start {label!r}"
+            raise TypeError(f"{what} needs a gffmerge ForceField, got {type(m).__name__}")
+    if len(candidates) > 1:
+        try:
+            check_same_architecture(list(candidates.values()))
+        except ArchitectureMismatchError as exc:
+            raise ArchitectureMismatchError(
+                f"every repair start must have the model's architecture (model 0 is the "
+                f"model given; then {', '.join(map(repr, list(candidates)[1:]))}): "
+                f"{exc}") from None
+    if starts and (not isinstance(probe_epochs, int) or probe_epochs < 1):
+        raise ValueError(f"probe_epochs must be >= 1 epoch per start, got {probe_epochs!r}")
     dataset = combined_dataset(data, max_frames=max_frames, seed=seed)
     train_split = dataset.split("train")
     if len(train_split) == 0:
@@ -207,31 +238,58 @@ def repair(model: ForceField, data: AtomsDataset | str | os.PathLike | Sequence[
     if not (dataset.has_energy and dataset.has_forces):
         raise ValueError("repair needs energy and force labels; this data lacks them")
     used = balanced_subset(train_split, opts.frames, opts.seed)
+    frames_per_system = {dataset.system_names[s]: int(c) for s, c in
+                         zip(*np.unique(used.system_ids, return_counts=True), strict=True)}
+    probes: dict[str, float] = {}
+    start = "given"
+    t_probe = time.perf_counter()
+    if len(candidates) > 1:
+        for label, m in candidates.items():
+            probe = _train_copy(m, dataset, opts, probe_epochs, None, None, progress=progress)
+            probes[label] = float(probe.metrics["best_val_loss"])
+        start = min(probes, key=probes.get)
+    probe_s = time.perf_counter() - t_probe
+    record = {"repair": {"options": asdict(opts),
+                         "frames_per_system": frames_per_system,
+                         "start": start, "probe_epochs": probe_epochs if probes else 0,
+                         "probe_val_loss": probes, "probe_seconds": probe_s,
+                         "setup_seconds": time.perf_counter() - t0 - probe_s}}
+    result, trainable = _train_copy(candidates[start], dataset, opts, opts.epochs, output,
+                                    {**(metadata or {}), **record}, progress=progress,
+                                    with_scope=True)
+    return RepairResult(model=result.model, options=opts, trainable=trainable,
+                        frames_per_system=frames_per_system,
+                        start_val_loss=float(result.metrics["start_val_loss"]),
+                        best_val_loss=float(result.metrics["best_val_loss"]),
+                        seconds=time.perf_counter() - t0, train=result, start=start,
+                        probe_val_loss=probes, probe_seconds=probe_s)
+
+
+def _train_copy(model: ForceField, dataset: AtomsDataset, opts: RepairOptions, epochs: int,
+                output, metadata, *, progress: bool, with_scope: bool = False):
+    """Train a copy of ``model`` under ``opts`` for ``epochs`` (only the scope's
+    parameters); returns the train result (and the trained names if ``with_scope``)."""
+    used = balanced_subset(dataset.split("train"), opts.frames, opts.seed)
     work = copy.deepcopy(model)
     probe = used.collate([0], work.cutoff, next(work.parameters()).dtype)
     trainable = scope_parameters(work, opts.scope, probe)
     chosen = set(trainable)
     for name, p in work.named_parameters():
         p.requires_grad_(name in chosen)
-    frames_per_system = {dataset.system_names[s]: int(c) for s, c in
-                         zip(*np.unique(used.system_ids, return_counts=True), strict=True)}
-    cfg = TrainConfig(systems=list(dataset.system_names), role="repair", epochs=opts.epochs,
+    cfg = TrainConfig(systems=list(dataset.system_names), role="repair", epochs=epochs,
                       batch_size=opts.batch_size, lr=opts.lr, energy_weight=opts.energy_weight,
-                      force_weight=opts.force_weight, patience=opts.epochs,
+                      force_weight=opts.force_weight, patience=epochs,
                       max_frames=dataset.max_frames, train_frames=opts.frames,
                       val_frames=opts.val_frames, seed=opts.seed, threads=opts.threads,
                       balanced=True, validate_init=True)
-    record = {"repair": {"options": asdict(opts), "trainable_parameters": trainable,
-                         "frames_per_system": frames_per_system,
-                         "setup_seconds": time.perf_counter() - t0}}
+    meta = None
+    if metadata is not None:
+        meta = dict(metadata)
+        meta["repair"] = {**meta.get("repair", {}), "trainable_parameters": trainable}
     try:
         result = train(cfg, output=output, progress=progress, dataset=dataset,
-                       metadata={**(metadata or {}), **record}, model=work)
+                       metadata=meta, model=work)
     finally:
         for p in work.parameters():
             p.requires_grad_(True)
-    return RepairResult(model=result.model, options=opts, trainable=trainable,
-                        frames_per_system=frames_per_system,
-                        start_val_loss=float(result.metrics["start_val_loss"]),
-                        best_val_loss=float(result.metrics["best_val_loss"]),
-                        seconds=time.perf_counter() - t0, train=result)
+    return (result, trainable) if with_scope else result

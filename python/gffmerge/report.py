@@ -123,3 +123,5 @@ class MergeResult:
 
     model: object
     report: MergeReport
+    # other candidates a method scored, by label (progressive, ``alternatives=True``)
+    alternatives: dict[str, object] = field(default_factory=dict)

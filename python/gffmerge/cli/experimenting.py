@@ -52,6 +52,11 @@ def add_parser(subparsers, *, parents: list[argparse.ArgumentParser]) -> None:
                         "up to the merge frames, as before)")
     p.add_argument("--repair", action="store_true",
                    help="also repair the default merge with a short fine-tune")
+    p.add_argument("--repair-probe-epochs", type=int, default=1,
+                   help="with --repair: probe-repair the default's pick and the best "
+                        "candidate of every other family its search scored for this many "
+                        "epochs, and repair the best on validation (0: the pick only; "
+                        "default 1)")
     p.add_argument("--switch", action="store_true",
                    help="also evaluate the default merge and the paper recipe with each "
                         "system's own atom-embedding table")
@@ -79,6 +84,7 @@ def cmd_experiment(args) -> int:
     cfg = ExperimentConfig(foundation=args.foundation, systems=list(args.systems),
                            out=args.out, methods=names, train_frames=args.train_frames,
                            epochs=args.finetune_epochs, seed=args.seed, repair=args.repair,
+                           repair_probe_epochs=args.repair_probe_epochs,
                            max_frames=args.max_frames, model_kind=args.model_kind,
                            switch=args.switch, stats_batch_size=args.stats_batch_size,
                            sources=args.sources, joint=args.joint)

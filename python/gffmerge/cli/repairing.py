@@ -46,6 +46,13 @@ def add_parser(subparsers, *, parents: list[argparse.ArgumentParser] | None = No
                    help="frames sampled per system (protocol: 1250, seed 42)")
     p.add_argument("--seed", type=int, default=42, help="sampling, split and training seed")
     p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--starts", nargs="+", metavar="CKPT",
+                   help="other checkpoints the repair may start from (e.g. the average, "
+                        "another merge): each, --model included, is repaired for "
+                        "--probe-epochs first, and the full repair starts from the one "
+                        "best on validation")
+    p.add_argument("--probe-epochs", type=int, default=1,
+                   help="epochs of each start's probe repair with --starts (default 1)")
     p.add_argument("-o", "--output", required=True, help="repaired checkpoint (.pt)")
     p.set_defaults(func=run)
     return p
@@ -63,21 +70,37 @@ def _run(args: argparse.Namespace) -> int:
     if Path(args.output).resolve() == Path(args.model).resolve():
         raise ValueError(f"-o {args.output} would overwrite the input model; write the "
                          "repaired model to a new file")
-    (model,), (meta,) = load_models([args.model])
+    if args.starts is not None and args.probe_epochs < 1:
+        raise ValueError(f"--probe-epochs must be >= 1, got {args.probe_epochs}")
+    given = [args.model, *(args.starts or [])]
+    names = [Path(p).name for p in given]
+    if len(set(map(lambda p: Path(p).resolve(), given))) != len(given):
+        raise ValueError("--starts names a checkpoint twice (or --model again); give each "
+                         "start once")
+    if Path(args.output).resolve() in {Path(p).resolve() for p in given}:
+        raise ValueError(f"-o {args.output} would overwrite an input model; write the "
+                         "repaired model to a new file")
+    loaded, metas = load_models(given)
+    model, meta = loaded[0], metas[0]
+    starts = {(n if names.count(n) == 1 else str(p)): m
+              for n, p, m in zip(names[1:], given[1:], loaded[1:], strict=True)}
     source = {"path": str(args.model),
               **{k: meta[k] for k in ("role", "method", "options", "sources") if k in meta}}
     result = repair(model, list(args.data), frames=args.frames, epochs=args.epochs,
                     scope=args.scope, lr=args.lr, batch_size=args.batch_size,
                     val_frames=args.val_frames, seed=args.seed, max_frames=args.max_frames,
                     threads=args.threads, output=args.output, progress=not args.quiet,
-                    metadata={"repaired_from": _plain(source)})
+                    metadata={"repaired_from": _plain(source)}, starts=starts or None,
+                    probe_epochs=args.probe_epochs)
     test = result.metrics.get("test", {}).get("all", {})
     payload = {"output": str(args.output), "seconds": result.seconds,
                "scope": args.scope, "trainable_parameters": len(result.trainable),
                "frames_per_system": result.frames_per_system,
                "start_val_loss": result.start_val_loss, "best_val_loss": result.best_val_loss,
-               "best_epoch": result.metrics.get("best_epoch"), "metrics": result.metrics}
-    text = (f"repaired {Path(args.model).name} ({args.scope}, {len(result.trainable)} "
+               "best_epoch": result.metrics.get("best_epoch"), "metrics": result.metrics,
+               "start": result.start, "probe_val_loss": result.probe_val_loss}
+    start = args.model if result.start == "given" else result.start
+    text = (f"repaired {Path(start).name} ({args.scope}, {len(result.trainable)} "
             f"parameter tensors) on {sum(result.frames_per_system.values())} frames in "
             f"{result.seconds:.1f} s: validation loss {result.start_val_loss:.4g} -> "
             f"{result.best_val_loss:.4g} (best epoch {result.metrics.get('best_epoch')}); "

@@ -73,6 +73,13 @@ class ProgressiveOptions:
       best on validation (``False``: the best *merge* is returned, e.g. as the start of a
       repair, which moves a merge further than the foundation in a few epochs; the
       foundation may still be the closed form's start).
+    - ``alternatives``: also hand back (``MergeResult.alternatives``) the best candidate
+      of every other family the search scored: the foundation, the best task-vector
+      start, the average, and the closed form from each start. A repair then chooses its
+      start among them on validation (:func:`gffmerge.repair.repair`, ``starts=``): the
+      candidate best on validation is not always the one a few epochs of training move
+      furthest. Costs one final merge per closed-form family not merged on the full
+      budget during the search.
     """
 
     mode: Literal["progressive", "one-shot"] = "progressive"
@@ -99,6 +106,7 @@ class ProgressiveOptions:
     val_score: Literal["per_system", "pooled"] = "per_system"
     starts: Literal["auto", "off"] = "auto"
     return_base: bool = True
+    alternatives: bool = False
 
     __option_help__ = {
         "mode": "progressive (inputs from the partly merged model) or one-shot",
@@ -131,6 +139,8 @@ class ProgressiveOptions:
                   "and starts the closed form from the best of them; off: from the mean only",
         "return_base": "the foundation itself may be returned when it scores best (false: "
                        "only merges are returned; it may still start the closed form)",
+        "alternatives": "also return the best candidate of every other family searched "
+                        "(foundation, starts, average, closed forms): starts for a repair",
     }
 
     def __post_init__(self):
@@ -162,8 +172,10 @@ class ProgressiveOptions:
                                  f"got {v!r}")
         if not isinstance(self.anchors, bool):
             raise ValueError(f"anchors must be true or false, got {self.anchors!r}")
-        if not isinstance(self.return_base, bool):
-            raise ValueError(f"return_base must be true or false, got {self.return_base!r}")
+        for name in ("return_base", "alternatives"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got "
+                                 f"{getattr(self, name)!r}")
         if self.staged == "off" and not self.anchors:
             raise ValueError("staged='off' with anchors=false leaves nothing to merge; "
                              "turn anchors on or choose staged='grid' or 'one'")

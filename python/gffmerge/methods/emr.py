@@ -116,5 +116,5 @@ def emr(models, stats, options: EmrOptions, *, base) -> MergeResult:
                        rescalers=rescalers,
                        mask_density=[float(x) / max(total, 1) for x in kept])
     result = conclude(merged, report, t0)
-    return EmrResult(result.model, result.report, theta0, unified, masks,
-                     rescalers)
+    return EmrResult(result.model, result.report, theta0=theta0, unified=unified, masks=masks,
+                     rescalers=rescalers)

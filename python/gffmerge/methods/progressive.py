@@ -299,7 +299,22 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
                         f"({val[0]:.4g}, {opts.val_score}) of every merge tried: it is "
                         "returned unchanged (reference energies refitted); no merge of these "
                         "fine-tunes kept more of their systems than it lost"]
-    final_s, final_c = time.perf_counter() - t_final, time.process_time() - c_final
+    alternatives: dict[str, nn.Module] = {}
+    alt_record: dict[str, dict] = {}
+    t_alt = time.perf_counter()
+    if opts.alternatives and search:
+        scored = [(("progressive", p.ridge, p.beta, p.start), p.val_force_mae_mev_per_a)
+                  for p in points]
+        scored += [(a.key, a.val_force_mae_mev_per_a) for a in anchors
+                   if a.key[0] != "start" or a.key[1] in start_models]
+        for label, (key, val_score) in _family_bests(scored).items():
+            if label == _family(best):
+                continue
+            alt = runs.get(key) or final(key)
+            alternatives[label] = alt.model
+            alt_record[label] = {"key": list(key), "val_force_mae_mev_per_a": val_score}
+    alt_s = time.perf_counter() - t_alt
+    final_s, final_c = time.perf_counter() - t_final - alt_s, time.process_time() - c_final
 
     modules = dict(models[0].named_modules())
     reached = [modules[n] for n in order.order]
@@ -334,17 +349,39 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
                     f"disagreement with each source on {[graphs(h) for h in holdout]} "
                     "held-out frames of its own data (no val_data given)"
                     if holdout is not None else "none (nothing to choose)"),
-        val_score=opts.val_score,
+        val_score=opts.val_score, alternatives=alt_record,
         val_force_mae_mev_per_a=val[0] if val else None,
         val_energy_mae_mev_per_atom=val[1] if val else None,
         val_force_mae_per_system=val[2] if val else None)
     report.times.update(targets=targets_s, order=order_s, search=search_s, merge=final_s,
+                        alternatives=alt_s,
                         total=time.perf_counter() - t_start, targets_cpu=targets_c,
                         search_cpu=search_c, merge_cpu=final_c,
                         total_cpu=time.process_time() - c_start)
     for w in report.warnings:  # told, not only recorded (as the one-shot solves do)
         warnings.warn(w, stacklevel=2)
-    return MergeResult(run.model, report)
+    return MergeResult(run.model, report, alternatives)
+
+
+def _family(key: tuple) -> str:
+    """The family of a search candidate, by its key: ``"foundation"``, ``"start"`` (task
+    arithmetic or TIES), ``"average"``, or ``"closed form from the <start>"``."""
+    if key[0] == "average":
+        return "average"
+    if key[0] == "start":
+        return "foundation" if key[1] == "base" else "start"
+    return ("closed form from the mean" if key[3] == "mean"
+            else f"closed form from the {key[3]} start")
+
+
+def _family_bests(scored: Sequence[tuple[tuple, float]]) -> dict[str, tuple[tuple, float]]:
+    """The best-scoring (key, score) of every family among ``scored``."""
+    best: dict[str, tuple[tuple, float]] = {}
+    for key, val in scored:
+        fam = _family(key)
+        if math.isfinite(val) and (fam not in best or val < best[fam][1]):
+            best[fam] = (key, val)
+    return best
 
 
 @register("progressive",

@@ -1,0 +1,137 @@
+"""A repair that chooses its start (gffmerge.repair, ``starts=``): every candidate is probed
+on the same frames, the full repair starts from the best probe and equals a plain repair
+of that candidate; the command line's ``--starts``; the progressive merge's
+``alternatives`` that feed it."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+
+import pytest
+import torch
+
+from gffmerge.checkpoint import load_checkpoint, save_checkpoint
+from gffmerge.cli.repairing import add_parser, run
+from gffmerge.data import load_dataset
+from gffmerge.errors import ArchitectureMismatchError
+from gffmerge.models import build_model, fit_reference_energies, fit_scale_shift
+from gffmerge.repair import repair
+
+SYSTEMS = ["rmd17/ethanol", "rmd17/malonaldehyde"]
+TINY = dict(latent_dim=8, hidden_dim=12, n_layers=2, n_rbf=6, cutoff=4.0)
+FAST = dict(frames=16, epochs=3, lr=1e-2, batch_size=4, seed=0)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset(SYSTEMS, max_frames=60)
+
+
+def _model(data, seed: int, scale: float = 1.0, **kw):
+    """A small GNS with fitted energy normalisation; ``scale`` multiplies every weight
+    matrix (a large one makes a start that a short repair cannot rescue)."""
+    torch.manual_seed(seed)
+    model = build_model("gns", **{**TINY, **kw})
+    loader = data.split("train").batches_for(model, 32)
+    ref = fit_reference_energies(loader)
+    ss = fit_scale_shift(loader, ref.atomic_energies)
+    model.set_energy_normalisation(ref.atomic_energies, ss.scale, ss.shift)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.ndim == 2:
+                p.mul_(scale)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def good_and_bad(data):
+    """A start a repair helps and one it cannot: the first has a lower probe loss."""
+    good = repair(_model(data, 1), data, **FAST).model.eval()
+    return good, _model(data, 2, scale=6.0)
+
+
+def test_the_start_with_the_best_probe_is_repaired_as_if_given_alone(data, good_and_bad):
+    good, bad = good_and_bad
+    kept = copy.deepcopy(good.state_dict())
+    res = repair(bad, data, starts={"other": good}, probe_epochs=1, **FAST)
+    assert set(res.probe_val_loss) == {"given", "other"}
+    assert res.probe_val_loss["other"] < res.probe_val_loss["given"]
+    assert res.start == "other" and res.probe_seconds > 0
+    alone = repair(good, data, **FAST)
+    for k, v in alone.model.state_dict().items():  # the same seeded run, bit for bit
+        torch.testing.assert_close(res.model.state_dict()[k], v, rtol=0, atol=0)
+    assert res.best_val_loss == alone.best_val_loss
+    assert all(torch.equal(v, good.state_dict()[k]) for k, v in kept.items())  # untouched
+    # the probe of each candidate is a repair of probe_epochs on the same frames
+    probe = repair(bad, data, **{**FAST, "epochs": 1})
+    assert res.probe_val_loss["given"] == pytest.approx(probe.best_val_loss, rel=1e-12)
+
+
+def test_the_given_model_is_kept_when_its_probe_is_best(data, good_and_bad):
+    good, bad = good_and_bad
+    res = repair(good, data, starts={"other": bad}, probe_epochs=1, **FAST)
+    assert res.start == "given"
+    assert res.probe_val_loss["given"] < res.probe_val_loss["other"]
+    plain = repair(good, data, **FAST)
+    assert res.best_val_loss == plain.best_val_loss and not plain.probe_val_loss
+
+
+def test_starts_of_another_architecture_and_bad_probe_epochs_are_refused(data, good_and_bad):
+    good, _ = good_and_bad
+    wide = _model(data, 3, hidden_dim=16)
+    with pytest.raises(ArchitectureMismatchError, match="every repair start must have"):
+        repair(good, data, starts={"wide": wide}, **FAST)
+    with pytest.raises(ValueError, match="probe_epochs must be >= 1"):
+        repair(good, data, starts={"other": good}, probe_epochs=0, **FAST)
+
+
+def _cli(argv):
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_cli_starts_choose_and_record(tmp_path, data, good_and_bad, capsys):
+    good, bad = good_and_bad
+    save_checkpoint(tmp_path / "bad.pt", bad, {"role": "merged", "method": "average"})
+    save_checkpoint(tmp_path / "good.pt", good, {"role": "merged", "method": "ties"})
+    out = tmp_path / "r.pt"
+    argv = ["repair", "--model", str(tmp_path / "bad.pt"), "--starts", str(tmp_path / "good.pt"),
+            "--data", *SYSTEMS, "--frames", "16", "--epochs", "2", "--max-frames", "60",
+            "--batch-size", "4", "--lr", "1e-2", "--seed", "0", "-o", str(out), "--json"]
+    assert run(_cli(argv)) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["start"] == "good.pt" and set(payload["probe_val_loss"]) == {"given",
+                                                                               "good.pt"}
+    meta = load_checkpoint(out)[1]
+    assert meta["repair"]["start"] == "good.pt" and meta["repair"]["probe_epochs"] == 1
+    assert meta["repair"]["probe_val_loss"] == payload["probe_val_loss"]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--starts", "{good}", "--probe-epochs", "0"], "--probe-epochs must be >= 1"),
+    (["--starts", "{good}", "{good}"], "names a checkpoint twice"),
+    (["--starts", "{model}"], "names a checkpoint twice"),
+    (["--starts", "{good}", "-o", "{good}"], "would overwrite an input model"),
+])
+def test_cli_start_errors_exit_2_and_write_nothing(tmp_path, data, good_and_bad, capsys,
+                                                   extra, message):
+    good, bad = good_and_bad
+    paths = {"good": str(tmp_path / "good.pt"), "model": str(tmp_path / "m.pt")}
+    save_checkpoint(paths["good"], good)
+    save_checkpoint(paths["model"], bad)
+    before = (tmp_path / "good.pt").read_bytes()
+    argv = ["repair", "--model", paths["model"], "--data", *SYSTEMS, "--quiet",
+            *[e.format(**paths) for e in extra]]
+    if "-o" not in extra:
+        argv += ["-o", str(tmp_path / "r.pt")]
+    assert run(_cli(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gffmerge repair: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r.pt").exists()
+    assert (tmp_path / "good.pt").read_bytes() == before
