@@ -64,7 +64,12 @@ def run_pair(dataset: str, model_kind: str, probe_epochs: int) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pick, merge_s, _ = exp.merge(methods.DEFAULT_METHOD, sources, cfg.foundation)
+            chosen = exp.last_report.options
         alternatives, alt_s = exp.repair_starts
+    keys = {k: v["key"] for k, v in chosen["alternatives"].items()}
+    pick = ", ".join(str(x) for x in (chosen["chosen"], chosen.get("chosen_ridge"),
+                                      chosen.get("chosen_beta"), chosen.get("chosen_start"))
+                     if x is not None)
     candidates = {"pick": pick, **alternatives}
     test = exp.test
     kw = dict(frames=cfg.repair_frames, seed=cfg.seed, batch_size=cfg.batch_size,
@@ -81,6 +86,7 @@ def run_pair(dataset: str, model_kind: str, probe_epochs: int) -> dict:
         print(f"{dataset} {model_kind} {label}: {rows[label]}", flush=True)
     joint = load_checkpoint(paths[2])[0]
     return dict(dataset=dataset, model=model_kind, rows=rows, merge_s=merge_s, alt_s=alt_s,
+                keys=keys, pick=pick,
                 joint=_force(joint, test), epochs=cfg.repair_epochs)
 
 
@@ -115,6 +121,8 @@ def main() -> None:
         rows = r["rows"]
         by_probe = min(rows, key=lambda k: rows[k]["probe_val"])
         by_full = min(rows, key=lambda k: rows[k]["full_val"])
+        keys = {k: ", ".join(map(str, v)) for k, v in r["keys"].items()}
+        keys["pick"] = r["pick"]
         lines += [f"## {r['model']} {r['dataset']} (joint {r['joint']:.1f})", "",
                   "| start | test before | probe val loss | full repair val loss | "
                   "test after repair | probe s | repair s |", "|---|---|---|---|---|---|---|"]
@@ -122,7 +130,8 @@ def main() -> None:
             mark = ("pick " if label == "pick" else "") + ("probe " if label == by_probe
                                                            else "") \
                 + ("full " if label == by_full else "")
-            lines.append(f"| {label}{' (' + mark.strip() + ')' if mark else ''} | "
+            what = label if label == "pick" else f"{label}: {keys[label]}"
+            lines.append(f"| {what}{' (' + mark.strip() + ')' if mark else ''} | "
                          f"{x['before']:.1f} | {x['probe_val']:.5g} | {x['full_val']:.5g} | "
                          f"{x['after']:.1f} | {x['probe_s']:.0f} | {x['full_s']:.0f} |")
             csv_rows.append(dict(dataset=r["dataset"], model=r["model"], start=label,

@@ -79,6 +79,7 @@ class _Experiment:
         self.names = list(self.data.system_names)
         self.test = self.data.split("test")
         self.repair_starts: tuple[dict, float] = ({}, 0.0)  # the default's alternatives
+        self.last_report = None  # the report of the last merge
         missing = [s for s in self.names if s not in set(
             self.test.system_names[i] for i in set(self.test.system_ids.tolist()))]
         if missing:
@@ -197,6 +198,7 @@ class _Experiment:
                            labels=self.names, base=base, val_data=val_data, grid=grid,
                            **options)
         seconds = time.perf_counter() - t0
+        self.last_report = result.report
         note = ""
         if grid:
             chosen = ", ".join(f"{k}={v}" for k, v in result.report.options["chosen"].items())

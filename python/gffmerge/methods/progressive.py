@@ -364,14 +364,16 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
 
 
 def _family(key: tuple) -> str:
-    """The family of a search candidate, by its key: ``"foundation"``, ``"start"`` (task
-    arithmetic or TIES), ``"average"``, or ``"closed form from the <start>"``."""
+    """The family of a search candidate, by its key: ``"foundation"``, ``"task-vector
+    start"`` (task arithmetic or TIES), ``"average"``, or ``"closed form from the mean"``
+    (``"... from the foundation"``, ``"... from the ties start"``, …)."""
     if key[0] == "average":
         return "average"
     if key[0] == "start":
-        return "foundation" if key[1] == "base" else "start"
-    return ("closed form from the mean" if key[3] == "mean"
-            else f"closed form from the {key[3]} start")
+        return "foundation" if key[1] == "base" else "task-vector start"
+    return ("closed form from the mean" if key[3] == "mean" else
+            "closed form from the foundation" if key[3] == "base" else
+            f"closed form from the {key[3]} start")
 
 
 def _family_bests(scored: Sequence[tuple[tuple, float]]) -> dict[str, tuple[tuple, float]]:
