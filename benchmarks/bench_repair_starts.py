@@ -67,7 +67,7 @@ def run_pair(dataset: str, model_kind: str, probe_epochs: int) -> dict:
             chosen = exp.last_report.options
         alternatives, alt_s = exp.repair_starts
     keys = {k: v["key"] for k, v in chosen["alternatives"].items()}
-    pick = ", ".join(str(x) for x in (chosen["chosen"], chosen.get("chosen_ridge"),
+    pick_desc = ", ".join(str(x) for x in (chosen["chosen"], chosen.get("chosen_ridge"),
                                       chosen.get("chosen_beta"), chosen.get("chosen_start"))
                      if x is not None)
     candidates = {"pick": pick, **alternatives}
@@ -86,7 +86,7 @@ def run_pair(dataset: str, model_kind: str, probe_epochs: int) -> dict:
         print(f"{dataset} {model_kind} {label}: {rows[label]}", flush=True)
     joint = load_checkpoint(paths[2])[0]
     return dict(dataset=dataset, model=model_kind, rows=rows, merge_s=merge_s, alt_s=alt_s,
-                keys=keys, pick=pick,
+                keys=keys, pick=pick_desc,
                 joint=_force(joint, test), epochs=cfg.repair_epochs)
 
 
