@@ -135,3 +135,32 @@ def test_cli_start_errors_exit_2_and_write_nothing(tmp_path, data, good_and_bad,
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r.pt").exists()
     assert (tmp_path / "good.pt").read_bytes() == before
+
+
+def test_cli_merge_writes_the_alternatives_beside_the_output(tmp_path, data, good_and_bad,
+                                                             capsys):
+    """`gffmerge merge -O alternatives=true`: each alternative is written (not computed and
+    dropped) beside the merged model, named by its family, and listed in the output."""
+    from gffmerge.cli.merging import _merge_summary, _save_merged, alternative_paths
+    from gffmerge.report import MergeReport, MergeResult
+
+    good, bad = good_and_bad
+    rec = {"average": {"key": ["average"], "val_force_mae_mev_per_a": 1.5}}
+    result = MergeResult(good, MergeReport("progressive", {"alternatives": rec}, 2),
+                         {"average": bad, "closed form from the mean": good})
+    out = tmp_path / "merged.pt"
+    args = argparse.Namespace(output=str(out), report=None, json=True, quiet=False)
+    _save_merged(args, result, ["a.pt", "b.pt"], {"data": SYSTEMS})
+    paths = alternative_paths(str(out), result.alternatives)
+    assert paths == {"average": str(tmp_path / "merged.alt-average.pt"),
+                     "closed form from the mean":
+                         str(tmp_path / "merged.alt-closed-form-from-the-mean.pt")}
+    for label, path in paths.items():
+        model, meta = load_checkpoint(path)
+        assert meta["role"] == "merge-alternative" and meta["label"] == label
+        assert meta["merged"] == str(out) and meta["sources"] == ["a.pt", "b.pt"]
+        want = result.alternatives[label].state_dict()
+        assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    assert load_checkpoint(paths["average"])[1]["record"] == rec["average"]
+    _merge_summary(args, result)
+    assert json.loads(capsys.readouterr().out)["alternatives"] == paths

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -59,21 +60,40 @@ def _save_merged(args, result, sources: list[str], extra: dict) -> None:
             "options": result.report.options, "sources": sources,
             "times": result.report.times, "warnings": result.report.warnings, **extra}
     save_checkpoint(args.output, result.model, json.loads(json.dumps(meta, default=str)))
+    for label, path in alternative_paths(args.output, result.alternatives).items():
+        save_checkpoint(path, result.alternatives[label], json.loads(json.dumps(
+            {"role": "merge-alternative", "label": label, "merged": str(args.output),
+             "method": result.report.method,
+             "record": result.report.options.get("alternatives", {}).get(label),
+             "sources": sources, **extra}, default=str)))
     if args.report:
         from ..atomic import write_text_atomically
 
         write_text_atomically(args.report, result.report.to_markdown())
 
 
+def alternative_paths(output: str, alternatives: dict) -> dict[str, str]:
+    """Where each of a merge's alternatives (``-O alternatives=true``) is written: beside
+    the output, ``merged.pt`` -> ``merged.alt-average.pt``, ``merged.alt-foundation.pt``."""
+    out = Path(output)
+    return {label: str(out.with_name(f"{out.stem}.alt-{re.sub(r'[^A-Za-z0-9]+', '-', label)}"
+                                     f"{out.suffix or '.pt'}"))
+            for label in alternatives}
+
+
 def _merge_summary(args, result) -> None:
     rep = result.report
+    alts = alternative_paths(args.output, result.alternatives)
     payload = {"output": args.output, "method": rep.method, "times": rep.times,
                "warnings": rep.warnings, "layers": len(rep.layers),
-               "unreached": rep.unreached}
+               "unreached": rep.unreached, "alternatives": alts}
     text = (f"merged {rep.num_models} models with {rep.method}: {len(rep.layers)} linear "
             f"layers solved, {len(rep.averaged)} tensors averaged; "
             + ", ".join(f"{k} {v:.2f} s" for k, v in rep.times.items())
             + f" -> {args.output}")
+    if alts:
+        text += ("; other candidates (repair starts: gffmerge repair --starts ...): "
+                 + ", ".join(alts.values()))
     emit(args, payload, text)
 
 
