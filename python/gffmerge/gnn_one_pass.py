@@ -35,7 +35,7 @@ from .gnn_rows import (
 from .gnn_tasks import Task
 from .methods import get as get_method
 from .models.groups import linear_units
-from .solver.state import layer_theta, mean_state_dict, write_back
+from .solver.state import layer_theta, mean_written
 
 
 class OnePass:
@@ -212,7 +212,7 @@ def _choose_one_pass(backbones, heads, tasks, options, rows, ridges):
                 best = (thetas, {"rows": r, "ridge": ridge, "score": score})
     score_s = time.process_time() - t2
     thetas, chosen = best
-    model, _ = write_back(backbones[0], mean_state_dict(backbones), thetas)
+    model, _ = mean_written(backbones, thetas)
     chosen.update(candidates=candidates, route="one pass", measure_seconds=measure_s,
                   solve_seconds=solve_s, score_seconds=score_s,
                   seconds=measure_s + solve_s / (len(rows) * len(ridges)),

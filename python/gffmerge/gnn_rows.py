@@ -25,7 +25,15 @@ from torch import Tensor, nn
 
 from gffmerge_ext import gram_
 
-from .collect.sparse import csr_matmul, dense_of, has_sparse, joined_rows, quiet_sparse
+from .collect.sparse import (
+    coo_of_csr,
+    csr_matmul,
+    csr_of_dense,
+    dense_of,
+    has_sparse,
+    joined_rows,
+    quiet_sparse,
+)
 from .models.groups import GroupView, linear_units
 from .solver.ridge_path import dual_path, primal_path, trace_of
 from .solver.state import layer_theta
@@ -204,18 +212,20 @@ def _augmented(inp, bias: bool) -> Tensor:
     return torch.cat([x, torch.ones(x.shape[0], 1, dtype=F64)], 1) if bias else x
 
 
-def _input64(x: Tensor) -> Tensor:
+def _input64(x: Tensor) -> tuple[Tensor, Tensor | None]:
     """``x`` in float64, as a coalesced sparse COO tensor when it is sparse enough (the
-    threshold of :data:`gffmerge.models.pyg.SPARSE_DENSITY`)."""
+    threshold of :data:`gffmerge.models.pyg.SPARSE_DENSITY`), and its CSR form when one was
+    made on the way (dense ``x``: :func:`~gffmerge.collect.sparse.csr_of_dense`; the COO
+    tensor shares its columns and values), else None."""
     from .models.pyg import SPARSE_DENSITY
 
     if x.layout != torch.strided:
-        return x.to_sparse_coo().to(F64).coalesce()
+        return x.to_sparse_coo().to(F64).coalesce(), None
     if x.dim() == 2:
-        xs = x.to_sparse()  # one pass over the matrix
-        if xs._nnz() <= SPARSE_DENSITY * x.numel():
-            return xs.to(F64).coalesce()
-    return x.to(F64)
+        csr = csr_of_dense(x, SPARSE_DENSITY)
+        if csr is not None:
+            return coo_of_csr(csr), csr
+    return x.to(F64), None
 
 
 @torch.no_grad()
@@ -247,7 +257,11 @@ def source_rows(backbone: nn.Module, x: Tensor, edges: Tensor,
             tag, tensors = key
             key = (name, tag, tuple(id(t) for t in tensors))
             if key not in shared:  # the tensors are kept alive with the entry
-                shared[key] = (UnitRows.formed(view, _input64(h), edges, bias, key), tensors)
+                inp, csr = _input64(h)
+                formed = UnitRows.formed(view, inp, edges, bias, key)
+                if csr is not None:  # the input's CSR form for products on all rows
+                    formed._inputs[None] = (csr, None)
+                shared[key] = (formed, tensors)
             rows = shared[key][0]
         else:
             rows = UnitRows(_augmented(view.gram_parts(h, edges), bias), None)
