@@ -57,6 +57,7 @@ class OnePass:
                        for k, (b, t) in enumerate(zip(backbones, tasks))]
         self._support: dict = {}
         self._labelled: dict = {}
+        self._joined_nodes: dict = {}
         self.nodes = [{r: row_nodes(t, r) for r in rows} for t in tasks]
         self.order = [r for r in ("own", "own+nbr", "all") if r in rows]  # nested
         self._grams: dict = {}
@@ -152,13 +153,23 @@ class OnePass:
                 groups.setdefault((id(first), id(t.edges)), []).append(k)
         for ks in groups.values():
             k = ks[0]
+            labelled = [self.labelled(j, mask) for j in ks]
             accs = fast_accuracies(thetas, self.passes[k], self.backbones[0],
                                    [heads[j] for j in ks], self.tasks[k], mask, self._first,
-                                   self.support(k, mask),
-                                   [self.labelled(j, mask) for j in ks], self.views)
+                                   self.support(k, mask), labelled, self.views,
+                                   self._joined(tuple(ks), mask, labelled))
             for j, a in zip(ks, accs):
                 out[j] = a
         return out
+
+    def _joined(self, ks: tuple[int, ...], mask: str, labelled: list) -> Tensor:
+        """The nodes of ``labelled`` one after another, one object per group of tasks and
+        mask: the last unit's propagation onto them is then kept between candidates (a new
+        index tensor per call formed it again every time)."""
+        if (ks, mask) not in self._joined_nodes:
+            self._joined_nodes[(ks, mask)] = (labelled[0][0] if len(labelled) == 1
+                                              else torch.cat([n for n, _ in labelled]))
+        return self._joined_nodes[(ks, mask)]
 
     def labelled(self, k: int, mask: str) -> tuple[Tensor, Tensor]:
         """Task ``k``'s nodes of ``mask`` in its classes and their labels (one object,
@@ -247,22 +258,27 @@ def fast_accuracies(thetas: dict[str, Tensor], rows: dict, backbone: nn.Module,
                     heads: Sequence[nn.Module], task: Task, mask: str = "val_mask",
                     cache: dict | None = None, support: tuple | None = None,
                     labelled: Sequence[tuple] | None = None,
-                    views: dict | None = None) -> list[float]:
+                    views: dict | None = None, nodes: Tensor | None = None) -> list[float]:
     """:func:`fast_accuracy` of several heads on the same rows and graph (``task``'s edges),
     head ``i`` on the nodes and labels ``labelled[i]`` (default: ``task``'s ``mask`` nodes
     for every head): the units are evaluated once, the last one on all those nodes
     together (the rows of a node do not depend on the other nodes: the same numbers as
-    one call per head)."""
+    one call per head). ``nodes``: ``labelled``'s nodes one after another, when the caller
+    keeps them as one object (the propagation onto them is then kept between calls inside
+    :func:`~gffmerge.models.pyg.kept_propagations`)."""
     from .models.pyg import node_rows
 
     if labelled is None:
         labelled = [task.node_labels(getattr(task.graph, mask))] * len(heads)
-    for nodes, _ in labelled:
-        if len(nodes) == 0:
+    for own, _ in labelled:
+        if len(own) == 0:
             raise ValueError(f"task '{task.name}' has no {mask} nodes of its classes; the "
                              "validation choice needs some (use a graph with a val_mask)")
-    nodes = (labelled[0][0] if len(labelled) == 1
-             else torch.cat([n for n, _ in labelled]))
+    if nodes is None:
+        nodes = (labelled[0][0] if len(labelled) == 1
+                 else torch.cat([n for n, _ in labelled]))
+    elif sum(len(n) for n, _ in labelled) != len(nodes):
+        raise ValueError("nodes must be labelled's nodes one after another")
     views = check_units(backbone) if views is None else views
     names = list(views)
     first = rows[names[0]]
