@@ -476,3 +476,34 @@ def test_mean_written_equals_write_back_of_the_mean():
     for p, q in zip(got.parameters(), models[0].parameters()):
         assert p.data_ptr() != q.data_ptr() and p.requires_grad == q.requires_grad
     assert got.scratch.data_ptr() != models[0].scratch.data_ptr()
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")
+@pytest.mark.parametrize("rows,cols,density", [(0, 5, 0.3), (7, 1, 0.5), (30, 40, 0.0),
+                                               (30, 40, 0.1), (25, 9, 1.0)])
+def test_rows_with_ones_and_stacked_blocks_equal_the_sorted_forms(rows, cols, density):
+    """``[x, 1]`` and row blocks one under another, formed in order without a sort, hold
+    exactly the entries (same order and values) of the coalesced ``cat``s they replace;
+    empty rows, no rows and full rows included."""
+    from gffmerge.collect.sparse import coo_of_csr
+    from gffmerge.gnn_rows import _stacked, _with_ones
+
+    g = torch.Generator().manual_seed(rows * 100 + cols)
+    x = torch.randn(rows, cols, generator=g, dtype=F64)
+    x = x * (torch.rand(rows, cols, generator=g) < density)
+    if rows > 2:
+        x[1] = 0.0
+    csr = x.to_sparse_csr()
+    got = coo_of_csr(_with_ones(csr))
+    want = torch.cat([x.to_sparse(), torch.ones(rows, 1, dtype=F64).to_sparse()], 1).coalesce()
+    assert got.is_coalesced() and got.shape == want.shape
+    assert torch.equal(got.indices(), want.indices())
+    assert torch.equal(got.values(), want.values())
+    assert torch.equal(got.to_dense(), torch.cat([x, torch.ones(rows, 1, dtype=F64)], 1))
+    blocks = [got * 0.5, got[:max(rows - 3, 0)].coalesce() * 2.0, got]
+    stacked = _stacked(blocks)
+    want_stacked = torch.cat(blocks, 0).coalesce()
+    assert stacked.is_coalesced()
+    assert torch.equal(stacked.indices(), want_stacked.indices())
+    assert torch.equal(stacked.values(), want_stacked.values())
+    assert torch.equal(_stacked([got]).to_dense(), got.to_dense())
