@@ -11,8 +11,12 @@ seed, one thread, 500-epoch sources): Cora GCN 0.27 s → 0.19 s, CiteSeer SAGE 
 sets scored together) another 1.0-1.2x; a fourth (the dual kernel by the compiled
 ``gffmerge_ext.row_gram_``, the first-layer products by ``gffmerge_ext.csr_mm_``, the dual
 targets and the ``all`` option's first-layer output from the sources' outputs) another
-1.1-1.3x. What remains is mostly the own + neighbour kernels' Choleskys and the scoring's
-first-layer products (one per distinct first-layer weight, six per choice).
+1.1-1.3x; a fifth (the features converted by ``gffmerge_ext.dense_csr_count_`` /
+``dense_csr_fill_``, no coalesce sorts of rows already in order, the validation nodes one
+object per choice, the chosen model written without the mean of what Θ overwrites) another
+1.1-1.2x, bit for bit the same result. What remains is mostly the Choleskys (three
+ridges x five systems) and the scoring's propagations and first-layer products (one per
+distinct first-layer weight, six per choice).
 """
 
 from __future__ import annotations
