@@ -29,6 +29,8 @@ CROSS = "gffmerge::cross_"
 PARTS = "gffmerge::parts_gram_"
 ROW_GRAM = "gffmerge::row_gram_"
 CSR_MM = "gffmerge::csr_mm_"
+DENSE_CSR_COUNT = "gffmerge::dense_csr_count_"
+DENSE_CSR_FILL = "gffmerge::dense_csr_fill_"
 CHOLESKY = "gffmerge::cholesky_solve_"
 
 
@@ -328,3 +330,64 @@ def check_csr_mm(out: Tensor, crow: Tensor, col: Tensor, values: Tensor, m: Tens
     nnz = col.shape[0]
     check_csr_data(op, crow, col, out.shape[0], nnz, m.shape[0])
     return nnz
+
+
+def check_dense_csr_x(op: str, x: Tensor, crow: Tensor) -> None:
+    """The dense matrix of ``dense_csr_count_`` / ``dense_csr_fill_`` and its row pointers."""
+    if x.dim() != 2:
+        raise ValueError(f"{op}: x must be 2-D [rows, cols], got a {x.dim()}-D tensor of shape "
+                         f"{list(x.shape)}")
+    if x.dtype not in ROW_DTYPES:
+        raise TypeError(f"{op}: x must be float32, float64, bfloat16 or float16, got {x.dtype}")
+    if crow.dtype != torch.int64:
+        raise TypeError(f"{op}: crow must be int64, got {crow.dtype}")
+    if crow.dim() != 1 or crow.shape[0] != x.shape[0] + 1 or not crow.is_contiguous():
+        raise ValueError(f"{op}: crow must be a contiguous 1-D tensor with rows + 1 = "
+                         f"{x.shape[0] + 1} entries (rows from x), got shape {list(crow.shape)}")
+    if crow.device != x.device:
+        raise ValueError(f"{op}: crow is on {crow.device} but x is on {x.device}; all tensors "
+                         "must be on the same device")
+
+
+def check_dense_csr_count(crow: Tensor, x: Tensor) -> None:
+    """All of ``dense_csr_count_``'s arguments."""
+    check_dense_csr_x(DENSE_CSR_COUNT, x, crow)
+
+
+def check_dense_csr_fill(col: Tensor, values: Tensor, crow: Tensor, x: Tensor) -> int:
+    """All of ``dense_csr_fill_``'s arguments but the row counts (checked against ``x`` by the
+    reference after this), the row pointers included; returns nnz (``len(col)``)."""
+    op = DENSE_CSR_FILL
+    check_dense_csr_x(op, x, crow)
+    if col.dtype != torch.int64:
+        raise TypeError(f"{op}: col must be int64, got {col.dtype}")
+    if col.dim() != 1 or not col.is_contiguous():
+        raise ValueError(f"{op}: col must be a contiguous 1-D tensor, got shape "
+                         f"{list(col.shape)} and strides {list(col.stride())}")
+    if col.device != x.device:
+        raise ValueError(f"{op}: col is on {col.device} but x is on {x.device}; all tensors "
+                         "must be on the same device")
+    if values.dtype != torch.float64:
+        raise TypeError(f"{op}: values must be float64, got {values.dtype}")
+    if values.dim() != 1 or values.shape[0] != col.shape[0] or not values.is_contiguous():
+        raise ValueError(f"{op}: values must be a contiguous 1-D tensor with one entry per "
+                         f"column index: expected [{col.shape[0]}], got shape "
+                         f"{list(values.shape)}")
+    if values.device != x.device:
+        raise ValueError(f"{op}: values is on {values.device} but x is on {x.device}; all "
+                         "tensors must be on the same device")
+    nnz = col.shape[0]
+    rows = x.shape[0]
+    check_csr_data(op, crow, col.new_zeros(0), rows, nnz, max(x.shape[1], 1))
+    return nnz
+
+
+def check_row_counts(op: str, counts: Tensor, crow: Tensor) -> None:
+    """Each row's count of non-zeros against its ``crow`` range; the first mismatch is
+    reported."""
+    given = crow[1:] - crow[:-1]
+    bad = (counts != given).nonzero()
+    if bad.numel():
+        r = int(bad[0, 0])
+        raise ValueError(f"{op}: row {r} of x has {int(counts[r])} non-zeros but crow gives it "
+                         f"{int(given[r])} (crow must come from dense_csr_count_ of the same x)")

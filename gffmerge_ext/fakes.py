@@ -63,6 +63,26 @@ def _csr_mm_fake(out, crow, col, values, m):
     return None
 
 
+def _dense_csr_count_fake(crow, x):
+    op = "gffmerge::dense_csr_count_"
+    torch._check(x.dim() == 2, lambda: f"{op}: x must be 2-D")
+    torch._check(crow.dtype == torch.int64 and crow.shape == (x.shape[0] + 1,),
+                 lambda: f"{op}: crow must be int64 [rows + 1]")
+    return None
+
+
+def _dense_csr_fill_fake(col, values, crow, x):
+    op = "gffmerge::dense_csr_fill_"
+    torch._check(x.dim() == 2, lambda: f"{op}: x must be 2-D")
+    torch._check(crow.dtype == torch.int64 and crow.shape == (x.shape[0] + 1,),
+                 lambda: f"{op}: crow must be int64 [rows + 1]")
+    torch._check(col.dtype == torch.int64 and values.dtype == torch.float64,
+                 lambda: f"{op}: col must be int64 and values float64")
+    torch._check(values.shape == col.shape,
+                 lambda: f"{op}: values must have one entry per column index")
+    return None
+
+
 def _cholesky_solve_fake(A, B, info, jitter, jitter_steps=()):
     op = "gffmerge::cholesky_solve_"
     torch._check(A.dtype == torch.float64 and B.dtype == torch.float64,
@@ -85,6 +105,8 @@ _FAKES = {
     "parts_gram_": _parts_gram_fake,
     "row_gram_": _row_gram_fake,
     "csr_mm_": _csr_mm_fake,
+    "dense_csr_count_": _dense_csr_count_fake,
+    "dense_csr_fill_": _dense_csr_fill_fake,
     "cholesky_solve_": _cholesky_solve_fake,
 }
 

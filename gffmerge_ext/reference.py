@@ -13,11 +13,15 @@ import torch
 from torch import Tensor
 
 from .checks import (
+    DENSE_CSR_FILL,
     check_cholesky,
     check_cross,
     check_csr_mm,
+    check_dense_csr_count,
+    check_dense_csr_fill,
     check_gram,
     check_parts_gram,
+    check_row_counts,
     check_row_gram,
 )
 
@@ -28,6 +32,8 @@ __all__ = [
     "parts_gram_reference_",
     "row_gram_reference_",
     "csr_mm_reference_",
+    "dense_csr_count_reference_",
+    "dense_csr_fill_reference_",
 ]
 
 
@@ -133,6 +139,27 @@ def csr_mm_reference_(out: Tensor, crow: Tensor, col: Tensor, values: Tensor, m:
     z = torch.zeros(rows, m.shape[0], dtype=torch.float64, device=out.device)
     z.index_put_((row, col.long()), values, accumulate=True)
     out.add_(z @ m)
+
+
+@torch.no_grad()
+def dense_csr_count_reference_(crow: Tensor, x: Tensor) -> None:
+    """Reference for :func:`gffmerge_ext.dense_csr_count_`: ``crow = [0, cumsum((x != 0)
+    per row)]``."""
+    check_dense_csr_count(crow, x)
+    crow[0] = 0
+    crow[1:] = torch.cumsum((x != 0).sum(1), 0)
+
+
+@torch.no_grad()
+def dense_csr_fill_reference_(col: Tensor, values: Tensor, crow: Tensor, x: Tensor) -> None:
+    """Reference for :func:`gffmerge_ext.dense_csr_fill_`: the positions of ``x != 0`` in
+    row-major order (``nonzero``) and their values in float64."""
+    check_dense_csr_fill(col, values, crow, x)
+    mask = x != 0
+    check_row_counts(DENSE_CSR_FILL, mask.sum(1), crow)
+    r, c = mask.nonzero(as_tuple=True)
+    col.copy_(c)
+    values.copy_(x[r, c].to(torch.float64))
 
 
 @torch.no_grad()

@@ -5,7 +5,9 @@
 cast to float64 inside the kernel, so no float64 copy of ``x`` is ever made by the compiled
 path. ``parts_gram_`` adds the Gram of rows described as a dense part and gathered node rows
 without forming the gathered rows (CPU only); ``row_gram_`` adds ``Z Zᵀ`` of sparse CSR rows
-(CPU only); ``csr_mm_`` adds ``Z M`` of sparse CSR rows and a dense matrix (CPU only).
+(CPU only); ``csr_mm_`` adds ``Z M`` of sparse CSR rows and a dense matrix (CPU only);
+``dense_csr_count_`` and ``dense_csr_fill_`` write the CSR arrays of a dense matrix (CPU
+only).
 ``cholesky_solve_`` solves a batch of same-size
 SPD systems in place, retrying the ones whose factorisation fails with growing diagonal
 jitter.
@@ -28,6 +30,8 @@ from .reference import (
     cholesky_solve_reference_,
     cross_reference_,
     csr_mm_reference_,
+    dense_csr_count_reference_,
+    dense_csr_fill_reference_,
     gram_reference_,
     parts_gram_reference_,
     row_gram_reference_,
@@ -38,6 +42,8 @@ __all__ = [
     "cholesky_solve_",
     "cross_",
     "csr_mm_",
+    "dense_csr_count_",
+    "dense_csr_fill_",
     "gram_",
     "parts_gram_",
     "parts_gram_devices",
@@ -47,7 +53,7 @@ __all__ = [
 
 _BACKENDS = ("auto", "ext", "torch")
 _PARTS_GRAM_DEVICES = ("cpu", "meta")  # parts_gram_ has no CUDA kernel
-_ROW_GRAM_DEVICES = ("cpu", "meta")  # neither has row_gram_ or csr_mm_
+_ROW_GRAM_DEVICES = ("cpu", "meta")  # row_gram_, csr_mm_, dense_csr_*_: no CUDA kernel
 _warned_fallback = False
 
 
@@ -68,8 +74,8 @@ def parts_gram_devices() -> tuple[str, ...]:
 
 
 def row_gram_devices() -> tuple[str, ...]:
-    """Device types with compiled ``row_gram_`` and ``csr_mm_`` kernels (none without the
-    extension)."""
+    """Device types with compiled ``row_gram_``, ``csr_mm_``, ``dense_csr_count_`` and
+    ``dense_csr_fill_`` kernels (none without the extension)."""
     if not extension_available():
         return ()
     return tuple(d for d in kernel_devices() if d in _ROW_GRAM_DEVICES)
@@ -269,6 +275,45 @@ def csr_mm_(
         torch.ops.gffmerge.csr_mm_(out, crow, col, values, m)
     else:
         csr_mm_reference_(out, crow, col, values, m)
+
+
+def dense_csr_count_(crow: Tensor, x: Tensor, *, backend: str = "auto") -> None:
+    r"""Write the CSR row pointers of a dense matrix: ``crow[0] = 0``, ``crow[i + 1] =
+    crow[i] +`` the number of entries ``x[i, j] != 0`` (NaN counts, ``-0.0`` does not: the
+    rule of ``Tensor.to_sparse``). With :func:`dense_csr_fill_` it converts ``x`` to CSR
+    reading it once per call; ``crow[-1]`` (nnz) sizes the fill's outputs, and lets the
+    caller keep ``x`` dense when it is not sparse enough.
+
+    Args:
+        crow: int64, contiguous, ``[R + 1]``. Overwritten.
+        x: float32, float64, bfloat16 or float16 ``[R, C]``, any strides.
+        backend: as for :func:`gram_`; the compiled op exists for the CPU only
+            (:func:`row_gram_devices`): ``backend="ext"`` on another device raises.
+    """
+    if _use_extension(backend, x.device, "dense_csr_count_", row_gram_devices()):
+        torch.ops.gffmerge.dense_csr_count_(crow, x)
+    else:
+        dense_csr_count_reference_(crow, x)
+
+
+def dense_csr_fill_(col: Tensor, values: Tensor, crow: Tensor, x: Tensor, *,
+                    backend: str = "auto") -> None:
+    r"""Write the CSR columns and values of a dense matrix: row ``i``'s entries ``x[i, j]
+    != 0`` in increasing ``j`` at ``crow[i] .. crow[i + 1]``, their values in float64
+    (exact). ``crow`` must be :func:`dense_csr_count_`'s for the same ``x``; a row whose
+    count differs raises (nothing is written outside its range).
+
+    Args:
+        col: int64, contiguous, ``[nnz]`` with ``nnz = crow[-1]``. Overwritten.
+        values: float64, contiguous, ``[nnz]``. Overwritten.
+        crow: int64, contiguous, ``[R + 1]``.
+        x: float32, float64, bfloat16 or float16 ``[R, C]``, any strides.
+        backend: as for :func:`dense_csr_count_`.
+    """
+    if _use_extension(backend, x.device, "dense_csr_fill_", row_gram_devices()):
+        torch.ops.gffmerge.dense_csr_fill_(col, values, crow, x)
+    else:
+        dense_csr_fill_reference_(col, values, crow, x)
 
 
 def cholesky_solve_(

@@ -388,3 +388,122 @@ def test_fast_route_equals_the_product_route(kind, seed, monkeypatch):
     sd, sd_ref = fast_model.state_dict(), slow_model.state_dict()
     for key in sd_ref:
         assert rel(sd[key].double(), sd_ref[key].double()) < 1e-6, key
+
+
+def _input64_to_sparse(x):
+    """The first unit's input as the previous route formed it (torch's ``to_sparse``, a
+    float64 copy, ``coalesce``; no CSR form kept): the reference of the compiled
+    conversion."""
+    from gffmerge.models.pyg import SPARSE_DENSITY
+
+    if x.layout != torch.strided:
+        return x.to_sparse_coo().to(F64).coalesce(), None
+    xs = x.to_sparse()
+    if x.dim() == 2 and xs._nnz() <= SPARSE_DENSITY * x.numel():
+        return xs.to(F64).coalesce(), None
+    return x.to(F64), None
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage"])
+@pytest.mark.parametrize("seed", [0, 2])
+def test_compiled_feature_conversion_gives_the_same_choice(kind, seed, monkeypatch):
+    """The first unit's input converted by ``dense_csr_count_`` / ``dense_csr_fill_`` (its
+    CSR form kept for the products on all rows) and the chosen model written by
+    :func:`~gffmerge.solver.state.mean_written` give the previous route's choice exactly:
+    same candidates, scores, pick and written weights (bit for bit)."""
+    import gffmerge.collect.sparse as sparse_mod
+    import gffmerge.gnn_one_pass as one_pass_mod
+    import gffmerge.gnn_rows as rows_mod
+    from gffmerge.solver.state import mean_state_dict, write_back
+
+    tasks = bow_tasks(n=140, d=80, seed=seed)
+    backbones, heads = sources(kind, tasks)
+    calls = {"fill": 0}
+    real = sparse_mod.dense_csr_fill_
+
+    def fill(*args, **kwargs):
+        calls["fill"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sparse_mod, "dense_csr_fill_", fill)
+    model, chosen = choose(backbones, heads, tasks, "gffmerge", OPTIONS)
+    if "cpu" in row_gram_devices():
+        assert calls["fill"] >= 1
+    with monkeypatch.context() as m:
+        m.setattr(rows_mod, "_input64", _input64_to_sparse)
+        m.setattr(one_pass_mod, "mean_written", lambda bb, th: write_back(
+            bb[0], mean_state_dict(bb), th))
+        ref_model, ref = choose(backbones, heads, tasks, "gffmerge", OPTIONS)
+    assert [(c["rows"], c["ridge"], c["score"]) for c in chosen["candidates"]] == [
+        (c["rows"], c["ridge"], c["score"]) for c in ref["candidates"]]
+    assert (chosen["rows"], chosen["ridge"]) == (ref["rows"], ref["ridge"])
+    sd, sd_ref = model.state_dict(), ref_model.state_dict()
+    assert sd.keys() == sd_ref.keys()
+    for key in sd_ref:
+        assert torch.equal(sd[key], sd_ref[key]), key
+
+
+def test_mean_written_equals_write_back_of_the_mean():
+    """Every entry the Θ do not write is the sources' mean, every written one Θ's; the copy
+    owns its tensors (not the template's), keeps requires_grad and non-persistent buffers."""
+    from torch import nn
+
+    from gffmerge.solver.state import mean_state_dict, mean_written, write_back
+
+    class Net(nn.Module):
+        def __init__(self, seed):
+            super().__init__()
+            torch.manual_seed(seed)
+            self.a = nn.Linear(5, 4)
+            self.b = nn.Linear(4, 3)
+            self.register_buffer("count", torch.tensor([2, 3]))
+            self.register_buffer("scratch", torch.randn(3), persistent=False)
+
+    models = [Net(1), Net(2), Net(3)]
+    models[0].b.weight.requires_grad_(False)
+    thetas = {"a": torch.randn(6, 4, dtype=F64)}  # layer b keeps the mean
+    got, keys = mean_written(models, thetas)
+    want, want_keys = write_back(models[0], mean_state_dict(models), thetas)
+    assert keys == want_keys == {"a.weight", "a.bias"}
+    sd, sd_want = got.state_dict(), want.state_dict()
+    assert sd.keys() == sd_want.keys()
+    for key in sd_want:
+        assert torch.equal(sd[key], sd_want[key]), key
+    stacked = torch.stack([m.b.weight.detach().double() for m in models]).mean(0).float()
+    assert torch.equal(got.b.weight, stacked)
+    assert torch.equal(got.a.weight, thetas["a"][:5].T.float())
+    assert torch.equal(got.scratch, models[0].scratch)  # not in the state: copied
+    for p, q in zip(got.parameters(), models[0].parameters()):
+        assert p.data_ptr() != q.data_ptr() and p.requires_grad == q.requires_grad
+    assert got.scratch.data_ptr() != models[0].scratch.data_ptr()
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")
+@pytest.mark.parametrize("rows,cols,density", [(0, 5, 0.3), (7, 1, 0.5), (30, 40, 0.0),
+                                               (30, 40, 0.1), (25, 9, 1.0)])
+def test_rows_with_ones_and_stacked_blocks_equal_the_sorted_forms(rows, cols, density):
+    """``[x, 1]`` and row blocks one under another, formed in order without a sort, hold
+    exactly the entries (same order and values) of the coalesced ``cat``s they replace;
+    empty rows, no rows and full rows included."""
+    from gffmerge.collect.sparse import coo_of_csr
+    from gffmerge.gnn_rows import _stacked, _with_ones
+
+    g = torch.Generator().manual_seed(rows * 100 + cols)
+    x = torch.randn(rows, cols, generator=g, dtype=F64)
+    x = x * (torch.rand(rows, cols, generator=g) < density)
+    if rows > 2:
+        x[1] = 0.0
+    csr = x.to_sparse_csr()
+    got = coo_of_csr(_with_ones(csr))
+    want = torch.cat([x.to_sparse(), torch.ones(rows, 1, dtype=F64).to_sparse()], 1).coalesce()
+    assert got.is_coalesced() and got.shape == want.shape
+    assert torch.equal(got.indices(), want.indices())
+    assert torch.equal(got.values(), want.values())
+    assert torch.equal(got.to_dense(), torch.cat([x, torch.ones(rows, 1, dtype=F64)], 1))
+    blocks = [got * 0.5, got.index_select(0, torch.arange(rows // 2)).coalesce() * 2.0, got]
+    stacked = _stacked(blocks)
+    want_stacked = torch.cat(blocks, 0).coalesce()
+    assert stacked.is_coalesced()
+    assert torch.equal(stacked.indices(), want_stacked.indices())
+    assert torch.equal(stacked.values(), want_stacked.values())
+    assert torch.equal(_stacked([got]).to_dense(), got.to_dense())

@@ -449,7 +449,7 @@ def test_every_schema_has_a_fake():
     from gffmerge_ext import fakes
 
     assert fakes.REGISTERED == ("gram_", "cross_", "parts_gram_", "row_gram_", "csr_mm_",
-                                "cholesky_solve_")
+                                "dense_csr_count_", "dense_csr_fill_", "cholesky_solve_")
     assert fakes.op_defined("gram_") and not fakes.op_defined("no_such_op_")
 
 

@@ -1,4 +1,5 @@
-// Argument validation of gram_, cross_, parts_gram_, row_gram_, csr_mm_ and cholesky_solve_: every check and every message is
+// Argument validation of gram_, cross_, parts_gram_, row_gram_, csr_mm_, dense_csr_count_,
+// dense_csr_fill_ and cholesky_solve_: every check and every message is
 // here, and each backend's glue (*_cpu.cpp, *_cuda.cpp) calls these before touching data.
 // Messages name the bad value and the expected one. gffmerge_ext/checks.py is the pure-torch
 // reference's copy (same order, same messages); change both together.
@@ -217,6 +218,55 @@ inline int64_t check_csr_mm(const at::Tensor& out, const at::Tensor& crow, const
               ": m's rows must be contiguous (stride 1 along k), got strides ", m.strides());
   check_same_device(op, out, m, "m");
   return col.size(0);
+}
+
+// The dense matrix of dense_csr_count_ / dense_csr_fill_ and its row pointers.
+inline void check_dense_csr_x(const char* op, const at::Tensor& x, const at::Tensor& crow) {
+  TORCH_CHECK(x.dim() == 2, op, ": x must be 2-D [rows, cols], got a ", x.dim(),
+              "-D tensor of shape ", x.sizes());
+  TORCH_CHECK(is_row_dtype(x.scalar_type()), op,
+              ": x must be float32, float64, bfloat16 or float16, got ", x.scalar_type());
+  TORCH_CHECK(crow.scalar_type() == at::kLong, op, ": crow must be int64, got ",
+              crow.scalar_type());
+  TORCH_CHECK(crow.dim() == 1 && crow.size(0) == x.size(0) + 1 && crow.is_contiguous(), op,
+              ": crow must be a contiguous 1-D tensor with rows + 1 = ", x.size(0) + 1,
+              " entries (rows from x), got shape ", crow.sizes());
+  TORCH_CHECK(crow.device() == x.device(), op, ": crow is on ", crow.device(), " but x is on ",
+              x.device(), "; all tensors must be on the same device");
+}
+
+inline void check_dense_csr_count(const at::Tensor& crow, const at::Tensor& x) {
+  check_dense_csr_x("gffmerge::dense_csr_count_", x, crow);
+}
+
+// Returns nnz (len(col)); the row pointers are checked on the data by the backend
+// (check_row_pointers), and each row's count against x (check_row_counts).
+inline int64_t check_dense_csr_fill(const at::Tensor& col, const at::Tensor& values,
+                                    const at::Tensor& crow, const at::Tensor& x) {
+  constexpr const char* op = "gffmerge::dense_csr_fill_";
+  check_dense_csr_x(op, x, crow);
+  TORCH_CHECK(col.scalar_type() == at::kLong, op, ": col must be int64, got ",
+              col.scalar_type());
+  TORCH_CHECK(col.dim() == 1 && col.is_contiguous(), op,
+              ": col must be a contiguous 1-D tensor, got shape ", col.sizes(), " and strides ",
+              col.strides());
+  TORCH_CHECK(col.device() == x.device(), op, ": col is on ", col.device(), " but x is on ",
+              x.device(), "; all tensors must be on the same device");
+  TORCH_CHECK(values.scalar_type() == at::kDouble, op, ": values must be float64, got ",
+              values.scalar_type());
+  TORCH_CHECK(values.dim() == 1 && values.size(0) == col.size(0) && values.is_contiguous(), op,
+              ": values must be a contiguous 1-D tensor with one entry per column index: "
+              "expected [", col.size(0), "], got shape ", values.sizes());
+  TORCH_CHECK(values.device() == x.device(), op, ": values is on ", values.device(),
+              " but x is on ", x.device(), "; all tensors must be on the same device");
+  return col.size(0);
+}
+
+// The backend finds the first row of x whose non-zeros do not match its crow range (row < 0:
+// none) and reports it here.
+inline void check_row_counts(const char* op, int64_t row, int64_t found, int64_t given) {
+  TORCH_CHECK(row < 0, op, ": row ", row, " of x has ", found, " non-zeros but crow gives it ",
+              given, " (crow must come from dense_csr_count_ of the same x)");
 }
 
 // The backend finds the first position p of crow that breaks the CSR row pointers (p < 0:

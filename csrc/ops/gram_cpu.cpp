@@ -1,5 +1,6 @@
 // CPU kernels of gffmerge::gram_, gffmerge::cross_, gffmerge::parts_gram_ and
-// gffmerge::row_gram_, gffmerge::csr_mm_ (the last three CPU only: on
+// gffmerge::row_gram_, gffmerge::csr_mm_, gffmerge::dense_csr_count_ and
+// gffmerge::dense_csr_fill_ (all but the first two CPU only: on
 // other devices the callers use gram_/cross_ on their own scatter sums): validate, describe the tensors to the
 // torch-free kernels, and hand them a BLAS dgemm.
 // Narrow ATen headers on purpose: <ATen/ATen.h> doubles this file's compile time.
@@ -16,6 +17,7 @@
 #include "../kernels/parts_gram.h"
 #include "../kernels/row_gram.h"
 #include "../kernels/csr_mm.h"
+#include "../kernels/dense_csr.h"
 #include "blas_env.h"
 #include "checks.h"
 #include "describe.h"
@@ -139,6 +141,26 @@ void csr_mm_cpu(const at::Tensor& out, const at::Tensor& crow, const at::Tensor&
                        at::get_num_threads());
 }
 
+void dense_csr_count_cpu(const at::Tensor& crow, const at::Tensor& x) {
+  check_dense_csr_count(crow, x);
+  k::dense_csr_count(crow.data_ptr<int64_t>(), as_matrix(x), at::get_num_threads());
+}
+
+void dense_csr_fill_cpu(const at::Tensor& col, const at::Tensor& values, const at::Tensor& crow,
+                        const at::Tensor& x) {
+  constexpr const char* op = "gffmerge::dense_csr_fill_";
+  const int64_t nnz = check_dense_csr_fill(col, values, crow, x);
+  const int64_t rows = x.size(0);
+  int64_t value = 0;
+  const int64_t p = k::first_bad_row_pointer(as_index(crow), rows, nnz, &value);
+  check_row_pointers(op, p, value, rows, nnz);
+  const int64_t* rp = crow.const_data_ptr<int64_t>();
+  int64_t found = 0;
+  const int64_t bad = k::dense_csr_fill(col.data_ptr<int64_t>(), values.data_ptr<double>(), rp,
+                                        as_matrix(x), at::get_num_threads(), &found);
+  check_row_counts(op, bad, found, bad < 0 ? 0 : rp[bad + 1] - rp[bad]);
+}
+
 }  // namespace
 }  // namespace gffmerge::ops
 
@@ -148,4 +170,6 @@ TORCH_LIBRARY_IMPL(gffmerge, CPU, m) {
   m.impl("parts_gram_", &gffmerge::ops::parts_gram_cpu);
   m.impl("row_gram_", &gffmerge::ops::row_gram_cpu);
   m.impl("csr_mm_", &gffmerge::ops::csr_mm_cpu);
+  m.impl("dense_csr_count_", &gffmerge::ops::dense_csr_count_cpu);
+  m.impl("dense_csr_fill_", &gffmerge::ops::dense_csr_fill_cpu);
 }

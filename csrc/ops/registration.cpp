@@ -16,6 +16,8 @@ TORCH_LIBRARY(gffmerge, m) {
       "Tensor?[] gates, bool dense_block=True) -> ()");
   m.def("row_gram_(Tensor(a!) acc, Tensor crow, Tensor col, Tensor values, int cols) -> ()");
   m.def("csr_mm_(Tensor(a!) out, Tensor crow, Tensor col, Tensor values, Tensor m) -> ()");
+  m.def("dense_csr_count_(Tensor(a!) crow, Tensor x) -> ()");
+  m.def("dense_csr_fill_(Tensor(a!) col, Tensor(b!) values, Tensor crow, Tensor x) -> ()");
   m.def(
       "cholesky_solve_(Tensor(a!) A, Tensor(b!) B, Tensor(c!) info, Tensor(d!) jitter, "
       "float[] jitter_steps=[]) -> ()");

@@ -11,8 +11,12 @@ seed, one thread, 500-epoch sources): Cora GCN 0.27 s → 0.19 s, CiteSeer SAGE 
 sets scored together) another 1.0-1.2x; a fourth (the dual kernel by the compiled
 ``gffmerge_ext.row_gram_``, the first-layer products by ``gffmerge_ext.csr_mm_``, the dual
 targets and the ``all`` option's first-layer output from the sources' outputs) another
-1.1-1.3x. What remains is mostly the own + neighbour kernels' Choleskys and the scoring's
-first-layer products (one per distinct first-layer weight, six per choice).
+1.1-1.3x; a fifth (the features converted by ``gffmerge_ext.dense_csr_count_`` /
+``dense_csr_fill_``, no coalesce sorts of rows already in order, the validation nodes one
+object per choice, the chosen model written without the mean of what Θ overwrites) another
+1.1-1.2x, bit for bit the same result. What remains is mostly the Choleskys (three
+ridges x five systems) and the scoring's propagations and first-layer products (one per
+distinct first-layer weight, six per choice).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from .gnn_rows import (
 from .gnn_tasks import Task
 from .methods import get as get_method
 from .models.groups import linear_units
-from .solver.state import layer_theta, mean_state_dict, write_back
+from .solver.state import layer_theta, mean_written
 
 
 class OnePass:
@@ -57,6 +61,7 @@ class OnePass:
                        for k, (b, t) in enumerate(zip(backbones, tasks))]
         self._support: dict = {}
         self._labelled: dict = {}
+        self._joined_nodes: dict = {}
         self.nodes = [{r: row_nodes(t, r) for r in rows} for t in tasks]
         self.order = [r for r in ("own", "own+nbr", "all") if r in rows]  # nested
         self._grams: dict = {}
@@ -152,13 +157,23 @@ class OnePass:
                 groups.setdefault((id(first), id(t.edges)), []).append(k)
         for ks in groups.values():
             k = ks[0]
+            labelled = [self.labelled(j, mask) for j in ks]
             accs = fast_accuracies(thetas, self.passes[k], self.backbones[0],
                                    [heads[j] for j in ks], self.tasks[k], mask, self._first,
-                                   self.support(k, mask),
-                                   [self.labelled(j, mask) for j in ks], self.views)
+                                   self.support(k, mask), labelled, self.views,
+                                   self._joined(tuple(ks), mask, labelled))
             for j, a in zip(ks, accs):
                 out[j] = a
         return out
+
+    def _joined(self, ks: tuple[int, ...], mask: str, labelled: list) -> Tensor:
+        """The nodes of ``labelled`` one after another, one object per group of tasks and
+        mask: the last unit's propagation onto them is then kept between candidates (a new
+        index tensor per call formed it again every time)."""
+        if (ks, mask) not in self._joined_nodes:
+            self._joined_nodes[(ks, mask)] = (labelled[0][0] if len(labelled) == 1
+                                              else torch.cat([n for n, _ in labelled]))
+        return self._joined_nodes[(ks, mask)]
 
     def labelled(self, k: int, mask: str) -> tuple[Tensor, Tensor]:
         """Task ``k``'s nodes of ``mask`` in its classes and their labels (one object,
@@ -212,7 +227,7 @@ def _choose_one_pass(backbones, heads, tasks, options, rows, ridges):
                 best = (thetas, {"rows": r, "ridge": ridge, "score": score})
     score_s = time.process_time() - t2
     thetas, chosen = best
-    model, _ = write_back(backbones[0], mean_state_dict(backbones), thetas)
+    model, _ = mean_written(backbones, thetas)
     chosen.update(candidates=candidates, route="one pass", measure_seconds=measure_s,
                   solve_seconds=solve_s, score_seconds=score_s,
                   seconds=measure_s + solve_s / (len(rows) * len(ridges)),
@@ -247,22 +262,27 @@ def fast_accuracies(thetas: dict[str, Tensor], rows: dict, backbone: nn.Module,
                     heads: Sequence[nn.Module], task: Task, mask: str = "val_mask",
                     cache: dict | None = None, support: tuple | None = None,
                     labelled: Sequence[tuple] | None = None,
-                    views: dict | None = None) -> list[float]:
+                    views: dict | None = None, nodes: Tensor | None = None) -> list[float]:
     """:func:`fast_accuracy` of several heads on the same rows and graph (``task``'s edges),
     head ``i`` on the nodes and labels ``labelled[i]`` (default: ``task``'s ``mask`` nodes
     for every head): the units are evaluated once, the last one on all those nodes
     together (the rows of a node do not depend on the other nodes: the same numbers as
-    one call per head)."""
+    one call per head). ``nodes``: ``labelled``'s nodes one after another, when the caller
+    keeps them as one object (the propagation onto them is then kept between calls inside
+    :func:`~gffmerge.models.pyg.kept_propagations`)."""
     from .models.pyg import node_rows
 
     if labelled is None:
         labelled = [task.node_labels(getattr(task.graph, mask))] * len(heads)
-    for nodes, _ in labelled:
-        if len(nodes) == 0:
+    for own, _ in labelled:
+        if len(own) == 0:
             raise ValueError(f"task '{task.name}' has no {mask} nodes of its classes; the "
                              "validation choice needs some (use a graph with a val_mask)")
-    nodes = (labelled[0][0] if len(labelled) == 1
-             else torch.cat([n for n, _ in labelled]))
+    if nodes is None:
+        nodes = (labelled[0][0] if len(labelled) == 1
+                 else torch.cat([n for n, _ in labelled]))
+    elif sum(len(n) for n, _ in labelled) != len(nodes):
+        raise ValueError("nodes must be labelled's nodes one after another")
     views = check_units(backbone) if views is None else views
     names = list(views)
     first = rows[names[0]]

@@ -25,7 +25,15 @@ from torch import Tensor, nn
 
 from gffmerge_ext import gram_
 
-from .collect.sparse import csr_matmul, dense_of, has_sparse, joined_rows, quiet_sparse
+from .collect.sparse import (
+    coo_of_csr,
+    csr_matmul,
+    csr_of_dense,
+    dense_of,
+    has_sparse,
+    joined_rows,
+    quiet_sparse,
+)
 from .models.groups import GroupView, linear_units
 from .solver.ridge_path import dual_path, primal_path, trace_of
 from .solver.state import layer_theta
@@ -139,7 +147,7 @@ class UnitRows:
                 idx, vals = inp.indices(), inp.values()
                 keep = support[idx[0]]
                 sub = torch.sparse_coo_tensor(idx[:, keep], vals[keep], inp.shape,
-                                              check_invariants=False).coalesce()
+                                              is_coalesced=True, check_invariants=False)
             with quiet_sparse():
                 sub = sub.to_sparse_csr() if sub.layout != torch.strided else sub
             self._inputs[key] = (sub, support)  # the mask kept alive with the entry
@@ -195,27 +203,59 @@ def check_units(backbone: nn.Module) -> dict[str, GroupView]:
 def _augmented(inp, bias: bool) -> Tensor:
     if has_sparse(inp):
         with quiet_sparse():
-            x = joined_rows(inp).to_sparse_coo()
-            if bias:
-                ones = torch.ones(x.shape[0], 1, dtype=F64).to_sparse()
-                x = torch.cat([x, ones], dim=1)
-            return x.coalesce()
+            x = joined_rows(inp)
+            return coo_of_csr(_with_ones(x) if bias else x)
     x = inp.materialize().to(F64)
     return torch.cat([x, torch.ones(x.shape[0], 1, dtype=F64)], 1) if bias else x
 
 
-def _input64(x: Tensor) -> Tensor:
+def _with_ones(x: Tensor) -> Tensor:
+    """CSR rows ``[x, 1]``: a column of ones after the last one, appended to every row by
+    index arithmetic (the entries of the coalesced ``cat([x, ones], 1)``, no sort)."""
+    crow, col, val = x.crow_indices(), x.col_indices(), x.values()
+    rows, width = x.shape
+    counts = crow[1:] - crow[:-1]
+    row_of = torch.repeat_interleave(torch.arange(rows), counts, output_size=col.shape[0])
+    new_crow = crow + torch.arange(rows + 1)
+    new_col = torch.empty(col.shape[0] + rows, dtype=col.dtype)
+    new_val = torch.empty(col.shape[0] + rows, dtype=val.dtype)
+    at = torch.arange(col.shape[0]) + row_of  # each row's entries, shifted by the ones before
+    new_col[at], new_val[at] = col, val
+    new_col[new_crow[1:] - 1], new_val[new_crow[1:] - 1] = width, 1.0
+    return torch.sparse_csr_tensor(new_crow, new_col, new_val, (rows, width + 1),
+                                   check_invariants=False)
+
+
+def _stacked(blocks: Sequence[Tensor]) -> Tensor:
+    """Coalesced COO row blocks one under another, coalesced (the entries stay in row, then
+    column order: no sort)."""
+    if len(blocks) == 1:
+        return blocks[0].coalesce()
+    blocks = [b.coalesce() for b in blocks]
+    offsets = [0]
+    for b in blocks[:-1]:
+        offsets.append(offsets[-1] + b.shape[0])
+    idx = torch.cat([b.indices() + torch.tensor([[o], [0]]) for b, o in zip(blocks, offsets)],
+                    1)
+    shape = (offsets[-1] + blocks[-1].shape[0], blocks[0].shape[1])
+    return torch.sparse_coo_tensor(idx, torch.cat([b.values() for b in blocks]), shape,
+                                   is_coalesced=True, check_invariants=False)
+
+
+def _input64(x: Tensor) -> tuple[Tensor, Tensor | None]:
     """``x`` in float64, as a coalesced sparse COO tensor when it is sparse enough (the
-    threshold of :data:`gffmerge.models.pyg.SPARSE_DENSITY`)."""
+    threshold of :data:`gffmerge.models.pyg.SPARSE_DENSITY`), and its CSR form when one was
+    made on the way (dense ``x``: :func:`~gffmerge.collect.sparse.csr_of_dense`; the COO
+    tensor shares its columns and values), else None."""
     from .models.pyg import SPARSE_DENSITY
 
     if x.layout != torch.strided:
-        return x.to_sparse_coo().to(F64).coalesce()
+        return x.to_sparse_coo().to(F64).coalesce(), None
     if x.dim() == 2:
-        xs = x.to_sparse()  # one pass over the matrix
-        if xs._nnz() <= SPARSE_DENSITY * x.numel():
-            return xs.to(F64).coalesce()
-    return x.to(F64)
+        csr = csr_of_dense(x, SPARSE_DENSITY)
+        if csr is not None:
+            return coo_of_csr(csr), csr
+    return x.to(F64), None
 
 
 @torch.no_grad()
@@ -247,7 +287,11 @@ def source_rows(backbone: nn.Module, x: Tensor, edges: Tensor,
             tag, tensors = key
             key = (name, tag, tuple(id(t) for t in tensors))
             if key not in shared:  # the tensors are kept alive with the entry
-                shared[key] = (UnitRows.formed(view, _input64(h), edges, bias, key), tensors)
+                inp, csr = _input64(h)
+                formed = UnitRows.formed(view, inp, edges, bias, key)
+                if csr is not None:  # the input's CSR form for products on all rows
+                    formed._inputs[None] = (csr, None)
+                shared[key] = (formed, tensors)
             rows = shared[key][0]
         else:
             rows = UnitRows(_augmented(view.gram_parts(h, edges), bias), None)
@@ -371,8 +415,7 @@ def option_path(sources: Sequence[Source], ridges: Sequence[float], *,
             continue
         if sum(counts) < dim:
             blocks = [s.rows[name].take(s.nodes) * c ** 0.5 for s, c in zip(sources, coefs)]
-            z = torch.cat(blocks, 0).coalesce() if blocks[0].layout != torch.strided else \
-                torch.cat(blocks, 0)
+            z = _stacked(blocks) if blocks[0].layout != torch.strided else torch.cat(blocks, 0)
             scale = trace_of(z) / dim
             resid = _dual_residuals(sources, name, thetas, coefs, prior)
             if resid is not None:  # Y and ZΘ̄ from the outputs formed by the sources' pass

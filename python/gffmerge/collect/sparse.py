@@ -20,7 +20,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from gffmerge_ext import csr_mm_, row_gram_devices
+from gffmerge_ext import csr_mm_, dense_csr_count_, dense_csr_fill_, row_gram_devices
 
 from ..models.parts import Dense, GramInput, is_sparse
 
@@ -59,6 +59,47 @@ def csr_matmul(z: Tensor, m: Tensor) -> Tensor:
                 m if rows_contiguous else m.contiguous())
         return out
     return torch.sparse.mm(z, m)
+
+
+def csr_of_dense(x: Tensor, max_density: float | None = None) -> Tensor | None:
+    """A dense ``x [R, C]`` as a float64 sparse CSR tensor of its entries ``!= 0`` (values
+    exact; the entries of ``x.to_sparse()``, in the same order), or None when more than
+    ``max_density`` of its entries are non-zero (then no conversion is made). On the CPU by
+    :func:`gffmerge_ext.dense_csr_count_` and :func:`gffmerge_ext.dense_csr_fill_` (x read
+    once to count and once to fill, no index gather and no float32 copy: CiteSeer's
+    3 327 x 3 703 features in ``benchmarks/results/gnn_choice_profile.md``, fifth pass),
+    elsewhere by ``to_sparse``."""
+    if x.dim() != 2:
+        raise ValueError(f"csr_of_dense needs a 2-D matrix, got shape {list(x.shape)}")
+    x = x.detach()
+    limit = None if max_density is None else max_density * x.numel()
+    if x.device.type in row_gram_devices():
+        crow = torch.empty(x.shape[0] + 1, dtype=torch.int64, device=x.device)
+        dense_csr_count_(crow, x)
+        nnz = int(crow[-1])
+        if limit is not None and nnz > limit:
+            return None
+        col = torch.empty(nnz, dtype=torch.int64, device=x.device)
+        val = torch.empty(nnz, dtype=F64, device=x.device)
+        dense_csr_fill_(col, val, crow, x)
+        with quiet_sparse():
+            return torch.sparse_csr_tensor(crow, col, val, tuple(x.shape),
+                                           check_invariants=False)
+    xs = x.to_sparse()
+    if limit is not None and xs._nnz() > limit:
+        return None
+    with quiet_sparse():
+        return xs.to(F64).coalesce().to_sparse_csr()
+
+
+def coo_of_csr(z: Tensor) -> Tensor:
+    """A sparse CSR matrix with sorted, unique columns per row (as :func:`csr_of_dense`
+    gives) as a coalesced COO tensor sharing its columns and values (no sort)."""
+    crow = z.crow_indices()
+    rows = torch.repeat_interleave(torch.arange(z.shape[0], device=z.device),
+                                   crow[1:] - crow[:-1], output_size=z.values().shape[0])
+    return torch.sparse_coo_tensor(torch.stack([rows, z.col_indices()]), z.values(),
+                                   tuple(z.shape), is_coalesced=True, check_invariants=False)
 
 
 def has_sparse(inp: GramInput) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -12,12 +12,16 @@ from ..errors import ArchitectureMismatchError
 from ..models.groups import unit_keys
 
 
-def mean_state_dict(models: Sequence[nn.Module]) -> dict[str, Tensor]:
+def mean_state_dict(models: Sequence[nn.Module],
+                    keys: Collection[str] | None = None) -> dict[str, Tensor]:
     """Element-wise mean of every floating tensor (computed in float64, stored back in the
-    source dtype); integer and bool buffers must agree across models."""
+    source dtype); integer and bool buffers must agree across models. ``keys``: only these
+    entries (default: all)."""
     dicts = [m.state_dict() for m in models]
     out: dict[str, Tensor] = {}
     for key, ref in dicts[0].items():
+        if keys is not None and key not in keys:
+            continue
         if ref.is_floating_point() or ref.is_complex():
             acc = torch.stack([d[key].detach().to(ref.device, torch.float64)
                                if not ref.is_complex() else d[key].detach().to(ref.device)
@@ -35,8 +39,18 @@ def mean_state_dict(models: Sequence[nn.Module]) -> dict[str, Tensor]:
 
 
 def build_model(template: nn.Module, state: dict[str, Tensor]) -> nn.Module:
-    """A copy of ``template`` carrying ``state``."""
-    merged = copy.deepcopy(template)
+    """A copy of ``template`` carrying ``state``. The template's parameters and buffers that
+    ``state`` overwrites are not copied: the copy starts with empty tensors of their shapes,
+    dtypes and strides in their place (plain ``nn.Parameter``s and tensors; others are
+    copied), which ``load_state_dict`` then fills."""
+    memo: dict[int, Tensor] = {}
+    for name, p in template.named_parameters(remove_duplicate=False):
+        if name in state and type(p) is nn.Parameter and id(p) not in memo:
+            memo[id(p)] = nn.Parameter(torch.empty_like(p), requires_grad=p.requires_grad)
+    for name, b in template.named_buffers(remove_duplicate=False):
+        if name in state and type(b) is Tensor and id(b) not in memo:
+            memo[id(b)] = torch.empty_like(b)
+    merged = copy.deepcopy(template, memo)
     merged.load_state_dict(state)
     return merged
 
@@ -83,6 +97,21 @@ def write_layer(state: dict[str, Tensor], layer: str, theta: Tensor) -> list[str
         state[bkey] = theta[d_in].to(state[bkey].dtype).to(state[bkey].device)
         return [*wkeys, bkey]
     return list(wkeys)
+
+
+def mean_written(models: Sequence[nn.Module], thetas: Mapping[str, Tensor]
+                 ) -> tuple[nn.Module, set[str]]:
+    """``write_back(models[0], mean_state_dict(models), thetas)`` without forming what the
+    ``Θ`` overwrite: the mean only of the entries no layer of ``thetas`` writes (a GNN whose
+    every layer is solved needs none). The same model and keys written."""
+    state = dict(models[0].state_dict())  # shapes, dtypes and devices for write_layer
+    written: set[str] = set()
+    for layer, theta in thetas.items():
+        written.update(write_layer(state, layer, theta))
+    rest = [k for k in state if k not in written]
+    if rest:
+        state.update(mean_state_dict(models, rest))
+    return build_model(models[0], state), written
 
 
 def write_back(template: nn.Module, state: dict[str, Tensor],
