@@ -232,3 +232,23 @@ def test_route_of_names_the_provider_path():
     assert route_of(dense, "torch", None) == "blocks"
     sparse = GramInput((Dense(torch.eye(4).to_sparse()),))
     assert route_of(sparse, "auto", None) == "sparse"
+
+
+@pytest.mark.needs_ext
+def test_a_hook_keeps_a_bounded_number_of_signatures(monkeypatch):
+    monkeypatch.setattr(hooks, "_ROUTES_KEPT", 3)
+    gen = torch.Generator().manual_seed(7)
+    model = _EdgeNet(F64).eval()
+    sums = Stats.empty(model, linear_layers(model)).models[0].layers
+    hook = hooks.StructuredHook(model.edge, sums["edge"])
+    data = [_batch(gen, 4, e, F64) for e in (5, 6, 7, 8, 5)]
+    try:
+        with torch.no_grad():
+            for k, b in enumerate(data):
+                model(*b)
+                assert len(hook._routes) == (k % 3) + 1
+    finally:
+        hook.remove()
+    x = torch.cat([model.edge.dense_input(*b) for b in data])
+    xa = torch.cat([x, torch.ones(x.shape[0], 1, dtype=F64)], 1)
+    assert rel(sums["edge"].gram, xa.T @ xa) <= RTOL

@@ -24,6 +24,9 @@ _LEARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 a cache (see :meth:`LayerHook.end_forward`); a hint for the next hooks, never a result:
 the sums are the same whichever way it points."""
 
+_ROUTES_KEPT = 64
+"""Input signatures a structured hook remembers as checked (one per distinct batch shape)."""
+
 AFFINE_LAYERS = (nn.Linear, EdgeConcatLinear, ConcatLinear)
 """Layer classes whose forward is exactly ``y = x̃ Θᵀ`` on the input rows their hooks see
 (``Θ = [W, b]``); subclasses may override ``forward``, so the type must match exactly."""
@@ -138,6 +141,8 @@ class LayerHook:
         inp.check(self.in_features, None if ws is None else lambda i: ws.fact(
             "range", i, lambda: (int(i.min()), int(i.max()))), structure=route is None)
         if sig is not None and route is None:
+            if len(self._routes) >= _ROUTES_KEPT:  # batches of ever new sizes: start over
+                self._routes.clear()
             route = self._routes[sig] = route_of(inp, self.backend, self.chunk_rows)
         solo = self._solo and skey is None and not need_y
         key = self.cache.key(inp) if self.cache is not None and not solo else None

@@ -130,7 +130,7 @@ def _flat_gate(gate: Tensor | None) -> Tensor | None:
     return gate if gate.dtype in (torch.float32, F64) else gate.to(F64)
 
 
-_COLUMNS: dict[tuple[int, int, torch.device], Tensor] = {}
+_DENSE_BLOCKS: dict[tuple[int, int, torch.device], Tensor] = {}
 
 
 def _dense_block(width: int, n: int, device: torch.device) -> Tensor:
@@ -139,10 +139,10 @@ def _dense_block(width: int, n: int, device: torch.device) -> Tensor:
     ``index_add_``/``index_copy_``/``take`` per call instead of a broadcast advanced index
     (profiled on GNS / rMD17 ethanol: ~90 against ~11 µs per edge layer call, issue 15)."""
     key = (width, n, device)
-    flat = _COLUMNS.get(key)
+    flat = _DENSE_BLOCKS.get(key)
     if flat is None:
         cols = torch.cat([torch.arange(width), torch.tensor([n - 1])])
-        flat = _COLUMNS[key] = (cols.unsqueeze(1) * n + cols).reshape(-1).to(device)
+        flat = _DENSE_BLOCKS[key] = (cols.unsqueeze(1) * n + cols).reshape(-1).to(device)
     return flat
 
 
