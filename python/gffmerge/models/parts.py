@@ -130,12 +130,35 @@ class GramInput:
     def width(self) -> int:
         return sum(p.width for p in self.parts)
 
+    def signature(self) -> tuple:
+        """Everything :meth:`check` reads of the parts but index values: the part types,
+        the row count and every tensor's shape, dtype, layout and device. Two inputs with
+        equal signatures pass or fail every test of :meth:`check` but the index ranges
+        alike, so a caller that checked one may check only the ranges of the other
+        (``structure=False``)."""
+        def geometry(t: Tensor | None):
+            return None if t is None else (t.shape, t.dtype, t.layout, t.device)
+        def part(p):
+            if isinstance(p, Dense):
+                return type(p), geometry(p.x)
+            if isinstance(p, Gathered | Aggregated):
+                return type(p), geometry(p.src), geometry(p.index), geometry(p.gate)
+            return type(p), object()  # never equal: check() reports it
+        return (self.rows, tuple(part(p) for p in self.parts))
+
     def check(self, in_features: int | None = None,
-              index_range: Callable[[Tensor], tuple[int, int]] | None = None) -> None:
+              index_range: Callable[[Tensor], tuple[int, int]] | None = None, *,
+              structure: bool = True) -> None:
         """Raise ``ValueError`` unless the parts are consistent (shapes, dtypes, indices).
 
         ``index_range(index)`` gives ``(min, max)`` of a non-empty index (default: computed
-        here; a caller checking many layers of one batch may remember it per index)."""
+        here; a caller checking many layers of one batch may remember it per index).
+        ``structure=False`` tests the index ranges only: for an input whose
+        :meth:`signature` equals that of one that passed (with the same ``in_features``),
+        the other tests give the same answer."""
+        if not structure:
+            self._check_ranges(index_range)
+            return
         if not self.parts:
             raise ValueError("GramInput has no parts")
         if in_features is not None and self.width != in_features:
@@ -172,23 +195,34 @@ class GramInput:
             if isinstance(p, Gathered):
                 if n_idx != self.rows:
                     raise ValueError(f"{where}: index has {n_idx} rows, expected {self.rows}")
-                bound, what = n_src, "src"
-            else:
-                if n_idx != n_src:
-                    raise ValueError(f"{where}: index has {n_idx} entries for {n_src} src rows")
-                bound, what = self.rows, "the layer's rows"
-            if n_idx:
-                lo, hi = (int(idx.min()), int(idx.max())) if index_range is None \
-                    else index_range(idx)
-                if lo < 0 or hi >= bound:
-                    raise ValueError(f"{where}: index values lie in [{lo}, {hi}], outside "
-                                     f"{what} [0, {bound})")
+            elif n_idx != n_src:
+                raise ValueError(f"{where}: index has {n_idx} entries for {n_src} src rows")
+            self._check_range(k, p, index_range)
             if p.gate is not None:
                 g = p.gate
                 if not g.is_floating_point() or g.numel() != n_idx or not (
                         g.dim() == 1 or (g.dim() == 2 and g.shape[1] == 1)):
                     raise ValueError(f"{where}: gate must be a float [{n_idx}] or "
                                      f"[{n_idx}, 1] tensor, got {g.dtype} {tuple(g.shape)}")
+
+    def _check_ranges(self, index_range) -> None:
+        for k, p in enumerate(self.parts):
+            if not isinstance(p, Dense):
+                self._check_range(k, p, index_range)
+
+    def _check_range(self, k: int, p: Gathered | Aggregated, index_range) -> None:
+        """Index values of part ``k`` inside the rows they address (shapes checked)."""
+        idx = p.index
+        if not idx.shape[0]:
+            return
+        if isinstance(p, Gathered):
+            bound, what = p.src.shape[0], "src"
+        else:
+            bound, what = self.rows, "the layer's rows"
+        lo, hi = (int(idx.min()), int(idx.max())) if index_range is None else index_range(idx)
+        if lo < 0 or hi >= bound:
+            raise ValueError(f"part {k} ({type(p).__name__}): index values lie in [{lo}, {hi}], "
+                             f"outside {what} [0, {bound})")
 
     def materialize(self, dtype: torch.dtype | None = None) -> Tensor:
         """The explicit ``[R, width]`` rows (for tests and fallbacks; O(R·width) memory).
