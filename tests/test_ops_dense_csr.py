@@ -147,7 +147,7 @@ def test_opcheck_and_fake_tensor_mode():
                                             torch.zeros(2, dtype=torch.float64), c, xf) is None
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda  # skipped without a CUDA device (tests/conftest.py)
 def test_cuda_tensors_raise_a_clear_error():
     x = torch.ones(2, 3, device="cuda")
     with pytest.raises(RuntimeError, match="no cuda kernel for dense_csr_count_"):

@@ -140,7 +140,7 @@ def test_cpu_only_kernel():
     assert "cuda" not in gffmerge_ext.row_gram_devices()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda  # skipped without a CUDA device (tests/conftest.py)
 def test_cuda_tensors_raise_a_clear_error():
     acc = torch.zeros(2, 2, dtype=torch.float64, device="cuda")
     crow = torch.tensor([0, 1, 2], device="cuda")
@@ -254,7 +254,7 @@ def test_csr_mm_opcheck_and_fake_tensor_mode():
                                     torch.zeros(3, 4, dtype=torch.float64)) is None
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda  # skipped without a CUDA device (tests/conftest.py)
 def test_csr_mm_cuda_tensors_raise_a_clear_error():
     cuda = dict(dtype=torch.float64, device="cuda")
     crow = torch.tensor([0, 1, 2], device="cuda")

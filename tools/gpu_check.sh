@@ -11,6 +11,8 @@
 #   gram    benchmarks/bench_gram.py --device cuda           -> $RESULTS/gram_cuda.md, .csv
 #   edge    benchmarks/bench_edge_gram.py --device cuda on a small grid
 #                                                            -> $RESULTS/edge_gram_cuda.md, .csv
+#   e2e     tools/gpu_e2e.py: shipped GNS/PaiNN measured + solved on cuda vs cpu
+#                                                            -> $RESULTS/gpu_e2e.md, .csv
 #
 # A failing step does not stop the later ones (a failed build still lets the tests report why
 # the kernels are missing); the script exits non-zero when any step failed. Each step's output
@@ -216,7 +218,10 @@ export LD_LIBRARY_PATH="$TORCH_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONPATH="$SITE:$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
 run_step tests 150 env -C "$BUILD" "$PY" -m pytest -m cuda -q -p no:cacheprovider \
   --junitxml="$LOGS/tests.xml" "$ROOT"/tests/test_ops_cuda.py "$ROOT"/tests/test_ops.py \
-  "$ROOT"/tests/test_ops_solve.py
+  "$ROOT"/tests/test_ops_solve.py "$ROOT"/tests/test_ops_dense_csr.py \
+  "$ROOT"/tests/test_ops_sparse_rows.py
+# Shipped GNS and PaiNN measured and merged on cuda against cpu (needs vesin for the graphs).
+run_step e2e 120 env -C "$BUILD" "$PY" "$ROOT"/tools/gpu_e2e.py --out "$RESULTS/gpu_e2e"
 run_step gram 90 env -C "$BUILD" "$PY" "$ROOT"/benchmarks/bench_gram.py --device cuda \
   --out "$RESULTS/gram_cuda"
 # Four cases x three variants, each a fresh process (~5 s of start-up each); 3.2M edge rows.
