@@ -13,6 +13,8 @@
 #                                                            -> $RESULTS/edge_gram_cuda.md, .csv
 #   e2e     tools/gpu_e2e.py: shipped GNS/PaiNN measured + solved on cuda vs cpu
 #                                                            -> $RESULTS/gpu_e2e.md, .csv
+#   measure benchmarks/bench_measure.py --device cuda --quick (statistics / forward)
+#                                                            -> $RESULTS/measure_cuda.md, .csv
 #
 # A failing step does not stop the later ones (a failed build still lets the tests report why
 # the kernels are missing); the script exits non-zero when any step failed. Each step's output
@@ -28,7 +30,8 @@
 # Environment: GPU_PYTHON, NVCC (default $CUDACXX, /usr/local/cuda/bin/nvcc, nvcc on PATH),
 # GPU_CHECK_RESULTS (default benchmarks/results), GPU_CHECK_LOGS (default
 # $GPU_CHECK_RESULTS/gpu_check), GPU_CHECK_BUILD (default build/gpu-check), GPU_CHECK_BUDGET
-# (seconds for all steps, default 470), JOBS (default: the number of cores).
+# (seconds for all steps, default 470), GPU_CHECK_STEPS (the steps to run, default all:
+# "build tests e2e gram measure edge"), JOBS (default: the number of cores).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,8 +39,10 @@ cd "$ROOT"
 RESULTS=$(mkdir -p "${GPU_CHECK_RESULTS:-$ROOT/benchmarks/results}" && cd "${GPU_CHECK_RESULTS:-$ROOT/benchmarks/results}" && pwd)
 LOGS=${GPU_CHECK_LOGS:-$RESULTS/gpu_check}
 BUILD=${GPU_CHECK_BUILD:-$ROOT/build/gpu-check}
+case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac  # the steps run in other folders
 BUDGET=${GPU_CHECK_BUDGET:-470}
 JOBS=${JOBS:-$(nproc 2>/dev/null || echo 4)}
+STEPS=" ${GPU_CHECK_STEPS:-build tests e2e gram measure edge} "
 mkdir -p "$LOGS"
 SUMMARY=$LOGS/summary.md
 T0=$SECONDS
@@ -53,6 +58,7 @@ verdict() {  # step, status, detail
 # $LOGS/NAME.log; records the verdict and never aborts the script.
 run_step() {
   local name=$1 cap=$2; shift 2
+  case $STEPS in *" $name "*) ;; *) say "$name: skipped (not in GPU_CHECK_STEPS)"; return 0 ;; esac
   local left=$((BUDGET - (SECONDS - T0))) t1=$SECONDS rc
   local limit=$((cap < left ? cap : left))
   if [ "$limit" -lt 20 ]; then
@@ -204,7 +210,19 @@ import gffmerge_ext as e
 assert e.__file__.startswith(os.environ["SITE"]), f"imported {e.__file__}, not the staged build"
 info = e.build_info()
 assert e.extension_available() and info["cuda"], (e.load_error(), info)
-print("built:", {k: info[k] for k in ("cuda", "cuda_archs", "torch_version", "compiler")})'
+print("built:", {k: info[k] for k in ("cuda", "cuda_archs", "torch_version", "compiler")})
+# An error message with numbers in it, formatted inside the module: a toolchain that links
+# libstdc++ statically and exports it crashed right here (CMakeLists.txt: --exclude-libs).
+import torch
+for dev in ("cpu", "cuda"):
+    acc = torch.zeros(2, 2, dtype=torch.float64, device=dev)
+    try:
+        e.gram_(acc, torch.ones(3, 2, device=dev), torch.tensor([0, 7], device=dev), backend="ext")
+    except RuntimeError as exc:
+        assert "index[1] = 7 is out of range" in str(exc), exc
+    else:
+        raise AssertionError(f"gram_ on {dev} accepted an out-of-range index")
+print("error messages format on cpu and cuda")'
 }
 export -f cuda_root build
 export PY ROOT BUILD SITE NVCC CMAKE NINJA JOBS ARCH TORCH_DIR
@@ -216,7 +234,10 @@ run_step build 270 bash -c build
 mkdir -p "$BUILD"
 export LD_LIBRARY_PATH="$TORCH_DIR/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONPATH="$SITE:$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
-run_step tests 150 env -C "$BUILD" "$PY" -m pytest -m cuda -q -p no:cacheprovider \
+# pytest-xdist where installed: a test that crashes the interpreter (a segfault in a kernel) then
+# fails alone, its worker is replaced, and the other tests still report.
+XDIST=(); "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
+run_step tests 150 env -C "$BUILD" "$PY" -m pytest -m cuda -q -p no:cacheprovider "${XDIST[@]}" -rfE \
   --junitxml="$LOGS/tests.xml" "$ROOT"/tests/test_ops_cuda.py "$ROOT"/tests/test_ops.py \
   "$ROOT"/tests/test_ops_solve.py "$ROOT"/tests/test_ops_dense_csr.py \
   "$ROOT"/tests/test_ops_sparse_rows.py
@@ -224,7 +245,9 @@ run_step tests 150 env -C "$BUILD" "$PY" -m pytest -m cuda -q -p no:cacheprovide
 run_step e2e 120 env -C "$BUILD" "$PY" "$ROOT"/tools/gpu_e2e.py --out "$RESULTS/gpu_e2e"
 run_step gram 90 env -C "$BUILD" "$PY" "$ROOT"/benchmarks/bench_gram.py --device cuda \
   --out "$RESULTS/gram_cuda"
+run_step measure 120 env -C "$BUILD" "$PY" "$ROOT"/benchmarks/bench_measure.py --device cuda \
+  --quick --out "$RESULTS/measure_cuda"
 # Four cases x three variants, each a fresh process (~5 s of start-up each); 3.2M edge rows.
-run_step edge 150 env -C "$BUILD" "$PY" "$ROOT"/benchmarks/bench_edge_gram.py --device cuda \
+run_step edge 200 env -C "$BUILD" "$PY" "$ROOT"/benchmarks/bench_edge_gram.py --device cuda \
   --repeats 3 --dims 64 128 --degrees 32 --atoms 100000 --max-gb 60 --out "$RESULTS"
 finish
