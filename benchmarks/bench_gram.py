@@ -2,8 +2,11 @@
 
 Variants, all on float32 activations x [R, d] and all counted as 2 R d^2 flops:
 
-* ``gram_``          acc += x^T x (float64 accumulation, no float64 copy of x, one triangle)
+* ``gram_``          acc += x^T x (float64 accumulation; on the CPU no float64 copy of x, one
+                     triangle; on CUDA chunked float64 copies and cuBLAS)
 * ``gram_ aug``      the same with x~ = [x, 1]
+* ``gram_ mm`` / ``gram_ kernel``  gram_ by the route that is not this device's default
+                     (GFFMERGE_GRAM_ROUTE: mm on CUDA, kernel on the CPU)
 * ``torch f64``      xd = x.double(); xd.T @ xd (one cast, one full GEMM)
 * ``official``       per batch of 4096 rows: cast to float64, append a ones column,
                      A += x~^T x~ and B += x~^T y (y float32 of width d), via addmm_
@@ -112,6 +115,23 @@ def bench_one(R: int, d: int, device, repeats: int, max_gb: float) -> list[Row]:
         lambda: gffmerge_ext.gram_(ga, head, augment=True),
         gb,
     )
+
+    # The other route of gram_ (GFFMERGE_GRAM_ROUTE; the default is mm on CUDA, kernel on the
+    # CPU), so that one run compares the two on this device.
+    other = "kernel" if torch.device(device).type == "cuda" else "mm"
+
+    def routed(t):
+        old = os.environ.get("GFFMERGE_GRAM_ROUTE")
+        os.environ["GFFMERGE_GRAM_ROUTE"] = other
+        try:
+            gffmerge_ext.gram_(g, t)
+        finally:
+            if old is None:
+                os.environ.pop("GFFMERGE_GRAM_ROUTE")
+            else:
+                os.environ["GFFMERGE_GRAM_ROUTE"] = old
+
+    run(f"gram_ {other}", lambda: routed(x), lambda: routed(head), 3 * gb)
 
     def torch_f64(t):
         xd = t.double()
@@ -263,6 +283,9 @@ def targets(rows: list[Row], sizes, dims) -> list[str]:
 NOTES = [
     "## Notes",
     "",
+    "- `gram_` is the op's default route on this device (CUDA: `mm`, row chunks cast to",
+    "  float64 and one ATen/cuBLAS product each; CPU: `kernel`, the tiled kernels); the row",
+    "  `gram_ kernel` / `gram_ mm` is the other route (`GFFMERGE_GRAM_ROUTE`) in the same run.",
     "- `torch f64` casts once (`xd = x.double(); xd.T @ xd`), a slightly stronger baseline than",
     "  the literal `x.double().T @ x.double()`, which casts twice.",
     "- `official` uses `addmm_` into A and B (no temporaries for the products) and computes",

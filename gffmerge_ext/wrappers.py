@@ -133,6 +133,11 @@ def gram_(
             ``acc[:d, d] += sum w x`` (sums for a bias / the mean).
         backend: ``"auto"`` (compiled op when available for the device, else the reference
             with one warning), ``"ext"`` (compiled op or an error), ``"torch"`` (reference).
+
+    The compiled op forms the sums by the route ``GFFMERGE_GRAM_ROUTE`` names (for ``cross_``
+    too): ``kernel`` (tiled kernels, no float64 copy of ``x``; the CPU default), ``mm`` (row
+    chunks of ~256 MB cast to float64, one matrix product each, cuBLAS on a GPU; the CUDA
+    default) or ``mm:ROWS`` (ROWS rows per chunk). Any other value is an error.
     """
     if _use_extension(backend, acc.device, "gram_"):
         torch.ops.gffmerge.gram_(acc, x, index, weight, augment)

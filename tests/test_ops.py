@@ -6,6 +6,7 @@ GFFMERGE_ALLOW_NO_EXT=1 to skip the comparisons that need it.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -255,6 +256,87 @@ def test_cross_matches_reference(device, case):
     scale = torch.zeros(shape, dtype=torch.float64, device=device)
     cross_reference_(scale, x.abs(), y.abs(), ix, iy, None if weight is None else weight.abs(), aug)
     assert_increment(acc, before, expected, scale)
+
+
+# ---- the two routes of gram_ / cross_ (GFFMERGE_GRAM_ROUTE) ---------------------------------
+
+ROUTES = st.one_of(st.sampled_from(["kernel", "mm"]),
+                   st.integers(1, 400).map(lambda rows: f"mm:{rows}"))
+
+
+class _route:
+    """GFFMERGE_GRAM_ROUTE set inside a with-block (hypothesis forbids monkeypatch here)."""
+
+    def __init__(self, value):
+        self.value, self.old = value, None
+
+    def __enter__(self):
+        self.old = os.environ.get("GFFMERGE_GRAM_ROUTE")
+        os.environ["GFFMERGE_GRAM_ROUTE"] = self.value
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop("GFFMERGE_GRAM_ROUTE", None)
+        else:
+            os.environ["GFFMERGE_GRAM_ROUTE"] = self.old
+
+
+@pytest.mark.needs_ext
+@settings(max_examples=60, deadline=None)
+@given(case=gram_cases(), route=ROUTES)
+def test_gram_routes_match_reference(device, case, route):
+    """The mm route (chunked float64 products; the CUDA default) and the tiled kernels (the
+    CPU default) agree with the reference on every input form, chunk boundaries included."""
+    gen = torch.Generator().manual_seed(case["seed"])
+    n, d, m, aug = case["n"], case["d"], case["m"], case["augment"]
+    x = make_rows(gen, n, d, case["dtype"], case["layout"], device)
+    index = make_index(gen, n, m, case["index"], device)
+    weight = make_weight(gen, m, case["weight"], device)
+    D = d + aug
+    before = poison(gen, (D, D), symmetric=True, device=device)
+    acc = before.clone()
+    with _route(route):
+        wrappers.gram_(acc, x, index, weight, aug, backend="ext")
+    expected = torch.zeros(D, D, dtype=torch.float64, device=device)
+    gram_reference_(expected, x, index, weight, aug)
+    assert torch.equal(acc, acc.T), f"route {route}: gram_ result is not exactly symmetric"
+    assert_increment(acc, before, expected, gram_scale(x, index, weight, aug))
+
+
+@pytest.mark.needs_ext
+@settings(max_examples=40, deadline=None)
+@given(case=cross_cases(), route=ROUTES)
+def test_cross_routes_match_reference(device, case, route):
+    gen = torch.Generator().manual_seed(case["seed"])
+    m, aug = case["m"], case["augment_x"]
+    x = make_rows(gen, case["nx"], case["dx"], case["dtype_x"], case["layout_x"], device)
+    y = make_rows(gen, case["ny"], case["dy"], case["dtype_y"], case["layout_y"], device)
+    ix = make_index(gen, case["nx"], m, case["index_x"], device)
+    iy = make_index(gen, case["ny"], m, case["index_y"], device)
+    weight = make_weight(gen, m, case["weight"], device)
+    shape = (case["dx"] + aug, case["dy"])
+    before = poison(gen, shape, symmetric=False, device=device)
+    acc = before.clone()
+    with _route(route):
+        wrappers.cross_(acc, x, y, ix, iy, weight, aug, backend="ext")
+    expected = torch.zeros(shape, dtype=torch.float64, device=device)
+    cross_reference_(expected, x, y, ix, iy, weight, aug)
+    scale = torch.zeros(shape, dtype=torch.float64, device=device)
+    cross_reference_(scale, x.abs(), y.abs(), ix, iy, None if weight is None else weight.abs(), aug)
+    assert_increment(acc, before, expected, scale)
+
+
+@pytest.mark.needs_ext
+@pytest.mark.parametrize("value", ["tiles", "mm:0", "mm:-3", "mm:12x", "MM"])
+def test_unknown_route_is_an_error(device, value, monkeypatch):
+    monkeypatch.setenv("GFFMERGE_GRAM_ROUTE", value)
+    acc = torch.zeros(3, 3, dtype=torch.float64, device=device)
+    x = torch.ones(4, 3, device=device)
+    with pytest.raises(RuntimeError, match=f"GFFMERGE_GRAM_ROUTE must be .* got '{value}'"):
+        gffmerge_ext.gram_(acc, x, backend="ext")
+    with pytest.raises(RuntimeError, match="GFFMERGE_GRAM_ROUTE must be"):
+        gffmerge_ext.cross_(acc, x, x, backend="ext")
+    assert torch.equal(acc, torch.zeros_like(acc))
 
 
 # ---- poisoned accumulators and exact symmetry -----------------------------------------------

@@ -1,5 +1,5 @@
-// The one reader of the GFFMERGE_BLAS environment variable (torch-free, so module.cpp's
-// build_info() shares it). GFFMERGE_BLAS=aten routes the CPU kernels' dgemm, potrf and potrs
+// The one reader of the GFFMERGE_BLAS and GFFMERGE_GRAM_ROUTE environment variables
+// (torch-free, so module.cpp's build_info() shares it). GFFMERGE_BLAS=aten routes the CPU kernels' dgemm, potrf and potrs
 // through ATen instead of the BLAS/LAPACK symbols libtorch exports, to compare the two;
 // GFFMERGE_BLAS=dgemm keeps the exported symbols but forms the Gram/cross block products by
 // dgemm instead of the kernels' own register tiles (both of these turn the tiles off); any
@@ -16,6 +16,10 @@ inline bool aten_blas_requested() {
   const char* env = std::getenv("GFFMERGE_BLAS");
   return env != nullptr && std::strcmp(env, "aten") == 0;
 }
+
+// GFFMERGE_GRAM_ROUTE (gram_/cross_: "mm" or "kernel"; ops/gram_mm.h parses it): the raw
+// value, nullptr when unset.
+inline const char* gram_route_env() { return std::getenv("GFFMERGE_GRAM_ROUTE"); }
 
 inline bool block_tiles_allowed() {
   const char* env = std::getenv("GFFMERGE_BLAS");

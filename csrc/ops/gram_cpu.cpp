@@ -21,6 +21,7 @@
 #include "blas_env.h"
 #include "checks.h"
 #include "describe.h"
+#include "gram_mm.h"
 
 namespace gffmerge::ops {
 namespace {
@@ -69,6 +70,9 @@ void gram_cpu(const at::Tensor& acc, const at::Tensor& x, const std::optional<at
   const int64_t count = check_gram(acc, x, index, weight, augment);
   const k::Index ix = as_index(index);
   check_range(op, "index", ix, count, x.size(0), "x");
+  if (const auto c = mm_route::chosen(false); c.mm) {
+    return mm_route::gram(c, acc, x, index, weight, augment, count);
+  }
   k::gram_accumulate(acc.data_ptr<double>(), as_matrix(x), ix, count, as_weights(weight),
                      augment, select_gemm(), tuning());
 }
@@ -83,6 +87,9 @@ void cross_cpu(const at::Tensor& acc, const at::Tensor& x, const at::Tensor& y,
   const k::Index iy = as_index(index_y);
   check_range(op, "index_x", ix, count, x.size(0), "x");
   check_range(op, "index_y", iy, count, y.size(0), "y");
+  if (const auto c = mm_route::chosen(false); c.mm) {
+    return mm_route::cross(c, acc, x, y, index_x, index_y, weight, augment_x, count);
+  }
   k::cross_accumulate(acc.data_ptr<double>(), as_matrix(x), as_matrix(y), ix, iy, count,
                       as_weights(weight), augment_x, select_gemm(), tuning());
 }

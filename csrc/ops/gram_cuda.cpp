@@ -1,5 +1,6 @@
 // CUDA kernels of gffmerge::gram_ and gffmerge::cross_: validate (as on the CPU), check index
-// ranges on the device, and launch the tiled kernels of kernels/gram.cu on the current stream.
+// ranges on the device, then either the mm route (ops/gram_mm.h, the default) or the tiled
+// kernels of kernels/gram.cu (GFFMERGE_GRAM_ROUTE=kernel), on the current stream.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
@@ -12,6 +13,7 @@
 #include "../kernels/gram_cuda.h"
 #include "checks.h"
 #include "describe.h"
+#include "gram_mm.h"
 
 namespace gffmerge::ops {
 namespace {
@@ -53,6 +55,9 @@ void gram_cuda(const at::Tensor& acc, const at::Tensor& x, const std::optional<a
   const c10::cuda::CUDAGuard guard(acc.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   check_range(op, "index", index, count, x.size(0), "x", stream);
+  if (const auto c = mm_route::chosen(true); c.mm) {
+    return mm_route::gram(c, acc, x, index, weight, augment, count);
+  }
   run(op, k::tiles::gram_plan(as_matrix(x), as_index(index), count, as_weights(weight), augment),
       acc, stream);
 }
@@ -67,6 +72,9 @@ void cross_cuda(const at::Tensor& acc, const at::Tensor& x, const at::Tensor& y,
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   check_range(op, "index_x", index_x, count, x.size(0), "x", stream);
   check_range(op, "index_y", index_y, count, y.size(0), "y", stream);
+  if (const auto c = mm_route::chosen(true); c.mm) {
+    return mm_route::cross(c, acc, x, y, index_x, index_y, weight, augment_x, count);
+  }
   run(op,
       k::tiles::cross_plan(as_matrix(x), as_matrix(y), as_index(index_x), as_index(index_y),
                            count, as_weights(weight), augment_x),
