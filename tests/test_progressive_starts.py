@@ -17,8 +17,10 @@ from gffmerge.methods._progressive_anchors import (
     TA_LAMS,
     TIES_DENSITIES,
     TIES_LAMS,
+    WTA_LAMS,
     one_shot_run,
     one_shot_sums,
+    weighted_task_arithmetic,
 )
 from gffmerge.methods.progressive import ProgressiveOptions, progressive_merge
 from gffmerge.models.painn import PaiNN
@@ -65,6 +67,15 @@ def test_starts_are_scored_and_the_pick_is_the_best_candidate(pair):
     assert kinds.count("base") == 1
     assert kinds.count("task_arithmetic") == len(TA_LAMS)
     assert kinds.count("ties") == len(TIES_LAMS) + len(TIES_DENSITIES) - 1
+    # one λ per source: each source by itself first, then the coordinate search
+    weighted = [a for a in tried if a["kind"] in ("source", "weighted_task_arithmetic")]
+    assert [a["kind"] for a in weighted[:2]] == ["source", "source"]
+    assert [a["params"]["lams"] for a in weighted[:2]] == [[1.0, 0.0], [0.0, 1.0]]
+    assert len({tuple(a["params"]["lams"]) for a in weighted}) == len(weighted)
+    assert all(a["kind"] == "weighted_task_arithmetic" for a in weighted[2:])
+    for k, a in enumerate(weighted[:2]):
+        assert a["val_force_mae_mev_per_a"] == pytest.approx(_score(sources[k], vals),
+                                                             rel=1e-9)
     # each start scored as the registered method would merge it, on the same frames
     a = next(a for a in tried if a["kind"] == "base")
     assert a["val_force_mae_mev_per_a"] == pytest.approx(_score(base, vals), rel=1e-12)
@@ -73,7 +84,8 @@ def test_starts_are_scored_and_the_pick_is_the_best_candidate(pair):
         merged = methods.get(kind)(sources, base=base, **a["params"]).model
         assert a["val_force_mae_mev_per_a"] == pytest.approx(_score(merged, vals), rel=1e-12)
     # the best start is the second start of the one-shot closed form
-    best_kind = min((a for a in tried if a["kind"] in ("base", "task_arithmetic", "ties")),
+    best_kind = min((a for a in tried if a["kind"] in ("base", "task_arithmetic", "ties",
+                                                         "source", "weighted_task_arithmetic")),
                     key=lambda a: a["val_force_mae_mev_per_a"])["kind"]
     assert o["starts_tried"] == [best_kind]
     shots = {a["start"] for a in tried if a["kind"] == "one-shot"}
@@ -265,7 +277,8 @@ def test_alternatives_are_the_best_of_every_other_family(pair):
     for key, val in scored:
         fam = prog._family(key)
         families[fam] = min(families.get(fam, val), val)
-    chosen = ("start", o["chosen"]) if o["chosen"] in ("base", "ties", "task_arithmetic") \
+    chosen = ("start", o["chosen"]) if o["chosen"] in ("base", "ties", "task_arithmetic",
+                                                       "source", "weighted_task_arithmetic") \
         else ("average",) if o["chosen"] == "average" \
         else (o["chosen"], o["chosen_ridge"], o["chosen_beta"], o["chosen_start"])
     assert set(res.alternatives) == set(families) - {prog._family(chosen)}
@@ -282,3 +295,57 @@ def test_alternatives_are_the_best_of_every_other_family(pair):
                 torch.testing.assert_close(res.alternatives["foundation"].state_dict()[k], v,
                                            rtol=0, atol=0)
     assert res.report.times["alternatives"] >= 0
+
+
+def test_weighted_task_arithmetic_searches_one_lambda_per_source(pair):
+    """Each source alone first, then coordinate moves over WTA_LAMS from the best point so
+    far: on a score with its minimum at (0.3, 1.0) the search ends there."""
+    base, sources, _, _ = pair
+    from gffmerge.methods._task_vectors import task_vectors
+
+    theta0, tau = task_vectors(sources, base)
+    calls = []
+
+    def score(kind, model, lams):
+        assert kind == ("source" if sorted(lams) == [0.0, 1.0] else "weighted_task_arithmetic")
+        want = {k: theta0[k] + sum(lam * t[i] for i, lam in enumerate(lams))
+                for k, t in tau.items()}
+        got = model.state_dict()
+        for k, v in want.items():
+            torch.testing.assert_close(got[k], v.to(got[k].dtype), rtol=1e-12, atol=1e-12)
+        calls.append(tuple(lams))
+        return (lams[0] - 0.3) ** 2 + (lams[1] - 1.0) ** 2
+    weighted_task_arithmetic(sources, theta0, tau, score, {(0.8, 0.8): 10.0})
+    assert calls[:2] == [(1.0, 0.0), (0.0, 1.0)]
+    assert len(calls) == len(set(calls))
+    assert min(calls, key=lambda c: (c[0] - 0.3) ** 2 + (c[1] - 1.0) ** 2) == (0.3, 1.0)
+    assert all(v in WTA_LAMS for c in calls for v in c)
+
+
+def test_a_source_that_scores_best_is_returned_and_told(pair, monkeypatch):
+    base, sources, batches, vals = pair
+    target = sources[1].state_dict()
+
+    def fake(model, val_sets):
+        state = model.state_dict()
+        near = all(torch.allclose(v, target[k], rtol=0, atol=1e-12)
+                   for k, v in state.items() if k != "atomic_energies")
+        f = 5.0 if near else 50.0
+        return [{"force_mae_mev_per_a": f, "energy_mae_mev_per_atom": 0.0, "atoms": 9,
+                 "frames": 1}] * len(val_sets)
+    monkeypatch.setattr(prog, "system_errors", fake)
+    with pytest.warns(UserWarning, match=r"source 1 \(b\) by itself scored best"):
+        res = progressive_merge(sources, batches, _opts(search_frames=3), val_data=vals,
+                                progress=False, base=base, labels=["a", "b"])
+    o = res.report.options
+    assert o["chosen"] == "source" and o["val_force_mae_mev_per_a"] == 5.0
+    for k, v in res.model.state_dict().items():
+        if k != "atomic_energies":
+            torch.testing.assert_close(v, target[k], rtol=0, atol=1e-12)
+    # return_base=False: no source by itself (nor the foundation) is returned, and no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        res = progressive_merge(sources, batches, _opts(search_frames=3, return_base=False),
+                                val_data=vals, progress=False, base=base)
+    assert res.report.options["chosen"] not in ("source", "base")
+    assert res.report.options["val_force_mae_mev_per_a"] == 50.0

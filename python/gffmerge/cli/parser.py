@@ -14,8 +14,8 @@ from .training import cmd_eval, cmd_train
 
 BASE_HELP = ("the pre-trained checkpoint the sources were fine-tuned from (needed by "
              "task_arithmetic, ties, emr; the default merge then also tries starting from "
-             "the foundation, task arithmetic and TIES); checked against the sources' "
-             "metadata")
+             "the foundation, task arithmetic (also per source) and TIES); checked against "
+             "the sources' metadata")
 
 
 def build_parser() -> argparse.ArgumentParser:

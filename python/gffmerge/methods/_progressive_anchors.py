@@ -11,7 +11,8 @@ the staged merge on validation frames. Anchors are cheaper candidates scored the
   average) and every β of the search. One-shot statistics depend on no solution, so one
   pass per source gives every point; each point costs one solve and one validation score.
 * with the foundation the sources were fine-tuned from (``base``), *starts*: the
-  foundation itself, task arithmetic and TIES (each on a small grid), scored as they are;
+  foundation itself, task arithmetic and TIES (each on a small grid), task arithmetic with
+  one λ per source (each source by itself, then a coordinate search), scored as they are;
   the best of them becomes a second start of the closed form: the merge begins from it
   (the parameters no layer solve reaches keep its values) and its ridge shrinks toward it
   instead of toward the mean, so large ridges tend to that start. Fine-tunes that forget
@@ -31,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from ..collect.order import LayerOrder
@@ -42,11 +44,13 @@ from ._task_vectors import apply_task_vector, task_vectors
 from .ties import elect_and_merge, trim
 
 __all__ = ["Anchor", "Run", "average_run", "one_shot_run", "one_shot_sums", "score_anchors",
-           "score_starts", "start_model"]
+           "score_starts", "start_model", "weighted_task_arithmetic"]
 
 TA_LAMS = (0.3, 0.8, 1.0)  # task arithmetic λ (λ = 1/K is the average, λ = 0 the base)
 TIES_LAMS = (0.5, 0.8, 1.0, 1.2)  # TIES λ at the middle density, then the densities
 TIES_DENSITIES = (0.1, 0.2, 0.4)
+WTA_LAMS = (0.0, 0.3, 0.6, 1.0)  # per-source λ_k of weighted task arithmetic
+WTA_ROUNDS = 2  # coordinate-search rounds over the sources' λ_k
 
 
 @dataclass
@@ -63,7 +67,8 @@ class Run:
 class Anchor:
     """One anchor tried and its validation error (``ridge`` None: the average)."""
 
-    kind: str  # "average", "one-shot" or a start: "base", "task_arithmetic", "ties"
+    kind: str  # "average", "one-shot" or a start: "base", "task_arithmetic", "ties",
+    #            "source" (one source by itself), "weighted_task_arithmetic"
     ridge: float | None
     beta: float
     val_force_mae_mev_per_a: float
@@ -162,7 +167,49 @@ def score_starts(models: Sequence[nn.Module], base: nn.Module, errors: Errors
     for density in TIES_DENSITIES:
         if density != mid:
             ties(density, lam)
+    weighted_task_arithmetic(models, theta0, tau, score, {
+        (a.params["lam"],) * len(models): a.val_force_mae_mev_per_a
+        for a in tried if a.kind == "task_arithmetic"})
     return tried, {kind: model for kind, (_, model) in best.items()}
+
+
+def weighted_task_arithmetic(models: Sequence[nn.Module], theta0: dict, tau: dict,
+                             score: Callable[..., float],
+                             known: dict[tuple[float, ...], float]) -> None:
+    """Score ``θ₀ + Σ_k λ_k τ_k`` with one λ per source (kind
+    ``"weighted_task_arithmetic"``): each source by itself first (λ_k = 1, the others 0;
+    kind ``"source"``, which ``return_base=False`` keeps from being returned like the
+    foundation), then a coordinate search over :data:`WTA_LAMS` (:data:`WTA_ROUNDS`
+    rounds) from the best of those and of ``known`` (uniform λ already scored as task
+    arithmetic). Sources that forget each other's systems unequally (one fine-tune better
+    on both than the other, or than any average) are found here: a single source is a
+    candidate like the foundation."""
+    k_models = len(models)
+    seen = dict(known)
+
+    def at(lams: tuple[float, ...]) -> float:
+        if lams not in seen:
+            combo = {}
+            for key, t in tau.items():
+                weights = torch.tensor(lams, dtype=t.dtype, device=t.device)
+                combo[key] = torch.tensordot(weights, t, dims=1)
+            one = sorted(lams) == [0.0] * (k_models - 1) + [1.0]
+            seen[lams] = score("source" if one else "weighted_task_arithmetic",
+                               apply_task_vector(models, theta0, combo, 1.0), lams=list(lams))
+        return seen[lams]
+
+    for k in range(k_models):
+        at(tuple(1.0 if j == k else 0.0 for j in range(k_models)))
+    current = min(seen, key=seen.get)
+    for _ in range(WTA_ROUNDS):
+        moved = False
+        for k in range(k_models):
+            for v in WTA_LAMS:
+                cand = current[:k] + (v,) + current[k + 1:]
+                if at(cand) < seen[current]:
+                    current, moved = cand, True
+        if not moved:
+            break
 
 
 def score_anchors(models: Sequence[nn.Module], sources: list[Source], order: LayerOrder,

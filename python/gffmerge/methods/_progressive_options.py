@@ -66,13 +66,14 @@ class ProgressiveOptions:
       size says nothing about how much its system matters; with ``"pooled"`` a pair with
       28- and 56-atom cells ranks candidates mostly by the larger one.
     - ``starts``: with the foundation given (``base=``), ``"auto"`` also scores the
-      foundation, task arithmetic and TIES on validation and runs the closed form from
-      the best of them too (it begins from it and its ridge shrinks toward it); ``"off"``:
+      foundation, task arithmetic (one λ for all sources, and one λ per source: each
+      source by itself, then a coordinate search), TIES on validation and runs the closed
+      form from the best of them too (it begins from it and its ridge shrinks toward it); ``"off"``:
       the mean is the only start. Without a base there is nothing to do.
-    - ``return_base``: whether the foundation itself may be the result when it scores
-      best on validation (``False``: the best *merge* is returned, e.g. as the start of a
-      repair, which moves a merge further than the foundation in a few epochs; the
-      foundation may still be the closed form's start).
+    - ``return_base``: whether the foundation itself, or one source by itself, may be the
+      result when it scores best on validation (``False``: the best *merge* is returned,
+      e.g. as the start of a repair, which moves a merge further than the foundation in a
+      few epochs; either may still be the closed form's start).
     - ``alternatives``: also hand back (``MergeResult.alternatives``) the best candidate
       of every other family the search scored: the foundation, the best task-vector
       start, the average, and the closed form from each start. A repair then chooses its
@@ -135,10 +136,12 @@ class ProgressiveOptions:
                   "(one for adapter models, grid otherwise)",
         "val_score": "per_system (mean over systems of each one's validation force MAE) or "
                      "pooled (over all force components: larger cells weigh more)",
-        "starts": "with the foundation (base): auto also scores it, task arithmetic and TIES "
-                  "and starts the closed form from the best of them; off: from the mean only",
-        "return_base": "the foundation itself may be returned when it scores best (false: "
-                       "only merges are returned; it may still start the closed form)",
+        "starts": "with the foundation (base): auto also scores it, task arithmetic (also "
+                  "one λ per source, each source by itself included) and TIES and starts "
+                  "the closed form from the best of them; off: from the mean only",
+        "return_base": "the foundation (or one source) itself may be returned when it scores "
+                       "best (false: only merges are returned; it may still start the closed "
+                       "form)",
         "alternatives": "also return the best candidate of every other family searched "
                         "(foundation, starts, average, closed forms): starts for a repair",
     }

@@ -137,7 +137,8 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     arguments override fields of ``options``. Layers the forward never reaches keep the
     sources' mean (or the chosen start's values). ``base``: the foundation the sources
     were fine-tuned from; with it (and ``starts="auto"``) the search also scores the
-    foundation, task arithmetic and TIES, and the closed form from the best of them
+    foundation, task arithmetic (also one λ per source, each source by itself included)
+    and TIES, and the closed form from the best of them
     (:mod:`gffmerge.methods._progressive_anchors`). The report's ``options`` also records
     the stages, the chosen point, and the validation error of every grid point.
     """
@@ -253,9 +254,10 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
                 score(ridge, beta, start)
         cands = [(("progressive", p.ridge, p.beta, p.start), p.val_force_mae_mev_per_a)
                  for p in points]
-        # return_base=False: the foundation may start the closed form but is not returned
+        # return_base=False: the foundation (or one source by itself) may start the closed
+        # form but is not returned
         cands += [(a.key, a.val_force_mae_mev_per_a) for a in anchors
-                  if opts.return_base or a.key != ("start", "base")]
+                  if opts.return_base or a.key not in UNMERGED]
         best = min(cands, key=lambda c: c[1])[0]
     search_s, search_c = time.perf_counter() - t_search, time.process_time() - c_search
     t_final, c_final = time.perf_counter(), time.process_time()
@@ -283,7 +285,7 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     # the average and the starts depend on no frame budget: their search scores stand
     fixed = [a for a in anchors if a.kind != "one-shot"
              and (a.kind == "average" or a.key[1] in start_models)
-             and (opts.return_base or a.key != ("start", "base"))]
+             and (opts.return_base or a.key not in UNMERGED)]
     safe = min(fixed, key=lambda a: a.val_force_mae_mev_per_a) if fixed else None
     if safe is not None and best != safe.key and val[0] > safe.val_force_mae_mev_per_a:
         name = "the average" if safe.kind == "average" else f"the {safe.kind} start"
@@ -299,6 +301,15 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
                         f"({val[0]:.4g}, {opts.val_score}) of every merge tried: it is "
                         "returned unchanged (reference energies refitted); no merge of these "
                         "fine-tunes kept more of their systems than it lost"]
+    if best == ("start", "source"):
+        k = min((a for a in anchors if a.key == best),
+                key=lambda a: a.val_force_mae_mev_per_a).params["lams"].index(1.0)
+        who = f"source {k}" + (f" ({labels[k]})" if labels else "")
+        run.warnings = [*run.warnings, f"{who} by itself scored best on validation "
+                        f"({val[0]:.4g}, {opts.val_score}) of every merge tried: it is "
+                        "returned (its parameters unchanged, reference energies refitted); "
+                        "no merge of these fine-tunes did better than it (return_base=False "
+                        "returns the best merge instead)"]
     alternatives: dict[str, nn.Module] = {}
     alt_record: dict[str, dict] = {}
     t_alt = time.perf_counter()
@@ -363,14 +374,20 @@ def progressive_merge(models: Sequence[nn.Module], data: Sequence[Iterable[Any]]
     return MergeResult(run.model, report, alternatives)
 
 
+# Candidates that are no merge: returned only with return_base=True.
+UNMERGED = (("start", "base"), ("start", "source"))
+
+
 def _family(key: tuple) -> str:
-    """The family of a search candidate, by its key: ``"foundation"``, ``"task-vector
-    start"`` (task arithmetic or TIES), ``"average"``, or ``"closed form from the mean"``
-    (``"... from the foundation"``, ``"... from the ties start"``, …)."""
+    """The family of a search candidate, by its key: ``"foundation"``, ``"single source"``,
+    ``"task-vector start"`` (task arithmetic, also per source, or TIES), ``"average"``, or
+    ``"closed form from the mean"`` (``"... from the foundation"``, ``"... from the ties
+    start"``, …)."""
     if key[0] == "average":
         return "average"
     if key[0] == "start":
-        return "foundation" if key[1] == "base" else "task-vector start"
+        return {"base": "foundation", "source": "single source"}.get(key[1],
+                                                                      "task-vector start")
     return ("closed form from the mean" if key[3] == "mean" else
             "closed form from the foundation" if key[3] == "base" else
             f"closed form from the {key[3]} start")
