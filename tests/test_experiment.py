@@ -74,6 +74,7 @@ def test_results_json_has_every_row_in_the_issue_shape(finished):
     # the repair chose its start among the default's pick and its other families
     line = next(x for x in report.splitlines() if "validation loss after a 1-epoch probe" in x)
     assert "pick " in line and "average " in line
+    assert "the best again for 2 epochs: " in line
     assert (out / "methods.png").stat().st_size > 1000 or not _has_matplotlib()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -69,6 +70,35 @@ def test_the_start_with_the_best_probe_is_repaired_as_if_given_alone(data, good_
     # the probe of each candidate is a repair of probe_epochs on the same frames
     probe = repair(bad, data, **{**FAST, "epochs": 1})
     assert res.probe_val_loss["given"] == pytest.approx(probe.best_val_loss, rel=1e-12)
+
+
+def test_the_best_two_probes_go_again_for_twice_the_epochs(data, good_and_bad, monkeypatch):
+    """Three starts: the two best first probes are probed again for 2 epochs, and the start
+    is the best of that second round even where the first round ranked them the other way."""
+    import gffmerge.repair as rp
+
+    good, bad = good_and_bad
+    worse = _model(data, 3, scale=9.0)
+    # first-round scores favour "bad" over "given" (good); the second round reverses them
+    first = {id(good): 2.0, id(bad): 1.0, id(worse): 3.0}
+    second = {id(good): 0.5, id(bad): 0.8}
+    real = rp._train_copy
+    seen = []
+
+    def fake(model, dataset, opts, epochs, output, metadata, progress=False,
+             with_scope=False):
+        if with_scope:  # the full repair
+            return real(model, dataset, opts, epochs, output, metadata, progress=progress,
+                        with_scope=True)
+        seen.append((id(model), epochs))
+        loss = (first if epochs == 1 else second)[id(model)]
+        return SimpleNamespace(metrics={"best_val_loss": loss})
+    monkeypatch.setattr(rp, "_train_copy", fake)
+    res = repair(good, data, starts={"bad": bad, "worse": worse}, probe_epochs=1, **FAST)
+    assert seen == [(id(good), 1), (id(bad), 1), (id(worse), 1), (id(bad), 2), (id(good), 2)]
+    assert res.probe_val_loss == {"given": 2.0, "bad": 1.0, "worse": 3.0}
+    assert res.final_probe_val_loss == {"bad": 0.8, "given": 0.5}
+    assert res.start == "given"
 
 
 def test_the_given_model_is_kept_when_its_probe_is_best(data, good_and_bad):

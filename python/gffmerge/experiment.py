@@ -312,8 +312,11 @@ def repair_note(fixed, cfg) -> str:
         start = "the default's pick" if fixed.start == "given" else fixed.start
         losses = ", ".join(f"{'pick' if k == 'given' else k} {v:.4g}"
                            for k, v in fixed.probe_val_loss.items())
+        finals = ", ".join(f"{'pick' if k == 'given' else k} {v:.4g}"
+                           for k, v in fixed.final_probe_val_loss.items())
         note += (f", from {start} (validation loss after a {cfg.repair_probe_epochs}-epoch "
-                 f"probe: {losses}; probes {fixed.probe_seconds:.0f} s)")
+                 f"probe: {losses}; the best again for {2 * cfg.repair_probe_epochs} "
+                 f"epochs: {finals}; probes {fixed.probe_seconds:.0f} s)")
     return note
 
 

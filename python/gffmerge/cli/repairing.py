@@ -49,8 +49,8 @@ def add_parser(subparsers, *, parents: list[argparse.ArgumentParser] | None = No
     p.add_argument("--starts", nargs="+", metavar="CKPT",
                    help="other checkpoints the repair may start from (e.g. the average, "
                         "another merge): each, --model included, is repaired for "
-                        "--probe-epochs first, and the full repair starts from the one "
-                        "best on validation")
+                        "--probe-epochs first, the best two again for twice as long, and "
+                        "the full repair starts from the one best on validation")
     p.add_argument("--probe-epochs", type=int, default=1,
                    help="epochs of each start's probe repair with --starts (default 1)")
     p.add_argument("-o", "--output", required=True, help="repaired checkpoint (.pt)")
@@ -98,7 +98,8 @@ def _run(args: argparse.Namespace) -> int:
                "frames_per_system": result.frames_per_system,
                "start_val_loss": result.start_val_loss, "best_val_loss": result.best_val_loss,
                "best_epoch": result.metrics.get("best_epoch"), "metrics": result.metrics,
-               "start": result.start, "probe_val_loss": result.probe_val_loss}
+               "start": result.start, "probe_val_loss": result.probe_val_loss,
+               "final_probe_val_loss": result.final_probe_val_loss}
     start = args.model if result.start == "given" else result.start
     text = (f"repaired {Path(start).name} ({args.scope}, {len(result.trainable)} "
             f"parameter tensors) on {sum(result.frames_per_system.values())} frames in "
