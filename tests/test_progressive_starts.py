@@ -320,6 +320,7 @@ def test_weighted_task_arithmetic_searches_one_lambda_per_source(pair):
     assert len(calls) == len(set(calls))
     assert min(calls, key=lambda c: (c[0] - 0.3) ** 2 + (c[1] - 1.0) ** 2) == (0.3, 1.0)
     assert all(v in WTA_LAMS for c in calls for v in c)
+    assert (0.0, 0.0) not in calls  # the foundation is scored as itself, not here
 
 
 def test_a_source_that_scores_best_is_returned_and_told(pair, monkeypatch):

@@ -28,6 +28,7 @@ moved from it, e.g. CHGNet) falls back to them instead of being made worse.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -188,6 +189,8 @@ def weighted_task_arithmetic(models: Sequence[nn.Module], theta0: dict, tau: dic
     seen = dict(known)
 
     def at(lams: tuple[float, ...]) -> float:
+        if not any(lams):  # the foundation itself, scored as such
+            return math.inf
         if lams not in seen:
             combo = {}
             for key, t in tau.items():
