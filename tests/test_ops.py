@@ -6,6 +6,7 @@ GFFMERGE_ALLOW_NO_EXT=1 to skip the comparisons that need it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -189,6 +190,12 @@ def gram_cases(draw):
 @settings(max_examples=200, deadline=None)
 @given(case=gram_cases())
 def test_gram_matches_reference(device, case):
+    check_gram_case(device, case)
+
+
+def check_gram_case(device, case):
+    """gram_ on a drawn case (under whatever GFFMERGE_GRAM_ROUTE is set) against the
+    float64 reference, on a poisoned symmetric accumulator."""
     gen = torch.Generator().manual_seed(case["seed"])
     n, d, m, aug = case["n"], case["d"], case["m"], case["augment"]
     x = make_rows(gen, n, d, case["dtype"], case["layout"], device)
@@ -239,6 +246,11 @@ def cross_cases(draw):
 @settings(max_examples=120, deadline=None)
 @given(case=cross_cases())
 def test_cross_matches_reference(device, case):
+    check_cross_case(device, case)
+
+
+def check_cross_case(device, case):
+    """cross_ on a drawn case against the float64 reference, on a poisoned accumulator."""
     gen = torch.Generator().manual_seed(case["seed"])
     m, aug = case["m"], case["augment_x"]
     x = make_rows(gen, case["nx"], case["dx"], case["dtype_x"], case["layout_x"], device)
@@ -264,21 +276,18 @@ ROUTES = st.one_of(st.sampled_from(["kernel", "mm"]),
                    st.integers(1, 400).map(lambda rows: f"mm:{rows}"))
 
 
-class _route:
+@contextlib.contextmanager
+def _route(value):
     """GFFMERGE_GRAM_ROUTE set inside a with-block (hypothesis forbids monkeypatch here)."""
-
-    def __init__(self, value):
-        self.value, self.old = value, None
-
-    def __enter__(self):
-        self.old = os.environ.get("GFFMERGE_GRAM_ROUTE")
-        os.environ["GFFMERGE_GRAM_ROUTE"] = self.value
-
-    def __exit__(self, *exc):
-        if self.old is None:
+    old = os.environ.get("GFFMERGE_GRAM_ROUTE")
+    os.environ["GFFMERGE_GRAM_ROUTE"] = value
+    try:
+        yield
+    finally:
+        if old is None:
             os.environ.pop("GFFMERGE_GRAM_ROUTE", None)
         else:
-            os.environ["GFFMERGE_GRAM_ROUTE"] = self.old
+            os.environ["GFFMERGE_GRAM_ROUTE"] = old
 
 
 @pytest.mark.needs_ext
@@ -287,43 +296,16 @@ class _route:
 def test_gram_routes_match_reference(device, case, route):
     """The mm route (chunked float64 products; the CUDA default) and the tiled kernels (the
     CPU default) agree with the reference on every input form, chunk boundaries included."""
-    gen = torch.Generator().manual_seed(case["seed"])
-    n, d, m, aug = case["n"], case["d"], case["m"], case["augment"]
-    x = make_rows(gen, n, d, case["dtype"], case["layout"], device)
-    index = make_index(gen, n, m, case["index"], device)
-    weight = make_weight(gen, m, case["weight"], device)
-    D = d + aug
-    before = poison(gen, (D, D), symmetric=True, device=device)
-    acc = before.clone()
     with _route(route):
-        wrappers.gram_(acc, x, index, weight, aug, backend="ext")
-    expected = torch.zeros(D, D, dtype=torch.float64, device=device)
-    gram_reference_(expected, x, index, weight, aug)
-    assert torch.equal(acc, acc.T), f"route {route}: gram_ result is not exactly symmetric"
-    assert_increment(acc, before, expected, gram_scale(x, index, weight, aug))
+        check_gram_case(device, case)
 
 
 @pytest.mark.needs_ext
 @settings(max_examples=40, deadline=None)
 @given(case=cross_cases(), route=ROUTES)
 def test_cross_routes_match_reference(device, case, route):
-    gen = torch.Generator().manual_seed(case["seed"])
-    m, aug = case["m"], case["augment_x"]
-    x = make_rows(gen, case["nx"], case["dx"], case["dtype_x"], case["layout_x"], device)
-    y = make_rows(gen, case["ny"], case["dy"], case["dtype_y"], case["layout_y"], device)
-    ix = make_index(gen, case["nx"], m, case["index_x"], device)
-    iy = make_index(gen, case["ny"], m, case["index_y"], device)
-    weight = make_weight(gen, m, case["weight"], device)
-    shape = (case["dx"] + aug, case["dy"])
-    before = poison(gen, shape, symmetric=False, device=device)
-    acc = before.clone()
     with _route(route):
-        wrappers.cross_(acc, x, y, ix, iy, weight, aug, backend="ext")
-    expected = torch.zeros(shape, dtype=torch.float64, device=device)
-    cross_reference_(expected, x, y, ix, iy, weight, aug)
-    scale = torch.zeros(shape, dtype=torch.float64, device=device)
-    cross_reference_(scale, x.abs(), y.abs(), ix, iy, None if weight is None else weight.abs(), aug)
-    assert_increment(acc, before, expected, scale)
+        check_cross_case(device, case)
 
 
 @pytest.mark.needs_ext

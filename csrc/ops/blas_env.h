@@ -1,6 +1,7 @@
 // The one reader of the GFFMERGE_BLAS and GFFMERGE_GRAM_ROUTE environment variables
-// (torch-free, so module.cpp's build_info() shares it). GFFMERGE_BLAS=aten routes the CPU kernels' dgemm, potrf and potrs
-// through ATen instead of the BLAS/LAPACK symbols libtorch exports, to compare the two;
+// (torch-free, so module.cpp's build_info() shares it). GFFMERGE_BLAS=aten routes the CPU
+// kernels' dgemm, potrf and potrs through ATen instead of the BLAS/LAPACK symbols libtorch
+// exports, to compare the two;
 // GFFMERGE_BLAS=dgemm keeps the exported symbols but forms the Gram/cross block products by
 // dgemm instead of the kernels' own register tiles (both of these turn the tiles off); any
 // other value, or none, keeps the exported ones and the tiles. Read on every call, not cached, so that a
