@@ -7,7 +7,8 @@
 #           build/gpu-check/site/gffmerge_ext (symlinks to the sources + the built _C): nothing
 #           is installed and the source tree gets no binary;
 #   tests   pytest -m cuda on the op test files (tests/test_ops*.py): the CUDA kernels against
-#           the float64 reference, opcheck, streams, devices;
+#           the float64 reference, opcheck, streams, devices; and tests/test_collect_cuda.py:
+#           progressive and force-aware statistics and a progressive merge, cuda against cpu;
 #   gram    benchmarks/bench_gram.py --device cuda           -> $RESULTS/gram_cuda.md, .csv
 #   edge    benchmarks/bench_edge_gram.py --device cuda on a small grid
 #                                                            -> $RESULTS/edge_gram_cuda.md, .csv
@@ -240,7 +241,7 @@ XDIST=(); "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
 run_step tests 150 env -C "$BUILD" "$PY" -m pytest -m cuda -q -p no:cacheprovider "${XDIST[@]}" -rfE \
   --junitxml="$LOGS/tests.xml" "$ROOT"/tests/test_ops_cuda.py "$ROOT"/tests/test_ops.py \
   "$ROOT"/tests/test_ops_solve.py "$ROOT"/tests/test_ops_dense_csr.py \
-  "$ROOT"/tests/test_ops_sparse_rows.py
+  "$ROOT"/tests/test_ops_sparse_rows.py "$ROOT"/tests/test_collect_cuda.py
 # Shipped GNS and PaiNN measured and merged on cuda against cpu (needs vesin for the graphs).
 run_step e2e 120 env -C "$BUILD" "$PY" "$ROOT"/tools/gpu_e2e.py --out "$RESULTS/gpu_e2e"
 run_step gram 90 env -C "$BUILD" "$PY" "$ROOT"/benchmarks/bench_gram.py --device cuda \

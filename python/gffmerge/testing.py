@@ -38,7 +38,7 @@ def fine_tunes(base: nn.Module, k: int, *, scale: float = 0.1, seed: int = 0) ->
         with torch.no_grad():
             for p in m.parameters():
                 noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
-                p.add_((scale * noise).to(p.dtype))
+                p.add_((scale * noise).to(p.device, p.dtype))
         out.append(m)
     return out
 

@@ -131,8 +131,9 @@ def _disturb(module: nn.Module, gen: torch.Generator | None):
     ``module``'s output (drawn from ``gen``); returns its handle."""
     def disturb(module, args, output):
         scale = output.detach().std().clamp_min(1e-6) if output.numel() > 1 else 1.0
+        # drawn on the CPU (the same noise on every device), then moved to the output's
         noise = torch.randn(output.shape, generator=gen, dtype=torch.float64)
-        return output + (PERTURBATION * scale * noise).to(output.dtype).to(output.device)
+        return output + (PERTURBATION * scale * noise.to(output.device)).to(output.dtype)
     return module.register_forward_hook(disturb)
 
 

@@ -65,7 +65,7 @@ from gffmerge_ext import cross_, gram_
 
 from ..errors import EmptyDataError, NonFiniteActivationError
 from ..models.parts import GramInput
-from .batches import batch_entries, default_forward, move_to
+from .batches import batch_entries, default_forward, model_device, move_to
 from .hooks import is_affine, theta
 from .providers import sums_of
 from .recording import run_recording
@@ -315,11 +315,12 @@ def stage_sums(merged: nn.Module | None, sources: Sequence[Source], names: Seque
     if not targets and tangents:
         raise ValueError("tangent rows need the sources' targets: use targets=True")
     out = []
-    device = None
     for src in sources:
+        inp_model = merged if merged is not None else src.model
+        # The sums live where the inputs are formed (a CUDA model: CUDA accumulators).
+        device = model_device(inp_model)
         sums = {n: LayerSums.empty(infos[n].in_features, infos[n].out_features, tangents,
                                    device) for n in names}
-        inp_model = merged if merged is not None else src.model
         inp_model.eval()
         one_shot = merged is None and targets
         derived = frozenset()
