@@ -51,16 +51,18 @@ inline int64_t chunk_rows(const Choice& c, int64_t doubles_per_row) {
   return std::max<int64_t>(1, kChunkBytes / (8 * std::max<int64_t>(doubles_per_row, 1)));
 }
 
-// Gathered rows [start, start + n) of x as float64 [n, d (+1 column of ones)].
+// Gathered rows [start, start + n) of x as float64 [n, d], contiguous. The column of ones of
+// an augmented row is never stored: its products are column sums. Every matrix a product
+// reads or writes keeps a leading dimension of d (or d_out), never d + 1: cuBLAS picks its
+// fast (FP64 tensor core) kernels only for aligned leading dimensions, and on an H200 the
+// augmented Gram through a [n, d + 1] operand ran at half the plain one's rate.
 inline at::Tensor rows_f64(const at::Tensor& x, const std::optional<at::Tensor>& index,
-                           int64_t start, int64_t n, bool augment) {
+                           int64_t start, int64_t n) {
   const at::Tensor part = index.has_value()
                               ? x.index_select(0, index->narrow(0, start, n).contiguous())
                               : x.narrow(0, start, n);
-  const int64_t d = x.size(1);
-  at::Tensor out = at::empty({n, d + (augment ? 1 : 0)}, x.options().dtype(at::kDouble));
-  out.narrow(1, 0, d).copy_(part);
-  if (augment) out.select(1, d).fill_(1.0);
+  at::Tensor out = at::empty({n, x.size(1)}, x.options().dtype(at::kDouble));
+  out.copy_(part);
   return out;
 }
 
@@ -78,11 +80,31 @@ inline void gram(const Choice& c, const at::Tensor& acc, const at::Tensor& x,
   if (count == 0 || acc.numel() == 0) return;
   const int64_t D = acc.size(0);
   const int64_t step = chunk_rows(c, weight.has_value() ? 2 * D : D);
-  at::Tensor sum = at::zeros({D, D}, acc.options());
+  const int64_t d = x.size(1);
+  // The x-block of the sums apart from the ones row and column (its own aligned matrix).
+  at::Tensor block = at::zeros({d, d}, acc.options());
+  at::Tensor col = at::zeros({d}, acc.options());  // sum_r w_r x_r (augment)
+  at::Tensor total = at::zeros({}, acc.options());  // sum_r w_r (augment)
   for (int64_t s = 0; s < count; s += step) {
     const int64_t n = std::min(step, count - s);
-    const at::Tensor a = rows_f64(x, index, s, n, augment);
-    sum.addmm_(a.t(), weight.has_value() ? weighted(a.clone(), weight, s, n) : a);
+    const at::Tensor a = rows_f64(x, index, s, n);
+    const at::Tensor wa = weight.has_value() ? weighted(a.clone(), weight, s, n) : a;
+    block.addmm_(a.t(), wa);
+    if (augment) {
+      col.add_(wa.sum(0));
+      if (weight.has_value()) {
+        total.add_(weight->narrow(0, s, n).to(at::kDouble).sum());
+      } else {
+        total.add_(static_cast<double>(n));
+      }
+    }
+  }
+  at::Tensor sum = at::zeros({D, D}, acc.options());
+  sum.narrow(0, 0, d).narrow(1, 0, d).copy_(block);
+  if (augment) {
+    sum.select(1, d).narrow(0, 0, d).copy_(col);
+    sum.select(0, d).narrow(0, 0, d).copy_(col);
+    sum.select(0, d).select(0, d).copy_(total);
   }
   acc.add_(sum.add(sum.t()).mul_(0.5));
 }
@@ -100,8 +122,9 @@ inline void cross(const Choice& c, const at::Tensor& acc, const at::Tensor& x,
   at::Tensor sum = at::zeros_like(acc);
   for (int64_t s = 0; s < count; s += step) {
     const int64_t n = std::min(step, count - s);
-    sum.addmm_(rows_f64(x, index_x, s, n, augment_x).t(),
-               weighted(rows_f64(y, index_y, s, n, false), weight, s, n));
+    const at::Tensor wy = weighted(rows_f64(y, index_y, s, n), weight, s, n);
+    sum.narrow(0, 0, x.size(1)).addmm_(rows_f64(x, index_x, s, n).t(), wy);  // ld = d_out
+    if (augment_x) sum.select(0, x.size(1)).add_(wy.sum(0));  // the ones column of x~
   }
   acc.add_(sum);
 }
