@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint cuda-check gpu-check checkpoints bench sanitize clean
+.PHONY: install demo test test-adapters lint cuda-check gpu-check checkpoints bench sanitize clean
 
 $(PY):
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -34,6 +34,16 @@ demo: install
 test:
 	PYTHON_BOOT=$(PYTHON_BOOT) VENV=$(VENV) PYTEST_ARGS="$(PYTEST_ARGS)" MAKE="$(MAKE)" \
 	  bash tools/test.sh
+
+# The foundation adapters' tests (CHGNet, SevenNet-0, e3nn irreps), skipped by `make test`
+# because their extras are heavy: installs the extras' packages into $(VENV) with torch held
+# at its pin (a constraint, so pip fails rather than move torch), then runs those tests.
+ADAPTER_TESTS := tests/test_adapter_chgnet.py tests/test_adapter_sevenn.py \
+  tests/test_adapter_e3nn.py tests/test_adapter_species.py
+test-adapters: install
+	@mkdir -p build && $(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > build/torch-pin.txt
+	$(PIP) install -c build/torch-pin.txt chgnet sevenn
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) $(ADAPTER_TESTS)
 
 lint: install
 	$(VENV)/bin/ruff check .
