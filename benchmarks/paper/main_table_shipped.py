@@ -137,6 +137,14 @@ def _role(name: str, systems: list[str]) -> str:
     return name
 
 
+def _system_mean(m: dict, row: str, systems: list[str]) -> float | None:
+    """Mean over ``systems`` of row ``row``'s test force MAE (None if a system is missing)."""
+    r = m.get(row)
+    if not r or not all(s in r.get("systems", {}) for s in systems):
+        return None
+    return sum(r["systems"][s]["force_mae_mev_per_a"] for s in systems) / len(systems)
+
+
 def _body(columns) -> list[str]:
     names = list(dict.fromkeys(_role(n, systems) for _, res, systems, _ in columns
                                for n in (*res["methods"], *(res.get("failures") or {}))))
@@ -173,6 +181,18 @@ def _body(columns) -> list[str]:
         if d and a and j:
             lines.append(f"- {title}: default {d / a:.2f}× the average, {d / j:.2f}× joint"
                          + (f"; repaired {rep / j:.2f}× joint" if rep else ""))
+    lines += ["", "The same by the mean over the two systems of each one's test force MAE (each "
+              "system counts once, whatever its cell size: what the default's validation "
+              "score ranks candidates by), with the foundation's for reference:", ""]
+    for (title, m), (_, _, systems, _) in zip(joint, columns):
+        d, a, j, f = (_system_mean(m, r, systems) for r in (methods.DEFAULT_METHOD, "average",
+                                                            "joint", "foundation"))
+        rep = _system_mean(m, f"{methods.DEFAULT_METHOD}+repair", systems)
+        if d and a and j:
+            lines.append(f"- {title}: default {d:.1f} ({d / a:.2f}× the average's {a:.1f}, "
+                         f"{d / j:.2f}× joint's {j:.1f})"
+                         + (f"; foundation {f:.1f}" if f else "")
+                         + (f"; repaired {rep:.1f} ({rep / j:.2f}× joint)" if rep else ""))
     return lines + [""]
 
 
