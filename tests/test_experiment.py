@@ -62,7 +62,8 @@ def test_results_json_has_every_row_in_the_issue_shape(finished):
             > res["methods"][methods.DEFAULT_METHOD]["seconds"])
     assert res["command"].startswith("gffmerge experiment --foundation ")
     assert "--train-frames 4 --finetune-epochs 1" in res["command"]
-    assert res["command"].endswith(f"--repair --switch --repair-probe-epochs 1 --out {out}")
+    assert res["command"].endswith(
+        f"--repair --switch --repair-probe-epochs 1 --repair-lr auto --out {out}")
     # the switch keeps the merge's time and changes only the embedding: different errors
     for m in ("gffmerge", methods.DEFAULT_METHOD):
         assert res["methods"][f"{m}+switch"]["seconds"] == res["methods"][m]["seconds"]
@@ -234,6 +235,12 @@ def test_statistics_passes_measure_the_same_frames_in_atom_budget_batches(founda
     assert "--stats-batch-size 5" in explicit.command()
     with pytest.raises(ValueError, match="stats-batch-size"):
         ExperimentConfig(str(foundation), SYSTEMS, str(tmp_path / "o2"), stats_batch_size=0)
+    for bad in (0.0, -1e-3, "fast"):
+        with pytest.raises(ValueError, match="repair-lr must be a rate > 0 or 'auto'"):
+            ExperimentConfig(str(foundation), SYSTEMS, str(tmp_path / "o3"), repair_lr=bad)
+    fixed = ExperimentConfig(str(foundation), SYSTEMS, str(tmp_path / "o4"), repair=True,
+                             repair_lr=1e-3)
+    assert "--repair-lr 0.001" in fixed.command()
 
 
 def test_given_sources_and_joint_are_used_as_they_are(finished, foundation, tmp_path):

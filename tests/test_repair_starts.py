@@ -194,3 +194,97 @@ def test_cli_merge_writes_the_alternatives_beside_the_output(tmp_path, data, goo
     assert load_checkpoint(paths["average"])[1]["record"] == rec["average"]
     _merge_summary(args, result)
     assert json.loads(capsys.readouterr().out)["alternatives"] == paths
+
+
+# ---- the rate chosen on validation (lr="auto") ------------------------------------------
+
+
+def test_auto_rate_probes_each_rate_from_the_chosen_start(data, good_and_bad, monkeypatch):
+    """Starts first (at the default rate), then the chosen start once per rate for twice the
+    probe epochs, the default rate's second probe reused; the full repair runs at the best."""
+    import gffmerge.repair as rp
+
+    good, bad = good_and_bad
+    first = {id(good): 1.0, id(bad): 2.0}
+    second = {id(good): 0.5, id(bad): 0.8}
+    by_rate = {1e-3: 0.7, 4e-3: 0.3}
+    real = rp._train_copy
+    seen = []
+
+    def fake(model, dataset, opts, epochs, output, metadata, progress=False,
+             with_scope=False):
+        if with_scope:
+            seen.append(("full", opts.lr))
+            return real(model, dataset, opts, epochs, output, metadata, progress=progress,
+                        with_scope=True)
+        seen.append((id(model), epochs, opts.lr))
+        if opts.lr != rp.DEFAULT_LR:
+            return SimpleNamespace(metrics={"best_val_loss": by_rate[opts.lr]})
+        return SimpleNamespace(metrics={"best_val_loss": (first if epochs == 1
+                                                          else second)[id(model)]})
+    monkeypatch.setattr(rp, "_train_copy", fake)
+    fast = {k: v for k, v in FAST.items() if k != "lr"}
+    res = repair(bad, data, starts={"good": good}, probe_epochs=1, lr="auto",
+                 lr_grid=(1e-3, rp.DEFAULT_LR, 4e-3), **fast)
+    d = rp.DEFAULT_LR
+    assert seen == [(id(bad), 1, d), (id(good), 1, d), (id(good), 2, d), (id(bad), 2, d),
+                    (id(good), 2, 1e-3), (id(good), 2, 4e-3), ("full", 4e-3)]
+    assert res.start == "good" and res.options.lr == 4e-3
+    assert res.lr_probe_val_loss == {1e-3: 0.7, d: 0.5, 4e-3: 0.3}
+
+
+def test_auto_rate_without_starts_equals_a_plain_repair_at_the_chosen_rate(data, good_and_bad):
+    good, _ = good_and_bad
+    fast = {k: v for k, v in FAST.items() if k != "lr"}
+    res = repair(good, data, lr="auto", lr_grid=(1e-3, 1e-2), probe_epochs=1, **fast)
+    assert set(res.lr_probe_val_loss) == {1e-3, 1e-2} and res.start == "given"
+    best = min(res.lr_probe_val_loss, key=res.lr_probe_val_loss.get)
+    assert res.options.lr == best
+    # each rate's probe is a repair of 2 * probe_epochs at that rate on the same frames
+    probe = repair(good, data, **{**fast, "epochs": 2, "lr": 1e-3})
+    assert res.lr_probe_val_loss[1e-3] == pytest.approx(probe.best_val_loss, rel=1e-12)
+    plain = repair(good, data, lr=best, **fast)
+    for k, v in plain.model.state_dict().items():
+        torch.testing.assert_close(res.model.state_dict()[k], v, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"lr": "fast"}, "lr must be a rate > 0 or 'auto'"),
+    ({"lr": "auto", "lr_grid": ()}, "lr_grid must be a non-empty"),
+    ({"lr": "auto", "lr_grid": (1e-3, -1.0)}, "lr_grid must be a non-empty"),
+    ({"lr": "auto", "probe_epochs": 0}, "probe_epochs must be >= 1"),
+])
+def test_bad_rates_are_refused(data, good_and_bad, kw, message):
+    good, _ = good_and_bad
+    fast = {k: v for k, v in FAST.items() if k != "lr"}
+    with pytest.raises(ValueError, match=message):
+        repair(good, data, **{**fast, **kw})
+
+
+def test_cli_auto_rate_records_the_choice(tmp_path, data, good_and_bad, capsys):
+    good, _ = good_and_bad
+    save_checkpoint(tmp_path / "m.pt", good, {"role": "merged", "method": "average"})
+    out = tmp_path / "r.pt"
+    argv = ["repair", "--model", str(tmp_path / "m.pt"), "--data", *SYSTEMS, "--frames",
+            "16", "--epochs", "1", "--max-frames", "60", "--batch-size", "4", "--lr", "auto",
+            "--seed", "0", "-o", str(out), "--json"]
+    assert run(_cli(argv)) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert set(payload["lr_probe_val_loss"]) == {"0.0005", "0.001"}
+    assert payload["lr"] == float(min(payload["lr_probe_val_loss"],
+                                      key=payload["lr_probe_val_loss"].get))
+    meta = load_checkpoint(out)[1]
+    assert meta["repair"]["options"]["lr"] == payload["lr"]
+    assert meta["repair"]["lr_probe_val_loss"] == payload["lr_probe_val_loss"]
+
+
+def test_cli_bad_rate_exits_2(tmp_path, data, good_and_bad, capsys):
+    good, _ = good_and_bad
+    save_checkpoint(tmp_path / "m.pt", good)
+    argv = ["repair", "--model", str(tmp_path / "m.pt"), "--data", *SYSTEMS, "--lr", "fast",
+            "-o", str(tmp_path / "r.pt")]
+    with pytest.raises(SystemExit) as exc:
+        run(_cli(argv))
+    assert exc.value.code == 2
+    assert "must be a rate > 0 or 'auto'" in capsys.readouterr().err
+    assert not (tmp_path / "r.pt").exists()

@@ -285,7 +285,7 @@ class _Experiment:
                                val_frames=cfg.val_frames * len(self.names),
                                starts=others or None,
                                probe_epochs=max(1, cfg.repair_probe_epochs),
-                               progress=self.progress)
+                               lr=cfg.repair_lr, progress=self.progress)
                 self.finish_row(f"{methods.DEFAULT_METHOD}+repair", fixed.model,
                                 default_s + alt_s + fixed.seconds,
                                 repair_note(fixed, cfg))
@@ -306,7 +306,8 @@ class _Experiment:
 
 
 def repair_note(fixed, cfg) -> str:
-    """The repair row's note: budget, and the start chosen by the probes (if any)."""
+    """The repair row's note: budget, the start chosen by the probes (if any) and the
+    learning rate (with the probes that chose it, if any)."""
     note = f"{cfg.repair_frames} frames, {cfg.repair_epochs} epochs"
     if fixed.probe_val_loss:
         start = "the default's pick" if fixed.start == "given" else fixed.start
@@ -317,6 +318,12 @@ def repair_note(fixed, cfg) -> str:
         note += (f", from {start} (validation loss after a {cfg.repair_probe_epochs}-epoch "
                  f"probe: {losses}; the best again for {2 * cfg.repair_probe_epochs} "
                  f"epochs: {finals}; probes {fixed.probe_seconds:.0f} s)")
+    if fixed.lr_probe_val_loss:
+        rates = ", ".join(f"{k:g} {v:.4g}" for k, v in fixed.lr_probe_val_loss.items())
+        note += (f"; lr {fixed.options.lr:g} chosen on validation ({rates} after "
+                 f"{2 * max(1, cfg.repair_probe_epochs)}-epoch probes)")
+    else:
+        note += f"; lr {fixed.options.lr:g}"
     return note
 
 

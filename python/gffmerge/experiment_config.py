@@ -33,6 +33,9 @@ class ExperimentConfig:
     # epochs of each start's probe before the repair (the default's pick and the best of
     # every other family its search scored); 0: repair the default's pick only
     repair_probe_epochs: int = 1
+    # the repair's learning rate, or "auto": 5e-4 and 1e-3 probed from the chosen
+    # start (2 * repair_probe_epochs, at least 2 epochs each), the best on validation used
+    repair_lr: float | str = "auto"
     merge_frames: int = 200  # frames per source for statistics, Fisher and progressive
     grid_val_frames: int = 64  # validation frames per system scoring a grid point
     val_frames: int = 100  # validation frames per system during training (cap)
@@ -67,6 +70,9 @@ class ExperimentConfig:
         if self.repair_probe_epochs < 0:
             raise ValueError(f"repair-probe-epochs must be >= 0 (0: no probes), got "
                              f"{self.repair_probe_epochs}")
+        if self.repair_lr != "auto" and not (isinstance(self.repair_lr, (int, float))
+                                              and self.repair_lr > 0):
+            raise ValueError(f"repair-lr must be a rate > 0 or 'auto', got {self.repair_lr!r}")
         if self.stats_batch_size is not None and self.stats_batch_size < 1:
             raise ValueError(f"stats-batch-size must be >= 1, got {self.stats_batch_size}")
         known = methods.available()
@@ -140,7 +146,8 @@ class ExperimentConfig:
             if getattr(self, flag):
                 parts.append(f"--{flag}")
         if self.repair:
-            parts += ["--repair-probe-epochs", str(self.repair_probe_epochs)]
+            parts += ["--repair-probe-epochs", str(self.repair_probe_epochs),
+                      "--repair-lr", str(self.repair_lr)]
         if self.sources:
             parts += ["--sources", *self.sources]
         if self.joint:

@@ -29,6 +29,12 @@ misranked a near tie on rMD17 GNS: 0.2495 against 0.2531 after one epoch, 0.190 
 is not always the one a few epochs move furthest: on the LiPS20 Li3P / P2S5 pairs the
 foundation scored best before a repair and worst after one.
 
+Choosing the rate (``lr="auto"``; the experiment runner's default): the rate that repairs
+best differs by model. On the shipped pairs (``benchmarks/bench_repair_lr.py``) GNS repaired
+best at the fine-tuning rate 5e-4 (rMD17: 73.5 meV/Å, against 79.4 at 1e-3 and 102 at 2e-3)
+and PaiNN at 1e-3 (rMD17: 86.6 against 91.2 at 5e-4). A 2 x ``probe_epochs`` probe per rate
+from the chosen start ranks them as the full repairs do on those pairs; probes at 2.5e-4
+looked good for GNS but its full repairs never were, so the grid starts at 5e-4.
 Why ``"all"`` by default: on the rMD17 GNS average merge (``benchmarks/bench_repair.py``,
 250 frames, 10 epochs) it brought the test force MAE from 328 to 92 meV/Å against 170 for
 ``"heads"`` and 120 for ``"last:10"``, at 1.1-1.4x their wall time: the merge error sits in
@@ -42,7 +48,7 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -57,6 +63,11 @@ from .train import TrainConfig, TrainResult, balanced_subset, train
 
 _HEAD_NAME = re.compile(r"^(readout|head|.+_head)$")
 PROBE_FINALISTS = 2  # starts probed a second time, for twice the epochs
+LR_GRID = (5e-4, 1e-3)
+"""The rates ``lr="auto"`` chooses among on validation (``benchmarks/results/repair_lr.md``:
+on the shipped pairs the full repairs' validation loss was lowest at 5e-4 for GNS and at
+1e-3-2e-3 for PaiNN, and never at 2.5e-4)."""
+DEFAULT_LR = 5e-4  # the fine-tuning rate of the shipped recipes
 
 
 @dataclass(frozen=True)
@@ -66,7 +77,7 @@ class RepairOptions:
     frames: int = 250  # training frames in all, spread evenly over the systems
     epochs: int = 10
     scope: str = "all"  # "heads", "last:N" or "all"
-    lr: float = 5e-4  # the fine-tuning rate of the shipped recipes
+    lr: float = 5e-4  # the fine-tuning rate of the shipped recipes (DEFAULT_LR)
     batch_size: int = 8
     val_frames: int | None = None  # cap on validation frames (evenly spread); None: all
     seed: int = DEFAULT_SEED
@@ -102,6 +113,8 @@ class RepairResult:
     probe_val_loss: dict[str, float] = field(default_factory=dict)  # by start, if probed
     # the best PROBE_FINALISTS probes again, for twice the epochs: the start is their best
     final_probe_val_loss: dict[str, float] = field(default_factory=dict)
+    # by rate, with lr="auto": the chosen start's probes for 2 * probe_epochs
+    lr_probe_val_loss: dict[float, float] = field(default_factory=dict)
     probe_seconds: float = 0.0
 
     @property
@@ -189,13 +202,14 @@ def combined_dataset(data: AtomsDataset | str | os.PathLike | Sequence[Any], *,
 
 
 def repair(model: ForceField, data: AtomsDataset | str | os.PathLike | Sequence[Any], *,
-           frames: int = 250, epochs: int = 10, scope: str = "all", lr: float = 5e-4,
+           frames: int = 250, epochs: int = 10, scope: str = "all",
+           lr: float | str = DEFAULT_LR,
            batch_size: int = 8, val_frames: int | None = None, seed: int = DEFAULT_SEED,
            max_frames: int | None = DEFAULT_MAX_FRAMES, energy_weight: float = 1.0,
            force_weight: float = 10.0, threads: int | None = None,
            output: str | os.PathLike | None = None, metadata: dict[str, Any] | None = None,
            starts: Mapping[str, ForceField] | None = None, probe_epochs: int = 1,
-           progress: bool = False) -> RepairResult:
+           lr_grid: Sequence[float] = LR_GRID, progress: bool = False) -> RepairResult:
     """Fine-tune a copy of ``model`` on the combined training split of ``data``.
 
     ``data``: see :func:`combined_dataset` (``max_frames`` and ``seed`` set the sampling of
@@ -213,9 +227,25 @@ def repair(model: ForceField, data: AtomsDataset | str | os.PathLike | Sequence[
     schedule); the :data:`PROBE_FINALISTS` with the lowest validation loss are probed again
     for ``2 * probe_epochs``, and the full repair starts from the untouched candidate whose
     second probe did best. The probes' losses and time are in the result.
+
+    ``lr="auto"``: the rate is chosen on validation too. The starts are probed at
+    :data:`DEFAULT_LR`; then the chosen start is probed for ``2 * probe_epochs`` at every
+    rate of ``lr_grid`` (the default rate's second probe reused), and the full repair runs
+    at the rate whose probe did best (``RepairResult.lr_probe_val_loss``; the rate used is
+    ``options.lr``).
     """
     t0 = time.perf_counter()
-    opts = RepairOptions(frames=frames, epochs=epochs, scope=scope, lr=lr,
+    auto_lr = isinstance(lr, str)
+    if auto_lr and lr != "auto":
+        raise ValueError(f"lr must be a rate > 0 or 'auto' (chosen on validation from "
+                         f"lr_grid), got {lr!r}")
+    if auto_lr:
+        grid = tuple(lr_grid)
+        if not grid or not all(isinstance(r, (int, float)) and r > 0 for r in grid):
+            raise ValueError(f"lr_grid must be a non-empty sequence of rates > 0, got "
+                             f"{lr_grid!r}")
+    opts = RepairOptions(frames=frames, epochs=epochs, scope=scope,
+                         lr=DEFAULT_LR if auto_lr else lr,
                          batch_size=batch_size, val_frames=val_frames, seed=seed,
                          energy_weight=energy_weight, force_weight=force_weight,
                          threads=threads)
@@ -232,8 +262,9 @@ def repair(model: ForceField, data: AtomsDataset | str | os.PathLike | Sequence[
                 f"every repair start must have the model's architecture (model 0 is the "
                 f"model given; then {', '.join(map(repr, list(candidates)[1:]))}): "
                 f"{exc}") from None
-    if starts and (not isinstance(probe_epochs, int) or probe_epochs < 1):
-        raise ValueError(f"probe_epochs must be >= 1 epoch per start, got {probe_epochs!r}")
+    if (starts or auto_lr) and (not isinstance(probe_epochs, int) or probe_epochs < 1):
+        raise ValueError(f"probe_epochs must be >= 1 epoch per start or rate, got "
+                         f"{probe_epochs!r}")
     dataset = combined_dataset(data, max_frames=max_frames, seed=seed)
     train_split = dataset.split("train")
     if len(train_split) == 0:
@@ -250,21 +281,30 @@ def repair(model: ForceField, data: AtomsDataset | str | os.PathLike | Sequence[
     finals: dict[str, float] = {}
     start = "given"
     t_probe = time.perf_counter()
+    def probe(label: str, n_epochs: int, o: RepairOptions = opts) -> float:
+        run = _train_copy(candidates[label], dataset, o, n_epochs, None, None,
+                          progress=progress)
+        return float(run.metrics["best_val_loss"])
     if len(candidates) > 1:
-        def probe(label: str, n_epochs: int) -> float:
-            run = _train_copy(candidates[label], dataset, opts, n_epochs, None, None,
-                              progress=progress)
-            return float(run.metrics["best_val_loss"])
         probes = {label: probe(label, probe_epochs) for label in candidates}
         # the closest probes rank wrongly most often: the best few go again, twice as long
         ranked = sorted(probes, key=probes.get)[:PROBE_FINALISTS]
         finals = {label: probe(label, 2 * probe_epochs) for label in ranked}
         start = min(finals, key=finals.get)
+    lr_probes: dict[float, float] = {}
+    if auto_lr:
+        for rate in grid:
+            if rate == opts.lr and start in finals:
+                lr_probes[rate] = finals[start]
+            else:
+                lr_probes[rate] = probe(start, 2 * probe_epochs, replace(opts, lr=float(rate)))
+        opts = replace(opts, lr=float(min(lr_probes, key=lr_probes.get)))
     probe_s = time.perf_counter() - t_probe
     record = {"repair": {"options": asdict(opts),
                          "frames_per_system": frames_per_system,
                          "start": start, "probe_epochs": probe_epochs if probes else 0,
                          "probe_val_loss": probes, "final_probe_val_loss": finals,
+                         "lr_probe_val_loss": {str(k): v for k, v in lr_probes.items()},
                          "probe_seconds": probe_s,
                          "setup_seconds": time.perf_counter() - t0 - probe_s}}
     result, trainable = _train_copy(candidates[start], dataset, opts, opts.epochs, output,
@@ -276,7 +316,7 @@ def repair(model: ForceField, data: AtomsDataset | str | os.PathLike | Sequence[
                         best_val_loss=float(result.metrics["best_val_loss"]),
                         seconds=time.perf_counter() - t0, train=result, start=start,
                         probe_val_loss=probes, final_probe_val_loss=finals,
-                        probe_seconds=probe_s)
+                        lr_probe_val_loss=lr_probes, probe_seconds=probe_s)
 
 
 def _train_copy(model: ForceField, dataset: AtomsDataset, opts: RepairOptions, epochs: int,

@@ -203,6 +203,19 @@ def _json_default(v):
     return repr(v)
 
 
+def rate_or_auto(text: str) -> float | str:
+    """An argparse type: a learning rate > 0, or ``auto`` (chosen on validation)."""
+    if text == "auto":
+        return text
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = float("nan")
+    if not rate > 0:
+        raise argparse.ArgumentTypeError(f"must be a rate > 0 or 'auto', got {text!r}")
+    return rate
+
+
 def parse_value(text: str) -> Any:
     import yaml
 

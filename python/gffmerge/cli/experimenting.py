@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import rate_or_auto
+
 
 def add_parser(subparsers, *, parents: list[argparse.ArgumentParser]) -> None:
     from ..experiment import ExperimentConfig
@@ -57,6 +59,10 @@ def add_parser(subparsers, *, parents: list[argparse.ArgumentParser]) -> None:
                         "candidate of every other family its search scored for this many "
                         "epochs, and repair the best on validation (0: the pick only; "
                         "default 1)")
+    p.add_argument("--repair-lr", type=rate_or_auto, default="auto",
+                   help="with --repair: the repair's learning rate, or auto (default): "
+                        "5e-4 and 1e-3 probed from the chosen start, the best on "
+                        "validation used")
     p.add_argument("--switch", action="store_true",
                    help="also evaluate the default merge and the paper recipe with each "
                         "system's own atom-embedding table")
@@ -85,6 +91,7 @@ def cmd_experiment(args) -> int:
                            out=args.out, methods=names, train_frames=args.train_frames,
                            epochs=args.finetune_epochs, seed=args.seed, repair=args.repair,
                            repair_probe_epochs=args.repair_probe_epochs,
+                           repair_lr=args.repair_lr,
                            max_frames=args.max_frames, model_kind=args.model_kind,
                            switch=args.switch, stats_batch_size=args.stats_batch_size,
                            sources=args.sources, joint=args.joint)

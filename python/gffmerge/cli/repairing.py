@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .common import EXIT_BAD_INPUT, add_global_flags, load_models, run_command
+from .common import EXIT_BAD_INPUT, add_global_flags, load_models, rate_or_auto, run_command
 
 __all__ = ["EXIT_BAD_INPUT", "add_parser", "run"]
 
@@ -39,7 +39,10 @@ def add_parser(subparsers, *, parents: list[argparse.ArgumentParser] | None = No
     p.add_argument("--scope", default="all",
                    help="what is trained: heads (output layers), last:N (last N linear layers "
                         "in forward order) or all (default: all)")
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=rate_or_auto, default=5e-4,
+                   help="learning rate (default 5e-4), or auto: 5e-4 and 1e-3 each "
+                        "probed for twice --probe-epochs from the chosen start, the best on "
+                        "validation used")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--val-frames", type=int, help="cap on validation frames (default: all)")
     p.add_argument("--max-frames", type=int, default=1250,
@@ -52,7 +55,9 @@ def add_parser(subparsers, *, parents: list[argparse.ArgumentParser] | None = No
                         "--probe-epochs first, the best two again for twice as long, and "
                         "the full repair starts from the one best on validation")
     p.add_argument("--probe-epochs", type=int, default=1,
-                   help="epochs of each start's probe repair with --starts (default 1)")
+                   help="epochs of each start's probe repair with --starts, and half the "
+                        "length of "
+                        "each rate's probe with --lr auto (default 1)")
     p.add_argument("-o", "--output", required=True, help="repaired checkpoint (.pt)")
     p.set_defaults(func=run)
     return p
@@ -70,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
     if Path(args.output).resolve() == Path(args.model).resolve():
         raise ValueError(f"-o {args.output} would overwrite the input model; write the "
                          "repaired model to a new file")
-    if args.starts is not None and args.probe_epochs < 1:
+    if (args.starts is not None or args.lr == "auto") and args.probe_epochs < 1:
         raise ValueError(f"--probe-epochs must be >= 1, got {args.probe_epochs}")
     given = [args.model, *(args.starts or [])]
     names = [Path(p).name for p in given]
@@ -99,12 +104,16 @@ def _run(args: argparse.Namespace) -> int:
                "start_val_loss": result.start_val_loss, "best_val_loss": result.best_val_loss,
                "best_epoch": result.metrics.get("best_epoch"), "metrics": result.metrics,
                "start": result.start, "probe_val_loss": result.probe_val_loss,
-               "final_probe_val_loss": result.final_probe_val_loss}
+               "final_probe_val_loss": result.final_probe_val_loss,
+               "lr": result.options.lr,
+               "lr_probe_val_loss": {str(k): v for k, v in result.lr_probe_val_loss.items()}}
     start = args.model if result.start == "given" else result.start
     text = (f"repaired {Path(start).name} ({args.scope}, {len(result.trainable)} "
             f"parameter tensors) on {sum(result.frames_per_system.values())} frames in "
             f"{result.seconds:.1f} s: validation loss {result.start_val_loss:.4g} -> "
-            f"{result.best_val_loss:.4g} (best epoch {result.metrics.get('best_epoch')}); "
+            f"{result.best_val_loss:.4g} (best epoch {result.metrics.get('best_epoch')}"
+            + (f", lr {result.options.lr:g} chosen on validation" if args.lr == "auto" else "")
+            + "); "
             f"test force MAE {test.get('force_mae_mev_per_a', float('nan')):.1f} meV/Å "
             f"-> {args.output}")
     if args.json:
