@@ -276,6 +276,7 @@ def test_cli_auto_rate_records_the_choice(tmp_path, data, good_and_bad, capsys):
     meta = load_checkpoint(out)[1]
     assert meta["repair"]["options"]["lr"] == payload["lr"]
     assert meta["repair"]["lr_probe_val_loss"] == payload["lr_probe_val_loss"]
+    assert meta["repair"]["probe_epochs"] == 1  # the rates' probes: 2 x 1 epoch each
 
 
 def test_cli_bad_rate_exits_2(tmp_path, data, good_and_bad, capsys):

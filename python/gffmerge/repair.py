@@ -241,7 +241,8 @@ def repair(model: ForceField, data: AtomsDataset | str | os.PathLike | Sequence[
                          f"lr_grid), got {lr!r}")
     if auto_lr:
         grid = tuple(lr_grid)
-        if not grid or not all(isinstance(r, (int, float)) and r > 0 for r in grid):
+        if not grid or not all(isinstance(r, (int, float)) and not isinstance(r, bool)
+                               and r > 0 for r in grid):
             raise ValueError(f"lr_grid must be a non-empty sequence of rates > 0, got "
                              f"{lr_grid!r}")
     opts = RepairOptions(frames=frames, epochs=epochs, scope=scope,
@@ -302,7 +303,8 @@ def repair(model: ForceField, data: AtomsDataset | str | os.PathLike | Sequence[
     probe_s = time.perf_counter() - t_probe
     record = {"repair": {"options": asdict(opts),
                          "frames_per_system": frames_per_system,
-                         "start": start, "probe_epochs": probe_epochs if probes else 0,
+                         "start": start,
+                         "probe_epochs": probe_epochs if (probes or lr_probes) else 0,
                          "probe_val_loss": probes, "final_probe_val_loss": finals,
                          "lr_probe_val_loss": {str(k): v for k, v in lr_probes.items()},
                          "probe_seconds": probe_s,
