@@ -19,43 +19,20 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
+from bench_repair_starts import _force, shipped_default
 from benchenv import ROOT, cpu_name, git_commit
 
-from gffmerge import methods
 from gffmerge.checkpoint import load_checkpoint
-from gffmerge.evaluate import evaluate
-from gffmerge.experiment import ExperimentConfig, _Experiment
 from gffmerge.repair import repair
-
-PAIRS = {"lips20": (("Li3P", "P2S5"), "joint-Li3P-P2S5"),
-         "rmd17": (("ethanol", "malonaldehyde"), "joint")}
-
-
-def _force(model, test) -> float:
-    return evaluate(model, test, progress=False)["all"]["force_mae_mev_per_a"]
 
 
 def run_pair(dataset: str, model_kind: str, lrs: list[float], probe_epochs: int) -> dict:
-    short, joint_role = PAIRS[dataset]
-    paths = [ROOT / "checkpoints" / dataset / f"{model_kind}_{s}.pt"
-             for s in (*short, joint_role)]
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = ExperimentConfig(None, [f"{dataset}/{s}" for s in short], tmp,
-                               model_kind=model_kind, methods=[methods.DEFAULT_METHOD],
-                               sources=[str(p) for p in paths[:2]], joint=str(paths[2]),
-                               repair=True, repair_probe_epochs=probe_epochs)
-        exp = _Experiment(cfg, progress=False)
-        sources = [load_checkpoint(p)[0] for p in paths[:2]]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pick, _, _ = exp.merge(methods.DEFAULT_METHOD, sources, cfg.foundation)
-        alternatives, _ = exp.repair_starts
+    m = shipped_default(dataset, model_kind, probe_epochs)
+    cfg, exp, paths, pick, alternatives = m.cfg, m.exp, m.paths, m.pick, m.alternatives
     kw = dict(frames=cfg.repair_frames, seed=cfg.seed, batch_size=cfg.batch_size,
               val_frames=cfg.val_frames * len(exp.names))
     # the start the experiment's repair would take (its probes at the default rate)

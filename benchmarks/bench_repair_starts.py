@@ -31,7 +31,9 @@ import os
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from benchenv import ROOT, cpu_name, git_commit
@@ -50,7 +52,23 @@ def _force(model, test) -> float:
     return evaluate(model, test, progress=False)["all"]["force_mae_mev_per_a"]
 
 
-def run_pair(dataset: str, model_kind: str, probe_epochs: int) -> dict:
+@dataclass
+class ShippedMerge:
+    """The default merge of a shipped pair, as ``gffmerge experiment --repair`` makes it."""
+
+    cfg: ExperimentConfig
+    exp: _Experiment
+    paths: list[Path]  # the two fine-tunes, then the joint model
+    pick: Any  # the default's validated pick
+    merge_s: float
+    options: dict  # the merge report's options (its choices and alternatives)
+    alternatives: dict  # the best candidate of every other family, by label
+    alt_s: float
+
+
+def shipped_default(dataset: str, model_kind: str, probe_epochs: int) -> ShippedMerge:
+    """Merge the shipped fine-tunes of ``dataset``'s pair with the experiment runner's
+    settings (the default, ``alternatives=True``)."""
     short, joint_role = PAIRS[dataset]
     paths = [ROOT / "checkpoints" / dataset / f"{model_kind}_{s}.pt"
              for s in (*short, joint_role)]
@@ -64,8 +82,15 @@ def run_pair(dataset: str, model_kind: str, probe_epochs: int) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pick, merge_s, _ = exp.merge(methods.DEFAULT_METHOD, sources, cfg.foundation)
-            chosen = exp.last_report.options
+            options = exp.last_report.options
         alternatives, alt_s = exp.repair_starts
+    return ShippedMerge(cfg, exp, paths, pick, merge_s, options, alternatives, alt_s)
+
+
+def run_pair(dataset: str, model_kind: str, probe_epochs: int) -> dict:
+    m = shipped_default(dataset, model_kind, probe_epochs)
+    cfg, exp, paths, pick, chosen = m.cfg, m.exp, m.paths, m.pick, m.options
+    merge_s, alternatives, alt_s = m.merge_s, m.alternatives, m.alt_s
     keys = {k: v["key"] for k, v in chosen["alternatives"].items()}
     pick_desc = ", ".join(str(x) for x in (chosen["chosen"], chosen.get("chosen_ridge"),
                                       chosen.get("chosen_beta"), chosen.get("chosen_start"))

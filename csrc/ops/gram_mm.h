@@ -1,8 +1,8 @@
 // The "mm" route of gram_ and cross_: the gathered rows in chunks, each cast to float64
-// (augmented, weighted) and folded into the sums by one ATen matrix product (cuBLAS DGEMM on
-// a GPU). On an H200 the cast plus DGEMM ran 2.5-3x faster than the tiled CUDA kernel at
-// d >= 64 (benchmarks/results/gram_cuda.md, "torch f64"), so it is the CUDA default; the CPU
-// keeps its register tiles. Device-agnostic: GFFMERGE_GRAM_ROUTE=mm puts the CPU op on it
+// (weighted) and folded into the sums by one ATen matrix product (cuBLAS DGEMM on a GPU);
+// an augmented row's ones column enters as column sums. On an H200 this route ran 1.4-3.2x
+// faster than the tiled CUDA kernel at d >= 128 (benchmarks/results/gram_cuda.md), so it is
+// the CUDA default; the CPU keeps its register tiles (2-4x faster there than this route). Device-agnostic: GFFMERGE_GRAM_ROUTE=mm puts the CPU op on it
 // too, which is how the CPU tests cover the same code.
 #pragma once
 
