@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -389,9 +390,37 @@ def test_cli_merge_with_base_and_mismatch_errors(tmp_path, capsys):
     assert main([*argv, "--base", str(fb)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "not from" in err and "found_b.pt" in err
-    assert main(argv) == 2
+    # without --base: the foundation the sources record (found here), said on stderr
+    assert main([*argv[:-1]]) == 0
+    err = capsys.readouterr().err
+    assert "note: using --base" in err and "found_a.pt" in err and "--no-base" in err
+    meta = gffmerge.checkpoint.load_checkpoint(out)[1]
+    assert meta["base_from"] == "metadata" and Path(meta["base"]).name == "found_a.pt"
+    with_base = gffmerge.checkpoint.load_checkpoint(out)[0].state_dict()
+    assert main([*argv, "--base", str(fa)]) == 0
+    given = gffmerge.checkpoint.load_checkpoint(out)[0].state_dict()
+    assert all(torch.equal(v, given[k]) for k, v in with_base.items())
+    assert gffmerge.checkpoint.load_checkpoint(out)[1]["base_from"] == "--base"
+    capsys.readouterr()
+    kept = out.read_bytes()
+    assert main([*argv, "--no-base"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "needs --base CKPT" in err
+    assert main([*argv, "--no-base", "--base", str(fa)]) == 2
+    assert "contradict" in capsys.readouterr().err
+    assert out.read_bytes() == kept
+    # a recorded foundation that is not here: named in the error
+    lost = tmp_path / "lost"
+    lost.mkdir()
+    moved = []
+    for k, src in enumerate(sources):
+        m, meta = gffmerge.checkpoint.load_checkpoint(src)
+        moved.append(str(gffmerge.checkpoint.save_checkpoint(
+            lost / f"ft{k}.pt", m, {**meta, "init": "gone/found_x.pt"})))
+    assert main(["merge", "--model", *moved, "--method", "ties", "-o",
+                 str(tmp_path / "x.pt"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "needs --base CKPT" in err and "gone/found_x.pt, not found here" in err
     # solve takes --base too; fisher needs data, so solve refuses it in one line
     solved = tmp_path / "solved.pt"
     assert main(["solve", "--model", *map(str, sources), "--method", "task_arithmetic",
@@ -418,12 +447,30 @@ def test_cli_merge_with_base_and_mismatch_errors(tmp_path, capsys):
 
     needs = gffmerge.methods.get("progressive").needs_for()
     metas = [{"init": "ckpt/found_a.pt"}] * 2
-    assert _base_model("progressive", needs, None, sources, metas) is None
-    got = _base_model("progressive", needs, str(fa), sources, metas)
+    assert _base_model("progressive", needs, None, sources, [{}, {}]) == (None, None, None)
+    got, path, origin = _base_model("progressive", needs, str(fa), sources, metas)
     want = gffmerge.checkpoint.load_checkpoint(fa)[0].state_dict()
     assert all(torch.equal(v, want[k]) for k, v in got.state_dict().items())
+    assert (path, origin) == (str(fa), "--base")
+    _, path, origin = _base_model("progressive", needs, None, sources, metas)
+    assert Path(path).samefile(fa) and origin == "metadata"
     with pytest.raises((CliError, BaseMismatchError), match="not from"):
         _base_model("progressive", needs, str(fb), sources, metas)
+
+
+def test_recorded_base_only_when_every_source_agrees(tmp_path):
+    from gffmerge.lineage import recorded_base
+
+    fa, fb, sources = _ckpts(tmp_path)
+    a = {"init": "ckpt/found_a.pt"}
+    assert recorded_base(list(zip(sources, [a, a]))).samefile(fa)
+    copy_a = tmp_path / "repo" / "ckpt" / "copy_a.pt"
+    copy_a.write_bytes(fa.read_bytes())
+    assert recorded_base(list(zip(sources, [a, {"init": str(copy_a)}]))).samefile(fa)
+    assert recorded_base(list(zip(sources, [a, {"init": str(fb)}]))) is None  # disagree
+    assert recorded_base(list(zip(sources, [a, {}]))) is None  # one records nothing
+    assert recorded_base(list(zip(sources, [a, {"init": "nowhere/x.pt"}]))) is None
+    assert recorded_base([]) is None
 
 
 # ---------------------------------------------------------------- grids

@@ -69,3 +69,23 @@ def check_shared_base(base: str | os.PathLike,
         elif not same_file(found, base):
             raise BaseMismatchError(f"{path} was fine-tuned from {found}, not from {base}: "
                                     f"pass {flag} {found}")
+
+
+def recorded_base(sources: Sequence[tuple[str | os.PathLike, Mapping[str, Any]]]
+                  ) -> Path | None:
+    """The checkpoint every source ``(path, metadata)`` records as its ``init`` and that is
+    found here (the same file, or byte-identical copies of it, for all of them); None when
+    a source records none, one cannot be found, or they disagree."""
+    found: Path | None = None
+    for path, meta in sources:
+        init = meta.get("init") if isinstance(meta, Mapping) else None
+        if not init:
+            return None
+        where = _resolve(str(init), Path(path))
+        if where is None:
+            return None
+        if found is None:
+            found = where
+        elif not same_file(found, where):
+            return None
+    return found

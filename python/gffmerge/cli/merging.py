@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,41 +82,68 @@ def alternative_paths(output: str, alternatives: dict) -> dict[str, str]:
             for label in alternatives}
 
 
-def _merge_summary(args, result) -> None:
+def _merge_summary(args, result, base: str | None = None, base_from: str | None = None
+                   ) -> None:
     rep = result.report
     alts = alternative_paths(args.output, result.alternatives)
     payload = {"output": args.output, "method": rep.method, "times": rep.times,
                "warnings": rep.warnings, "layers": len(rep.layers),
-               "unreached": rep.unreached, "alternatives": alts}
+               "unreached": rep.unreached, "alternatives": alts, "base": base,
+               "base_from": base_from}
     text = (f"merged {rep.num_models} models with {rep.method}: {len(rep.layers)} linear "
             f"layers solved, {len(rep.averaged)} tensors averaged; "
             + ", ".join(f"{k} {v:.2f} s" for k, v in rep.times.items())
             + f" -> {args.output}")
+    if base:
+        text += f"; base {base}" + (" (recorded in the sources' metadata)"
+                                    if base_from == "metadata" else "")
     if alts:
         text += ("; other candidates (repair starts: gffmerge repair --starts ...): "
                  + ", ".join(alts.values()))
     emit(args, payload, text)
 
 
-def _base_model(method: str, needs, base: str | None, ckpts: list[str], metas: list[dict]):
-    """The ``--base`` model when the method needs or uses one, after checking from the
-    sources' metadata that they were fine-tuned from it (None when the method needs none
-    or, using one optionally, got none)."""
+def _base_model(method: str, needs, base: str | None, ckpts: list[str], metas: list[dict],
+                args=None):
+    """``(model, path, origin)`` of the base when the method needs or uses one: ``--base``
+    (origin ``"--base"``), checked against the sources' metadata, else the foundation every
+    source records as its ``init`` when it is found here (origin ``"metadata"``, told by
+    :func:`_note_base`; ``--no-base`` turns this off); ``(None, None, None)`` when the method
+    uses none or, using one optionally, finds none."""
+    from ..lineage import check_shared_base, recorded_base
+
+    no_base = bool(getattr(args, "no_base", False))
+    if no_base and base:
+        raise CliError(f"--base {base} and --no-base contradict each other: drop one")
     if not (needs.base_model or needs.base_optional):
         if base:
             raise CliError(f"method '{method}' does not use a base model: drop --base "
                            f"{base} (methods that do: the default, ties, task_arithmetic, "
                            "emr)")
-        return None
-    if not base and needs.base_optional and not needs.base_model:
-        return None
+        return None, None, None
+    origin = "--base" if base else None
+    if not base and not no_base:
+        found = recorded_base(list(zip(ckpts, metas)))
+        if found is not None:
+            base, origin = str(found), "metadata"
     if not base:
+        if needs.base_optional and not needs.base_model:
+            return None, None, None
+        inits = sorted({str(m.get("init")) for m in metas if m.get("init")})
+        hint = (f" (the sources record {', '.join(inits)}, not found here)" if inits
+                and not no_base else "")
         raise CliError(f"method '{method}' needs --base CKPT: the pre-trained checkpoint the "
-                       "sources were fine-tuned from")
-    from ..lineage import check_shared_base
-
+                       f"sources were fine-tuned from{hint}")
     check_shared_base(base, list(zip(ckpts, metas)))
-    return load_models([base])[0][0]
+    return load_models([base])[0][0], base, origin
+
+
+def _note_base(args, base: str | None, origin: str | None) -> None:
+    """One line on stderr, once the inputs are checked, when the base came from the
+    sources' metadata rather than from ``--base``."""
+    if origin == "metadata" and not args.quiet and not args.json:
+        print(f"gffmerge {args.command}: note: using --base {base}, the foundation the "
+              "sources record as their start (--no-base: merge without it)", file=sys.stderr)
 
 
 def cmd_solve(args) -> int:
@@ -129,16 +157,19 @@ def cmd_solve(args) -> int:
     if needs.gradients:
         raise CliError(f"method '{args.method}' computes gradients on each model's labelled "
                        "data: use gffmerge merge --data ... instead of solve")
-    base = _base_model(args.method, needs, args.base, args.model, metas)
+    base, base_path, base_from = _base_model(args.method, needs, args.base, args.model,
+                                             metas, args)
     stats = None
     if needs.stats:
         if not args.stats:
             raise CliError(f"method '{args.method}' needs --stats (one file per model, or one "
                            "file holding all models)")
         stats = Stats.concat(Stats.load(p) for p in args.stats)
+    _note_base(args, base_path, base_from)
     result = spec(models, stats, base=base, **opts)
-    _save_merged(args, result, args.model, {"stats": args.stats or [], "base": args.base})
-    _merge_summary(args, result)
+    _save_merged(args, result, args.model, {"stats": args.stats or [], "base": base_path,
+                                            "base_from": base_from})
+    _merge_summary(args, result, base_path, base_from)
     return 0
 
 
@@ -217,7 +248,7 @@ def cmd_merge(args) -> int:
     models, metas = load_models(ckpts)
     spec = methods.get(method)
     needed = spec.needs_for(spec.options(**opts))
-    base = _base_model(method, needed, args.base, ckpts, metas)
+    base, base_path, base_from = _base_model(method, needed, args.base, ckpts, metas, args)
     needs = needed.stats or needed.gradients or needed.data
     if needed.data and limit is not None:  # such methods budget frames themselves
         opts.setdefault("frames", limit)
@@ -236,11 +267,13 @@ def cmd_merge(args) -> int:
     val_data = None
     if (needed.data and args.split == "train") or grid:  # validation frames, same systems
         val_data = [dataset([d for d in ds if d], "val", args) for ds in datas]
+    _note_base(args, base_path, base_from)
     result = run_merge(models, loaders, method=method, limit=limit, progress=not args.quiet,
                        labels=[Path(c).stem for c in ckpts], base=base, val_data=val_data,
                        grid=grid, **opts)
-    _save_merged(args, result, ckpts, {"data": [str(d) for d in datas], "base": args.base})
-    _merge_summary(args, result)
+    _save_merged(args, result, ckpts, {"data": [str(d) for d in datas], "base": base_path,
+                                       "base_from": base_from})
+    _merge_summary(args, result, base_path, base_from)
     return 0
 
 

@@ -15,7 +15,10 @@ from .training import cmd_eval, cmd_train
 BASE_HELP = ("the pre-trained checkpoint the sources were fine-tuned from (needed by "
              "task_arithmetic, ties, emr; the default merge then also tries starting from "
              "the foundation, task arithmetic (also per source) and TIES); checked against "
-             "the sources' metadata")
+             "the sources' metadata. Default: the foundation every source records as its "
+             "start, when it is found here")
+NO_BASE_HELP = ("do not take the base from the sources' metadata (the default merge then "
+                "searches merges of the sources only)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", nargs="+", help="stats files, in the same order")
     p.add_argument("--method", default="gffmerge")
     p.add_argument("--base", metavar="CKPT", help=BASE_HELP)
+    p.add_argument("--no-base", action="store_true", help=NO_BASE_HELP)
     p.add_argument("-O", "--option", action="append", metavar="KEY=VALUE",
                    help="method option, e.g. -O prior=mean -O ridge=1e-4")
     p.add_argument("-o", "--output", required=True, help="merged checkpoint (.pt)")
@@ -72,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "progressive; the paper's recipe is gffmerge; "
                                      "see `gffmerge methods`)")
     p.add_argument("--base", metavar="CKPT", help=BASE_HELP)
+    p.add_argument("--no-base", action="store_true", help=NO_BASE_HELP)
     p.add_argument("-O", "--option", action="append", metavar="KEY=VALUE")
     p.add_argument("--limit", type=int, help="graphs per model, checked after each batch")
     p.add_argument("--grid", choices=["auto"],
