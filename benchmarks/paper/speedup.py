@@ -90,7 +90,7 @@ def shipped(args, model: str, pair: str, seed: int) -> dict:
     dataset = systems[0].split("/")[0]
     path = lambda role: checkpoint_path(checkpoints_dir(), dataset, model, role)  # noqa: E731
     cfg = pl.config(args, model, systems, seed, pl.run_dir(args, model, f"shipped-{pair}",
-                                                            seed), methods_=[])
+                                                            seed), methods_=[], repair=True)
     cfg.foundation = str(path("foundation"))
     exp = _Experiment(cfg, args.progress)
     sources = [load_checkpoint(path(s))[0] for s in systems]
@@ -106,12 +106,17 @@ def shipped(args, model: str, pair: str, seed: int) -> dict:
         rows[method] = {"seconds": seconds,
                         "combined": {"force_mae_mev_per_a": pl.errors(exp, model_)["F"]}}
         merged = model_
+    # as the experiment runner repairs: from the best of the default's candidates (its
+    # alternatives, their time counted as the repair's) at a rate chosen on validation
+    others, alt_s = exp.repair_starts
     t0 = time.perf_counter()
     fixed = repair(merged, exp.data, frames=cfg.repair_frames, epochs=cfg.repair_epochs,
                    seed=seed, batch_size=cfg.batch_size,
-                   val_frames=cfg.val_frames * len(systems), progress=args.progress)
+                   val_frames=cfg.val_frames * len(systems), starts=others or None,
+                   probe_epochs=max(1, cfg.repair_probe_epochs), lr=cfg.repair_lr,
+                   progress=args.progress)
     rows[f"{methods.DEFAULT_METHOD}+repair"] = {
-        "seconds": rows[methods.DEFAULT_METHOD]["seconds"] + time.perf_counter() - t0,
+        "seconds": rows[methods.DEFAULT_METHOD]["seconds"] + alt_s + time.perf_counter() - t0,
         "combined": {"force_mae_mev_per_a": pl.errors(exp, fixed.model)["F"]}}
     return {"methods": rows}
 

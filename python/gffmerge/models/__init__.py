@@ -40,5 +40,7 @@ __all__ = [
     "register_model",
 ]
 
-# Every module in this folder, so that each model file's @register_model has run.
-import_submodules(__name__, __path__)
+# Every module in this folder, so that each model file's @register_model has run; not the
+# PyG adapter (the optional extra ``gffmerge[pyg]``, seconds to import): ``groups`` imports
+# it on first use once ``torch_geometric`` is loaded.
+import_submodules(__name__, __path__, skip=("pyg",))

@@ -141,7 +141,7 @@ def _load_adapters() -> None:
     import importlib
 
     for library, module in _LAZY.items():
-        if library in sys.modules and module not in sys.modules:
+        if sys.modules.get(library) is not None and module not in sys.modules:
             importlib.import_module(module)
 
 
