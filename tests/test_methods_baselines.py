@@ -3,6 +3,7 @@ exact identities; the base model is required and must be the sources' own."""
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 from fractions import Fraction
@@ -421,6 +422,25 @@ def test_cli_merge_with_base_and_mismatch_errors(tmp_path, capsys):
                  str(tmp_path / "x.pt"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "needs --base CKPT" in err and "gone/found_x.pt, not found here" in err
+    # the default uses a base only optionally: it merges without one, and says why
+    from gffmerge.cli.merging import _base_model, _note_base
+
+    needs = gffmerge.methods.get("progressive").needs_for()
+    metas = [gffmerge.checkpoint.load_checkpoint(m)[1] for m in moved]
+    got = _base_model("progressive", needs, None, moved, metas)
+    assert got == (None, None, "not found: gone/found_x.pt")
+    _note_base(argparse.Namespace(quiet=False, json=False, command="merge"), *got[1:])
+    assert "no one foundation of all of them is found here" in capsys.readouterr().err
+    # a recorded foundation of another architecture: said, with both ways out
+    wide = save_checkpoint(lost / "wide.pt", build_model("gns", **{**TINY_GNS, "latent_dim": 24}),
+                           {"role": "f"})
+    for k in range(2):
+        m, meta = gffmerge.checkpoint.load_checkpoint(moved[k])
+        gffmerge.checkpoint.save_checkpoint(moved[k], m, {**meta, "init": str(wide)})
+    assert main(["merge", "--model", *moved, "--method", "ties", "-o",
+                 str(tmp_path / "x.pt"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "does not have their architecture" in err and "--no-base" in err
     # solve takes --base too; fisher needs data, so solve refuses it in one line
     solved = tmp_path / "solved.pt"
     assert main(["solve", "--model", *map(str, sources), "--method", "task_arithmetic",

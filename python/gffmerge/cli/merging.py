@@ -104,12 +104,13 @@ def _merge_summary(args, result, base: str | None = None, base_from: str | None 
 
 
 def _base_model(method: str, needs, base: str | None, ckpts: list[str], metas: list[dict],
-                args=None):
+                args=None, models=None):
     """``(model, path, origin)`` of the base when the method needs or uses one: ``--base``
     (origin ``"--base"``), checked against the sources' metadata, else the foundation every
     source records as its ``init`` when it is found here (origin ``"metadata"``, told by
     :func:`_note_base`; ``--no-base`` turns this off); ``(None, None, None)`` when the method
-    uses none or, using one optionally, finds none."""
+    uses none or, using one optionally, finds none (origin ``"not found: <init>"`` when the
+    sources record one that is not here)."""
     from ..lineage import check_shared_base, recorded_base
 
     no_base = bool(getattr(args, "no_base", False))
@@ -127,23 +128,39 @@ def _base_model(method: str, needs, base: str | None, ckpts: list[str], metas: l
         if found is not None:
             base, origin = str(found), "metadata"
     if not base:
-        if needs.base_optional and not needs.base_model:
-            return None, None, None
         inits = sorted({str(m.get("init")) for m in metas if m.get("init")})
+        if needs.base_optional and not needs.base_model:
+            missing = inits and not no_base
+            return None, None, f"not found: {', '.join(inits)}" if missing else None
         hint = (f" (the sources record {', '.join(inits)}, not found here)" if inits
                 and not no_base else "")
         raise CliError(f"method '{method}' needs --base CKPT: the pre-trained checkpoint the "
                        f"sources were fine-tuned from{hint}")
     check_shared_base(base, list(zip(ckpts, metas)))
-    return load_models([base])[0][0], base, origin
+    model = load_models([base])[0][0]
+    if origin == "metadata" and models:
+        from ..architecture import architecture_signature
+
+        if architecture_signature(model) != architecture_signature(models[0]):
+            raise CliError(f"{base}, the foundation the sources record as their start, does "
+                           "not have their architecture: pass the right one as --base CKPT, "
+                           "or --no-base to merge without one")
+    return model, base, origin
 
 
 def _note_base(args, base: str | None, origin: str | None) -> None:
     """One line on stderr, once the inputs are checked, when the base came from the
     sources' metadata rather than from ``--base``."""
-    if origin == "metadata" and not args.quiet and not args.json:
+    if args.quiet or args.json or origin is None:
+        return
+    if origin == "metadata":
         print(f"gffmerge {args.command}: note: using --base {base}, the foundation the "
               "sources record as their start (--no-base: merge without it)", file=sys.stderr)
+    elif origin.startswith("not found: "):
+        print(f"gffmerge {args.command}: note: the sources record "
+              f"{origin.removeprefix('not found: ')} as their start, and no one foundation of "
+              "all of them is found here: merging without one (pass it as --base CKPT to let "
+              "the default also try it)", file=sys.stderr)
 
 
 def cmd_solve(args) -> int:
@@ -158,7 +175,7 @@ def cmd_solve(args) -> int:
         raise CliError(f"method '{args.method}' computes gradients on each model's labelled "
                        "data: use gffmerge merge --data ... instead of solve")
     base, base_path, base_from = _base_model(args.method, needs, args.base, args.model,
-                                             metas, args)
+                                             metas, args, models)
     stats = None
     if needs.stats:
         if not args.stats:
@@ -248,7 +265,8 @@ def cmd_merge(args) -> int:
     models, metas = load_models(ckpts)
     spec = methods.get(method)
     needed = spec.needs_for(spec.options(**opts))
-    base, base_path, base_from = _base_model(method, needed, args.base, ckpts, metas, args)
+    base, base_path, base_from = _base_model(method, needed, args.base, ckpts, metas, args,
+                                             models)
     needs = needed.stats or needed.gradients or needed.data
     if needed.data and limit is not None:  # such methods budget frames themselves
         opts.setdefault("frames", limit)
