@@ -144,10 +144,15 @@ def write(rec: pl.Recorder, failures: list[str]) -> None:
             "fine-tune)). F: combined test force MAE (meV/Å).", ""]
     if rec.args.shipped:
         body += ["Shipped mode: the sources and the joint model are the shipped checkpoints "
-                 "(recipes and wall times in checkpoints/README.md: e.g. the LiPS20 GNS "
-                 "joint model is 1610 frames x 30 epochs), so the joint time is the one "
-                 "recorded when it was trained; the merges and the repair (the budget's "
-                 "frames and epochs) are timed now, on the budget's merge frames.", ""]
+                 "(recipes and wall times in checkpoints/README.md: the plateau recipes train "
+                 "the joint models for 170-280 epochs), so the joint time is the one "
+                 "recorded when it was trained, on the same shared machine at its load "
+                 "then (their CPU time, also in checkpoints/README.md, is about half of "
+                 "it; the merges below also ran on shared cores, so the wall-time ratios "
+                 "compare like with like only roughly); the merges and the repair (the budget's "
+                 "frames and epochs; the repair chooses its start among the default's "
+                 "candidates and its rate on validation, as the experiment runner does) "
+                 "are timed now, on the budget's merge frames.", ""]
     body += pl.failure_lines(failures)
     md = rec.write(body)
     plt = pl.pyplot()
