@@ -1,5 +1,7 @@
 """``grid="auto"``: the paper's grids through :func:`gffmerge.merge` and ``gffmerge merge``."""
 
+import json
+
 import pytest
 import torch
 
@@ -90,6 +92,10 @@ def test_cli_merge_grid_auto_records_the_choice(family, tmp_path, capsys):
     assert chosen["density"] in PAPER_GRIDS["ties"]["density"]
     assert chosen["lam"] in PAPER_GRIDS["ties"]["lam"]
     assert len(meta["options"]["grid_scores"]) == 25
+    capsys.readouterr()
+    assert main([*argv[:1], "--json", *argv[2:]]) == 0  # the summary says what was chosen
+    picked = json.loads(capsys.readouterr().out)["picked"]
+    assert picked == f"density={chosen['density']}, lam={chosen['lam']}"
     # without --data there is nothing to choose on
     bad = ["merge", "-q", "--method", "ties", "--grid", "auto", "--base", str(base_path),
            "--model", *map(str, paths), "-o", str(tmp_path / "bad.pt")]

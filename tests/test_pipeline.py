@@ -175,6 +175,9 @@ def test_cli_merge_default_is_progressive_with_validation_split(tmp_path, capsys
                  "rmd17/malonaldehyde", "--limit", "16", "-O", "search_frames=8",
                  "-O", "val_frames=8", "-O", "ridge_grid=[1e-3, 1e-2]", "--no-base",
                  "-o", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["picked"].startswith("progressive, ridge ")  # told what it chose
+    assert "validation force MAE" in summary["picked"] and "the average's" in summary["picked"]
     model, meta = load_checkpoint(out)
     assert meta["method"] == "progressive"
     opts = meta["options"]

@@ -97,10 +97,39 @@ def _merge_summary(args, result, base: str | None = None, base_from: str | None 
     if base:
         text += f"; base {base}" + (" (recorded in the sources' metadata)"
                                     if base_from == "metadata" else "")
+    picked = _picked(rep.options)
+    if picked:
+        payload["picked"] = picked
+        text += f"\npicked on validation: {picked}"
     if alts:
         text += ("; other candidates (repair starts: gffmerge repair --starts ...): "
                  + ", ".join(alts.values()))
     emit(args, payload, text)
+
+
+def _picked(options: dict) -> str:
+    """What a method that chooses on validation frames chose, in words ("" when it chose
+    nothing): a grid's options, or the default's candidate with its validation error."""
+    chosen = options.get("chosen")
+    if isinstance(chosen, dict):  # a grid (--grid auto)
+        return ", ".join(f"{k}={v}" for k, v in chosen.items())
+    if not isinstance(chosen, str) or options.get("val_force_mae_mev_per_a") is None:
+        return ""
+    what = {"base": "the foundation", "source": "one source by itself"}.get(
+        chosen, chosen.replace("_", " "))
+    if options.get("chosen_ridge") is not None:
+        what += f", ridge {options['chosen_ridge']:g}, β {options.get('chosen_beta', 0):g}"
+    if options.get("chosen_start") not in (None, "mean"):
+        what += f", from {options['chosen_start'].replace('_', ' ')}"
+    score = {"per_system": "mean over the systems", "pooled": "pooled over the systems"}.get(
+        options.get("val_score"), options.get("val_score") or "pooled")
+    text = (f"{what}: validation force MAE {options['val_force_mae_mev_per_a']:.1f} meV/Å "
+            f"({score})")
+    average = [a["val_force_mae_mev_per_a"] for a in options.get("anchors_tried") or ()
+               if a.get("kind") == "average"]
+    if average:
+        text += f", the average's {average[0]:.1f}"
+    return text
 
 
 def _base_model(method: str, needs, base: str | None, ckpts: list[str], metas: list[dict],
