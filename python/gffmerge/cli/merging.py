@@ -92,7 +92,8 @@ def _merge_summary(args, result, base: str | None = None, base_from: str | None 
                "base_from": base_from}
     text = (f"merged {rep.num_models} models with {rep.method}: {len(rep.layers)} linear "
             f"layers solved, {len(rep.averaged)} tensors averaged; "
-            + ", ".join(f"{k} {v:.2f} s" for k, v in rep.times.items())
+            + ", ".join(f"{k} {v:.2f} s" for k, v in rep.times.items()  # wall times
+                        if not k.endswith("_cpu") and (v >= 0.005 or k == "total"))
             + f" -> {args.output}")
     if base:
         text += f"; base {base}" + (" (recorded in the sources' metadata)"
@@ -119,8 +120,10 @@ def _picked(options: dict) -> str:
         chosen, chosen.replace("_", " "))
     if options.get("chosen_ridge") is not None:
         what += f", ridge {options['chosen_ridge']:g}, β {options.get('chosen_beta', 0):g}"
-    if options.get("chosen_start") not in (None, "mean"):
-        what += f", from {options['chosen_start'].replace('_', ' ')}"
+    start = options.get("chosen_start")
+    if start not in (None, "mean"):
+        what += ", from " + {"base": "the foundation", "source": "one source",
+                             "ties": "TIES"}.get(start, str(start).replace("_", " "))
     score = {"per_system": "mean over the systems", "pooled": "pooled over the systems"}.get(
         options.get("val_score"), options.get("val_score") or "pooled")
     text = (f"{what}: validation force MAE {options['val_force_mae_mev_per_a']:.1f} meV/Å "
