@@ -102,3 +102,20 @@ def test_cli_merge_grid_auto_records_the_choice(family, tmp_path, capsys):
     assert main(bad) == 2
     assert "give each model its --data" in capsys.readouterr().err
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_merge_summary_names_the_pick_in_one_line():
+    from gffmerge.cli.merging import _picked
+
+    assert _picked({}) == ""
+    assert _picked({"chosen": {"density": 0.2, "lam": 1.0, "candidates": [{"x": 1}]}}) == \
+        "density=0.2, lam=1.0"
+    assert _picked({"chosen": "progressive"}) == ""  # nothing scored on validation
+    text = _picked({"chosen": "progressive", "chosen_ridge": 1e-3, "chosen_beta": None,
+                    "chosen_start": "ties", "val_force_mae_mev_per_a": 12.34,
+                    "val_score": "per_system",
+                    "anchors_tried": [{"kind": "average", "val_force_mae_mev_per_a": 20.0}]})
+    assert text == ("progressive, ridge 0.001, β 0, from TIES: validation force MAE 12.3 "
+                    "meV/Å (mean over the systems), the average's 20.0")
+    assert _picked({"chosen": "base", "val_force_mae_mev_per_a": 5.0}).startswith(
+        "the foundation: validation force MAE 5.0")

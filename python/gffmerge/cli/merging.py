@@ -112,14 +112,15 @@ def _picked(options: dict) -> str:
     """What a method that chooses on validation frames chose, in words ("" when it chose
     nothing): a grid's options, or the default's candidate with its validation error."""
     chosen = options.get("chosen")
-    if isinstance(chosen, dict):  # a grid (--grid auto)
-        return ", ".join(f"{k}={v}" for k, v in chosen.items())
+    if isinstance(chosen, dict):  # a grid (--grid auto): its options, not its records
+        return ", ".join(f"{k}={v}" for k, v in chosen.items()
+                         if isinstance(v, (str, int, float, bool)) or v is None)
     if not isinstance(chosen, str) or options.get("val_force_mae_mev_per_a") is None:
         return ""
     what = {"base": "the foundation", "source": "one source by itself"}.get(
         chosen, chosen.replace("_", " "))
     if options.get("chosen_ridge") is not None:
-        what += f", ridge {options['chosen_ridge']:g}, β {options.get('chosen_beta', 0):g}"
+        what += f", ridge {options['chosen_ridge']:g}, β {options.get('chosen_beta') or 0:g}"
     start = options.get("chosen_start")
     if start not in (None, "mean"):
         what += ", from " + {"base": "the foundation", "source": "one source",
