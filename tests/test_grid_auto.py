@@ -106,16 +106,26 @@ def test_cli_merge_grid_auto_records_the_choice(family, tmp_path, capsys):
 
 def test_merge_summary_names_the_pick_in_one_line():
     from gffmerge.cli.merging import _picked
+    from gffmerge.report import MergeReport
 
-    assert _picked({}) == ""
-    assert _picked({"chosen": {"density": 0.2, "lam": 1.0, "candidates": [{"x": 1}]}}) == \
+    def rep(**options):
+        return MergeReport(method="m", options=options, num_models=2)
+
+    assert _picked(rep()) == ""
+    assert _picked(rep(chosen={"density": 0.2, "lam": 1.0, "candidates": [{"x": 1}]})) == \
         "density=0.2, lam=1.0"
-    assert _picked({"chosen": "progressive"}) == ""  # nothing scored on validation
-    text = _picked({"chosen": "progressive", "chosen_ridge": 1e-3, "chosen_beta": None,
-                    "chosen_start": "ties", "val_force_mae_mev_per_a": 12.34,
-                    "val_score": "per_system",
-                    "anchors_tried": [{"kind": "average", "val_force_mae_mev_per_a": 20.0}]})
+    assert _picked(rep(chosen="progressive")) == ""  # nothing scored on validation
+    average = [{"kind": "average", "val_force_mae_mev_per_a": 20.0}]
+    text = _picked(rep(chosen="progressive", chosen_ridge=1e-3, chosen_beta=None,
+                       chosen_start="ties", val_force_mae_mev_per_a=12.34,
+                       val_score="per_system", anchors_tried=average))
     assert text == ("progressive, ridge 0.001, β 0, from TIES: validation force MAE 12.3 "
                     "meV/Å (mean over the systems), the average's 20.0")
-    assert _picked({"chosen": "base", "val_force_mae_mev_per_a": 5.0}).startswith(
-        "the foundation: validation force MAE 5.0")
+    assert _picked(rep(chosen="base", val_force_mae_mev_per_a=5.0,
+                       anchors_tried=average)).startswith("the foundation: validation")
+    sources = [{"kind": "source", "val_force_mae_mev_per_a": v, "params": {"lams": lams}}
+               for v, lams in ((9.0, [1.0, 0.0]), (7.0, [0.0, 1.0]))]
+    report = rep(chosen="source", val_force_mae_mev_per_a=7.0, anchors_tried=sources)
+    assert report.pick(["Li3P", "P2S5"]) == "source 1 (P2S5) by itself"
+    assert report.pick() == "source 1 by itself"
+    assert "Picked on validation: source 1 by itself" in report.to_markdown()

@@ -189,7 +189,7 @@ def test_a_start_that_scores_best_is_returned_and_told(pair, monkeypatch):
         if k != "atomic_energies":
             torch.testing.assert_close(v, base.state_dict()[k], rtol=0, atol=0)
     text = res.report.to_markdown()
-    assert "Picked on validation: base (score 10, per_system), among" in text
+    assert "Picked on validation: the foundation (score 10, per_system), among" in text
     assert "foundation (base) itself scored best" in text
 
 

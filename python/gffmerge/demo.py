@@ -134,23 +134,6 @@ def _retrain(root: Path, progress: bool, pairs: list[str] | None = None) -> None
         build(RMD17, DEMO_MODEL, root, progress=progress)
 
 
-def picked(report, pair: DemoPair) -> str:
-    """What the default returned, in words: a merge kind, the foundation or one fine-tune
-    (a candidate it scored best on validation)."""
-    opts = report.options
-    chosen = opts.get("chosen")
-    if chosen == "base":
-        return "the foundation"
-    if chosen == "source":
-        best = min((a for a in opts.get("anchors_tried", ()) if a.get("kind") == "source"),
-                   key=lambda a: a["val_force_mae_mev_per_a"], default=None)
-        lams = (best or {}).get("params", {}).get("lams") or []
-        if 1.0 in lams:
-            return f"fine-tune {pair.systems[lams.index(1.0)].split('/')[1]}"
-        return "one fine-tune"
-    return str(chosen).replace("_", " ")
-
-
 def _run_pair(pair: DemoPair, root: Path, args, say) -> tuple[list[dict], dict]:
     from .checkpoint import load_checkpoint
     from .data import load_dataset
@@ -207,8 +190,9 @@ def _run_pair(pair: DemoPair, root: Path, args, say) -> tuple[list[dict], dict]:
                         labels=[s.split("/")[1] for s in pair.systems])
         merge_s = time.perf_counter() - t0
         reports[f"default ({methods.DEFAULT_METHOD})"] = default.report
-        rows.append(row(f"default ({methods.DEFAULT_METHOD}): {picked(default.report, pair)}",
-                        default.model, "ours", merge_s))
+        what = default.report.pick([s.split("/")[1] for s in pair.systems])
+        rows.append(row(f"default ({methods.DEFAULT_METHOD}): {what}", default.model, "ours",
+                        merge_s))
     say(f"[{pair.name}] repairing the default merge ...")
     fixed = repair(default.model, data, frames=min(pair.repair_frames, len(train)),
                    epochs=pair.repair_epochs, starts=default.alternatives or None,

@@ -69,16 +69,40 @@ class MergeReport:
             return v
         return json.dumps(clean(self.to_dict()), indent=2)
 
+    def pick(self, labels: Sequence[str] | None = None) -> str:
+        """What a validated search picked (methods that record ``chosen`` among
+        ``anchors_tried``), in words: a merge with its ridge, β and start, the foundation,
+        or one source by itself (named from ``labels``, the sources' names in order, when
+        given); "" when nothing was chosen."""
+        o = self.options or {}
+        chosen = o.get("chosen")
+        if not isinstance(chosen, str) or "anchors_tried" not in o:
+            return ""
+        if chosen == "base":
+            return "the foundation"
+        if chosen == "source":
+            best = min((a for a in o["anchors_tried"] or () if a.get("kind") == "source"),
+                       key=lambda a: a["val_force_mae_mev_per_a"], default=None)
+            lams = list(((best or {}).get("params") or {}).get("lams") or ())
+            k = lams.index(1.0) if 1.0 in lams else None
+            who = (f"source {k}" + (f" ({labels[k]})" if labels and k < len(labels) else "")
+                   if k is not None else "one source")
+            return f"{who} by itself"
+        what = chosen.replace("_", " ")
+        if o.get("chosen_ridge") is not None:
+            what += f", ridge {o['chosen_ridge']:g}, β {o.get('chosen_beta') or 0:g}"
+        start = o.get("chosen_start")
+        if start not in (None, "mean"):
+            what += ", from " + {"base": "the foundation", "source": "one source",
+                                 "ties": "TIES"}.get(start, str(start).replace("_", " "))
+        return what
+
     def _picked(self) -> str:
         """What a validated search picked (methods that record ``chosen``), in one line."""
         o = self.options or {}
-        if "chosen" not in o or "anchors_tried" not in o:
+        what = self.pick()
+        if not what:
             return ""
-        what = str(o["chosen"])
-        if o.get("chosen_ridge") is not None:
-            what += f", ridge {o['chosen_ridge']:g}, β {o.get('chosen_beta') or 0:g}"
-        if o.get("chosen_start") not in (None, "mean"):
-            what += f", from the {o['chosen_start']} start"
         n = len(o.get("anchors_tried") or ()) + len(o.get("grid") or ())
         score = o.get("val_force_mae_mev_per_a")
         line = f"Picked on validation: {what}"

@@ -98,7 +98,7 @@ def _merge_summary(args, result, base: str | None = None, base_from: str | None 
     if base:
         text += f"; base {base}" + (" (recorded in the sources' metadata)"
                                     if base_from == "metadata" else "")
-    picked = _picked(rep.options)
+    picked = _picked(rep)
     if picked:
         payload["picked"] = picked
         text += f"\npicked on validation: {picked}"
@@ -108,23 +108,18 @@ def _merge_summary(args, result, base: str | None = None, base_from: str | None 
     emit(args, payload, text)
 
 
-def _picked(options: dict) -> str:
+def _picked(report) -> str:
     """What a method that chooses on validation frames chose, in words ("" when it chose
-    nothing): a grid's options, or the default's candidate with its validation error."""
+    nothing): a grid's options, or the default's pick (:meth:`MergeReport.pick`) with its
+    validation error and the average's."""
+    options = report.options or {}
     chosen = options.get("chosen")
     if isinstance(chosen, dict):  # a grid (--grid auto): its options, not its records
         return ", ".join(f"{k}={v}" for k, v in chosen.items()
                          if isinstance(v, (str, int, float, bool)) or v is None)
-    if not isinstance(chosen, str) or options.get("val_force_mae_mev_per_a") is None:
+    what = report.pick()
+    if not what or options.get("val_force_mae_mev_per_a") is None:
         return ""
-    what = {"base": "the foundation", "source": "one source by itself"}.get(
-        chosen, chosen.replace("_", " "))
-    if options.get("chosen_ridge") is not None:
-        what += f", ridge {options['chosen_ridge']:g}, β {options.get('chosen_beta') or 0:g}"
-    start = options.get("chosen_start")
-    if start not in (None, "mean"):
-        what += ", from " + {"base": "the foundation", "source": "one source",
-                             "ties": "TIES"}.get(start, str(start).replace("_", " "))
     score = {"per_system": "mean over the systems", "pooled": "pooled over the systems"}.get(
         options.get("val_score"), options.get("val_score") or "pooled")
     text = (f"{what}: validation force MAE {options['val_force_mae_mev_per_a']:.1f} meV/Å "
