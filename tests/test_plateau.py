@@ -212,3 +212,33 @@ def test_recipes_cli_refuses_a_role_no_recipe_has(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--roles joint" in err and "joint-Li3P-P2S5" in err and "Li3P" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_recipe_records_the_foundation_relative_to_its_root(tmp_path):
+    """A checkpoint trained under a scratch --root and copied into another tree (as the
+    shipped ones are) still finds the foundation it records: the path is kept relative to
+    the root, not absolute."""
+    import shutil
+
+    from gffmerge.checkpoint import load_checkpoint, save_checkpoint
+    from gffmerge.lineage import recorded_base
+    from gffmerge.models import build_model
+    from gffmerge.recipes import MODEL_CONFIGS, DatasetRecipe, build
+
+    root = tmp_path / "scratch"
+    foundation = save_checkpoint(root / "rmd17" / "gns_foundation.pt",
+                                 build_model("gns", **MODEL_CONFIGS["gns"]),
+                                 {"role": "foundation"})
+    tiny = DatasetRecipe("tiny", foundation=(), tasks=("rmd17/ethanol",), foundation_frames=0,
+                         epochs={"finetune": 1, "joint": 1},
+                         lr={"finetune": 1e-3, "joint": 1e-3}, folder="rmd17",
+                         train_foundation=False, train_frames=4)
+    build(tiny, "gns", root, roles=["ethanol"], progress=False)
+    out = root / "rmd17" / "gns_ethanol.pt"
+    meta = load_checkpoint(out)[1]
+    assert meta["init"] == "rmd17/gns_foundation.pt"
+    assert recorded_base([(out, meta)]).samefile(foundation)
+    shipped = tmp_path / "repo" / "checkpoints"
+    shutil.copytree(root, shipped)
+    moved = shipped / "rmd17" / "gns_ethanol.pt"
+    assert recorded_base([(moved, meta)]).samefile(shipped / "rmd17" / "gns_foundation.pt")

@@ -44,3 +44,24 @@ def test_an_annealed_checkpoint_says_what_stopped_its_plateau_phases(tmp_path):
     a, b = (next(line for line in text.splitlines() if f"gns_{x}.pt" in line) for x in "ab")
     assert "| 62 (61) | wall budget, then a 20-epoch anneal |" in a
     assert "| 62 (61) | epochs |" in b and "anneal" not in b
+
+
+def test_every_shipped_fine_tune_finds_the_foundation_it_records():
+    """The shipped checkpoints name their start in ``init``; it must resolve in the
+    repository (not a scratch folder they were trained in), so that ``gffmerge merge`` can
+    use it as the base and the task-vector methods can check it."""
+    from pathlib import Path
+
+    from gffmerge.checkpoint import load_checkpoint
+    from gffmerge.lineage import recorded_base
+    from gffmerge.recipes import checkpoints_dir
+
+    shipped = sorted(Path(checkpoints_dir()).glob("*/*.pt"))
+    assert shipped, "no shipped checkpoints"
+    for path in shipped:
+        meta = load_checkpoint(path)[1]
+        if meta.get("role") == "foundation" or not meta.get("init"):
+            continue
+        found = recorded_base([(path, meta)])
+        assert found is not None, f"{path}: init {meta['init']} not found"
+        assert found.samefile(path.parent / Path(meta["init"]).name), (path, found)

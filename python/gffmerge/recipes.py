@@ -326,6 +326,20 @@ def configs(recipe: DatasetRecipe, model: str, root: Path) -> list[tuple[str, Tr
     return out
 
 
+def _recorded_init(cfg: TrainConfig, root: Path) -> dict:
+    """The foundation a checkpoint starts from, as its metadata records it (``init``):
+    relative to ``root`` (``lips20/gns_foundation.pt``) when it lies below it, so that
+    :mod:`gffmerge.lineage` finds it below any folder the whole tree is copied to (a
+    checkpoint trained under a scratch ``--root`` and shipped in ``checkpoints/``); the
+    path as given otherwise."""
+    if not cfg.init:
+        return {}
+    try:
+        return {"init": Path(cfg.init).resolve().relative_to(root.resolve()).as_posix()}
+    except ValueError:
+        return {}
+
+
 def write_readme(root: Path) -> Path:
     """Regenerate ``root/README.md`` from the metadata stored in every checkpoint.
 
@@ -401,7 +415,8 @@ def build(recipe: DatasetRecipe, model: str, root: Path, roles: list[str] | None
             continue
         print(f"== {out} ({cmd})", flush=True)
         if not continue_only:
-            train(cfg, output=out, progress=progress, metadata={"command": cmd})
+            train(cfg, output=out, progress=progress,
+                  metadata={"command": cmd, **_recorded_init(cfg, root)})
         _, meta = load_checkpoint(out)
         while (step := next_phase(rule, cfg.role, meta)) is not None:
             number, phase = step
