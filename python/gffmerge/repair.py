@@ -77,7 +77,7 @@ class RepairOptions:
     frames: int = 250  # training frames in all, spread evenly over the systems
     epochs: int = 10
     scope: str = "all"  # "heads", "last:N" or "all"
-    lr: float = 5e-4  # the fine-tuning rate of the shipped recipes (DEFAULT_LR)
+    lr: float = DEFAULT_LR
     batch_size: int = 8
     val_frames: int | None = None  # cap on validation frames (evenly spread); None: all
     seed: int = DEFAULT_SEED

@@ -56,8 +56,7 @@ def add_parser(subparsers, *, parents: list[argparse.ArgumentParser] | None = No
                         "the full repair starts from the one best on validation")
     p.add_argument("--probe-epochs", type=int, default=1,
                    help="epochs of each start's probe repair with --starts, and half the "
-                        "length of "
-                        "each rate's probe with --lr auto (default 1)")
+                        "length of each rate's probe with --lr auto (default 1)")
     p.add_argument("-o", "--output", required=True, help="repaired checkpoint (.pt)")
     p.set_defaults(func=run)
     return p
