@@ -304,3 +304,25 @@ def test_an_interrupted_phase_keeps_its_finished_epochs(first, tmp_path, monkeyp
     assert [p["epochs_run"] for p in new["phases"]] == [3, 2]
     assert new["cpu_seconds"] > meta["cpu_seconds"]
     assert load_checkpoint(path)[1]["history"] == meta["history"]  # the input is untouched
+
+
+def test_a_run_from_init_records_the_architecture_it_trained(tmp_path):
+    """``TrainConfig.model`` is ignored when training starts from ``init``; the checkpoint
+    still records the architecture and configuration it trained (not the field's default,
+    which named a PaiNN fine-tune ``"gns"``), in its config and in every continued phase."""
+    from gffmerge.models import build_model
+
+    foundation = build_model("painn", n_features=8, n_interactions=1, n_rbf=4, cutoff=4.0)
+    init = save_checkpoint(tmp_path / "foundation.pt", foundation, {"role": "foundation"})
+    cfg = TrainConfig(systems=["rmd17/ethanol"], role="finetune", init=str(init),
+                      batch_size=8, seed=0, max_frames=40, epochs=1)
+    assert cfg.model == "gns"  # the default, not what is trained
+    out = tmp_path / "finetune.pt"
+    train(cfg, output=out, progress=False)
+    model, meta = load_checkpoint(out)
+    assert model.name == "painn"
+    assert meta["config"]["model"] == "painn"
+    assert meta["config"]["model_config"] == foundation.config
+    continue_training(out, epochs=1, patience=5, progress=False)
+    _, meta = load_checkpoint(out)
+    assert [p["config"]["model"] for p in meta["phases"]] == ["painn", "painn"]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .train import TrainConfig, TrainResult, _plain, train
+from .train import TrainConfig, TrainResult, _plain, recorded_config, train
 
 
 def _phase(cfg: dict, metrics: dict, wall: float, cpu: float, **extra: Any) -> dict:
@@ -77,7 +77,7 @@ def continue_training(path: str | Path, *, epochs: int, patience: int,
                                          "stopped_by": "epochs"}, 0.0)
     else:
         result = train(cfg, model=model, progress=progress, raise_on_interrupt=False)
-    phases.append(_phase(_plain(dataclasses.asdict(cfg)) if epochs else {}, result.metrics,
+    phases.append(_phase(recorded_config(cfg, result.model) if epochs else {}, result.metrics,
                          result.seconds, result.cpu_seconds, start_lr=cfg.lr,
                          start_epoch=n1, **_plain(metadata or {})))
     local_best = result.metrics["best_epoch"]

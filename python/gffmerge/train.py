@@ -300,7 +300,8 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
         metrics["test"] = test
     result = TrainResult(model, history, metrics, seconds, interrupted, cpu_seconds)
     if output is not None:
-        meta = {"role": cfg.role, "config": _plain(asdict(cfg)), "data": data.describe(),
+        meta = {"role": cfg.role, "config": recorded_config(cfg, model),
+                "data": data.describe(),
                 "split": f"hash split 80/10/10 of 'system:frame', seed {cfg.seed}",
                 "seed": cfg.seed, "train_frames": len(train_set), "val_frames": len(val_set),
                 "wall_seconds": seconds, "cpu_seconds": cpu_seconds,
@@ -312,6 +313,18 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
         raise KeyboardInterrupt(f"training interrupted; best model so far saved to {output}"
                                 if output else "training interrupted")
     return result
+
+
+def recorded_config(cfg: TrainConfig, model: nn.Module) -> dict[str, Any]:
+    """``cfg`` as a checkpoint records it: with ``model`` and ``model_config`` those of the
+    model that was trained. A run from ``init`` (or a given model) ignores both fields, and
+    their defaults would otherwise name another architecture (a PaiNN fine-tune recorded
+    as ``"gns"``)."""
+    out = asdict(cfg)
+    name, config = getattr(model, "name", None), getattr(model, "config", None)
+    if isinstance(name, str) and isinstance(config, dict):
+        out["model"], out["model_config"] = name, dict(config)
+    return _plain(out)
 
 
 def _check_labels(data: AtomsDataset) -> None:
