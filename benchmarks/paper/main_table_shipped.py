@@ -39,8 +39,8 @@ from gffmerge.recipes import before_anneal, checkpoints_dir  # noqa: E402
 # (dataset, systems, joint role, architectures)
 PAIRS = [("lips20", ("Li3P", "P2S5"), "joint-Li3P-P2S5", ("gns", "painn")),
          ("rmd17", ("ethanol", "malonaldehyde"), "joint", ("gns", "painn")),
-         # the paper's pair; its PaiNN trio is not retrained yet (checkpoints/README.md)
-         ("lips20", ("beta-Li3PS4", "gamma-Li3PS4"), "joint", ("gns",))]
+         # the paper's pair
+         ("lips20", ("beta-Li3PS4", "gamma-Li3PS4"), "joint", ("gns", "painn"))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +145,12 @@ def _system_mean(m: dict, row: str, systems: list[str]) -> float | None:
     return sum(r["systems"][s]["force_mae_mev_per_a"] for s in systems) / len(systems)
 
 
+def _short(commit: str | None) -> str:
+    """``ca66e52d…+dirty`` -> ``ca66e52+dirty``."""
+    head, _, dirty = str(commit).partition("+")
+    return head[:7] + (f"+{dirty}" if dirty else "")
+
+
 def _body(columns) -> list[str]:
     names = list(dict.fromkeys(_role(n, systems) for _, res, systems, _ in columns
                                for n in (*res["methods"], *(res.get("failures") or {}))))
@@ -165,6 +171,15 @@ def _body(columns) -> list[str]:
              "Sources and joint model as shipped:", ""]
     for title, _, _, state in columns:
         lines.append(f"- {title}: " + "; ".join(f"{k} {v}" for k, v in state.items()))
+    lines += ["", "Runs behind each column (`--existing` reuses a pair's `results.json`; "
+              "`--rerun` overlays rows):", ""]
+    for title, res, _, _ in columns:
+        by_rows: dict[str, list[str]] = {}
+        for r in res.get("reruns") or []:
+            by_rows.setdefault(", ".join(r["rows"]), []).append(_short(r["git_commit"]))
+        again = "".join(f"; {rows} rerun at {', '.join(c)} (the last one counts)"
+                        for rows, c in by_rows.items())
+        lines.append(f"- {title}: commit {_short(res.get('git_commit'))}{again}")
     lines += ["", *pl.table(head, rows), ""]
     for title, res, _, _ in columns:
         for method, why in (res.get("failures") or {}).items():
