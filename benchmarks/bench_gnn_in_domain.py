@@ -190,6 +190,16 @@ NOTES = [
     "(all nodes, ridge 1; 1.000 / 1.002). The first seed is 10 % above the second here "
     "(60-80 % in the sixth run; not investigated). The target needs ≤ 0.115 / 0.102 s "
     "here: the nine candidates' solves and scoring alone take 0.12-0.14 s.",
+    "- **Eighth run (stop 29; the tables above).** All four cells retrained and rerun at "
+    "commit 5e694a5 with the CLI (`gffmerge gnn-experiment --setting in-domain --seeds 3 "
+    "--epochs 500`, the methods above), as two streams of two cells side by side, one "
+    "thread each, on an otherwise idle machine (load average 1.0-1.3), then summarised with "
+    "`--runs`: the same picks, validation scores and accuracies as the sixth run to the "
+    "last digit. Both sides of the ratio got faster by about the same factor (all-task "
+    "models 7.9 / 11.4 / 9.0 / 14.8 CPU s against 14.6 / 18.9 / 16.4 / 27.3; the default "
+    "0.13 / 0.14 / 0.19 / 0.25 s against 0.24 / 0.27 / 0.29 / 0.47), so the speed-up stays "
+    "48-81× (59× / 81× / 48× / 60×): a quieter machine does not reach 100×, the merge "
+    "itself has to become 1.2-2.1× cheaper relative to training.",
     "- **Training time.** Sources and the all-task model now take the bag-of-words features "
     "as a sparse CSR matrix in the first layer (`model_input`; same model and function, "
     "float32 rounding in another order: a test compares outputs and gradients), 2.4× (Cora "
