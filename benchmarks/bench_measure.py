@@ -22,8 +22,14 @@ Times are wall clock and CPU seconds of this process (one torch thread by defaul
 CPU time is the work done, the wall time that plus waiting on a shared machine); the ratio
 columns are CPU-time ratios, the wall ratios are in the CSV. ``fraction of floor`` is
 floor / measure. Timing runs under glibc's default allocator settings (what a user's
-process has). Peak memory is measured after all timing, in a second pass: glibc serves
-allocations of 64 KiB and more by mmap, the RSS high-water mark is reset before a run of
+process has), or with ``--allocator warm`` under settings that keep freed memory in the heap
+(``mallopt``: no mmap below 32 MiB, no trimming, 256 MiB top pad), so that after warm-up no
+mode faults fresh pages in. Under the default settings the forward's own fresh buffers fault
+their pages in on some calls and not on others, depending on the heap the process happens
+to have (GNS ethanol, 256 frames: 35 ms without faults, 63-77 ms in fresh processes), which
+moves every ratio; ``warm`` times the work alone (the stricter ratios). Peak memory is
+measured after all timing, in a second pass: glibc serves allocations of 64 KiB and more by
+mmap, the RSS high-water mark is reset before a run of
 each mode (``/proc/self/clear_refs``) and the peak is ``VmHWM - VmRSS`` (on CUDA:
 ``max_memory_allocated`` above the start), the median of three runs after one warm-up
 call of each mode. (Until this change the timing ran under the
@@ -43,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import os
 import sys
 import time
@@ -186,9 +193,20 @@ def peak_mb(fn, device: str) -> float:
     return (_status_kb("VmHWM") - base) / 1024
 
 
+def _keep_freed_memory() -> bool:
+    """glibc settings under which freed memory stays in the heap (``--allocator warm``):
+    M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 2 GiB, M_TOP_PAD 256 MiB."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return all(bool(libc.mallopt(k, v)) for k, v in
+                   ((-3, 32 << 20), (-1, (1 << 31) - 1), (-2, 256 << 20)))
+    except (OSError, AttributeError):
+        return False
+
+
 def run_case(model_name, dataset, system, fpb, n_batches, repeats, device, modes,
              replicate=1) -> dict:
-    """Timing of one case (under the allocator's default settings)."""
+    """Timing of one case (under the allocator settings of the run, see ``--allocator``)."""
     model = load_model(model_name, dataset).to(device)
     batches = make_batches(model, dataset, system, fpb, n_batches, device, replicate)
     fns = {m: f for m, f in runners(model, batches, model_name, device).items() if m in modes}
@@ -262,7 +280,8 @@ def grid(quick: bool, big: bool):
     return out
 
 
-def markdown(rows: list[dict], command: str, threads: int, device: str) -> str:
+def markdown(rows: list[dict], command: str, threads: int, device: str,
+             allocator: str = "default") -> str:
     load = os.getloadavg()
     lines = [
         "# Measure against the forward (issue 15)", "",
@@ -277,7 +296,11 @@ def markdown(rows: list[dict], command: str, threads: int, device: str) -> str:
         "sums of affine layers derived from Grams and weights (the default); `force-aware "
         "measured` = the same with every target sum measured (`cross=\"measured\"`); "
         "`floor` = the forward plus `gram_` alone on the distinct rows measure forms; "
-        "`of floor` = floor / measure. Timing under glibc's default allocator settings; "
+        "`of floor` = floor / measure. Timing under "
+        + ("glibc's default allocator settings; " if allocator == "default" else
+           "allocator settings that keep freed memory in the heap (`--allocator warm`: "
+           "no mode faults fresh pages in after warm-up; the work alone); ")
+        +
         "peak = RSS high-water mark above the start of a run (MiB), measured after all "
         "timing with every allocation of 64 KiB or more served by mmap, median of three "
         "runs after one warm-up call of each mode.", "",
@@ -351,6 +374,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/measure"))
+    p.add_argument("--allocator", choices=("default", "warm"), default="default",
+                   help="timing under glibc's default settings, or with freed memory kept "
+                        "in the heap (no page faults after warm-up)")
     p.add_argument("--models", default=None,
                    help="comma-separated subset of gns,painn,schnet (default: all)")
     args = p.parse_args()
@@ -358,6 +384,9 @@ def main() -> None:
     command = "python benchmarks/bench_measure.py " + " ".join(sys.argv[1:])
     rows = []
     cases = grid(args.quick, args.big)
+    if args.allocator == "warm" and not args.device.startswith("cuda"):
+        if not _keep_freed_memory():
+            sys.exit("bench_measure: --allocator warm needs glibc's mallopt; run without it")
     if args.models:
         keep = set(args.models.split(","))
         cases = [c for c in cases if c[0][0] in keep]
@@ -377,7 +406,8 @@ def main() -> None:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    Path(f"{out}.md").write_text(markdown(rows, command.strip(), args.threads, args.device))
+    Path(f"{out}.md").write_text(markdown(rows, command.strip(), args.threads, args.device,
+                                          args.allocator))
     plot(rows, Path(f"{out}.png"))
     print(f"wrote {out}.md/.csv/.png")
 

@@ -40,8 +40,11 @@ std::string blas_in_use() {
 
 std::string block_products() {
   if (!gffmerge::ops::block_tiles_allowed()) return "dgemm (GFFMERGE_BLAS set)";
-  return gffmerge::kernels::blocks::fma_tiles_available() ? "register tiles (avx2, fma)"
-                                                          : "dgemm (no avx2/fma)";
+  namespace b = gffmerge::kernels::blocks;
+  if (gffmerge::ops::wide_tiles_allowed() && b::wide_tiles_available()) {
+    return "register tiles (avx512f)";
+  }
+  return b::fma_tiles_available() ? "register tiles (avx2, fma)" : "dgemm (no avx2/fma)";
 }
 
 py::dict build_info() {

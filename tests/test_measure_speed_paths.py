@@ -1,7 +1,8 @@
 """The fast paths of measuring (issue 15) give the statistics of the paths they replace.
 
 * the register-tile block products of ``gram_``/``cross_`` (csrc/kernels/block_products.h)
-  against the float64 reference and against the dgemm path (``GFFMERGE_BLAS=dgemm``);
+  against the float64 reference and against the dgemm path (``GFFMERGE_BLAS=dgemm``), and
+  the AVX-512 tiles against the AVX2 ones (``GFFMERGE_BLAS=avx2``) to the bit;
 * the cross sums of a layer on its own inputs formed as ``A Θᵀ`` against the measured ones;
 * early-stopped progressive passes against full forwards.
 """
@@ -50,8 +51,10 @@ def _rows(gen, n, d, dtype, layout):
 
 @st.composite
 def _cases(draw):
-    # column counts on both sides of the 8 x 4 tile edges and the padded leading dimension
-    d = draw(st.sampled_from([1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 31, 63, 64, 65, 72, 100]))
+    # column counts on both sides of the 8 x 4 and 16 x 8 tile edges and the padded leading
+    # dimension
+    d = draw(st.sampled_from([1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 23, 24, 31, 33, 63, 64,
+                              65, 72, 100]))
     n = draw(st.sampled_from([0, 1, 2, 3, 17, 64, 65, 300, 1500]))
     dtype = draw(st.sampled_from([torch.float32, F64, torch.bfloat16]))
     layout = draw(st.sampled_from(["contiguous", "transposed", "strided"]))
@@ -115,10 +118,67 @@ def test_tiled_gram_and_cross_match_reference_and_dgemm(case):
     _close(tiled_c, blas_c, scale_c)
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 @pytest.mark.needs_ext
-def test_tiles_are_used_where_the_cpu_has_them():
+def test_tiles_are_used_where_the_cpu_has_them(monkeypatch):
+    monkeypatch.delenv("GFFMERGE_BLAS", raising=False)
     info = gffmerge_ext.build_info()["block_products"]
     assert info.startswith("register tiles") or info.startswith("dgemm (no avx2")
+    flags = _cpu_flags()
+    if "avx512f" in flags:
+        assert info == "register tiles (avx512f)"
+        monkeypatch.setenv("GFFMERGE_BLAS", "avx2")
+        assert gffmerge_ext.build_info()["block_products"] == "register tiles (avx2, fma)"
+    elif {"avx2", "fma"} <= flags:
+        assert info == "register tiles (avx2, fma)"
+
+
+@pytest.mark.needs_ext
+@settings(max_examples=60, deadline=None)
+@given(case=_cases())
+def test_wide_tiles_equal_avx2_tiles_to_the_bit(case):
+    """The AVX-512 tiles run the same fused multiply-add chain per entry as the AVX2 ones:
+    Grams and cross sums equal to the bit (on a CPU without AVX-512 both runs take the AVX2
+    tiles and the test compares a path with itself)."""
+    d, n, dtype, layout, weighted, indexed, augment, seed = case
+    gen = torch.Generator().manual_seed(seed)
+    x = _rows(gen, max(n, 1) if indexed else n, d, dtype, layout)
+    y = _rows(gen, x.shape[0], 1 + seed % 29, dtype, "contiguous")
+    index = (torch.randint(0, max(x.shape[0], 1), (n + 5,), generator=gen)[: n + 5 if n else 0]
+             if indexed else None)
+    count = index.numel() if indexed else n
+    w = torch.randn(count, generator=gen, dtype=F64) if weighted else None
+    D = d + augment
+
+    def run():
+        g = torch.zeros(D, D, dtype=F64)
+        c = torch.zeros(D, y.shape[1], dtype=F64)
+        gffmerge_ext.gram_(g, x, index=index, weight=w, augment=augment, backend="ext")
+        gffmerge_ext.cross_(c, x, y, index_x=index, index_y=index, weight=w,
+                            augment_x=augment, backend="ext")
+        return g, c
+
+    saved = os.environ.pop("GFFMERGE_BLAS", None)
+    try:
+        wide_g, wide_c = run()
+        os.environ["GFFMERGE_BLAS"] = "avx2"
+        narrow_g, narrow_c = run()
+    finally:
+        os.environ.pop("GFFMERGE_BLAS", None)
+        if saved is not None:
+            os.environ["GFFMERGE_BLAS"] = saved
+    assert torch.equal(wide_g, narrow_g)
+    assert torch.equal(wide_c, narrow_c)
 
 
 @pytest.mark.needs_ext

@@ -127,8 +127,9 @@ void gram_accumulate(double* acc, const Matrix& x, const Index& index, int64_t c
   // With the register tiles (block_products.h) P is ld x ld and the blocks' padding columns
   // stay zero, so that every tile is whole.
   const bool tiles = tuning.builtin_tiles && blocks::fma_tiles_available();
+  const bool wide = tuning.wide_tiles && blocks::wide_tiles_available();
   const int64_t nb = tuning.block_rows > 0 ? tuning.block_rows
-                     : tiles                ? blocks::block_rows(ld)
+                     : tiles                ? blocks::block_rows(ld, wide)
                                             : default_block_rows(ld);
   const int64_t tile = tuning.tile > 0 ? tuning.tile : default_tile(d);
   const int threads = threads_for(tuning, count, D * ld);
@@ -166,7 +167,8 @@ void gram_accumulate(double* acc, const Matrix& x, const Index& index, int64_t c
       const int64_t n = std::min(nb, hi - first);
       fill_block(x, gather, index, weight, false, first, n, b.get(), wb.get(), ld);
       if (tiles) {
-        blocks::accumulate(b.get(), ld, d, rhs, ld, d, n, p.get(), ld, /*lower=*/true);
+        blocks::accumulate(b.get(), ld, d, rhs, ld, d, n, p.get(), ld, /*lower=*/true,
+                           tuning.wide_tiles);
       } else {
         for (int64_t j0 = 0; j0 < d; j0 += tile) {
           const int64_t jn = std::min(tile, d - j0);
@@ -212,8 +214,9 @@ void cross_accumulate(double* acc, const Matrix& x, const Matrix& y, const Index
   const int64_t ldx = padded_ld(Dx);
   const int64_t ldy = padded_ld(Dy);
   const bool tiles = tuning.builtin_tiles && blocks::fma_tiles_available();
+  const bool wide = tuning.wide_tiles && blocks::wide_tiles_available();
   const int64_t nb = tuning.block_rows > 0 ? tuning.block_rows
-                     : tiles                ? blocks::block_rows(ldx + ldy)
+                     : tiles                ? blocks::block_rows(ldx + ldy, wide)
                                             : default_block_rows(std::max(ldx, ldy));
   const int threads = threads_for(tuning, count, Dx * Dy);
   const GatherFn gather_x = gather_for(x.dtype);
@@ -251,7 +254,7 @@ void cross_accumulate(double* acc, const Matrix& x, const Matrix& y, const Index
       fill_block(y, gather_y, index_y, none, false, first, n, by.get(), nullptr, ldy);
       if (tiles) {
         blocks::accumulate(by.get(), ldy, Dy, bx.get(), ldx, Dx, n, p.get(), ldp,
-                           /*lower=*/false);
+                           /*lower=*/false, tuning.wide_tiles);
       } else {
         gemm(false, true, Dy, Dx, n, 1.0, by.get(), ldy, bx.get(), ldx, 1.0, p.get(), Dy);
       }

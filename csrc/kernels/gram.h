@@ -64,6 +64,8 @@ struct Tuning {
   int threads = 1;
   bool builtin_tiles = true;  // register tiles (block_products.h) where the CPU has them;
                               // false: every block product through `gemm`
+  bool wide_tiles = true;     // the AVX-512 tiles where the CPU has them (same sums to the
+                              // bit); false: the AVX2 ones
 };
 
 // acc must hold (x.cols + augment)^2 doubles.

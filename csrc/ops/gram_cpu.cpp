@@ -61,6 +61,7 @@ k::Tuning tuning() {
   k::Tuning t;
   t.threads = at::get_num_threads();
   t.builtin_tiles = block_tiles_allowed();
+  t.wide_tiles = wide_tiles_allowed();
   return t;
 }
 
