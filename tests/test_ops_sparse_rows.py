@@ -236,6 +236,25 @@ def test_csr_mm_wide_and_threads(threads, cols):
 
 
 @pytest.mark.needs_ext
+@pytest.mark.parametrize("cols", [1433, 3703, 9000])  # strips of 32, 16, 8 columns
+def test_csr_mm_avx512_strips_equal_avx2_strips_to_the_bit(cols, monkeypatch):
+    """The AVX-512 strips fuse the same multiply-adds in the same order as the AVX2 ones
+    (``GFFMERGE_BLAS=avx2``); on a CPU without AVX-512 both runs take the AVX2 strips."""
+    gen = torch.Generator().manual_seed(cols + 1)
+    crow, col, vals, _ = random_csr(gen, 300, cols, 0.01, True, True, True, torch.int64,
+                                    torch.float64)
+    m = torch.randn(cols, 77, generator=gen, dtype=torch.float64)
+    start = torch.randn(300, 77, generator=gen, dtype=torch.float64)
+    monkeypatch.delenv("GFFMERGE_BLAS", raising=False)
+    wide = start.clone()
+    gffmerge_ext.csr_mm_(wide, crow, col, vals, m, backend="ext")
+    monkeypatch.setenv("GFFMERGE_BLAS", "avx2")
+    narrow = start.clone()
+    gffmerge_ext.csr_mm_(narrow, crow, col, vals, m, backend="ext")
+    assert torch.equal(wide, narrow)
+
+
+@pytest.mark.needs_ext
 def test_csr_mm_opcheck_and_fake_tensor_mode():
     gen = torch.Generator().manual_seed(4)
     crow, col, vals, _ = random_csr(gen, 12, 9, 0.3, True, True, True, torch.int64,

@@ -53,6 +53,26 @@ __attribute__((target("avx2,fma"))) void strip_fma(double* out, int64_t ldo, con
       _mm256_storeu_pd(o + 4 * r, _mm256_add_pd(_mm256_loadu_pd(o + 4 * r), acc[r]));
   }
 }
+
+// The same strip of NV x 8 columns in AVX-512 registers: per output element the same fused
+// multiply-adds in the same order, so the same sums to the bit.
+template <int NV>
+__attribute__((target("avx512f"))) void strip_wide(double* out, int64_t ldo, const Csr& z,
+                                                   const double* m, int64_t ldm, int64_t k0,
+                                                   int64_t r0, int64_t r1) {
+  for (int64_t i = r0; i < r1; ++i) {
+    __m512d acc[NV];
+    for (int r = 0; r < NV; ++r) acc[r] = _mm512_setzero_pd();
+    for (int64_t p = index_at(z.crow, i), e = index_at(z.crow, i + 1); p < e; ++p) {
+      const __m512d v = _mm512_set1_pd(z.val[p * z.val_stride]);
+      const double* mr = m + index_at(z.col, p) * ldm + k0;
+      for (int r = 0; r < NV; ++r) acc[r] = _mm512_fmadd_pd(v, _mm512_loadu_pd(mr + 8 * r), acc[r]);
+    }
+    double* o = out + i * ldo + k0;
+    for (int r = 0; r < NV; ++r)
+      _mm512_storeu_pd(o + 8 * r, _mm512_add_pd(_mm512_loadu_pd(o + 8 * r), acc[r]));
+  }
+}
 #endif
 
 // Strip width (columns of M): 32 while the strip (C x width x 8 bytes) stays within 384 KiB,
@@ -70,12 +90,13 @@ int64_t strip_width(int64_t cols) {
 
 void csr_mm_accumulate(double* out, int64_t ldo, int64_t rows, int64_t cols, const Index& crow,
                        const Index& col, const double* val, int64_t val_stride,
-                       const double* m, int64_t ldm, int64_t k, int threads) {
+                       const double* m, int64_t ldm, int64_t k, int threads, bool wide) {
   if (rows == 0 || k == 0) return;
   const Csr z{crow, col, val, val_stride};
   const int64_t width = strip_width(cols);
 #if GFFMERGE_FMA_TILES
   const bool fma = blocks::fma_tiles_available();
+  const bool w512 = fma && wide && blocks::wide_tiles_available();
 #else
   const bool fma = false;
 #endif
@@ -88,6 +109,18 @@ void csr_mm_accumulate(double* out, int64_t ldo, int64_t rows, int64_t cols, con
       const int64_t r0 = rows * t / n_threads;
       const int64_t r1 = rows * (t + 1) / n_threads;
 #if GFFMERGE_FMA_TILES
+      if (w512 && w == 32) {
+        strip_wide<4>(out, ldo, z, m, ldm, k0, r0, r1);
+        continue;
+      }
+      if (w512 && w == 16) {
+        strip_wide<2>(out, ldo, z, m, ldm, k0, r0, r1);
+        continue;
+      }
+      if (w512 && w == 8) {
+        strip_wide<1>(out, ldo, z, m, ldm, k0, r0, r1);
+        continue;
+      }
       if (fma && w == 32) {
         strip_fma<8>(out, ldo, z, m, ldm, k0, r0, r1);
         continue;

@@ -7,7 +7,8 @@
 // strip are split between threads. A GNN's first layer on bag-of-words features (C = 1 433-
 // 3 703 columns, K = 128-384) is where torch's CSR product ran at 1.2-2.2 GFMA/s here: every
 // entry read a whole 1-3 KB row of M from L3. Each output element is summed over the row's
-// entries in their CSR order, as a plain loop would.
+// entries in their CSR order, as a plain loop would; the AVX-512 strips (`wide`, where the
+// CPU has them) and the AVX2 ones fuse the same multiply-adds in the same order.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +23,6 @@ namespace gffmerge::kernels {
 void csr_mm_accumulate(double* out, std::int64_t ldo, std::int64_t rows, std::int64_t cols,
                        const Index& crow, const Index& col, const double* val,
                        std::int64_t val_stride, const double* m, std::int64_t ldm,
-                       std::int64_t k, int threads);
+                       std::int64_t k, int threads, bool wide = true);
 
 }  // namespace gffmerge::kernels

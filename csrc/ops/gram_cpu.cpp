@@ -146,7 +146,7 @@ void csr_mm_cpu(const at::Tensor& out, const at::Tensor& crow, const at::Tensor&
   k::csr_mm_accumulate(out.data_ptr<double>(), out.size(1), rows, cols, rp, ci,
                        values.const_data_ptr<double>(), values.stride(0),
                        m.const_data_ptr<double>(), m.stride(0), m.size(1),
-                       at::get_num_threads());
+                       at::get_num_threads(), wide_tiles_allowed());
 }
 
 void dense_csr_count_cpu(const at::Tensor& crow, const at::Tensor& x) {
