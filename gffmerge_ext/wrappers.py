@@ -263,8 +263,9 @@ def csr_mm_(
     ``Z [R, cols]`` is given by its CSR arrays (a row's entries in any order, repeats summed);
     ``M [cols, k]``. The kernel walks ``M`` in column strips that stay in the L2 cache and
     holds a strip of each output row in registers (float64 fused multiply-adds where the
-    CPU has AVX-512 or AVX2 + FMA, the same sums either way): 1.3-2× torch's CSR product for a GNN's first layer on bag-of-words
-    features (``benchmarks/results/gnn_choice_profile.md``).
+    CPU has AVX-512 or AVX2 + FMA, the same sums either way): 1.3-2× torch's CSR product
+    for a GNN's first layer on bag-of-words features
+    (``benchmarks/results/gnn_choice_profile.md``).
 
     Args:
         out: float64, contiguous, ``[R, k]``. Only added to.
