@@ -386,7 +386,9 @@ def main() -> None:
     cases = grid(args.quick, args.big)
     if args.allocator == "warm" and not args.device.startswith("cuda"):
         if not _keep_freed_memory():
-            sys.exit("bench_measure: --allocator warm needs glibc's mallopt; run without it")
+            print("bench_measure: --allocator warm needs glibc's mallopt (not found here); "
+                  "run without --allocator", file=sys.stderr)
+            sys.exit(2)
     if args.models:
         keep = set(args.models.split(","))
         cases = [c for c in cases if c[0][0] in keep]
