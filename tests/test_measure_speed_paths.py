@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -65,42 +66,59 @@ def _cases(draw):
     return d, n, dtype, layout, weighted, indexed, augment, seed
 
 
-@pytest.mark.needs_ext
-@settings(max_examples=80, deadline=None)
-@given(case=_cases())
-def test_tiled_gram_and_cross_match_reference_and_dgemm(case):
-    """Symmetric Gram (one triangle of tiles, mirrored once) and cross sums from the
-    register tiles equal the float64 reference and the dgemm path."""
+def _case_tensors(case, y_widths: int):
+    """Rows, targets (``1 + seed % y_widths`` columns), index and weights of a drawn case."""
     d, n, dtype, layout, weighted, indexed, augment, seed = case
     gen = torch.Generator().manual_seed(seed)
     x = _rows(gen, max(n, 1) if indexed else n, d, dtype, layout)
-    y = _rows(gen, x.shape[0], 1 + seed % 11, dtype, "contiguous")
+    y = _rows(gen, x.shape[0], 1 + seed % y_widths, dtype, "contiguous")
     m = n if not indexed else n + 5
     index = torch.randint(0, max(x.shape[0], 1), (m,), generator=gen) if indexed else None
     if indexed and n == 0:
         index = index[:0]
     count = index.numel() if indexed else n
     w = torch.randn(count, generator=gen, dtype=F64) if weighted else None
-    D = d + augment
+    return x, y, index, w, augment
 
-    def run():
-        g = torch.zeros(D, D, dtype=F64)
-        c = torch.zeros(D, y.shape[1], dtype=F64)
-        gffmerge_ext.gram_(g, x, index=index, weight=w, augment=augment, backend="ext")
-        gffmerge_ext.cross_(c, x, y, index_x=index, index_y=index, weight=w,
-                            augment_x=augment, backend="ext")
-        return g, c
 
+def _gram_and_cross(x, y, index, w, augment):
+    """``gram_`` and ``cross_`` of one case by the compiled ops, into fresh accumulators."""
+    D = x.shape[1] + augment
+    g = torch.zeros(D, D, dtype=F64)
+    c = torch.zeros(D, y.shape[1], dtype=F64)
+    gffmerge_ext.gram_(g, x, index=index, weight=w, augment=augment, backend="ext")
+    gffmerge_ext.cross_(c, x, y, index_x=index, index_y=index, weight=w,
+                        augment_x=augment, backend="ext")
+    return g, c
+
+
+@contextmanager
+def _blas_env(value: str | None):
+    """``GFFMERGE_BLAS`` set to ``value`` (unset for None), the caller's value restored."""
     saved = os.environ.pop("GFFMERGE_BLAS", None)
     try:
-        tiled_g, tiled_c = run()
-        os.environ["GFFMERGE_BLAS"] = "dgemm"
-        assert gffmerge_ext.build_info()["block_products"].startswith("dgemm")
-        blas_g, blas_c = run()
+        if value is not None:
+            os.environ["GFFMERGE_BLAS"] = value
+        yield
     finally:
         os.environ.pop("GFFMERGE_BLAS", None)
         if saved is not None:
             os.environ["GFFMERGE_BLAS"] = saved
+
+
+@pytest.mark.needs_ext
+@settings(max_examples=80, deadline=None)
+@given(case=_cases())
+def test_tiled_gram_and_cross_match_reference_and_dgemm(case):
+    """Symmetric Gram (one triangle of tiles, mirrored once) and cross sums from the
+    register tiles equal the float64 reference and the dgemm path."""
+    x, y, index, w, augment = _case_tensors(case, y_widths=11)
+    D = x.shape[1] + augment
+    with _blas_env(None):
+        tiled_g, tiled_c = _gram_and_cross(x, y, index, w, augment)
+    with _blas_env("dgemm"):
+        assert gffmerge_ext.build_info()["block_products"].startswith("dgemm")
+        blas_g, blas_c = _gram_and_cross(x, y, index, w, augment)
 
     ref_g = torch.zeros(D, D, dtype=F64)
     ref_c = torch.zeros(D, y.shape[1], dtype=F64)
@@ -150,33 +168,11 @@ def test_wide_tiles_equal_avx2_tiles_to_the_bit(case):
     """The AVX-512 tiles run the same fused multiply-add chain per entry as the AVX2 ones:
     Grams and cross sums equal to the bit (on a CPU without AVX-512 both runs take the AVX2
     tiles and the test compares a path with itself)."""
-    d, n, dtype, layout, weighted, indexed, augment, seed = case
-    gen = torch.Generator().manual_seed(seed)
-    x = _rows(gen, max(n, 1) if indexed else n, d, dtype, layout)
-    y = _rows(gen, x.shape[0], 1 + seed % 29, dtype, "contiguous")
-    index = (torch.randint(0, max(x.shape[0], 1), (n + 5,), generator=gen)[: n + 5 if n else 0]
-             if indexed else None)
-    count = index.numel() if indexed else n
-    w = torch.randn(count, generator=gen, dtype=F64) if weighted else None
-    D = d + augment
-
-    def run():
-        g = torch.zeros(D, D, dtype=F64)
-        c = torch.zeros(D, y.shape[1], dtype=F64)
-        gffmerge_ext.gram_(g, x, index=index, weight=w, augment=augment, backend="ext")
-        gffmerge_ext.cross_(c, x, y, index_x=index, index_y=index, weight=w,
-                            augment_x=augment, backend="ext")
-        return g, c
-
-    saved = os.environ.pop("GFFMERGE_BLAS", None)
-    try:
-        wide_g, wide_c = run()
-        os.environ["GFFMERGE_BLAS"] = "avx2"
-        narrow_g, narrow_c = run()
-    finally:
-        os.environ.pop("GFFMERGE_BLAS", None)
-        if saved is not None:
-            os.environ["GFFMERGE_BLAS"] = saved
+    x, y, index, w, augment = _case_tensors(case, y_widths=29)
+    with _blas_env(None):
+        wide_g, wide_c = _gram_and_cross(x, y, index, w, augment)
+    with _blas_env("avx2"):
+        narrow_g, narrow_c = _gram_and_cross(x, y, index, w, augment)
     assert torch.equal(wide_g, narrow_g)
     assert torch.equal(wide_c, narrow_c)
 
