@@ -339,3 +339,63 @@ def test_frames_per_batch_reaches_the_atom_budget_for_small_molecules():
     assert frames_per_batch(cells, 8) == max(8, int(1024 // per_cell))
     with pytest.raises(ValueError, match="positive number of frames"):
         frames_per_batch(molecules, 0)
+
+
+def test_stats_batches_measure_the_frames_a_limit_would_in_fewer_batches():
+    """The frames batches of 8 measure up to a limit (checked after each batch), in dataset
+    order, rebatched by the atom budget: the same statistics (float64 summation order)."""
+    from gffmerge.collect.budget import stats_batches
+
+    model = _tiny_gns(0)
+    ds = load_dataset(["rmd17/ethanol"], max_frames=40, seed=0)
+    for limit, frames in ((None, len(ds)), (10, 16), (16, 16), (1, 8), (500, len(ds))):
+        fast = stats_batches(ds, model, 8, limit)
+        assert len(fast) == 1 and fast.batch_size >= 24  # 9-atom frames: one batch here
+        slow = ds.batches_for(model, 8)
+        a = measure(model, fast, progress=False).models[0]
+        b = measure(model, slow, limit=limit, progress=False).models[0]
+        assert a.graphs == b.graphs == frames
+        for name, s in a.layers.items():
+            assert s.rows == b.layers[name].rows > 0, name
+            assert _rel(s.gram, b.layers[name].gram) <= 1e-10, name
+    with pytest.raises(ValueError, match="positive number of frames"):
+        stats_batches(ds, model, 8, 0)
+    with pytest.raises(ValueError, match="positive number of frames"):
+        stats_batches(ds, model, 0)
+
+
+def test_cli_merge_batches_statistics_by_atom_budget(tmp_path, monkeypatch):
+    """`gffmerge merge` with a statistics method and no --batch-size hands the method fewer,
+    larger batches of the same frames; the merged model is the one of batches of 8."""
+    import gffmerge
+    from gffmerge.checkpoint import load_checkpoint, save_checkpoint
+    from gffmerge.cli import main
+
+    paths = []
+    for k in range(2):
+        p = tmp_path / f"m{k}.pt"
+        save_checkpoint(p, build_model("gns", latent_dim=16, hidden_dim=24, n_layers=1,
+                                       n_rbf=8).eval(), {"role": "finetune"})
+        paths.append(str(p))
+    seen = []
+    real = gffmerge.merge
+
+    def spy(models, data, **kw):
+        seen.append(([len(loader) for loader in data], kw.get("limit")))
+        return real(models, data, **kw)
+
+    monkeypatch.setattr(gffmerge, "merge", spy)
+    common = ["merge", "-q", "--method", "gffmerge", "--model", *paths, "--data",
+              "rmd17/ethanol", "rmd17/malonaldehyde", "--max-frames", "60", "--limit", "20",
+              "-O", "prior=mean", "-O", "ridge_mode=relative", "-O", "ridge=1e-3"]
+    assert main([*common, "-o", str(tmp_path / "auto.pt")]) == 0
+    assert main([*common, "--batch-size", "8", "-o", str(tmp_path / "eight.pt")]) == 0
+    (auto_batches, auto_limit), (eight_batches, eight_limit) = seen
+    assert auto_batches == [1, 1] and auto_limit is None  # 24 frames each, in one batch
+    assert eight_limit == 20  # as before: 3 batches of 8 frames up to the limit
+    # the same statistics up to float64 summation order; a relative ridge keeps the solve
+    # from amplifying that order (the paper's absolute 1e-6 on random layers: ~1e-5)
+    a, _ = load_checkpoint(tmp_path / "auto.pt")
+    b, _ = load_checkpoint(tmp_path / "eight.pt")
+    for name, v in a.state_dict().items():
+        assert _rel(v.double(), b.state_dict()[name].double()) <= 1e-6, name

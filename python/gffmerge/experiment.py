@@ -142,20 +142,14 @@ class _Experiment:
 
     def stats_loaders(self, models) -> list:
         """Each system's training frames that batches of ``batch_size`` would measure up to
-        ``merge_frames`` (the limit is checked after each batch: the first
-        ``ceil(merge_frames / batch_size)`` batches), batched by an atom budget instead
-        (:func:`gffmerge.collect.budget.frames_per_batch`): the same frames in fewer,
-        larger batches, so the statistics are the same sums (summed in another order)."""
-        from .collect.budget import frames_per_batch
+        ``merge_frames``, batched by an atom budget instead
+        (:func:`gffmerge.collect.budget.stats_batches`): the same frames in fewer, larger
+        batches, so the statistics are the same sums (summed in another order)."""
+        from .collect.budget import stats_batches
 
         part = self.data.split("train")
-        b = self.cfg.batch_size
-        out = []
-        for s, m in zip(self.names, models):
-            ds = part.for_system(s)
-            ds = ds.subset(-(-self.cfg.merge_frames // b) * b)  # the first frames, in order
-            out.append(ds.batches_for(m, frames_per_batch(ds, b)))
-        return out
+        return [stats_batches(part.for_system(s), m, self.cfg.batch_size, self.cfg.merge_frames)
+                for s, m in zip(self.names, models)]
 
     def merge(self, method: str, sources, foundation_path: str):
         """(merged model, wall seconds, note) of one method."""

@@ -349,8 +349,9 @@ def add_data_options(p: argparse.ArgumentParser, split: str) -> None:
     p.add_argument("--split", default=split, choices=["train", "val", "test", "all"],
                    help=f"which split of the data to use (default: {split})")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="frames per batch (default: 8; measure without --limit: raised to "
-                        "about 1024 atoms per batch, which changes only the time)")
+                   help="frames per batch (default: 8; raised to about 1024 atoms per "
+                        "batch where only statistics are summed, which changes only the "
+                        "time: measure without --limit, merge with a statistics method)")
     p.add_argument("--max-frames", type=int, default=1250,
                    help="frames sampled per system (protocol: 1250, seed 42)")
     p.add_argument("--seed", type=int, default=42, help="sampling and split seed")

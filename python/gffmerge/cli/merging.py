@@ -304,8 +304,16 @@ def cmd_merge(args) -> int:
                        "model its own data, in the same order")
     loaders = None
     if needs:
-        loaders = [dataset([d for d in ds if d], args.split, args).batches_for(
-            m, batch_size(args)) for ds, m in zip(datas, models)]
+        sets = [dataset([d for d in ds if d], args.split, args) for ds in datas]
+        if needed.stats and not (needed.gradients or needed.data) and args.batch_size is None:
+            # statistics only (sums over frames): the frames batches of the default size
+            # would measure up to the limit, batched by an atom budget (small molecules)
+            from ..collect.budget import stats_batches
+
+            loaders = [stats_batches(s, m, batch_size(args), limit) for s, m in zip(sets, models)]
+            limit = None
+        else:
+            loaders = [s.batches_for(m, batch_size(args)) for s, m in zip(sets, models)]
     grid = getattr(args, "grid", None)
     if grid and len(datas) != len(models):
         raise CliError(f"--grid chooses {method}'s options on validation frames: give each "

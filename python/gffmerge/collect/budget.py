@@ -33,3 +33,21 @@ def frames_per_batch(dataset: Any, requested: int, *, atoms: int = ATOMS_PER_BAT
         return requested
     auto = int(atoms // max(float(counts.mean()), 1.0))
     return max(requested, min(int(max_frames), auto))
+
+
+def stats_batches(dataset: Any, model: Any, requested: int, limit: int | None = None):
+    """Batches for a pass whose result is a sum over frames (Gram statistics): the frames
+    that batches of ``requested`` frames would measure up to ``limit`` (the limit is checked
+    after each batch, so those are the first ``ceil(limit / requested)`` batches' frames;
+    all frames without one), in dataset order, batched by the atom budget
+    (:func:`frames_per_batch`). The statistics are the same sums, added in another order,
+    at a fraction of the fixed per-call costs. Not for passes whose result depends on the
+    batches (the progressive merge draws its tangent directions per batch; training)."""
+    requested = int(requested)
+    if requested < 1:
+        raise ValueError(f"batch size must be a positive number of frames, got {requested}")
+    if limit is not None:
+        if int(limit) < 1:
+            raise ValueError(f"limit must be a positive number of frames, got {limit}")
+        dataset = dataset.subset(-(-int(limit) // requested) * requested)
+    return dataset.batches_for(model, frames_per_batch(dataset, requested))
