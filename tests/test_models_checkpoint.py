@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -138,3 +140,34 @@ def test_metadata_must_be_plain(tmp_path):
     with pytest.raises(TypeError, match=r"metadata\['when'\]"):
         save_checkpoint(tmp_path / "m.pt", trained_like("gns"), {"when": object()})
     assert not list(tmp_path.iterdir())
+
+
+def test_a_model_that_loads_packaged_weights_in_its_constructor_loads_quietly(
+        tmp_path, monkeypatch):
+    """A class whose constructor loads weights shipped with its package (CHGNet's adapter
+    does) copies them onto the shape-checking skeleton's meta tensors too: torch's warning
+    about that no-op, once per tensor, must not reach the user, and the loaded model holds
+    the checkpoint's values."""
+    from gffmerge.models import registry
+    from gffmerge.models.schnet import SchNet
+
+    class Packaged(SchNet):
+        name = "test-packaged"
+
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            packaged = {k: torch.full(v.shape, 0.5, dtype=v.dtype, device="cpu")
+                        for k, v in self.state_dict().items() if v.is_floating_point()}
+            self.load_state_dict(packaged, strict=False)
+
+    monkeypatch.setitem(registry._REGISTRY, Packaged.name, Packaged)
+    torch.manual_seed(3)
+    model = Packaged(**TINY["schnet"])
+    for p in model.parameters():
+        p.data.normal_()
+    path = save_checkpoint(tmp_path / "m.pt", model, {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded, _ = load_checkpoint(path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k

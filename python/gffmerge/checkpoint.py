@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +136,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu"
         raise CheckpointError(f"{path}: unknown parameter dtype {payload.get('dtype')!r}")
     _check_config_limits(config, path)
     # Build on the meta device first: the shapes are compared before any memory is spent.
+    # A class that loads packaged weights in its constructor (CHGNet's adapter) copies them
+    # onto the skeleton's meta tensors, a no-op torch warns about once per tensor: nothing
+    # of the skeleton but its shapes is used, so that warning says nothing here.
     try:
-        with _MetaSkeleton(), _no_init():
+        with _MetaSkeleton(), _no_init(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*to a meta parameter in the current "
+                                    r"model, which is a no-op", category=UserWarning)
             skeleton = cls(**config)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: config {config!r} does not fit "
