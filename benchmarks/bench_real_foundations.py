@@ -96,6 +96,8 @@ def parse() -> argparse.Namespace:
                         "the sources' mean only, as before stop 24)")
     p.add_argument("--finetune-only", action="store_true",
                    help="stop after the fine-tunes (kept in --out for a later run)")
+    p.add_argument("--tables-from", metavar="JSON", type=Path,
+                   help="print the markdown tables of a finished run's JSON and exit")
     return p.parse_args()
 
 
@@ -132,6 +134,15 @@ def _chosen(o: dict) -> str:
 
 def main() -> None:
     args = parse()
+    if args.tables_from is not None:
+        try:
+            payload = json.loads(args.tables_from.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"--tables-from {args.tables_from}: cannot read a run's JSON ({exc})",
+                  file=sys.stderr)
+            sys.exit(2)
+        print("\n".join(table_lines(payload)))
+        return
     load0 = os.getloadavg()[0]
     torch.manual_seed(args.seed)
     out = Path(args.out or Path(tempfile.gettempdir()) /
@@ -222,18 +233,29 @@ def main() -> None:
         s.rsplit("/", 1)[-1] for s in systems)
     (res / f"real_foundations_{args.foundation}{tag}.json").write_text(
         json.dumps(payload, indent=2))
-    lines = [f"\n## {args.foundation}: {' + '.join(systems)}\n",
+    lines = table_lines(payload)
+    with open(res / "real_foundations.md", "a") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    del adapter
+
+
+def table_lines(payload: dict) -> list[str]:
+    """The markdown tables of one run (its payload, as written to the JSON)."""
+    run = argparse.Namespace(**payload["args"])
+    systems, rows, searches = payload["systems"], payload["rows"], payload["searches"]
+    lines = [f"\n## {run.foundation}: {' + '.join(systems)}\n",
              f"`{payload['command']}` — {payload['machine']}, commit {payload['commit']}. "
-             f"Fine-tunes: {args.train_frames} frames, {args.epochs} epochs, batch "
-             f"{args.batch_size}, lr {args.lr}; statistics on {args.stats_frames} training "
-             f"frames per system; force MAE on {args.test_frames} test frames per system.\n",
+             f"Fine-tunes: {run.train_frames} frames, {run.epochs} epochs, batch "
+             f"{run.batch_size}, lr {run.lr}; statistics on {run.stats_frames} training "
+             f"frames per system; force MAE on {run.test_frames} test frames per system.\n",
              f"| model | {' | '.join(s + ' (meV/Å)' for s in systems)} | seconds |",
              "|---|" + "---:|" * (len(systems) + 1)]
     for name, r in rows.items():
         maes = " | ".join(f"{r['force_mae_mev_per_a'][s]:.1f}" for s in systems)
         label = f"{name}: {r['chosen']}" if "chosen" in r else name
         lines.append(f"| {label} | {maes} | {r['seconds']:.0f} |")
-    lines += [f"\nMerges on the {args.val_frames} validation frames per system the default "
+    lines += [f"\nMerges on the {run.val_frames} validation frames per system the default "
               "chooses on (force MAE, meV/Å; diagnostic, no choice is made here):\n",
               f"| merge | {' | '.join(s + ' val' for s in systems)} |",
               "|---|" + "---:|" * len(systems)]
@@ -245,13 +267,13 @@ def main() -> None:
         how = srch.get("val_score") or "pooled"
         what = ("mean over systems of each system's force MAE" if how == "per_system"
                 else "force MAE pooled over all force components")
-        lines += [f"\nCandidates of *{name}*, scored on {args.val_frames} validation frames "
+        lines += [f"\nCandidates of *{name}*, scored on {run.val_frames} validation frames "
                   f"per system (score: {how}, the {what}, meV/Å; the lowest is chosen):\n",
                   f"| candidate | ridge | β | {' | '.join(s + ' val' for s in systems)} "
                   "| score | seconds |",
                   "|---|---:|---:|" + "---:|" * (len(systems) + 2)]
         tried = [(a["kind"] + (f" from {a['start']}" if a.get("start", "mean") != "mean"
-                               else "") + (" " + ", ".join(f"{k} {v:g}" for k, v in
+                               else "") + (" " + ", ".join(f"{k} {_param(v)}" for k, v in
                                                            a["params"].items())
                                            if a.get("params") else ""),
                   "∞" if a["ridge"] is None else f"{a['ridge']:g}", a)
@@ -264,10 +286,14 @@ def main() -> None:
                          + f" | {a['val_force_mae_mev_per_a']:.1f} | {a['seconds']:.0f} |")
         if srch["fallback"]:
             lines.append(f"\nFallback: {srch['fallback']}")
-    with open(res / "real_foundations.md", "a") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    del adapter
+    return lines
+
+
+def _param(v) -> str:
+    """A candidate's option for the table: a number, or a list of them (one λ per source)."""
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_param(x) for x in v) + "]"
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
 if __name__ == "__main__":

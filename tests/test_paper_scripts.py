@@ -9,6 +9,8 @@ import csv
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,42 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_real_foundations_tables_render_every_candidate_kind(tmp_path):
+    """`bench_real_foundations.table_lines` renders a run's JSON, candidates with one λ per
+    source (a list option) included: that row used to crash a finished run's report."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_real_foundations", ROOT / "benchmarks" / "bench_real_foundations.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    systems = ["lips20/P2S5", "lips20/P4S3"]
+    anchor = {"ridge": None, "beta": 0, "val_force_mae_mev_per_a": 340.0, "seconds": 1.0,
+              "val_force_mae_per_system": [350.0, 330.0]}
+    payload = {
+        "foundation": "chgnet", "systems": systems, "command": "python bench", "commit": "c",
+        "machine": "m", "args": {"foundation": "chgnet", "train_frames": 40, "epochs": 24,
+                                 "batch_size": 4, "lr": 1e-3, "stats_frames": 32,
+                                 "test_frames": 30, "val_frames": 16},
+        "rows": {"average": {"force_mae_mev_per_a": {s: 300.0 for s in systems},
+                             "seconds": 0.0, "val_force_mae_mev_per_a": {s: 310.0
+                                                                         for s in systems}}},
+        "searches": {"default": {
+            "val_score": "per_system", "fallback": None,
+            "anchors_tried": [{**anchor, "kind": "source", "params": {"lams": [1.0, 0.0]}},
+                              {**anchor, "kind": "ties", "params": {"density": 0.2}},
+                              {**anchor, "kind": "one-shot", "ridge": 1e-3, "start": "ties"}],
+            "grid": [{**anchor, "ridge": 1e-3, "beta": 1}]}}}
+    text = "\n".join(bench.table_lines(payload))
+    assert "| source lams [1, 0] | ∞ | 0 | 350.0 | 330.0 | 340.0 | 1 |" in text
+    assert "| ties density 0.2 |" in text and "| one-shot from ties | 0.001 |" in text
+    assert "| staged (progressive) | 0.001 | 1 |" in text
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(payload))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_real_foundations.py"),
+                          "--tables-from", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0 and "| source lams [1, 0] |" in out.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_real_foundations.py"),
+                          "--tables-from", str(tmp_path / "missing.json")], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "cannot read a run's JSON" in bad.stderr
