@@ -15,7 +15,15 @@ import torch
 from gffmerge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from gffmerge.continuation import continue_training
 from gffmerge.plateau import plateau_reached
-from gffmerge.recipes import RMD17, ContinuePhase, PlateauRule, before_anneal, configs, next_phase
+from gffmerge.recipes import (
+    RMD17,
+    ContinuePhase,
+    PlateauRule,
+    before_anneal,
+    configs,
+    next_phase,
+    plateau_state,
+)
 from gffmerge.train import TrainConfig, train
 
 TINY = dict(latent_dim=8, hidden_dim=12, n_layers=2, n_rbf=6, cutoff=4.0)
@@ -268,6 +276,18 @@ def test_an_interrupted_phase_is_resumed_with_what_its_budgets_left():
            "config": {"schedule": "cosine"}}]
     assert before_anneal({"phases": ph}) == before_anneal({"phases": ph[:2] + ph[3:]}) \
         == (50, 42)
+    # the criterion on the epochs before the anneal: 50 epochs, best 42 (7 >= 10 fails)
+    history = [{}] * 70
+    meta = {"phases": ph, "history": history, "metrics": {"best_epoch": 69}}
+    assert plateau_state(meta) == (50, 42, False)
+    ph2 = [{**ph[0], "best_epoch": 20}, {**ph[1], "best_epoch": -1}, *ph[2:]]
+    assert plateau_state({**meta, "phases": ph2}) == (50, 20, True)
+    # a plateau phase after the anneal: the whole history counts again, with its best epoch
+    later = {"epochs_run": 30, "best_epoch": -1, "start_epoch": 70, "config": {}}
+    meta = {"phases": [*ph, later], "history": [{}] * 100, "metrics": {"best_epoch": 69}}
+    assert before_anneal(meta) is None
+    assert plateau_state(meta) == (100, 69, True)
+    assert plateau_state({**meta, "metrics": {"best_epoch": 85}}) == (100, 85, False)
     # phase 1 interrupted: its own config is the budget
     first = {"history": [{}] * 20, "metrics": {"best_epoch": 19}, "interrupted": True,
              "wall_seconds": 600.0,

@@ -8,7 +8,7 @@ given to ``gffmerge experiment --sources ... --joint ...``: every registered met
 paper recipe and the default with the embedding switch, the default repaired. One run per
 pair and architecture (the checkpoints are one seed); its ``results.json`` and report go to
 ``RESULTS/paper/shipped/<pair>_<model>/`` and are reused with ``--existing``. The table says
-for each source whether it meets the plateau criterion (:func:`gffmerge.plateau.plateau_reached`).
+for each source whether it meets the plateau criterion (:func:`gffmerge.recipes.plateau_state`).
 
     python benchmarks/paper/main_table_shipped.py [--existing] [--rerun progressive]
 
@@ -33,8 +33,7 @@ import paperlib as pl  # noqa: E402
 from gffmerge import methods  # noqa: E402
 from gffmerge.checkpoint import load_checkpoint  # noqa: E402
 from gffmerge.experiment import ExperimentConfig, run, write_results  # noqa: E402
-from gffmerge.plateau import plateau_reached  # noqa: E402
-from gffmerge.recipes import before_anneal, checkpoints_dir  # noqa: E402
+from gffmerge.recipes import checkpoints_dir, plateau_state  # noqa: E402
 
 # (dataset, systems, joint role, architectures)
 PAIRS = [("lips20", ("Li3P", "P2S5"), "joint-Li3P-P2S5", ("gns", "painn")),
@@ -114,20 +113,22 @@ def _rerun(names: list[str], systems: list[str], out: Path, model: str, paths,
 
 
 def _state(meta: dict) -> str:
-    """How far a checkpoint was trained: epochs, best epoch, the plateau criterion (for an
-    annealed one, on the epochs before its final cosine phase, where the criterion means
+    """How far a checkpoint was trained: epochs, best epoch, the plateau criterion (for one
+    whose last phase is an anneal, on the epochs before it, where the criterion means
     something; an anneal ends at its best epoch almost by construction)."""
     h, best = meta.get("history") or [], meta["metrics"]["best_epoch"]
-    pre = before_anneal(meta)
-    if pre is not None:
-        n, before = pre
+    n, before, reached = plateau_state(meta)
+    verdict = "plateau" if reached else "**not** plateau"
+    if n < len(h):
         gain = 1 - h[best]["val_force_mae_mev_per_a"] / h[before]["val_force_mae_mev_per_a"]
         return (f"{n} epochs + {len(h) - n} annealed, best {best}; before the anneal best "
-                f"{before}, " + ("plateau" if plateau_reached(h[:n], before)
-                                 else "**not** plateau")
-                + f"; the anneal changed its validation force MAE by {-100 * gain:+.1f} %")
-    return (f"{len(h)} epochs, best {best}, "
-            + ("plateau" if plateau_reached(h, best) else "**not** plateau"))
+                f"{before}, {verdict}; the anneal changed its validation force MAE by "
+                f"{-100 * gain:+.1f} %")
+    phases = [str(p.get("epochs_run")) + (" annealed" if (p.get("config") or {}).get(
+        "schedule") == "cosine" else "") for p in meta.get("phases") or ()]
+    return (f"{len(h)} epochs" + (f" ({' + '.join(phases)})" if any("annealed" in p
+                                                                   for p in phases) else "")
+            + f", best {best}, {verdict}")
 
 
 def _role(name: str, systems: list[str]) -> str:

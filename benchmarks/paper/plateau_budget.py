@@ -7,10 +7,11 @@ shared machine it was trained on), the epochs run and the best one, what stopped
 plateau rule's ``patience``, the last epoch of its schedule, or a wall-clock budget: read
 from the checkpoint, else inferred as a learning rate still above a tenth of its peak),
 whether it meets the plateau criterion (no best epoch in the last 20 % of the epochs run,
-:func:`gffmerge.plateau.plateau_reached`), how much the validation force MAE still fell over
-the second half, and, for the checkpoints that miss the criterion, the hours a plateau check
-would take: one run with 3x the recipe's epochs (patience stops it earlier if it plateaus).
-No training is run. Writes ``benchmarks/results/paper/plateau_budget.md`` (+ ``.csv``).
+before a final anneal if it has one: :func:`gffmerge.recipes.plateau_state`), how much the
+validation force MAE still fell over the second half, and, for the checkpoints that miss the
+criterion, the hours a plateau check would take: one run with 3x the recipe's epochs
+(patience stops it earlier if it plateaus). No training is run. Writes
+``benchmarks/results/paper/plateau_budget.md`` (+ ``.csv``).
 With ``--before REV``, every checkpoint that differs from its version in git revision REV
 is also listed against that version (epochs and test errors before and after retraining).
 
@@ -32,8 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paperlib as pl  # noqa: E402
 
 from gffmerge.checkpoint import load_checkpoint  # noqa: E402
-from gffmerge.plateau import plateau_reached  # noqa: E402
-from gffmerge.recipes import checkpoints_dir  # noqa: E402
+from gffmerge.recipes import checkpoints_dir, plateau_state  # noqa: E402
 
 FACTOR = 3  # a plateau check: FACTOR x the recipe's epochs, with early stopping
 
@@ -60,10 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         stopped = metrics.get("stopped_by") or ("wall budget" if h[-1]["lr"] > 0.1 * peak
                                                 else "schedule end")
         best = metrics.get("best_epoch")
-        reached = plateau_reached(h, best if best is not None else -1)
+        judged, judged_best, reached = plateau_state(meta)
         mid, end = h[len(h) // 2]["val_force_mae_mev_per_a"], h[-1]["val_force_mae_mev_per_a"]
         rec.add(checkpoint=str(path.relative_to(root)), role=meta.get("role"),
                 train_frames=meta.get("train_frames"), epochs=len(h), best_epoch=best,
+                judged_epochs=judged, judged_best=judged_best,
                 schedule=meta.get("config", {}).get("schedule", "cosine"),
                 s_per_epoch=per_epoch, stopped_by=stopped, plateau=reached,
                 val_F_mid=mid, val_F_end=end, second_half_drop_pct=100 * (mid - end) / mid,
@@ -76,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [[r["checkpoint"], str(r["train_frames"]), r["schedule"],
               f"{r['epochs']} ({r['best_epoch']})", r["phases"] or "1",
               f"{r['s_per_epoch']:.1f}", r["stopped_by"],
-              "yes" if r["plateau"] else "no",
+              ("yes" if r["plateau"] else "no")
+              + ("" if r["judged_epochs"] == r["epochs"]
+                 else f" ({r['judged_epochs']} ({r['judged_best']}) before the anneal)"),
               f"{r['val_F_mid']:.1f} → {r['val_F_end']:.1f} "
               f"({-r['second_half_drop_pct']:+.0f} %)",
               "" if r["cpu_min"] != r["cpu_min"] else f"{r['cpu_min']:.1f}",
@@ -87,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
                        "phases (epochs)", "s / epoch", "stopped by", "plateau",
                        "val F MAE mid → end", "CPU min", f"{FACTOR}× epochs (h)"], lines), "",
             "Plateau: no best validation epoch in the last 20 % of the epochs run "
-            "(`gffmerge.plateau.plateau_reached`); the plateau rule (schedule `plateau`: the "
+            "(`gffmerge.plateau.plateau_reached`), for a checkpoint whose last phase is an "
+            "anneal on the epochs before it (`gffmerge.recipes.plateau_state`: a 20-epoch "
+            "cosine anneal ends at its best epoch almost by construction, so the criterion "
+            "is read on the plateau phases; until stop 33 this table read it on the whole "
+            "history and counted every annealed checkpoint as short of it); the plateau rule "
+            "(schedule `plateau`: the "
             "learning rate is halved after every third of `patience` epochs without a 0.5 % "
             "gain in validation force MAE, the run stops after `patience` = 20 % of its "
             "epoch ceiling) meets it whenever patience, not the ceiling or the wall budget, "
@@ -149,7 +157,7 @@ def compare(root: Path, rev: str) -> list[str]:
                 f"{old['metrics']['epochs_run']} ({old['metrics']['best_epoch']})",
                 f"{ot['energy_mae_mev_per_atom']:.1f} / {ot['force_mae_mev_per_a']:.1f}",
                 f"{m['epochs_run']} ({m['best_epoch']}), {m.get('stopped_by', '?')}",
-                "yes" if plateau_reached(h, m["best_epoch"]) else "no",
+                "yes" if plateau_state(new)[2] else "no",
                 f"{tail:.1f} vs {head:.1f} ({100 * (tail - head) / head:+.1f} %)",
                 f"{nt['energy_mae_mev_per_atom']:.1f} / {nt['force_mae_mev_per_a']:.1f}"])
     if not rows:

@@ -192,19 +192,37 @@ def _annealed(meta: dict) -> bool:
 def before_anneal(meta: dict) -> tuple[int, int] | None:
     """(epochs, best epoch) of an annealed checkpoint before its anneal, the best epoch as
     the plateau rule kept it (with its ``min_delta``), from the phase records; None for a
-    checkpoint without an anneal. The plateau criterion means something there, not after
-    an anneal (which ends at its best epoch almost by construction)."""
-    phases = meta.get("phases") or []
+    checkpoint whose last phase is not an anneal (a cosine phase: resumed pieces of one
+    count as one). The plateau criterion means something there, not after an anneal (which
+    ends at its best epoch almost by construction). A plateau phase run after an anneal
+    makes the whole history count again (``None``)."""
+    phases = list(meta.get("phases") or [])
     if not _annealed(meta):
         return None
+    tail = len(phases)
+    while tail > 1 and (phases[tail - 1].get("config") or {}).get("schedule") == "cosine":
+        tail -= 1
+    if tail == len(phases):
+        return None
     best, n = phases[0].get("best_epoch", -1), phases[0].get("epochs_run") or 0
-    for phase in phases[1:]:
-        if (phase.get("config") or {}).get("schedule") == "cosine":
-            continue
+    for phase in phases[1:tail]:
         if phase.get("best_epoch") is not None and phase["best_epoch"] >= 0:
             best = phase["start_epoch"] + phase["best_epoch"]
         n = phase["start_epoch"] + (phase.get("epochs_run") or 0)
     return n, best
+
+
+def plateau_state(meta: dict) -> tuple[int, int, bool]:
+    """(epochs, best epoch, criterion met) of a checkpoint as the recipes judge it: on the
+    epochs before a final anneal (:func:`before_anneal`), else on its whole history."""
+    history = meta.get("history") or []
+    pre = before_anneal(meta)
+    if pre is not None:
+        n, best = pre
+        return n, best, plateau_reached(history[:n], best)
+    best = (meta.get("metrics") or {}).get("best_epoch")
+    best = -1 if best is None else best
+    return len(history), best, plateau_reached(history, best)
 
 
 def _numbers(records: list[dict]) -> list[int]:
@@ -427,7 +445,7 @@ def build(recipe: DatasetRecipe, model: str, root: Path, roles: list[str] | None
         summary = {"checkpoint": str(out), "phases": len(meta.get("phases") or ()) or 1,
                    "minutes": meta.get("wall_seconds", 0.0) / 60,
                    "stopped_by": m.get("stopped_by"),
-                   "plateau": plateau_reached(meta["history"], m["best_epoch"]),
+                   "plateau": plateau_state(meta)[2],
                    "test": m.get("test", {}).get("all", {})}
         print(json.dumps(summary), flush=True)
         done.append(summary)
