@@ -19,9 +19,11 @@ from gffmerge.recipes import (
     RMD17,
     ContinuePhase,
     PlateauRule,
+    _plateau_check,
     before_anneal,
     configs,
     next_phase,
+    plateau_check_phase,
     plateau_state,
 )
 from gffmerge.train import TrainConfig, train
@@ -346,3 +348,66 @@ def test_a_run_from_init_records_the_architecture_it_trained(tmp_path):
     continue_training(out, epochs=1, patience=5, progress=False)
     _, meta = load_checkpoint(out)
     assert [p["config"]["model"] for p in meta["phases"]] == ["painn", "painn"]
+
+
+def test_a_plateau_check_that_never_improves_meets_the_criterion_whatever_the_history():
+    """The check's patience (a quarter of the epochs so far) is enough: after that many
+    epochs without a gain the criterion holds for every length and best epoch."""
+    for n in (1, 2, 3, 5, 7, 20, 104, 769, 1001):
+        for best in sorted({0, n // 2, n - 2, n - 1} - {-1}):
+            if best < 0:
+                continue
+            meta = {"history": [{"lr": 1.0}] * n, "metrics": {"best_epoch": best}}
+            check = plateau_check_phase(meta)
+            if plateau_reached(meta["history"], best):
+                assert check is None
+                continue
+            lr, patience = check
+            assert plateau_reached([{}] * (n + patience), best), (n, best, patience)
+            # and no smaller patience is guaranteed to: the best at the last epoch
+            if best == n - 1 and patience > 1:
+                assert not plateau_reached([{}] * (n + patience - 1), best)
+
+
+def test_a_plateau_check_starts_where_the_last_plateau_phase_ended(first, tmp_path, capsys):
+    path, meta, _ = first
+    work = tmp_path / "check.pt"
+    continue_training(path, epochs=2, patience=5, output=work, progress=False)
+    continue_training(work, epochs=2, patience=2, min_delta=0.0, schedule="cosine",
+                      progress=False)
+    model, annealed = load_checkpoint(work)
+    # the tiny run's phase 2 may or may not have improved: say it did at its last epoch
+    phases = [dict(p) for p in annealed["phases"]]
+    phases[1]["best_epoch"] = 1
+    annealed = {**annealed, "phases": phases}
+    save_checkpoint(work, model, annealed)
+    assert before_anneal(annealed) == (5, 4) and not plateau_state(annealed)[2]
+    lr, patience = plateau_check_phase(annealed)
+    assert lr == annealed["history"][4]["lr"] and lr > annealed["history"][-1]["lr"]
+    assert patience == math.ceil(len(annealed["history"]) / 4) == 2
+    summary = _plateau_check(work, "CMD --plateau-check", progress=False)
+    _, checked = load_checkpoint(work)
+    phase = checked["phases"][-1]
+    assert phase["plateau_check"] and phase["command"] == "CMD --plateau-check"
+    assert phase["start_lr"] == lr and phase["start_epoch"] == 7
+    assert 1 <= phase["epochs_run"] <= 3 * patience
+    assert before_anneal(checked) is None  # the whole history counts again
+    n, best, reached = plateau_state(checked)
+    assert (summary["epochs"], summary["best_epoch"], summary["plateau"]) == (n, best, reached)
+    if phase["stopped_by"] == "patience":
+        assert reached
+    # a checkpoint at its plateau is left as it is
+    at = tmp_path / "at.pt"
+    model, m = load_checkpoint(path)
+    save_checkpoint(at, model, {**m, "history": m["history"] * 4,
+                                "metrics": {**m["metrics"], "best_epoch": 0}})
+    before = at.read_bytes()
+    assert _plateau_check(at, "CMD", progress=False)["plateau"]
+    assert at.read_bytes() == before
+    assert "meets the plateau criterion already" in capsys.readouterr().out
+
+
+def test_plateau_check_and_continue_together_exit_2(capsys):
+    from gffmerge.recipes import main
+    assert main(["--plateau-check", "--continue", "--readme-only"]) == 2
+    assert "--plateau-check and --continue" in capsys.readouterr().err

@@ -225,6 +225,31 @@ def plateau_state(meta: dict) -> tuple[int, int, bool]:
     return len(history), best, plateau_reached(history, best)
 
 
+def _ends_annealed(meta: dict) -> bool:
+    """Whether the last phase of a checkpoint is an anneal (a cosine phase)."""
+    phases = meta.get("phases") or ()
+    return len(phases) > 1 and (phases[-1].get("config") or {}).get("schedule") == "cosine"
+
+
+def plateau_check_phase(meta: dict) -> tuple[float, int] | None:
+    """(learning rate, patience) of the phase that checks whether a checkpoint short of the
+    plateau criterion is on a plateau, or None if it meets the criterion already.
+
+    The check trains on from the learning rate its last plateau phase ended with (before
+    any anneal: an anneal's last rate is 1 % of that), under the plateau rule with a
+    patience of a quarter of the epochs run so far, the least that makes a run stopped by
+    patience meet the criterion over the whole history (n − 1 − best ≥ ⌈0.2 n⌉ with n the
+    epochs after the check). A check that never improves keeps the weights as they were
+    (the starting model is the candidate to beat); one that does improve trains on to its
+    own plateau or its epoch ceiling (3 × the patience)."""
+    history = meta.get("history") or []
+    if not history or plateau_state(meta)[2]:
+        return None
+    pre = before_anneal(meta)
+    last = (pre[0] if pre is not None else len(history)) - 1
+    return float(history[last]["lr"]), max(1, math.ceil(len(history) / 4))
+
+
 def _numbers(records: list[dict]) -> list[int]:
     """The phase number of each phase record (recorded since stop 24; before, by position:
     phases were never run twice then)."""
@@ -237,8 +262,8 @@ def _resume(rule: PlateauRule, role: str, meta: dict) -> tuple[int, ContinuePhas
     records = list(meta.get("phases") or ())
     if records:
         last, number = records[-1], _numbers(records)[-1]
-        if last.get("stopped_by") != "interrupted":
-            return None
+        if last.get("stopped_by") != "interrupted" or last.get("plateau_check"):
+            return None  # an interrupted plateau check is run again with --plateau-check
         same = [r for r, n in zip(records, _numbers(records)) if n == number]
     else:  # phase 1 (train) interrupted, nothing continued yet
         if not meta.get("interrupted"):
@@ -390,7 +415,7 @@ def write_readme(root: Path) -> Path:
             f"| `{path.relative_to(root)}` | {meta.get('role')} | {systems} | "
             f"{meta.get('train_frames')} | {m.get('epochs_run')} ({m.get('best_epoch')}) | "
             + (f"{meta['phases'][-2].get('stopped_by')}, then a "
-               f"{meta['phases'][-1].get('epochs_run')}-epoch anneal" if _annealed(meta)
+               f"{meta['phases'][-1].get('epochs_run')}-epoch anneal" if _ends_annealed(meta)
                else f"{m.get('stopped_by', 'not recorded')}") + " | "
             f"{meta.get('wall_seconds', 0) / 60:.1f} min | {cpu} | "
             f"{test.get('energy_mae_mev_per_atom', float('nan')):.1f} | "
@@ -412,11 +437,13 @@ def write_readme(root: Path) -> Path:
 
 def build(recipe: DatasetRecipe, model: str, root: Path, roles: list[str] | None = None,
           skip_existing: bool = False, continue_only: bool = False,
-          progress: bool = True) -> list[dict]:
+          progress: bool = True, plateau_check: bool = False) -> list[dict]:
     """Train the checkpoints of one recipe and architecture under ``root`` (``roles``: only
     these roles, by full or short name), each followed by the recipe's later phases it has
-    not had yet; ``continue_only``: only those later phases, on existing checkpoints. Returns
-    one summary per checkpoint (also printed as a JSON line)."""
+    not had yet; ``continue_only``: only those later phases, on existing checkpoints;
+    ``plateau_check``: only the check of :func:`plateau_check_phase`, on existing
+    checkpoints short of the plateau criterion. Returns one summary per checkpoint (also
+    printed as a JSON line)."""
     rule = recipe.plateau
     done = []
     for role, cfg in configs(recipe, model, root):
@@ -427,6 +454,10 @@ def build(recipe: DatasetRecipe, model: str, root: Path, roles: list[str] | None
         if skip_existing and out.is_file():
             continue
         cmd = f"python -m gffmerge.recipes --dataset {recipe.name} --model {model} --roles {short}"
+        if plateau_check:
+            if out.is_file():
+                done.append(_plateau_check(out, cmd + " --plateau-check", progress))
+            continue
         later = rule is not None and any(cfg.role in ph.max_minutes for ph in
                                          rule.then + ((rule.anneal,) if rule.anneal else ()))
         if continue_only and not later:
@@ -452,6 +483,27 @@ def build(recipe: DatasetRecipe, model: str, root: Path, roles: list[str] | None
     return done
 
 
+def _plateau_check(out: Path, cmd: str, progress: bool) -> dict:
+    from .continuation import continue_training
+    _, meta = load_checkpoint(out)
+    check = plateau_check_phase(meta)
+    if check is None:
+        print(f"== {out}: meets the plateau criterion already", flush=True)
+    else:
+        lr, patience = check
+        print(f"== {out} ({cmd}): from lr {lr:.3g}, patience {patience}", flush=True)
+        continue_training(out, epochs=3 * patience, patience=patience, lr=lr,
+                          progress=progress,
+                          metadata={"command": cmd, "phase": len(meta.get("phases") or [1]) + 1,
+                                    "plateau_check": True})
+        _, meta = load_checkpoint(out)
+    n, best, reached = plateau_state(meta)
+    summary = {"checkpoint": str(out), "epochs": n, "best_epoch": best, "plateau": reached,
+               "test": meta["metrics"].get("test", {}).get("all", {})}
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gffmerge.recipes",
                                 description="Regenerate the shipped checkpoints.")
@@ -466,8 +518,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--continue", dest="continue_", action="store_true",
                    help="only the second phase: continue the existing checkpoints of the "
                         "roles whose recipe has one")
+    p.add_argument("--plateau-check", action="store_true",
+                   help="only a plateau check of the existing checkpoints short of the "
+                        "plateau criterion: one more plateau phase from the learning rate "
+                        "their last one ended with, patience a quarter of their epochs")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.plateau_check and args.continue_:
+        print("error: --plateau-check and --continue are two different runs; give one",
+              file=sys.stderr)
+        return 2
     root = Path(args.root)
     if args.roles:
         known = {name for d in args.dataset for m in args.model
@@ -484,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
             for model in args.model:
                 build(DATASETS[dataset], model, root, roles=args.roles,
                       skip_existing=args.skip_existing, continue_only=args.continue_,
-                      progress=not args.quiet)
+                      progress=not args.quiet, plateau_check=args.plateau_check)
     print(f"wrote {write_readme(root)}")
     return 0
 
