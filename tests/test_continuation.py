@@ -411,3 +411,18 @@ def test_plateau_check_and_continue_together_exit_2(capsys):
     from gffmerge.recipes import main
     assert main(["--plateau-check", "--continue", "--readme-only"]) == 2
     assert "--plateau-check and --continue" in capsys.readouterr().err
+
+
+def test_the_readme_says_what_ended_each_checkpoint():
+    from gffmerge.recipes import _stopped_by
+    plateau = {"epochs_run": 60, "best_epoch": 50, "stopped_by": "wall budget", "config": {}}
+    anneal = {"epochs_run": 20, "best_epoch": 19, "config": {"schedule": "cosine"}}
+    check = {"epochs_run": 193, "best_epoch": -1, "stopped_by": "patience", "config": {},
+             "plateau_check": True}
+    assert _stopped_by({"metrics": {"stopped_by": "patience"}}) == "patience"
+    assert _stopped_by({"phases": [{}, plateau, anneal]}) == \
+        "wall budget, then a 20-epoch anneal"
+    assert _stopped_by({"phases": [{}, plateau, anneal, check]}) == \
+        "a 193-epoch plateau check (no gain, stopped by patience)"
+    assert "(a gain, stopped by epochs)" in _stopped_by(
+        {"phases": [{}, anneal, {**check, "best_epoch": 3, "stopped_by": "epochs"}]})

@@ -125,10 +125,10 @@ def _state(meta: dict) -> str:
                 f"{before}, {verdict}; the anneal changed its validation force MAE by "
                 f"{-100 * gain:+.1f} %")
     phases = [str(p.get("epochs_run")) + (" annealed" if (p.get("config") or {}).get(
-        "schedule") == "cosine" else "") for p in meta.get("phases") or ()]
-    return (f"{len(h)} epochs" + (f" ({' + '.join(phases)})" if any("annealed" in p
-                                                                   for p in phases) else "")
-            + f", best {best}, {verdict}")
+        "schedule") == "cosine" else " plateau check" if p.get("plateau_check") else "")
+        for p in meta.get("phases") or ()]
+    return (f"{len(h)} epochs" + (f" ({' + '.join(phases)})" if any(" " in p for p in phases)
+                                  else "") + f", best {best}, {verdict}")
 
 
 def _role(name: str, systems: list[str]) -> str:

@@ -33,7 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paperlib as pl  # noqa: E402
 
 from gffmerge.checkpoint import load_checkpoint  # noqa: E402
-from gffmerge.recipes import checkpoints_dir, plateau_state  # noqa: E402
+from gffmerge.recipes import (  # noqa: E402
+    checkpoints_dir,
+    plateau_check_phase,
+    plateau_state,
+)
 
 FACTOR = 3  # a plateau check: FACTOR x the recipe's epochs, with early stopping
 
@@ -70,10 +74,14 @@ def main(argv: list[str] | None = None) -> int:
                 val_F_mid=mid, val_F_end=end, second_half_drop_pct=100 * (mid - end) / mid,
                 cpu_min=meta.get("cpu_seconds", float("nan")) / 60,
                 phases=" + ".join(str(ph["epochs_run"]) for ph in meta.get("phases", [])),
-                plateau_check_h=0.0 if reached else FACTOR * len(h) * per_epoch / 3600)
+                plateau_check_h=0.0 if reached else FACTOR * len(h) * per_epoch / 3600,
+                **_check_hours(meta, per_epoch))
     todo = [r for r in rec.rows if not r["plateau"]]
     done = [r for r in rec.rows if r["plateau"]]
     total = sum(r["plateau_check_h"] for r in todo)
+    checked = [r for r in todo if r["check_min_h"] == r["check_min_h"]]  # not NaN
+    check_lo = sum(r["check_min_h"] for r in checked)
+    check_hi = sum(r["check_max_h"] for r in checked)
     lines = [[r["checkpoint"], str(r["train_frames"]), r["schedule"],
               f"{r['epochs']} ({r['best_epoch']})", r["phases"] or "1",
               f"{r['s_per_epoch']:.1f}", r["stopped_by"],
@@ -83,12 +91,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['val_F_mid']:.1f} → {r['val_F_end']:.1f} "
               f"({-r['second_half_drop_pct']:+.0f} %)",
               "" if r["cpu_min"] != r["cpu_min"] else f"{r['cpu_min']:.1f}",
-              "" if r["plateau"] else f"{r['plateau_check_h']:.2f}"]
+              "" if r["plateau"] else f"{r['plateau_check_h']:.2f}",
+              "" if r["plateau"] or r["check_min_h"] != r["check_min_h"]
+              else f"{r['check_min_h']:.2f}-{r['check_max_h']:.2f}"]
              for r in rec.rows]
     drops = [r["second_half_drop_pct"] for r in todo] or [0.0]
     body = [*pl.table(["checkpoint", "train frames", "schedule", "epochs (best, 0-based)",
                        "phases (epochs)", "s / epoch", "stopped by", "plateau",
-                       "val F MAE mid → end", "CPU min", f"{FACTOR}× epochs (h)"], lines), "",
+                       "val F MAE mid → end", "CPU min", f"{FACTOR}× epochs (h)",
+                       "plateau check (h)"], lines), "",
             "Plateau: no best validation epoch in the last 20 % of the epochs run "
             "(`gffmerge.plateau.plateau_reached`), for a checkpoint whose last phase is an "
             "anneal on the epochs before it (`gffmerge.recipes.plateau_state`: a 20-epoch "
@@ -104,6 +115,15 @@ def main(argv: list[str] | None = None) -> int:
             "gffmerge.recipes --continue`) lists the epochs of each phase; its epochs, best "
             "epoch, CPU minutes and stop reason (the last phase's) count over all phases, and "
             "its s / epoch is the median over all phases.", "",
+            "Plateau check (`python -m gffmerge.recipes ... --plateau-check`, "
+            "`gffmerge.recipes.plateau_check_phase`; plateau-rule checkpoints only): one more "
+            "plateau phase from the learning rate the last plateau phase ended with, "
+            "patience a quarter of the epochs so far; it takes that patience if it never "
+            "improves (and then meets the criterion) and at most 3× it (the ceiling), at "
+            f"the seconds per epoch above: {check_lo:.1f}-{check_hi:.1f} h for the "
+            f"{len(checked)} of them. "
+            "A check that improves changes the weights, and every merge of the checkpoint "
+            "has to be run again.", "",
             f"Total for one {FACTOR}× run of every checkpoint that does not, one after another "
             f"on this machine: **{total:.1f} h** (foundations first: the fine-tunes and joint "
             "models start from them, so a retrained foundation means retraining everything "
@@ -120,6 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         body += compare(root, args.before)
     rec.write(body)
     return 0
+
+
+def _check_hours(meta: dict, per_epoch: float) -> dict:
+    """Hours of a plateau check: its patience (no gain) and its ceiling (3× the patience);
+    NaN for a checkpoint the check does not apply to (cosine schedule) or at its plateau."""
+    check = plateau_check_phase(meta)
+    if check is None or (meta.get("config") or {}).get("schedule") != "plateau":
+        return {"check_min_h": float("nan"), "check_max_h": float("nan")}
+    patience = check[1]
+    return {"check_min_h": patience * per_epoch / 3600,
+            "check_max_h": 3 * patience * per_epoch / 3600}
 
 
 def _at_revision(path: Path, rev: str, tmp: Path) -> Path | None:

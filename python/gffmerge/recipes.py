@@ -231,6 +231,20 @@ def _ends_annealed(meta: dict) -> bool:
     return len(phases) > 1 and (phases[-1].get("config") or {}).get("schedule") == "cosine"
 
 
+def _stopped_by(meta: dict) -> str:
+    """What ended a checkpoint's training, for the README table."""
+    phases = meta.get("phases") or ()
+    if _ends_annealed(meta):
+        return (f"{phases[-2].get('stopped_by')}, then a {phases[-1].get('epochs_run')}-epoch "
+                "anneal")
+    if phases and phases[-1].get("plateau_check"):
+        check = phases[-1]
+        gain = "no gain" if check.get("best_epoch", -1) < 0 else "a gain"
+        return (f"a {check.get('epochs_run')}-epoch plateau check ({gain}, stopped by "
+                f"{check.get('stopped_by')})")
+    return str((meta.get("metrics") or {}).get("stopped_by", "not recorded"))
+
+
 def plateau_check_phase(meta: dict) -> tuple[float, int] | None:
     """(learning rate, patience) of the phase that checks whether a checkpoint short of the
     plateau criterion is on a plateau, or None if it meets the criterion already.
@@ -414,9 +428,7 @@ def write_readme(root: Path) -> Path:
         lines.append(
             f"| `{path.relative_to(root)}` | {meta.get('role')} | {systems} | "
             f"{meta.get('train_frames')} | {m.get('epochs_run')} ({m.get('best_epoch')}) | "
-            + (f"{meta['phases'][-2].get('stopped_by')}, then a "
-               f"{meta['phases'][-1].get('epochs_run')}-epoch anneal" if _ends_annealed(meta)
-               else f"{m.get('stopped_by', 'not recorded')}") + " | "
+            + _stopped_by(meta) + " | "
             f"{meta.get('wall_seconds', 0) / 60:.1f} min | {cpu} | "
             f"{test.get('energy_mae_mev_per_atom', float('nan')):.1f} | "
             f"{test.get('force_mae_mev_per_a', float('nan')):.1f} | "
