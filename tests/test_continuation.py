@@ -426,3 +426,27 @@ def test_the_readme_says_what_ended_each_checkpoint():
         "a 193-epoch plateau check (no gain, stopped by patience)"
     assert "(a gain, stopped by epochs)" in _stopped_by(
         {"phases": [{}, anneal, {**check, "best_epoch": 3, "stopped_by": "epochs"}]})
+
+
+def test_the_recipes_cli_runs_a_plateau_check_on_the_roles_given(first, tmp_path, capsys):
+    from gffmerge.recipes import main
+    path, meta, _ = first
+    root = tmp_path / "ckpt"
+    (root / "rmd17").mkdir(parents=True)
+    target = root / "rmd17" / "gns_ethanol.pt"
+    model, m = load_checkpoint(path)
+    # best at the last epoch: short of the criterion, so the check runs
+    save_checkpoint(target, model, {**m, "metrics": {**m["metrics"], "best_epoch": 2}})
+    other = root / "rmd17" / "gns_malonaldehyde.pt"
+    save_checkpoint(other, model, m)
+    untouched = other.read_bytes()
+    assert main(["--root", str(root), "--dataset", "rmd17", "--model", "gns", "--roles",
+                 "ethanol", "--plateau-check", "-q"]) == 0
+    _, checked = load_checkpoint(target)
+    phase = checked["phases"][-1]
+    assert phase["plateau_check"] and phase["command"].endswith(
+        "--dataset rmd17 --model gns --roles ethanol --plateau-check")
+    assert len(checked["history"]) == 3 + phase["epochs_run"]
+    assert other.read_bytes() == untouched
+    assert (root / "README.md").is_file()
+    assert '"plateau":' in capsys.readouterr().out
