@@ -251,11 +251,14 @@ def plateau_check_phase(meta: dict) -> tuple[float, int] | None:
 
     The check trains on from the learning rate its last plateau phase ended with (before
     any anneal: an anneal's last rate is 1 % of that), under the plateau rule with a
-    patience of a quarter of the epochs run so far, the least that makes a run stopped by
-    patience meet the criterion over the whole history (n − 1 − best ≥ ⌈0.2 n⌉ with n the
-    epochs after the check). A check that never improves keeps the weights as they were
-    (the starting model is the candidate to beat); one that does improve trains on to its
-    own plateau or its epoch ceiling (3 × the patience)."""
+    patience of a quarter of the epochs run so far: the least that makes a check without a
+    gain meet the criterion over the whole history (n − 1 − best ≥ ⌈0.2 n⌉ with n the
+    epochs after the check), whatever the best epoch before it. Such a check keeps the
+    weights as they were (the starting model is the candidate to beat). A check that does
+    improve trains on until its patience or its ceiling (3 × the patience) stops it, and may
+    then still be short of the criterion (a gain late in the check needs a longer patience
+    than the one fixed at its start): checking again answers with the longer history's
+    patience."""
     history = meta.get("history") or []
     if not history or plateau_state(meta)[2]:
         return None
