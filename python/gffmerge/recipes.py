@@ -260,11 +260,10 @@ def plateau_check_phase(meta: dict) -> tuple[float, int] | None:
     than the one fixed at its start): checking again answers with the longer history's
     patience."""
     history = meta.get("history") or []
-    if not history or plateau_state(meta)[2]:
+    judged, _, reached = plateau_state(meta)  # judged: the epochs before a final anneal
+    if not history or reached:
         return None
-    pre = before_anneal(meta)
-    last = (pre[0] if pre is not None else len(history)) - 1
-    return float(history[last]["lr"]), max(1, math.ceil(len(history) / 4))
+    return float(history[judged - 1]["lr"]), max(1, math.ceil(len(history) / 4))
 
 
 def _numbers(records: list[dict]) -> list[int]:
