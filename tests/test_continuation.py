@@ -450,3 +450,57 @@ def test_the_recipes_cli_runs_a_plateau_check_on_the_roles_given(first, tmp_path
     assert other.read_bytes() == untouched
     assert (root / "README.md").is_file()
     assert '"plateau":' in capsys.readouterr().out
+
+
+def _fake_check(gains: list[bool], calls: list[int]):
+    """A stand-in for ``continue_training`` that runs no model: check i adds its epochs with
+    the best at the last one when ``gains[i]`` (a late gain) and none otherwise."""
+    def check(out, *, epochs, patience, lr, progress, metadata):
+        model, meta = load_checkpoint(out)
+        gain = gains[len(calls)]
+        calls.append(patience)
+        n = len(meta["history"])
+        run = epochs if gain else patience
+        history = meta["history"] + [{**meta["history"][-1], "epoch": n + i, "lr": lr}
+                                     for i in range(run)]
+        best = n + run - 1 if gain else meta["metrics"]["best_epoch"]
+        phase = {"epochs_run": run, "best_epoch": run - 1 if gain else -1, "config": {},
+                 "stopped_by": "epochs" if gain else "patience", **metadata}
+        save_checkpoint(out, model, {**meta, "history": history,
+                                     "metrics": {**meta["metrics"], "best_epoch": best},
+                                     "phases": list(meta.get("phases") or []) + [phase]})
+    return check
+
+
+@pytest.mark.parametrize("gains, checks, ran, reached", [
+    ([True, False, True], 3, 2, True),   # the second check stalls: plateau, no third
+    ([True, True, True], 3, 3, False),   # every check gains late: stops at the limit
+    ([True, False], 1, 1, False),        # one check by default, whatever it found
+    ([False], 3, 1, True),
+])
+def test_repeated_plateau_checks_stop_at_the_plateau_or_the_limit(
+        first, tmp_path, monkeypatch, gains, checks, ran, reached):
+    import gffmerge.continuation as continuation
+    path, meta, _ = first
+    work = tmp_path / "checks.pt"
+    model, m = load_checkpoint(path)
+    save_checkpoint(work, model, {**m, "metrics": {**m["metrics"], "best_epoch": 2}})
+    calls: list[int] = []
+    monkeypatch.setattr(continuation, "continue_training", _fake_check(gains, calls))
+    summary = _plateau_check(work, "CMD", progress=False, checks=checks)
+    _, after = load_checkpoint(work)
+    assert summary["checks"] == len(calls) == ran
+    assert summary["plateau"] is reached is plateau_state(after)[2]
+    added = [p for p in after["phases"] if p.get("plateau_check")]
+    assert len(added) == ran and all(p["command"] == "CMD" for p in added)
+    # each check's patience is a quarter of the history it started from
+    lengths = [3] + [3 + sum(p["epochs_run"] for p in added[:i + 1]) for i in range(ran)]
+    assert calls == [math.ceil(n / 4) for n in lengths[:ran]]
+
+
+def test_checks_needs_plateau_check_and_at_least_one(capsys):
+    from gffmerge.recipes import main
+    assert main(["--checks", "2", "--readme-only"]) == 2
+    assert "give it with --plateau-check" in capsys.readouterr().err
+    assert main(["--plateau-check", "--checks", "0", "--readme-only"]) == 2
+    assert "--checks 0" in capsys.readouterr().err

@@ -451,13 +451,15 @@ def write_readme(root: Path) -> Path:
 
 def build(recipe: DatasetRecipe, model: str, root: Path, roles: list[str] | None = None,
           skip_existing: bool = False, continue_only: bool = False,
-          progress: bool = True, plateau_check: bool = False) -> list[dict]:
+          progress: bool = True, plateau_check: bool = False,
+          checks: int = 1) -> list[dict]:
     """Train the checkpoints of one recipe and architecture under ``root`` (``roles``: only
     these roles, by full or short name), each followed by the recipe's later phases it has
     not had yet; ``continue_only``: only those later phases, on existing checkpoints;
     ``plateau_check``: only the check of :func:`plateau_check_phase`, on existing
-    checkpoints short of the plateau criterion. Returns one summary per checkpoint (also
-    printed as a JSON line)."""
+    checkpoints short of the plateau criterion, repeated up to ``checks`` times while a
+    checkpoint is still short of it. Returns one summary per checkpoint (also printed as a
+    JSON line)."""
     rule = recipe.plateau
     done = []
     for role, cfg in configs(recipe, model, root):
@@ -470,7 +472,8 @@ def build(recipe: DatasetRecipe, model: str, root: Path, roles: list[str] | None
         cmd = f"python -m gffmerge.recipes --dataset {recipe.name} --model {model} --roles {short}"
         if plateau_check:
             if out.is_file():
-                done.append(_plateau_check(out, cmd + " --plateau-check", progress))
+                flags = " --plateau-check" + (f" --checks {checks}" if checks > 1 else "")
+                done.append(_plateau_check(out, cmd + flags, progress, checks))
             continue
         later = rule is not None and any(cfg.role in ph.max_minutes for ph in
                                          rule.then + ((rule.anneal,) if rule.anneal else ()))
@@ -497,23 +500,27 @@ def build(recipe: DatasetRecipe, model: str, root: Path, roles: list[str] | None
     return done
 
 
-def _plateau_check(out: Path, cmd: str, progress: bool) -> dict:
-    from .continuation import continue_training
+def _plateau_check(out: Path, cmd: str, progress: bool, checks: int = 1) -> dict:
+    """Up to ``checks`` plateau checks of one checkpoint, one after another, until it meets
+    the criterion (a check without a gain always ends there)."""
+    from . import continuation
     _, meta = load_checkpoint(out)
-    check = plateau_check_phase(meta)
-    if check is None:
-        print(f"== {out}: meets the plateau criterion already", flush=True)
-    else:
+    ran = 0
+    while ran < checks and (check := plateau_check_phase(meta)) is not None:
         lr, patience = check
-        print(f"== {out} ({cmd}): from lr {lr:.3g}, patience {patience}", flush=True)
-        continue_training(out, epochs=3 * patience, patience=patience, lr=lr,
-                          progress=progress,
-                          metadata={"command": cmd, "phase": len(meta.get("phases") or [1]) + 1,
-                                    "plateau_check": True})
+        ran += 1
+        which = f" check {ran} of at most {checks}" if checks > 1 else ""
+        print(f"== {out} ({cmd}):{which} from lr {lr:.3g}, patience {patience}", flush=True)
+        continuation.continue_training(
+            out, epochs=3 * patience, patience=patience, lr=lr, progress=progress,
+            metadata={"command": cmd, "phase": len(meta.get("phases") or [1]) + 1,
+                      "plateau_check": True})
         _, meta = load_checkpoint(out)
+    if ran == 0:
+        print(f"== {out}: meets the plateau criterion already", flush=True)
     n, best, reached = plateau_state(meta)
-    summary = {"checkpoint": str(out), "epochs": n, "best_epoch": best, "plateau": reached,
-               "test": meta["metrics"].get("test", {}).get("all", {})}
+    summary = {"checkpoint": str(out), "checks": ran, "epochs": n, "best_epoch": best,
+               "plateau": reached, "test": meta["metrics"].get("test", {}).get("all", {})}
     print(json.dumps(summary), flush=True)
     return summary
 
@@ -536,11 +543,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="only a plateau check of the existing checkpoints short of the "
                         "plateau criterion: one more plateau phase from the learning rate "
                         "their last one ended with, patience a quarter of their epochs")
+    p.add_argument("--checks", type=int, default=1, metavar="N",
+                   help="with --plateau-check: check again, up to N checks in all, while "
+                        "a checkpoint is still short of the criterion (a check that "
+                        "improved late may leave it short; default 1)")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.plateau_check and args.continue_:
         print("error: --plateau-check and --continue are two different runs; give one",
               file=sys.stderr)
+        return 2
+    if args.checks != 1 and not args.plateau_check:
+        print("error: --checks counts plateau checks; give it with --plateau-check",
+              file=sys.stderr)
+        return 2
+    if args.checks < 1:
+        print(f"error: --checks {args.checks}: give at least 1", file=sys.stderr)
         return 2
     root = Path(args.root)
     if args.roles:
@@ -558,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
             for model in args.model:
                 build(DATASETS[dataset], model, root, roles=args.roles,
                       skip_existing=args.skip_existing, continue_only=args.continue_,
-                      progress=not args.quiet, plateau_check=args.plateau_check)
+                      progress=not args.quiet, plateau_check=args.plateau_check,
+                      checks=args.checks)
     print(f"wrote {write_readme(root)}")
     return 0
 
