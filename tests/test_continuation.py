@@ -504,3 +504,23 @@ def test_checks_needs_plateau_check_and_at_least_one(capsys):
     assert "give it with --plateau-check" in capsys.readouterr().err
     assert main(["--plateau-check", "--checks", "0", "--readme-only"]) == 2
     assert "--checks 0" in capsys.readouterr().err
+
+
+def test_an_interrupted_recipe_run_says_so_and_exits_130(first, tmp_path, monkeypatch, capsys):
+    import gffmerge.continuation as continuation
+    from gffmerge.recipes import main
+    path, _, _ = first
+    root = tmp_path / "ckpt"
+    (root / "rmd17").mkdir(parents=True)
+    target = root / "rmd17" / "gns_ethanol.pt"
+    model, m = load_checkpoint(path)
+    save_checkpoint(target, model, {**m, "metrics": {**m["metrics"], "best_epoch": 2}})
+
+    def interrupted(out, **kw):
+        raise KeyboardInterrupt(f"training interrupted; the best model so far saved to {out}")
+    monkeypatch.setattr(continuation, "continue_training", interrupted)
+    assert main(["--root", str(root), "--dataset", "rmd17", "--model", "gns", "--roles",
+                 "ethanol", "--plateau-check", "--checks", "3", "-q"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: training interrupted" in err and str(target) in err
+    assert (root / "README.md").is_file()

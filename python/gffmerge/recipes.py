@@ -572,12 +572,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"{', '.join(sorted(known))}", file=sys.stderr)
             return 2
     if not args.readme_only:
-        for dataset in args.dataset:
-            for model in args.model:
-                build(DATASETS[dataset], model, root, roles=args.roles,
-                      skip_existing=args.skip_existing, continue_only=args.continue_,
-                      progress=not args.quiet, plateau_check=args.plateau_check,
-                      checks=args.checks)
+        try:
+            for dataset in args.dataset:
+                for model in args.model:
+                    build(DATASETS[dataset], model, root, roles=args.roles,
+                          skip_existing=args.skip_existing, continue_only=args.continue_,
+                          progress=not args.quiet, plateau_check=args.plateau_check,
+                          checks=args.checks)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the trainer saved what it had
+            print(f"interrupted: {exc or 'stopped'}; the README lists the checkpoints as "
+                  "they are now", file=sys.stderr)
+            print(f"wrote {write_readme(root)}")
+            return 130
     print(f"wrote {write_readme(root)}")
     return 0
 
