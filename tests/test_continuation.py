@@ -428,15 +428,21 @@ def test_the_readme_says_what_ended_each_checkpoint():
         {"phases": [{}, anneal, {**check, "best_epoch": 3, "stopped_by": "epochs"}]})
 
 
+def _short_of_plateau(path: Path, root: Path) -> tuple[Path, torch.nn.Module, dict]:
+    """The tiny run saved as ``ROOT/rmd17/gns_ethanol.pt`` with its best at the last epoch:
+    short of the criterion, so a check runs. Returns (that path, model, metadata)."""
+    (root / "rmd17").mkdir(parents=True)
+    target = root / "rmd17" / "gns_ethanol.pt"
+    model, m = load_checkpoint(path)
+    save_checkpoint(target, model, {**m, "metrics": {**m["metrics"], "best_epoch": 2}})
+    return target, model, m
+
+
 def test_the_recipes_cli_runs_a_plateau_check_on_the_roles_given(first, tmp_path, capsys):
     from gffmerge.recipes import main
     path, meta, _ = first
     root = tmp_path / "ckpt"
-    (root / "rmd17").mkdir(parents=True)
-    target = root / "rmd17" / "gns_ethanol.pt"
-    model, m = load_checkpoint(path)
-    # best at the last epoch: short of the criterion, so the check runs
-    save_checkpoint(target, model, {**m, "metrics": {**m["metrics"], "best_epoch": 2}})
+    target, model, m = _short_of_plateau(path, root)
     other = root / "rmd17" / "gns_malonaldehyde.pt"
     save_checkpoint(other, model, m)
     untouched = other.read_bytes()
@@ -511,10 +517,7 @@ def test_an_interrupted_recipe_run_says_so_and_exits_130(first, tmp_path, monkey
     from gffmerge.recipes import main
     path, _, _ = first
     root = tmp_path / "ckpt"
-    (root / "rmd17").mkdir(parents=True)
-    target = root / "rmd17" / "gns_ethanol.pt"
-    model, m = load_checkpoint(path)
-    save_checkpoint(target, model, {**m, "metrics": {**m["metrics"], "best_epoch": 2}})
+    target, _, _ = _short_of_plateau(path, root)
 
     def interrupted(out, **kw):
         raise KeyboardInterrupt(f"training interrupted; the best model so far saved to {out}")
