@@ -571,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"--dataset {' '.join(args.dataset)}; the roles there are: "
                   f"{', '.join(sorted(known))}", file=sys.stderr)
             return 2
+    code = 0
     if not args.readme_only:
         try:
             for dataset in args.dataset:
@@ -582,10 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the trainer saved what it had
             print(f"interrupted: {exc or 'stopped'}; the README lists the checkpoints as "
                   "they are now", file=sys.stderr)
-            print(f"wrote {write_readme(root)}")
-            return 130
+            code = 130  # the CLI's exit code for an interrupted command
     print(f"wrote {write_readme(root)}")
-    return 0
+    return code
 
 
 if __name__ == "__main__":
