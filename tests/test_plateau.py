@@ -94,6 +94,16 @@ def test_flat_validation_curve_stops_early(data):
     assert max(vals) == min(vals)
 
 
+def test_progress_bar_shows_the_best_epoch_and_the_patience_used(data, capsys):
+    """A user watching a long run sees whether it still improves: the epoch bar names the
+    best epoch so far and the epochs since it against the patience."""
+    train(_cfg(epochs=40, lr=0.0, patience=3), dataset=data, progress=True)
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    last = [line for line in bar if line.startswith("train ")][-1]
+    assert "best=0" in last and "wait=3/3" in last, last
+    assert any("wait=1/3" in line for line in bar)
+
+
 def test_kept_weights_are_the_best_epochs_and_lr_follows_the_rule(data):
     """A large learning rate makes validation go up and down: the model returned scores what
     its best epoch scored, and the logged learning rate is the peak times 0.5 per
