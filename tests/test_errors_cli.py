@@ -186,6 +186,24 @@ def test_help_and_usage_errors_return_codes(capsys):
     assert "required" in capsys.readouterr().err
 
 
+def test_version_names_the_package_torch_and_the_extension_build(capsys):
+    import gffmerge_ext
+    from gffmerge.provenance import versions_text
+
+    assert main(["--version"]) == 0
+    head, built = capsys.readouterr().out.strip().splitlines()
+    info = gffmerge_ext.build_info()
+    assert head.startswith(f"gffmerge {gffmerge.__version__} (commit ")
+    assert f"torch {torch.__version__}" in head
+    assert info["compiler"] in built and info["block_products"] in built
+    assert main(["--json", "--version"]) == 0
+    v = json.loads(capsys.readouterr().out)
+    assert v["gffmerge"] == gffmerge.__version__ and v["extension"] == info
+    # an extension that does not load is named with its reason, not hidden
+    text = versions_text({**v, "extension": {"error": "undefined symbol: foo"}})
+    assert text.splitlines()[1] == "extension not loadable: undefined symbol: foo"
+
+
 def test_interrupted_measure_writes_nothing(env, work, capsys, monkeypatch):
     import gffmerge.collect as collect
 

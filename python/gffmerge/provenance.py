@@ -44,6 +44,45 @@ def machine() -> str:
             f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
+def versions() -> dict:
+    """What is installed: gffmerge, its commit, torch, and how the extension was built
+    (``extension`` holds the reason when it is not loadable)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    import gffmerge_ext
+
+    try:
+        ext = gffmerge_ext.build_info()
+    except RuntimeError as exc:
+        ext = {"error": str(exc)}
+    try:
+        own = version("gffmerge")
+    except PackageNotFoundError:
+        own = "unknown (not installed)"
+    # a commit only for a source checkout: an installed copy's folder may sit in another repo
+    commit = git_commit(short=True) if (ROOT / "csrc").is_dir() else "none (not a checkout)"
+    return {"gffmerge": own, "commit": commit,
+            "torch": str(torch.__version__), "cuda_available": torch.cuda.is_available(),
+            "extension": ext}
+
+
+def versions_text(v: dict) -> str:
+    """:func:`versions` as the two lines ``gffmerge --version`` prints."""
+    ext = v["extension"]
+    if "error" in ext:
+        built = f"extension not loadable: {ext['error']}"
+    else:
+        cuda = ("CUDA " + " ".join(ext.get("cuda_archs") or []) if ext.get("cuda")
+                else "no CUDA")
+        built = (f"extension built with {ext.get('compiler')} against torch "
+                 f"{ext.get('torch_version')}, {'OpenMP' if ext.get('openmp') else 'no OpenMP'}"
+                 f", {cuda}, block products: {ext.get('block_products', 'unknown')}")
+    return (f"gffmerge {v['gffmerge']} (commit {v['commit']}), torch {v['torch']}"
+            f"{' (a CUDA device is visible)' if v['cuda_available'] else ''}\n{built}")
+
+
 def load_average() -> str:
     """The 1/5/15-minute load average, or ``unknown`` where the system has none."""
     try:

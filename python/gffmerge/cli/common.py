@@ -185,6 +185,22 @@ def add_global_flags(parser: argparse.ArgumentParser, *, inherited: bool = False
                         help="machine-readable output (errors too)")
     parser.add_argument("--debug", action="store_true", default=default,
                         help="print the traceback of an error")
+    if not inherited:
+        parser.add_argument("--version", action=_Version, nargs=0,
+                            help="print the versions of gffmerge, torch and the extension's "
+                                 "build, and exit (with --json before it: as JSON)")
+
+
+class _Version(argparse.Action):
+    """``--version``: formed only when asked for (it loads the extension)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ..provenance import versions, versions_text
+
+        v = versions()
+        print(json.dumps(v, indent=2) if getattr(namespace, "json", False)
+              else versions_text(v))
+        parser.exit(0)
 
 
 # ---------------------------------------------------------------- shared helpers
