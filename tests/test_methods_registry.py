@@ -173,3 +173,13 @@ def test_merge_provides_what_the_options_need(isolated_registry):
     gffmerge.merge(models, datas, method="cross_switch", progress=False)
     gffmerge.merge(models, datas, method="cross_switch", use_cross=True, progress=False)
     assert seen == [False, True]
+
+
+def test_option_types_read_as_written():
+    """`gffmerge methods` shows an option's type as its annotation reads, unions too (not
+    ``Union``), so a user knows ``ridge`` takes a number or ``auto``."""
+    infos = {o.name: o for o in methods.get("progressive").option_infos()}
+    assert infos["ridge"].type == "float | 'auto'"
+    assert infos["frames"].type == "int | None"
+    assert infos["mode"].type == "str" and infos["mode"].choices
+    assert {o.name: o.type for o in methods.get("gffmerge").option_infos()}["ridge"] == "float"

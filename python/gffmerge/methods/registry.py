@@ -130,7 +130,7 @@ class MergeMethod:
         for f in dataclasses.fields(self.options_type):
             hint = hints[f.name]
             choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
-            tname = "str" if choices else getattr(hint, "__name__", str(hint))
+            tname = "str" if choices else _type_name(hint)
             out.append(OptionInfo(f.name, tname, f.default, choices, docs.get(f.name, "")))
         return out
 
@@ -261,3 +261,15 @@ def available() -> list[str]:
     """Names of all registered methods (built-in and from installed plugins)."""
     _discover()
     return sorted(_REGISTRY)
+
+
+def _type_name(hint) -> str:
+    """An option's type as a user reads it: ``float | 'auto'``, ``int | None``."""
+    if typing.get_origin(hint) is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(hint))
+    args = typing.get_args(hint)
+    if args and (typing.get_origin(hint) is typing.Union or type(hint).__name__ == "UnionType"):
+        return " | ".join(_type_name(a) for a in args)
+    if hint is type(None):
+        return "None"
+    return getattr(hint, "__name__", str(hint))
