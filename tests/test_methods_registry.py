@@ -181,5 +181,6 @@ def test_option_types_read_as_written():
     infos = {o.name: o for o in methods.get("progressive").option_infos()}
     assert infos["ridge"].type == "float | 'auto'"
     assert infos["frames"].type == "int | None"
+    assert infos["ridge_grid"].type == "list of float"
     assert infos["mode"].type == "str" and infos["mode"].choices
     assert {o.name: o.type for o in methods.get("gffmerge").option_infos()}["ridge"] == "float"

@@ -264,7 +264,8 @@ def available() -> list[str]:
 
 
 def _type_name(hint) -> str:
-    """An option's type as a user reads it: ``float | 'auto'``, ``int | None``."""
+    """An option's type as a user reads it: ``float | 'auto'``, ``int | None``,
+    ``list of float``."""
     if typing.get_origin(hint) is typing.Literal:
         return " | ".join(repr(a) for a in typing.get_args(hint))
     args = typing.get_args(hint)
@@ -272,4 +273,6 @@ def _type_name(hint) -> str:
         return " | ".join(_type_name(a) for a in args)
     if hint is type(None):
         return "None"
+    if typing.get_origin(hint) in (tuple, list) and args:  # tuple[float, ...]: a YAML list
+        return f"list of {_type_name(args[0])}"
     return getattr(hint, "__name__", str(hint))
