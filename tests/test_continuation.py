@@ -426,6 +426,8 @@ def test_the_readme_says_what_ended_each_checkpoint():
         "a 193-epoch plateau check (no gain, stopped by patience)"
     assert "(a gain, stopped by epochs)" in _stopped_by(
         {"phases": [{}, anneal, {**check, "best_epoch": 3, "stopped_by": "epochs"}]})
+    assert "(a gain, interrupted before its end)" in _stopped_by(
+        {"phases": [{}, anneal, {**check, "best_epoch": 3, "stopped_by": "interrupted"}]})
 
 
 def _short_of_plateau(path: Path, root: Path) -> tuple[Path, torch.nn.Module, dict]:

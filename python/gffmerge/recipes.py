@@ -240,8 +240,9 @@ def _stopped_by(meta: dict) -> str:
     if phases and phases[-1].get("plateau_check"):
         check = phases[-1]
         gain = "no gain" if check.get("best_epoch", -1) < 0 else "a gain"
-        return (f"a {check.get('epochs_run')}-epoch plateau check ({gain}, stopped by "
-                f"{check.get('stopped_by')})")
+        how = ("interrupted before its end" if check.get("stopped_by") == "interrupted"
+               else f"stopped by {check.get('stopped_by')}")
+        return f"a {check.get('epochs_run')}-epoch plateau check ({gain}, {how})"
     return str((meta.get("metrics") or {}).get("stopped_by", "not recorded"))
 
 
