@@ -102,6 +102,11 @@ def test_progress_bar_shows_the_best_epoch_and_the_patience_used(data, capsys):
     last = [line for line in bar if line.startswith("train ")][-1]
     assert "best=0" in last and "wait=3/3" in last, last
     assert any("wait=1/3" in line for line in bar)
+    # a continued run that never beats its starting model says so
+    train(_cfg(epochs=40, lr=0.0, patience=2, validate_init=True), dataset=data, progress=True)
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    last = [line for line in bar if line.startswith("train ")][-1]
+    assert "best=start" in last and "wait=2/2" in last, last
 
 
 def test_kept_weights_are_the_best_epochs_and_lr_follows_the_rule(data):

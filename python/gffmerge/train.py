@@ -274,7 +274,8 @@ def train(cfg: TrainConfig, *, output: str | Path | None = None, progress: bool 
             epochs.set_postfix(train=f"{row['train_loss']:.4f}",
                                val_E=f"{row['val_energy_mae_mev_per_atom']:.1f}",
                                val_F=f"{row['val_force_mae_mev_per_a']:.1f}",
-                               best=plateau.best_epoch,
+                               best=plateau.best_epoch if plateau.best_epoch >= 0
+                               else "start",
                                wait=f"{plateau.bad_epochs}/{plateau.patience}")
             if plateau.stop:
                 stopped_by = "patience"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata
+import types
 import typing
 import warnings
 from collections.abc import Callable, Sequence
@@ -269,7 +270,7 @@ def _type_name(hint) -> str:
     if typing.get_origin(hint) is typing.Literal:
         return " | ".join(repr(a) for a in typing.get_args(hint))
     args = typing.get_args(hint)
-    if args and (typing.get_origin(hint) is typing.Union or type(hint).__name__ == "UnionType"):
+    if args and typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in args)
     if hint is type(None):
         return "None"
