@@ -151,7 +151,8 @@ def _cli(argv):
 
 def test_cli_run_repairs_and_reports(tmp_path, data, capsys):
     model = _model("schnet", data)
-    save_checkpoint(tmp_path / "merged.pt", model, {"role": "merged", "method": "average"})
+    save_checkpoint(tmp_path / "merged.pt", model, {"role": "merged", "method": "average",
+                                                    "foundation_sha256": "ab" * 32})
     out = tmp_path / "repaired.pt"
     args = _cli(["repair", "--model", str(tmp_path / "merged.pt"), "--data", *SYSTEMS,
                  "--frames", "12", "--epochs", "2", "--scope", "last:2", "--max-frames", "60",
@@ -164,6 +165,7 @@ def test_cli_run_repairs_and_reports(tmp_path, data, capsys):
     assert meta["repaired_from"] == {"path": str(tmp_path / "merged.pt"), "role": "merged",
                                      "method": "average"}
     assert meta["repair"]["options"]["scope"] == "last:2"
+    assert meta["foundation_sha256"] == "ab" * 32  # its lineage goes on
 
 
 @pytest.mark.parametrize(("extra", "message"), [

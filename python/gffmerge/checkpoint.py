@@ -168,6 +168,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu"
     return model, metadata if isinstance(metadata, dict) else {}
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of the checkpoint at ``path`` without building its model (a lineage
+    look-up reads the foundation's record, not its weights). Raises ``FileNotFoundError``
+    or :class:`CheckpointError` as :func:`load_checkpoint` does."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="meta", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a gffmerge checkpoint or is corrupt "
+                              f"({_load_failure(exc)})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a gffmerge checkpoint "
+                              f"(expected format={FORMAT!r})")
+    metadata = payload.get("metadata", {})
+    return metadata if isinstance(metadata, dict) else {}
+
+
 # A checkpoint's config is refused before anything is built when an integer in it is beyond
 # this (sizes, counts, max_z), or when its model would hold more parameters than this.
 MAX_CONFIG_INT = 1 << 16

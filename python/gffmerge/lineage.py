@@ -1,9 +1,12 @@
 """Which pre-trained model a fine-tuned checkpoint came from, read from its metadata.
 
 :func:`gffmerge.train.train` records the checkpoint a run started from as ``init`` (the
-path as given then). Methods built on task vectors (``θ_k − θ₀``) are meaningless unless
-every source was fine-tuned from the base ``θ₀`` they are given, so the CLI checks it here;
-the architecture itself is checked by the methods.
+path as given then) with its SHA-256 (``init_sha256``) and that of the foundation at the
+root of its ``init`` chain (``foundation_sha256``); merges and repairs carry the latter
+on. Methods built on task vectors (``θ_k − θ₀``) are meaningless unless every source was
+fine-tuned from the base ``θ₀`` they are given, and no merge of fine-tunes of two
+different foundations means anything (their hidden features are not aligned), so the CLI
+checks both here; the architecture itself is checked by the methods.
 """
 
 from __future__ import annotations
@@ -13,12 +16,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import read_metadata
 from .errors import GffmergeError
 from .provenance import file_sha256
 
 
 class BaseMismatchError(GffmergeError, ValueError):
     """A source checkpoint was fine-tuned from another model than the given base."""
+
+
+class FoundationMismatchError(GffmergeError, ValueError):
+    """Source checkpoints were fine-tuned from different foundations."""
 
 
 def _resolve(init: str, source: Path) -> Path | None:
@@ -89,3 +97,74 @@ def recorded_base(sources: Sequence[tuple[str | os.PathLike, Mapping[str, Any]]]
         elif not same_file(found, where):
             return None
     return found
+
+
+_DERIVED = ("merged", "merge-alternative")
+_MAX_CHAIN = 32
+
+
+def foundation_sha256(path: str | os.PathLike, meta: Mapping[str, Any]) -> str | None:
+    """SHA-256 of the foundation the checkpoint ``(path, meta)`` descends from: the one
+    it records; else, when it records an ``init`` found here, that checkpoint's own
+    foundation, or the init itself when that was trained from scratch. None when nothing
+    says: trained from scratch itself, merged or repaired without the record, or its
+    ``init`` not found here."""
+    for _ in range(_MAX_CHAIN):
+        if not isinstance(meta, Mapping):
+            return None
+        recorded = meta.get("foundation_sha256")
+        if isinstance(recorded, str) and recorded:
+            return recorded
+        init = meta.get("init")
+        if not init:
+            return None
+        found = _resolve(str(init), Path(path))
+        if found is None:
+            return None
+        try:
+            init_meta = read_metadata(found)
+        except (OSError, ValueError):
+            return None
+        if not init_meta.get("init") and not init_meta.get("foundation_sha256"):
+            derived = init_meta.get("role") in _DERIVED or "repaired_from" in init_meta
+            return None if derived else file_sha256(found)
+        path, meta = found, init_meta
+    return None
+
+
+def foundation_of_start(start: str | os.PathLike) -> str | None:
+    """SHA-256 of the foundation a model trained from the checkpoint ``start`` descends
+    from (``start`` itself when that was trained from scratch); what
+    :func:`gffmerge.train.train` records as ``foundation_sha256``."""
+    start = Path(start).resolve()
+    return foundation_sha256(start.parent / "_", {"init": str(start)})
+
+
+def shared_foundation(sources: Sequence[tuple[str | os.PathLike, Mapping[str, Any]]]
+                      ) -> str | None:
+    """The foundation's SHA-256 when every source ``(path, metadata)`` has the same known
+    one (what a merge of them records), else None."""
+    known = {foundation_sha256(path, meta) for path, meta in sources}
+    return known.pop() if len(known) == 1 and None not in known else None
+
+
+def check_same_foundation(sources: Sequence[tuple[str | os.PathLike, Mapping[str, Any]]],
+                          *, flag: str = "--allow-different-foundations") -> None:
+    """Raise :class:`FoundationMismatchError` (one line) when two sources ``(path,
+    metadata)`` demonstrably descend from different foundations (their
+    :func:`foundation_sha256` are known and differ); sources whose foundation is unknown
+    (trained from scratch, as GNNMerge merges them, or their records lost) are not
+    checked."""
+    groups: dict[str, list[str]] = {}
+    for path, meta in sources:
+        sha = foundation_sha256(path, meta)
+        if sha is not None:
+            groups.setdefault(sha, []).append(str(path))
+    if len(groups) < 2:
+        return
+    parts = "; ".join(f"{', '.join(paths)} from foundation {sha[:12]}"
+                      for sha, paths in groups.items())
+    raise FoundationMismatchError(
+        f"the sources were fine-tuned from {len(groups)} different foundations ({parts}), "
+        "so their hidden features do not correspond and a merge of them is meaningless: "
+        f"merge fine-tunes of one foundation, or pass {flag} to merge them anyway")

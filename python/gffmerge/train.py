@@ -34,8 +34,10 @@ from torch import nn
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import AtomsDataset, load_dataset
 from .evaluate import evaluate
+from .lineage import foundation_of_start
 from .models import ForceField, build_model, fit_reference_energies, fit_scale_shift
 from .plateau import Plateau
+from .provenance import file_sha256
 
 Role = Literal["foundation", "finetune", "joint", "repair"]
 MONITORS = ("val_loss", "val_force_mae")  # what picks the best epoch
@@ -157,7 +159,11 @@ def _cap(dataset: AtomsDataset, n: int | None, cfg: TrainConfig) -> AtomsDataset
 def _prepare_model(cfg: TrainConfig, train: AtomsDataset) -> tuple[ForceField, dict]:
     if cfg.init:
         model, meta = load_checkpoint(cfg.init)
-        return model, {"init": str(cfg.init), "init_metadata_role": meta.get("role")}
+        record = {"init": str(cfg.init), "init_metadata_role": meta.get("role"),
+                  "init_sha256": file_sha256(cfg.init)}
+        foundation = foundation_of_start(cfg.init)
+        return model, record if foundation is None else {**record,
+                                                         "foundation_sha256": foundation}
     model = build_model(cfg.model, **cfg.model_config)
     loader = train.batches_for(model, 64)
     ref = fit_reference_energies(loader)

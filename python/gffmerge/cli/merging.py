@@ -176,6 +176,26 @@ def _base_model(method: str, needs, base: str | None, ckpts: list[str], metas: l
     return model, base, origin
 
 
+def _foundation_record(args, ckpts: list[str], metas: list[dict]) -> dict:
+    """Refuse sources fine-tuned from different foundations unless
+    ``--allow-different-foundations`` (then say so on stderr); the record of the
+    foundation they share (``foundation_sha256``) for the merged checkpoint, when known."""
+    from ..lineage import FoundationMismatchError, check_same_foundation, shared_foundation
+
+    sources = list(zip(ckpts, metas))
+    if not getattr(args, "allow_different_foundations", False):
+        check_same_foundation(sources)
+    else:
+        try:
+            check_same_foundation(sources)
+        except FoundationMismatchError as exc:
+            if not args.quiet:
+                print(f"gffmerge {args.command}: warning: {exc}", file=sys.stderr)
+            return {"foundations_differ": True}
+    shared = shared_foundation(sources)
+    return {} if shared is None else {"foundation_sha256": shared}
+
+
 def _note_base(args, base: str | None, origin: str | None) -> None:
     """One line on stderr, once the inputs are checked, when the base came from the
     sources' metadata rather than from ``--base``."""
@@ -196,6 +216,7 @@ def cmd_solve(args) -> int:
     from ..stats import Stats
 
     models, metas = load_models(args.model)
+    lineage = _foundation_record(args, args.model, metas)
     opts = method_options(args.method, args.option)
     spec = methods.get(args.method)
     needs = spec.needs_for(spec.options(**opts))
@@ -213,7 +234,7 @@ def cmd_solve(args) -> int:
     _note_base(args, base_path, base_from)
     result = spec(models, stats, base=base, **opts)
     _save_merged(args, result, args.model, {"stats": args.stats or [], "base": base_path,
-                                            "base_from": base_from})
+                                            "base_from": base_from, **lineage})
     _merge_summary(args, result, base_path, base_from)
     return 0
 
@@ -291,6 +312,7 @@ def cmd_merge(args) -> int:
     if not ckpts:
         raise CliError("no models: pass --model CKPT ... or --config merge.yaml")
     models, metas = load_models(ckpts)
+    lineage = _foundation_record(args, ckpts, metas)
     spec = methods.get(method)
     needed = spec.needs_for(spec.options(**opts))
     base, base_path, base_from = _base_model(method, needed, args.base, ckpts, metas, args,
@@ -326,7 +348,7 @@ def cmd_merge(args) -> int:
                        labels=[Path(c).stem for c in ckpts], base=base, val_data=val_data,
                        grid=grid, **opts)
     _save_merged(args, result, ckpts, {"data": [str(d) for d in datas], "base": base_path,
-                                       "base_from": base_from})
+                                       "base_from": base_from, **lineage})
     _merge_summary(args, result, base_path, base_from)
     return 0
 

@@ -19,6 +19,9 @@ BASE_HELP = ("the pre-trained checkpoint the sources were fine-tuned from (neede
              "start, when it is found here")
 NO_BASE_HELP = ("do not take the base from the sources' metadata (the default merge then "
                 "searches merges of the sources only)")
+ALLOW_FOUNDATIONS_HELP = ("merge sources that their metadata shows were fine-tuned from "
+                          "different foundations (refused otherwise: their hidden features "
+                          "do not correspond)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="gffmerge")
     p.add_argument("--base", metavar="CKPT", help=BASE_HELP)
     p.add_argument("--no-base", action="store_true", help=NO_BASE_HELP)
+    p.add_argument("--allow-different-foundations", action="store_true",
+                   help=ALLOW_FOUNDATIONS_HELP)
     p.add_argument("-O", "--option", action="append", metavar="KEY=VALUE",
                    help="method option, e.g. -O prior=mean -O ridge=1e-4")
     p.add_argument("-o", "--output", required=True, help="merged checkpoint (.pt)")
@@ -77,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "see `gffmerge methods`)")
     p.add_argument("--base", metavar="CKPT", help=BASE_HELP)
     p.add_argument("--no-base", action="store_true", help=NO_BASE_HELP)
+    p.add_argument("--allow-different-foundations", action="store_true",
+                   help=ALLOW_FOUNDATIONS_HELP)
     p.add_argument("-O", "--option", action="append", metavar="KEY=VALUE")
     p.add_argument("--limit", type=int, help="graphs per model, checked after each batch")
     p.add_argument("--grid", choices=["auto"],

@@ -67,6 +67,14 @@ def run(args: argparse.Namespace) -> int:
     return run_command(args, _run, "repair")
 
 
+def _foundation(path: str, meta: dict) -> dict:
+    """The repaired model's lineage: the foundation its start descends from, when known."""
+    from ..lineage import foundation_sha256
+
+    sha = foundation_sha256(path, meta)
+    return {} if sha is None else {"foundation_sha256": sha}
+
+
 def _run(args: argparse.Namespace) -> int:
     from ..repair import parse_scope, repair
 
@@ -94,7 +102,8 @@ def _run(args: argparse.Namespace) -> int:
                     scope=args.scope, lr=args.lr, batch_size=args.batch_size,
                     val_frames=args.val_frames, seed=args.seed, max_frames=args.max_frames,
                     threads=args.threads, output=args.output, progress=not args.quiet,
-                    metadata={"repaired_from": _plain(source)}, starts=starts or None,
+                    metadata={"repaired_from": _plain(source), **_foundation(args.model, meta)},
+                    starts=starts or None,
                     probe_epochs=args.probe_epochs)
     test = result.metrics.get("test", {}).get("all", {})
     payload = {"output": str(args.output), "seconds": result.seconds,

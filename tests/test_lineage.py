@@ -1,0 +1,124 @@
+"""Which foundation a checkpoint descends from, and merges of fine-tunes of different ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gffmerge.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from gffmerge.cli import main
+from gffmerge.lineage import (
+    FoundationMismatchError,
+    check_same_foundation,
+    foundation_sha256,
+    shared_foundation,
+)
+from gffmerge.models import build_model
+from gffmerge.provenance import file_sha256
+from gffmerge.train import TrainConfig, train
+
+TINY_PAINN = dict(n_features=8, n_interactions=1, n_rbf=4, cutoff=4.0)
+
+
+def _foundations(tmp_path):
+    torch.manual_seed(3)
+    paths = []
+    for name in ("found_a", "found_b"):
+        paths.append(save_checkpoint(tmp_path / f"{name}.pt", build_model("painn", **TINY_PAINN),
+                                     {"role": "foundation"}))
+    return paths
+
+
+def _finetune(path, start, **meta):
+    """A checkpoint that records ``start`` as its init (weights: a copy of the start's)."""
+    model = load_checkpoint(start)[0]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return save_checkpoint(path, model, {"role": "finetune", "init": str(start), **meta})
+
+
+def test_training_records_the_init_and_the_foundation_at_the_root_of_its_chain(tmp_path):
+    found_a, _ = _foundations(tmp_path)
+    cfg = dict(systems=["rmd17/ethanol"], batch_size=8, seed=0, max_frames=40, epochs=1)
+    first = tmp_path / "first.pt"
+    train(TrainConfig(role="finetune", init=str(found_a), **cfg), output=first,
+          progress=False)
+    meta = read_metadata(first)
+    assert meta["init_sha256"] == meta["foundation_sha256"] == file_sha256(found_a)
+    second = tmp_path / "second.pt"  # a fine-tune of the fine-tune: the same foundation
+    train(TrainConfig(role="finetune", init=str(first), **cfg), output=second,
+          progress=False)
+    meta2 = read_metadata(second)
+    assert meta2["init_sha256"] == file_sha256(first)
+    assert meta2["foundation_sha256"] == file_sha256(found_a)
+    # the record holds when the foundation's file is gone
+    found_a.unlink()
+    assert foundation_sha256(second, meta2) == meta["foundation_sha256"]
+
+
+def test_foundation_is_followed_through_init_chains_and_unknown_when_nothing_says(tmp_path):
+    found_a, found_b = _foundations(tmp_path)
+    sha_a, sha_b = file_sha256(found_a), file_sha256(found_b)
+    ft_a = _finetune(tmp_path / "ft_a.pt", found_a)
+    ft_aa = _finetune(tmp_path / "ft_aa.pt", ft_a)  # older records: no hashes, a chain
+    ft_b = _finetune(tmp_path / "ft_b.pt", found_b)
+    assert foundation_sha256(ft_a, read_metadata(ft_a)) == sha_a
+    assert foundation_sha256(ft_aa, read_metadata(ft_aa)) == sha_a
+    assert foundation_sha256(ft_b, read_metadata(ft_b)) == sha_b
+    assert foundation_sha256(found_a, read_metadata(found_a)) is None  # from scratch
+    assert foundation_sha256(ft_a, {"init": "gone/found_x.pt"}) is None  # not found here
+    merged = save_checkpoint(tmp_path / "merged.pt", load_checkpoint(ft_a)[0],
+                             {"role": "merged"})
+    ft_m = _finetune(tmp_path / "ft_m.pt", merged)  # started from a merge without a record
+    assert foundation_sha256(ft_m, read_metadata(ft_m)) is None
+    recorded = save_checkpoint(tmp_path / "merged2.pt", load_checkpoint(ft_a)[0],
+                               {"role": "merged", "foundation_sha256": sha_a})
+    ft_r = _finetune(tmp_path / "ft_r.pt", recorded)
+    assert foundation_sha256(ft_r, read_metadata(ft_r)) == sha_a
+    cycle = tmp_path / "cycle.pt"  # a chain that loops ends, unknown
+    _finetune(cycle, ft_a)
+    save_checkpoint(cycle, load_checkpoint(cycle)[0], {"init": str(cycle)})
+    assert foundation_sha256(cycle, read_metadata(cycle)) is None
+
+    sources = [(p, read_metadata(p)) for p in (ft_a, ft_aa)]
+    check_same_foundation(sources)
+    assert shared_foundation(sources) == sha_a
+    check_same_foundation([*sources, (ft_m, read_metadata(ft_m))])  # unknown: not checked
+    assert shared_foundation([*sources, (ft_m, read_metadata(ft_m))]) is None
+    with pytest.raises(FoundationMismatchError) as err:
+        check_same_foundation([*sources, (ft_b, read_metadata(ft_b))])
+    text = str(err.value)
+    assert "2 different foundations" in text and sha_a[:12] in text and sha_b[:12] in text
+    assert "ft_b.pt" in text and "--allow-different-foundations" in text
+
+
+def test_cli_merge_refuses_fine_tunes_of_different_foundations(tmp_path, capsys):
+    found_a, found_b = _foundations(tmp_path)
+    ft_a = _finetune(tmp_path / "ft_a.pt", found_a)
+    ft_a2 = _finetune(tmp_path / "ft_a2.pt", found_a)
+    ft_b = _finetune(tmp_path / "ft_b.pt", found_b)
+    out = tmp_path / "merged.pt"
+    out.write_bytes(b"kept")
+    argv = ["merge", "--method", "average", "-o", str(out), "--model", str(ft_a), str(ft_b)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "different foundations" in err
+    assert out.read_bytes() == b"kept"
+    solve = ["solve", "--method", "average", "-o", str(out), "--model", str(ft_a), str(ft_b)]
+    assert main(solve) == 2 and "different foundations" in capsys.readouterr().err
+    assert out.read_bytes() == b"kept"
+    assert main([*argv, "--allow-different-foundations"]) == 0
+    assert "warning: the sources were fine-tuned from 2 different" in capsys.readouterr().err
+    meta = read_metadata(out)
+    assert meta["foundations_differ"] is True and "foundation_sha256" not in meta
+    assert main(["merge", "--method", "average", "-o", str(out), "--quiet", "--model",
+                 str(ft_a), str(ft_a2)]) == 0
+    assert read_metadata(out)["foundation_sha256"] == file_sha256(found_a)
+    # a merge's record reaches what is merged from it next
+    again = tmp_path / "again.pt"
+    assert main(["merge", "--method", "average", "-o", str(again), "--quiet", "--model",
+                 str(out), str(ft_b)]) == 2
+    assert "different foundations" in capsys.readouterr().err
+    assert main(["merge", "--method", "average", "-o", str(again), "--quiet", "--model",
+                 str(out), str(ft_a)]) == 0
