@@ -102,18 +102,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu"
     :class:`CheckpointError` for anything else that is wrong with it.
     """
     path = Path(path)
-    if not path.is_file():
-        if path.is_dir():
-            raise CheckpointError(f"checkpoint '{path}' is a directory; give the .pt file")
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a gffmerge checkpoint or is corrupt "
-                              f"({_load_failure(exc)})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a gffmerge checkpoint "
-                              f"(expected format={FORMAT!r})")
+    payload = _read_payload(path, map_location)
     version = payload.get("version")
     if not isinstance(version, int) or version > VERSION:
         raise CheckpointError(f"{path} has checkpoint version {version!r}; this gffmerge "
@@ -172,19 +161,25 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata of the checkpoint at ``path`` without building its model (a lineage
     look-up reads the foundation's record, not its weights). Raises ``FileNotFoundError``
     or :class:`CheckpointError` as :func:`load_checkpoint` does."""
-    path = Path(path)
+    metadata = _read_payload(Path(path), "meta").get("metadata", {})
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _read_payload(path: Path, map_location: Any) -> dict:
+    """The saved dictionary of a gffmerge checkpoint, its format checked."""
     if not path.is_file():
+        if path.is_dir():
+            raise CheckpointError(f"checkpoint '{path}' is a directory; give the .pt file")
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location="meta", weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{path} is not a gffmerge checkpoint or is corrupt "
                               f"({_load_failure(exc)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a gffmerge checkpoint "
                               f"(expected format={FORMAT!r})")
-    metadata = payload.get("metadata", {})
-    return metadata if isinstance(metadata, dict) else {}
+    return payload
 
 
 # A checkpoint's config is refused before anything is built when an integer in it is beyond
