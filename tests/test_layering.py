@@ -20,6 +20,7 @@ rank  layer      modules (a package name covers everything under it)
                  merging: ``checkpoint``, ``calculator`` (ASE), ``evaluate``, ``train`` and
                  ``plateau`` (its early-stopping rule), ``continuation`` (a second phase),
                  ``recipes``, ``lineage`` (which checkpoint a model was fine-tuned from),
+                 ``checkpoint_info`` (what a checkpoint file is, from its record),
                  ``adapters`` (third-party foundation models wrapped as force fields)
 3     stats      ``stats``: the sums-and-counts container and its file format
 4     collect    ``collect/``: hooks, providers and the runner that fill a ``Stats``
@@ -53,8 +54,9 @@ SRC = ROOT / "python"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("errors", "atomic", "architecture", "discover", "provenance")),
     ("data", ("data",)),
-    ("models", ("models", "checkpoint", "calculator", "evaluate", "plateau", "train",
-                "continuation", "recipes", "repair", "lineage", "adapters")),
+    ("models", ("models", "checkpoint", "checkpoint_info", "calculator", "evaluate",
+                "plateau", "train", "continuation", "recipes", "repair", "lineage",
+                "adapters")),
     ("stats", ("stats",)),
     ("collect", ("collect",)),
     ("solver", ("solver", "report")),

@@ -122,3 +122,48 @@ def test_cli_merge_refuses_fine_tunes_of_different_foundations(tmp_path, capsys)
     assert "different foundations" in capsys.readouterr().err
     assert main(["merge", "--method", "average", "-o", str(again), "--quiet", "--model",
                  str(out), str(ft_a)]) == 0
+
+
+def test_info_describes_checkpoints_from_their_record(tmp_path, capsys):
+    import json
+
+    from gffmerge.checkpoint_info import describe
+
+    found_a, _ = _foundations(tmp_path)
+    cfg = dict(systems=["rmd17/ethanol"], batch_size=8, seed=0, max_frames=40, epochs=2)
+    ft = tmp_path / "ft.pt"
+    train(TrainConfig(role="finetune", init=str(found_a), **cfg), output=ft, progress=False)
+    info = describe(ft)
+    model, meta = load_checkpoint(ft)
+    assert info["model"] == "painn" and info["role"] == "finetune"
+    assert info["state_values"] == sum(v.numel() for v in model.state_dict().values())
+    assert info["systems"] == ["rmd17/ethanol"] and info["init"] == str(found_a)
+    assert info["foundation_sha256"] == file_sha256(found_a)
+    assert info["sha256"] == file_sha256(ft) and info["epochs"] == 2
+    assert info["test"]["combined"]["force_mae_mev_per_a"] == pytest.approx(
+        meta["metrics"]["test"]["all"]["force_mae_mev_per_a"])
+    assert "method" not in info and "interrupted" not in info
+    assert describe(found_a)["role"] == "foundation"
+    assert "foundation_sha256" not in describe(found_a)
+
+    merged = tmp_path / "merged.pt"
+    ft2 = _finetune(tmp_path / "ft2.pt", found_a)
+    assert main(["merge", "--method", "average", "-o", str(merged), "--quiet", "--model",
+                 str(ft), str(ft2)]) == 0
+    assert main(["info", str(merged), str(found_a), str(ft)]) == 0
+    text = capsys.readouterr().out
+    assert f"merged with average from: {ft}, {ft2}" in text
+    assert "foundation: itself (trained from scratch)" in text
+    assert f"foundation: {file_sha256(found_a)[:12]}" in text
+    assert "training: 2 epochs" in text and "test: force MAE" in text
+    assert main(["info", str(merged), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)["checkpoints"][0]
+    assert payload["method"] == "average" and payload["sources"] == [str(ft), str(ft2)]
+    assert payload["foundation_sha256"] == file_sha256(found_a)
+    # a missing or broken file: one line, exit 2
+    assert main(["info", str(tmp_path / "none.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert main(["info", str(tmp_path / "bad.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a gffmerge checkpoint" in err

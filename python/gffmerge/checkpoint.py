@@ -161,8 +161,24 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata of the checkpoint at ``path`` without building its model (a lineage
     look-up reads the foundation's record, not its weights). Raises ``FileNotFoundError``
     or :class:`CheckpointError` as :func:`load_checkpoint` does."""
-    metadata = _read_payload(Path(path), "meta").get("metadata", {})
-    return metadata if isinstance(metadata, dict) else {}
+    return read_header(path)["metadata"]
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """What the checkpoint at ``path`` holds, without building its model or reading its
+    weights' values: ``model_name``, ``config``, ``dtype``, ``state_values`` (the number of
+    values in its state: parameters and buffers), ``switch`` (whether it carries an
+    embedding switch) and ``metadata``."""
+    payload = _read_payload(Path(path), "meta")
+    state = payload.get("state_dict")
+    metadata = payload.get("metadata", {})
+    return {"model_name": payload.get("model_name"), "config": payload.get("config"),
+            "dtype": payload.get("dtype", "float32"),
+            "state_values": sum(v.numel() for v in state.values()
+                                if isinstance(v, torch.Tensor)) if isinstance(state, dict)
+            else 0,
+            "switch": payload.get("switch") is not None,
+            "metadata": metadata if isinstance(metadata, dict) else {}}
 
 
 def _read_payload(path: Path, map_location: Any) -> dict:

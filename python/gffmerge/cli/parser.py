@@ -10,7 +10,7 @@ from .gnn_experimenting import add_parser as add_gnn_experiment_parser
 from .measuring import cmd_measure
 from .merging import cmd_demo, cmd_merge, cmd_methods, cmd_solve
 from .repairing import add_parser as add_repair_parser
-from .training import cmd_eval, cmd_train
+from .training import cmd_eval, cmd_info, cmd_train
 
 BASE_HELP = ("the pre-trained checkpoint the sources were fine-tuned from (needed by "
              "task_arithmetic, ties, emr; the default merge then also tries starting from "
@@ -99,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, nargs="+")
     add_data_options(p, "test")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("info", parents=[common],
+                       help="what checkpoints are: model, size, lineage, training, test errors",
+                       description="Read each checkpoint's own record (no model is built): "
+                                   "its architecture and size, how it was made and from what, "
+                                   "the foundation it descends from, its training run and its "
+                                   "test errors.")
+    p.add_argument("model", nargs="+", metavar="CKPT", help="checkpoint files (.pt)")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("train", parents=[common],
                        help="pretrain a foundation, fine-tune a source, or train the joint model")

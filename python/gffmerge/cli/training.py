@@ -38,6 +38,14 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_info(args) -> int:
+    from ..checkpoint_info import describe, describe_text
+
+    infos = [describe(path) for path in args.model]
+    emit(args, {"checkpoints": infos}, "\n".join(describe_text(i) for i in infos))
+    return 0
+
+
 def cmd_train(args) -> int:
     import dataclasses
 
