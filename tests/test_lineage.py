@@ -160,9 +160,32 @@ def test_info_describes_checkpoints_from_their_record(tmp_path, capsys):
     payload = json.loads(capsys.readouterr().out)["checkpoints"][0]
     assert payload["method"] == "average" and payload["sources"] == [str(ft), str(ft2)]
     assert payload["foundation_sha256"] == file_sha256(found_a)
+    # a stats file: its models, layers and rows, as Stats.load reads them
+    from gffmerge.stats import Stats
+
+    sums = tmp_path / "ft.safetensors"
+    assert main(["measure", "--model", str(ft), "--data", "rmd17/ethanol", "--limit", "8",
+                 "--max-frames", "40", "-o", str(sums), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(sums), str(ft), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert [c["path"] for c in payload["checkpoints"]] == [str(ft)]
+    (summary,) = payload["stats"]
+    stats = Stats.load(sums)
+    assert summary["layers"] == len(stats.layers) and summary["cross"] is False
+    (m,) = summary["models"]
+    rows = [ls.rows for ls in stats.models[0].layers.values()]
+    assert m["graphs"] == stats.models[0].graphs >= 8
+    assert (m["rows_min"], m["rows_max"]) == (min(rows), max(rows))
+    assert main(["info", str(sums)]) == 0
+    text = capsys.readouterr().out
+    assert f"statistics of 1 model(s) over {len(stats.layers)} linear layers" in text
+    assert "rmd17/ethanol" in text
     # a missing or broken file: one line, exit 2
     assert main(["info", str(tmp_path / "none.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "none.safetensors")]) == 2
+    assert "does not exist" in capsys.readouterr().err
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     assert main(["info", str(tmp_path / "bad.pt")]) == 2
     err = capsys.readouterr().err.strip()

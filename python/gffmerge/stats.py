@@ -145,6 +145,24 @@ class Stats:
         """Row count of ``layer`` per model."""
         return [m.layers[layer].rows for m in self.models]
 
+    def summary(self) -> dict:
+        """What these statistics cover, as a plain dict (``gffmerge info`` on a stats
+        file): the architecture, the layers (their number, input widths and whether
+        cross sums are kept) and, per model, its label, fingerprint, graphs, data, measuring
+        time and the fewest and most rows of any layer."""
+        widths = [info.in_features for info in self.layers.values()]
+        models = []
+        for m in self.models:
+            rows = [ls.rows for ls in m.layers.values()]
+            models.append({"label": m.label, "fingerprint": m.fingerprint,
+                           "graphs": m.graphs, "data": list(m.data),
+                           "seconds": round(m.seconds, 3),
+                           "rows_min": min(rows, default=0), "rows_max": max(rows, default=0)})
+        return {"architecture": self.architecture, "layers": len(self.layers),
+                "in_features_min": min(widths, default=0),
+                "in_features_max": max(widths, default=0), "cross": self.has_cross,
+                "models": models}
+
     def to(self, device: torch.device | str) -> Stats:
         """A copy with every tensor on ``device``."""
         def move(ls: LayerStats) -> LayerStats:

@@ -101,12 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("info", parents=[common],
-                       help="what checkpoints are: model, size, lineage, training, test errors",
+                       help="what checkpoints (model, size, lineage, training, test errors) "
+                            "and stats files (models, layers, rows, data) hold",
                        description="Read each checkpoint's own record (no model is built): "
                                    "its architecture and size, how it was made and from what, "
                                    "the foundation it descends from, its training run and its "
-                                   "test errors.")
-    p.add_argument("model", nargs="+", metavar="CKPT", help="checkpoint files (.pt)")
+                                   "test errors; for a stats file (.safetensors), the models "
+                                   "it holds sums of, their data, layers and row counts.")
+    p.add_argument("model", nargs="+", metavar="FILE",
+                   help="checkpoints (.pt) or stats files (.safetensors)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("train", parents=[common],

@@ -41,9 +41,35 @@ def cmd_eval(args) -> int:
 def cmd_info(args) -> int:
     from ..checkpoint_info import describe, describe_text
 
-    infos = [describe(path) for path in args.model]
-    emit(args, {"checkpoints": infos}, "\n".join(describe_text(i) for i in infos))
+    checkpoints, stats, lines = [], [], []
+    for path in args.model:
+        if Path(path).suffix == ".safetensors":
+            stats.append(_stats_info(path))
+            lines.append(_stats_text(stats[-1]))
+        else:
+            checkpoints.append(describe(path))
+            lines.append(describe_text(checkpoints[-1]))
+    emit(args, {"checkpoints": checkpoints, "stats": stats}, "\n".join(lines))
     return 0
+
+
+def _stats_info(path: str) -> dict:
+    from ..stats import Stats
+
+    return {"path": str(path), **Stats.load(path).summary()}
+
+
+def _stats_text(info: dict) -> str:
+    cross = ", with cross sums" if info["cross"] else ""
+    lines = [f"{info['path']}: statistics of {len(info['models'])} model(s) over "
+             f"{info['layers']} linear layers (inputs {info['in_features_min']}-"
+             f"{info['in_features_max']} wide{cross}), architecture {info['architecture']}"]
+    for k, m in enumerate(info["models"]):
+        lines.append(f"  [{k}] {m['label'] or m['fingerprint']}: {m['graphs']} graphs, "
+                     f"{m['rows_min']}-{m['rows_max']} rows per layer, "
+                     f"measured in {m['seconds']:.2f} s")
+        lines.extend(f"      {line}" for d in m["data"] for line in str(d).splitlines())
+    return "\n".join(lines)
 
 
 def cmd_train(args) -> int:
