@@ -11,7 +11,6 @@ from gffmerge.lineage import (
     FoundationMismatchError,
     check_same_foundation,
     foundation_sha256,
-    shared_foundation,
 )
 from gffmerge.models import build_model
 from gffmerge.provenance import file_sha256
@@ -82,10 +81,9 @@ def test_foundation_is_followed_through_init_chains_and_unknown_when_nothing_say
     assert foundation_sha256(cycle, read_metadata(cycle)) is None
 
     sources = [(p, read_metadata(p)) for p in (ft_a, ft_aa)]
-    check_same_foundation(sources)
-    assert shared_foundation(sources) == sha_a
-    check_same_foundation([*sources, (ft_m, read_metadata(ft_m))])  # unknown: not checked
-    assert shared_foundation([*sources, (ft_m, read_metadata(ft_m))]) is None
+    assert check_same_foundation(sources) == sha_a
+    # unknown: not checked, and no foundation shared by all
+    assert check_same_foundation([*sources, (ft_m, read_metadata(ft_m))]) is None
     with pytest.raises(FoundationMismatchError) as err:
         check_same_foundation([*sources, (ft_b, read_metadata(ft_b))])
     text = str(err.value)

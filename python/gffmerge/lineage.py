@@ -103,65 +103,57 @@ _DERIVED = ("merged", "merge-alternative")
 _MAX_CHAIN = 32
 
 
-def foundation_sha256(path: str | os.PathLike, meta: Mapping[str, Any]) -> str | None:
+def foundation_sha256(path: str | os.PathLike, meta: Mapping[str, Any], *,
+                      _depth: int = 0) -> str | None:
     """SHA-256 of the foundation the checkpoint ``(path, meta)`` descends from: the one
     it records; else, when it records an ``init`` found here, that checkpoint's own
-    foundation, or the init itself when that was trained from scratch. None when nothing
-    says: trained from scratch itself, merged or repaired without the record, or its
-    ``init`` not found here."""
-    for _ in range(_MAX_CHAIN):
-        if not isinstance(meta, Mapping):
-            return None
-        recorded = meta.get("foundation_sha256")
-        if isinstance(recorded, str) and recorded:
-            return recorded
-        init = meta.get("init")
-        if not init:
-            return None
-        found = _resolve(str(init), Path(path))
-        if found is None:
-            return None
-        try:
-            init_meta = read_metadata(found)
-        except (OSError, ValueError):
-            return None
-        if not init_meta.get("init") and not init_meta.get("foundation_sha256"):
-            derived = init_meta.get("role") in _DERIVED or "repaired_from" in init_meta
-            return None if derived else file_sha256(found)
-        path, meta = found, init_meta
-    return None
+    foundation (:func:`foundation_of_start`). None when nothing says: trained from scratch
+    itself, merged or repaired without the record, or its ``init`` not found here."""
+    if not isinstance(meta, Mapping):
+        return None
+    recorded = meta.get("foundation_sha256")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    init = meta.get("init")
+    found = _resolve(str(init), Path(path)) if init else None
+    return None if found is None else foundation_of_start(found, _depth=_depth + 1)
 
 
-def foundation_of_start(start: str | os.PathLike) -> str | None:
+def foundation_of_start(start: str | os.PathLike, *, _depth: int = 0) -> str | None:
     """SHA-256 of the foundation a model trained from the checkpoint ``start`` descends
-    from (``start`` itself when that was trained from scratch); what
-    :func:`gffmerge.train.train` records as ``foundation_sha256``."""
-    start = Path(start).resolve()
-    return foundation_sha256(start.parent / "_", {"init": str(start)})
-
-
-def shared_foundation(sources: Sequence[tuple[str | os.PathLike, Mapping[str, Any]]]
-                      ) -> str | None:
-    """The foundation's SHA-256 when every source ``(path, metadata)`` has the same known
-    one (what a merge of them records), else None."""
-    known = {foundation_sha256(path, meta) for path, meta in sources}
-    return known.pop() if len(known) == 1 and None not in known else None
+    from: ``start``'s own foundation, or ``start`` itself when that was trained from
+    scratch; what :func:`gffmerge.train.train` records as ``foundation_sha256``. None when
+    that is not known (a merge without the record, a chain lost or looping)."""
+    if _depth > _MAX_CHAIN:
+        return None
+    try:
+        meta = read_metadata(start)
+    except (OSError, ValueError):
+        return None
+    if meta.get("init") or meta.get("foundation_sha256"):
+        return foundation_sha256(start, meta, _depth=_depth)
+    derived = meta.get("role") in _DERIVED or "repaired_from" in meta
+    return None if derived else file_sha256(start)
 
 
 def check_same_foundation(sources: Sequence[tuple[str | os.PathLike, Mapping[str, Any]]],
-                          *, flag: str = "--allow-different-foundations") -> None:
-    """Raise :class:`FoundationMismatchError` (one line) when two sources ``(path,
-    metadata)`` demonstrably descend from different foundations (their
-    :func:`foundation_sha256` are known and differ); sources whose foundation is unknown
+                          *, flag: str = "--allow-different-foundations") -> str | None:
+    """The foundation's SHA-256 when every source ``(path, metadata)`` has the same known
+    one (what a merge of them records), else None; raise :class:`FoundationMismatchError`
+    (one line) when two sources demonstrably descend from different foundations (their
+    :func:`foundation_sha256` are known and differ). Sources whose foundation is unknown
     (trained from scratch, as GNNMerge merges them, or their records lost) are not
     checked."""
     groups: dict[str, list[str]] = {}
+    unknown = False
     for path, meta in sources:
         sha = foundation_sha256(path, meta)
-        if sha is not None:
+        if sha is None:
+            unknown = True
+        else:
             groups.setdefault(sha, []).append(str(path))
     if len(groups) < 2:
-        return
+        return None if unknown or not groups else next(iter(groups))
     parts = "; ".join(f"{', '.join(paths)} from foundation {sha[:12]}"
                       for sha, paths in groups.items())
     raise FoundationMismatchError(

@@ -180,19 +180,16 @@ def _foundation_record(args, ckpts: list[str], metas: list[dict]) -> dict:
     """Refuse sources fine-tuned from different foundations unless
     ``--allow-different-foundations`` (then say so on stderr); the record of the
     foundation they share (``foundation_sha256``) for the merged checkpoint, when known."""
-    from ..lineage import FoundationMismatchError, check_same_foundation, shared_foundation
+    from ..lineage import FoundationMismatchError, check_same_foundation
 
-    sources = list(zip(ckpts, metas))
-    if not getattr(args, "allow_different_foundations", False):
-        check_same_foundation(sources)
-    else:
-        try:
-            check_same_foundation(sources)
-        except FoundationMismatchError as exc:
-            if not args.quiet:
-                print(f"gffmerge {args.command}: warning: {exc}", file=sys.stderr)
-            return {"foundations_differ": True}
-    shared = shared_foundation(sources)
+    try:
+        shared = check_same_foundation(list(zip(ckpts, metas)))
+    except FoundationMismatchError as exc:
+        if not getattr(args, "allow_different_foundations", False):
+            raise
+        if not args.quiet:
+            print(f"gffmerge {args.command}: warning: {exc}", file=sys.stderr)
+        return {"foundations_differ": True}
     return {} if shared is None else {"foundation_sha256": shared}
 
 
